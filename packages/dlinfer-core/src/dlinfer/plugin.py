@@ -1,0 +1,79 @@
+"""The plugin contract: what a backend distribution declares (see DESIGN.md §3).
+
+A distribution registers a module (or object) under the entry-point group
+``dlinfer.backends``; it implements the :func:`dlinfer_backend` hook and returns a
+:class:`Backend`. Declaring must be cheap: no vendor import, no device init. Vendor
+modules are imported only by ``load_ops`` and ``activate``, at activation time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pluggy
+import torch
+
+PROJECT = "dlinfer"
+ENTRY_POINT_GROUP = "dlinfer.backends"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@dataclass(frozen=True)
+class DeviceGraph:
+    """How a backend captures and replays device graphs (CUDA Graph, NPUGraph, MLUGraph).
+
+    ``graph_factory`` builds one graph object; ``capture`` is a context manager factory
+    ``capture(graph, pool=None, stream=None)`` (the ``torch.cuda.graph`` protocol);
+    ``update_before_replay`` is called with the step's host-side arguments
+    (e.g. ``seqlens_kv_cpu``) before each replay, for kernels whose host arguments are
+    baked into the captured graph; ``None`` when nothing needs updating.
+    """
+
+    graph_factory: Callable[[], Any]
+    capture: Callable[..., Any]
+    pool_factory: Callable[[], Any] | None = None
+    update_before_replay: Callable[[Any, Mapping[str, Any]], None] | None = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend's declaration. All callables are invoked lazily, never at declaration."""
+
+    name: str
+    device_type: str
+    api_version: str
+    """PEP 440 specifier of the dlinfer-core API versions it supports, e.g. ``">=1.0,<2"``."""
+    is_available: Callable[[], bool]
+    load_ops: Callable[[], Mapping[str, Callable[..., Any]]]
+    kv_layout: Literal["NHD", "HND"] = "NHD"
+    block_sizes: tuple[int, ...] | None = None
+    """Block sizes the paged-attention kernels accept; ``None`` means any."""
+    host_seqlens: bool = False
+    """True: the framework adaptor passes ``seqlens_kv_cpu`` / ``cu_seqlens_q_cpu`` host mirrors."""
+    slot_dtype: torch.dtype = torch.int64
+    dist_backend: str = "gloo"
+    graph: DeviceGraph | None = None
+    compile_backend: Callable[..., Any] | None = None
+    activate: Callable[[], None] | None = None
+    """Framework device patches (e.g. redirecting ``torch.cuda`` to the device); run at activation only."""
+    description: str = ""
+    extras: Mapping[str, Any] = field(default_factory=dict)
+    """Free-form, backend-specific declarations (e.g. SoC name) shown by ``dlinfer info``."""
+
+    def kv_block_shape(self, block_size: int, num_kv_heads: int, head_dim: int) -> tuple[int, int, int]:
+        """Shape of one KV-cache block for this backend's layout."""
+        if self.kv_layout == "NHD":
+            return (block_size, num_kv_heads, head_dim)
+        return (num_kv_heads, block_size, head_dim)
+
+
+class BackendHookSpec:
+    """The hooks a backend plugin implements."""
+
+    @hookspec
+    def dlinfer_backend(self) -> Backend:  # type: ignore[empty-body]
+        """Return this plugin's :class:`Backend` declaration (cheap; no vendor imports)."""
