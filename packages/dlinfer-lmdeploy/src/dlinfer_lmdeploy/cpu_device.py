@@ -1,0 +1,228 @@
+"""The CPU device for LMDeploy: a scoped redirection of ``torch.cuda`` and ``"cuda"`` to the host.
+
+LMDeploy's engine is written for CUDA: it creates CUDA streams and events, sizes the KV
+cache from ``torch.cuda.mem_get_info`` and allocates with ``device="cuda"``. Vendor stacks
+redirect these calls to their device (``transfer_to_npu``, ``gpu_migration``); this module
+does the same for the host so that a dlinfer backend whose torch device is ``cpu`` (the
+reference backend) runs the engine on a machine without an accelerator.
+
+It is installed only by :func:`activate` — i.e. only when a CPU dlinfer device is chosen —
+and can be removed again with :func:`deactivate`. Left untouched on purpose:
+``is_available``, ``device_count``, ``get_device_properties`` and ``get_device_capability``
+(inductor relies on them raising / answering truthfully on a CPU build of torch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_CUDA_NAMES = ("cuda",)
+
+
+def _is_cuda(device: object) -> bool:
+    if isinstance(device, str):
+        return device.split(":")[0] in _CUDA_NAMES
+    if isinstance(device, torch.device):
+        return device.type in _CUDA_NAMES
+    return False
+
+
+def _host(device: object) -> object:
+    return torch.device("cpu") if _is_cuda(device) else device
+
+
+class _HostStream:
+    """Stands in for ``torch.cuda.Stream``: work on the host is synchronous."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.device = torch.device("cpu")
+
+    def wait_event(self, event: Any) -> None:
+        return None
+
+    def wait_stream(self, stream: Any) -> None:
+        return None
+
+    def record_event(self, event: Any = None) -> _HostEvent:
+        return event if event is not None else _HostEvent()
+
+    def synchronize(self) -> None:
+        return None
+
+    def query(self) -> bool:
+        return True
+
+    def __enter__(self) -> _HostStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _HostEvent:
+    """Stands in for ``torch.cuda.Event``: always complete (LMDeploy polls ``query()``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def record(self, stream: Any = None) -> None:
+        return None
+
+    def wait(self, stream: Any = None) -> None:
+        return None
+
+    def query(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        return None
+
+    def elapsed_time(self, other: _HostEvent) -> float:
+        return 0.0
+
+
+_CURRENT_STREAM = _HostStream()
+
+
+def _mem_get_info(device: Any = None) -> tuple[int, int]:
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return int(vm.available), int(vm.total)
+
+
+@contextlib.contextmanager
+def _null_context(*args: Any, **kwargs: Any) -> Iterator[None]:
+    yield
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+_SHIM: dict[str, Any] = {
+    "Stream": _HostStream,
+    "Event": _HostEvent,
+    "current_stream": lambda device=None: _CURRENT_STREAM,
+    "default_stream": lambda device=None: _CURRENT_STREAM,
+    "stream": _null_context,
+    "synchronize": _noop,
+    "empty_cache": _noop,
+    "set_device": _noop,
+    "current_device": lambda: 0,
+    "device": _null_context,
+    "mem_get_info": _mem_get_info,
+    "memory_allocated": lambda device=None: 0,
+    "memory_reserved": lambda device=None: 0,
+    "max_memory_allocated": lambda device=None: 0,
+    "reset_peak_memory_stats": _noop,
+}
+"""``torch.cuda`` attributes replaced while the CPU device is active."""
+
+_TENSOR_METHODS_TO_HOST = {torch.Tensor.cuda, torch.Tensor.pin_memory}
+_TO_METHODS = {torch.Tensor.to}
+
+
+class CudaToHostMode(TorchFunctionMode):
+    """Rewrites every ``device="cuda"`` argument (and ``Tensor.to("cuda")``) to the host."""
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if "device" in kwargs and _is_cuda(kwargs["device"]):
+            kwargs = {**kwargs, "device": torch.device("cpu")}
+        if kwargs.get("pin_memory"):
+            kwargs = {**kwargs, "pin_memory": False}
+        if func in _TO_METHODS and len(args) > 1 and (_is_cuda(args[1]) or isinstance(args[1], int)):
+            args = (args[0], torch.device("cpu"), *args[2:])
+        elif func in _TENSOR_METHODS_TO_HOST:
+            return args[0]
+        return func(*args, **kwargs)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.active = False
+        self.saved_cuda: dict[str, Any] = {}
+        self.saved_clear_workspaces: Any = None
+        self.saved_bootstrap: Callable[..., Any] | None = None
+        self.lock = threading.Lock()
+        self.local = threading.local()
+
+
+_STATE = _State()
+
+
+def _enter_mode_in_this_thread() -> None:
+    if getattr(_STATE.local, "mode", None) is None:
+        mode = CudaToHostMode()
+        mode.__enter__()
+        _STATE.local.mode = mode
+
+
+def _exit_mode_in_this_thread() -> None:
+    mode = getattr(_STATE.local, "mode", None)
+    if mode is not None:
+        mode.__exit__(None, None, None)
+        _STATE.local.mode = None
+
+
+def is_active() -> bool:
+    return _STATE.active
+
+
+def activate() -> None:
+    """Redirect ``torch.cuda`` and ``"cuda"`` tensors to the host, in this and every later thread.
+
+    Idempotent. The per-thread redirection mode is entered in the calling thread now and
+    in every thread started afterwards (LMDeploy runs its engine loop in its own threads).
+    """
+    from dlinfer_lmdeploy import inventory
+
+    with _STATE.lock:
+        if _STATE.active:
+            _enter_mode_in_this_thread()
+            return
+        inventory.check("thread-host-mode")
+        for name, value in _SHIM.items():
+            _STATE.saved_cuda[name] = getattr(torch.cuda, name, None)
+            setattr(torch.cuda, name, value)
+        _STATE.saved_clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        torch._C._cuda_clearCublasWorkspaces = _noop  # type: ignore[attr-defined]
+
+        original = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+        _STATE.saved_bootstrap = original
+
+        def bootstrap_with_host_mode(self: threading.Thread) -> None:
+            if _STATE.active:
+                _enter_mode_in_this_thread()
+            original(self)
+
+        threading.Thread._bootstrap_inner = bootstrap_with_host_mode  # type: ignore[attr-defined]
+        _STATE.active = True
+        _enter_mode_in_this_thread()
+
+
+def deactivate() -> None:
+    """Undo :func:`activate` (threads already running keep their mode until they end)."""
+    with _STATE.lock:
+        if not _STATE.active:
+            return
+        for name, value in _STATE.saved_cuda.items():
+            if value is None:
+                delattr(torch.cuda, name)
+            else:
+                setattr(torch.cuda, name, value)
+        if _STATE.saved_clear_workspaces is not None:
+            torch._C._cuda_clearCublasWorkspaces = _STATE.saved_clear_workspaces  # type: ignore[attr-defined]
+        if _STATE.saved_bootstrap is not None:
+            threading.Thread._bootstrap_inner = _STATE.saved_bootstrap  # type: ignore[attr-defined]
+        _STATE.active = False
+        _exit_mode_in_this_thread()

@@ -1,0 +1,133 @@
+"""The replacements behind the inventory's LMDeploy patches (see :mod:`dlinfer_lmdeploy.inventory`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from dlinfer_lmdeploy import devices
+from dlinfer_lmdeploy.inventory import replacement
+
+
+def _current_device_type() -> str:
+    from lmdeploy.pytorch.devices import get_device_manager
+
+    return get_device_manager().current_context().device_type
+
+
+@replacement("backend-selector")
+def _selector(original: Callable[[], Any]) -> Callable[[], Any]:
+    @functools.wraps(original)
+    def _get_backend() -> Any:
+        device_type = _current_device_type()
+        if devices.is_dlinfer_device(device_type):
+            from dlinfer_lmdeploy.ops_backend import ops_backend_for
+
+            return ops_backend_for(device_type)
+        return original()
+
+    return _get_backend
+
+
+_FLOAT_DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+
+@replacement("engine-config-validation")
+def _config_post_init(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    @functools.wraps(original)
+    def __post_init__(self: Any) -> None:
+        device_type = self.device_type
+        if not devices.is_dlinfer_device(device_type):
+            return original(self)
+        device = devices.get(device_type)
+        if self.dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"invalid dtype {self.dtype!r} for dlinfer device '{device_type}'; use {_FLOAT_DTYPES}")
+        if self.dtype == "float32" and not device.on_host:
+            raise ValueError(f"dtype 'float32' is only supported on CPU dlinfer devices, not '{device_type}'")
+        if int(self.quant_policy) != 0:
+            raise ValueError(
+                f"KV-cache quantisation (quant_policy={int(self.quant_policy)}) is not supported on dlinfer device "
+                f"'{device_type}'"
+            )
+        allowed = device.backend.block_sizes
+        if allowed is not None and self.block_size not in allowed:
+            default = next(f.default for f in dataclasses.fields(self) if f.name == "block_size")
+            if self.block_size != default:
+                raise ValueError(
+                    f"dlinfer backend '{device.backend.name}' (device '{device_type}') supports block sizes "
+                    f"{tuple(allowed)}, got block_size={self.block_size}"
+                )
+            fitting = [b for b in allowed if b <= self.block_size] or list(allowed)
+            self.block_size = max(fitting)
+            self.kernel_block_size = -1
+        # The remaining checks are device-neutral: run LMDeploy's own with neutral stand-ins.
+        dtype = self.dtype
+        self.device_type, self.dtype = "cuda", ("float16" if dtype == "float32" else dtype)
+        try:
+            original(self)
+        finally:
+            self.device_type, self.dtype = device_type, dtype
+
+    return __post_init__
+
+
+@replacement("cli-device-choices")
+def _cli_device(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def device(parser: Any, default: str = "cuda", choices: list[str] | None = None) -> Any:
+        base = list(choices) if choices is not None else ["cuda", "ascend", "maca", "camb"]
+        extra = [name for name in sorted(devices.devices()) if name not in base]
+        return original(parser, default=default, choices=base + extra)
+
+    return device
+
+
+@replacement("deeplink-import")
+def _try_import_deeplink(original: Callable[[str], None]) -> Callable[[str], None]:
+    @functools.wraps(original)
+    def try_import_deeplink(device_type: str) -> None:
+        if devices.is_dlinfer_device(device_type):
+            devices.activate(device_type)
+            return None
+        return original(device_type)
+
+    return try_import_deeplink
+
+
+@replacement("max-batch-size")
+def _max_batch_size(original: Callable[[str], int]) -> Callable[[str], int]:
+    @functools.wraps(original)
+    def get_max_batch_size(device_type: str) -> int:
+        if devices.is_dlinfer_device(device_type):
+            device = devices.get(device_type)
+            extras = device.backend.extras or {}
+            return int(extras.get("max_batch_size", 16 if device.on_host else 256))
+        return original(device_type)
+
+    return get_max_batch_size
+
+
+@replacement("bf16-support")
+def _bf16(original: Callable[[str], bool]) -> Callable[[str], bool]:
+    @functools.wraps(original)
+    def is_bf16_supported(device_type: str = "cuda") -> bool:
+        if devices.is_dlinfer_device(device_type):
+            extras = devices.get(device_type).backend.extras or {}
+            return bool(extras.get("bf16", True))
+        return original(device_type)
+
+    return is_bf16_supported
+
+
+@replacement("executor-activation")
+def _build_executor(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def build_executor(*args: Any, **kwargs: Any) -> Any:
+        device_type = kwargs.get("device_type")
+        if device_type is not None and devices.is_dlinfer_device(device_type):
+            devices.activate(device_type)
+        return original(*args, **kwargs)
+
+    return build_executor

@@ -1,0 +1,1 @@
+"""LMDeploy op Impls that call ``dlinfer.ops`` (one module per op family)."""

@@ -1,0 +1,95 @@
+"""Norms, activation, rotary application and linear on ``dlinfer.ops``."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from dlinfer import ops
+from lmdeploy.pytorch.backends.activation import SiluAndMulImpl
+from lmdeploy.pytorch.backends.apply_rotary_emb import ApplyRotaryEmbImpl
+from lmdeploy.pytorch.backends.linear import LinearImpl
+from lmdeploy.pytorch.backends.norm import RMSNormImpl
+
+
+class DlinferRMSNormImpl(RMSNormImpl):
+    """RMSNorm; with a residual, the fused add + norm returning ``(normed, x + residual)``."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        self.hidden_size = hidden_size
+        self.eps = eps
+
+    def forward(
+        self, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            return ops.rms_norm(x, weight, eps=self.eps)
+        return ops.add_rms_norm(x, residual, weight, eps=self.eps)
+
+
+class DlinferSiluAndMulImpl(SiluAndMulImpl):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.silu_and_mul(x)
+
+
+def _full_width(table: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """LMDeploy may pass interleaved (complex-mode) tables at half width; the spec wants full width."""
+    if table.shape[-1] * 2 == head_dim:
+        return table.repeat_interleave(2, dim=-1)
+    return table
+
+
+class DlinferApplyRotaryEmbImpl(ApplyRotaryEmbImpl):
+    """Rotary embedding on q and k: rotate-half (NeoX) or, in ``complex_mode``, pairwise (GPT-J)."""
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        inplace: bool = True,
+        complex_mode: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        head_dim = query.shape[-1]
+        q = query.reshape(-1, query.shape[-2], head_dim)
+        k = key.reshape(-1, key.shape[-2], key.shape[-1])
+        cos2 = cos.reshape(-1, cos.shape[-1])
+        sin2 = sin.reshape(-1, sin.shape[-1])
+        if complex_mode:
+            cos2, sin2 = _full_width(cos2, head_dim), _full_width(sin2, head_dim)
+        q_out, k_out = ops.apply_rotary_pos_emb(q, k, cos2, sin2, interleaved=complex_mode)
+        q_out = q_out.view(query.shape)
+        k_out = k_out.view(key.shape)
+        if inplace:
+            query.copy_(q_out)
+            key.copy_(k_out)
+            return query, key
+        return q_out, k_out
+
+
+def tp_reduce(
+    out: torch.Tensor, all_reduce: bool, group: dist.ProcessGroup | None, rank: int, scatter_size: list[int] | None
+) -> torch.Tensor:
+    """The tensor-parallel reduction LMDeploy expects after a row-parallel linear."""
+    if not all_reduce:
+        return out
+    if scatter_size is not None:
+        from lmdeploy.pytorch.distributed import reduce_scatter_by_tp_sizes
+
+        return reduce_scatter_by_tp_sizes(out, rank, scatter_size, group=group)
+    dist.all_reduce(out, group=group)
+    return out
+
+
+class DlinferLinearImpl(LinearImpl):
+    def forward(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        all_reduce: bool = False,
+        group: dist.ProcessGroup | None = None,
+        rank: int = 0,
+        scatter_size: list[int] | None = None,
+    ) -> torch.Tensor:
+        return tp_reduce(ops.linear(x, weight, bias), all_reduce, group, rank, scatter_size)

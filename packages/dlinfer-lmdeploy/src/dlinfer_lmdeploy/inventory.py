@@ -1,0 +1,275 @@
+"""Every patch dlinfer-lmdeploy applies to LMDeploy internals (and the one to the stdlib), in one place.
+
+Each :class:`Patch` states its target, why it is needed and the LMDeploy versions it was
+written against, and carries a probe: before a patch is applied, the probe checks that the
+target still exists and still looks the way the patch expects, and raises
+:class:`PatchTargetMoved` (naming the patch, the target and what changed) otherwise. A
+patch is never applied blindly to something that moved.
+
+Apply them with :func:`apply_all` (done by :func:`dlinfer_lmdeploy.install`); list them with
+``python -m dlinfer_lmdeploy.inventory``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+SUPPORTED_LMDEPLOY = ">=0.18.0,<0.19"
+
+
+class PatchTargetMoved(ImportError):
+    """An LMDeploy internal a patch relies on is missing or changed shape."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    target: str
+    """``module:attribute`` (dotted attribute path allowed)."""
+    why: str
+    versions: str
+    expect_params: tuple[str, ...] | None = None
+    """Parameter names the target must have (checked by the probe), ``None`` for no check."""
+    contains: tuple[str, ...] = ()
+    """Strings that must appear in the target's source (the behaviour the patch replaces)."""
+    also_bound_in: tuple[str, ...] = ()
+    """Modules that imported the target by name (``from x import f``); patched there too."""
+
+    def resolve(self) -> tuple[Any, str, Any]:
+        """Return (owner, attribute, current value); raise PatchTargetMoved if it is gone."""
+        module_name, _, attr_path = self.target.partition(":")
+        try:
+            owner: Any = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise self.moved(f"module {module_name} cannot be imported ({exc})") from exc
+        parts = attr_path.split(".")
+        for part in parts[:-1]:
+            if not hasattr(owner, part):
+                raise self.moved(f"{module_name} has no attribute path {attr_path}")
+            owner = getattr(owner, part)
+        if not hasattr(owner, parts[-1]):
+            raise self.moved(f"{module_name} has no attribute {attr_path}")
+        return owner, parts[-1], inspect.getattr_static(owner, parts[-1])
+
+    def moved(self, what: str) -> PatchTargetMoved:
+        return PatchTargetMoved(
+            f"dlinfer-lmdeploy patch '{self.name}' cannot be applied: {what}. "
+            f"Target {self.target} (written for LMDeploy {self.versions}). Why it is patched: {self.why}"
+        )
+
+    def probe(self) -> None:
+        """Check that the target is where and what this patch expects; raise PatchTargetMoved if not."""
+        _, _, value = self.resolve()
+        func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+        func = getattr(func, "__dlinfer_original__", func)
+        if self.expect_params is not None:
+            try:
+                params = tuple(inspect.signature(func).parameters)
+            except (TypeError, ValueError) as exc:
+                raise self.moved(f"target is not a function ({exc})") from exc
+            if params != self.expect_params:
+                raise self.moved(f"its parameters are {params}, expected {self.expect_params}")
+        if self.contains:
+            try:
+                source = inspect.getsource(func)
+            except (OSError, TypeError) as exc:
+                raise self.moved(f"its source cannot be read ({exc})") from exc
+            missing = [s for s in self.contains if s not in source]
+            if missing:
+                raise self.moved(f"its source no longer contains {missing}")
+        for module_name in self.also_bound_in:
+            module = import_binding_module(module_name)
+            attr = self.target.partition(":")[2].split(".")[-1]
+            if module is not None and not hasattr(module, attr):
+                raise self.moved(f"{module_name} no longer imports {attr} by name")
+
+
+def import_binding_module(name: str) -> Any:
+    """Import a module that re-binds a patch target; None when an optional dependency of it is missing
+    (e.g. ``ray`` for LMDeploy's ray executor: that module cannot run, so it needs no patch)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and not exc.name.startswith("lmdeploy"):
+            return None
+        raise
+
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(
+        name="backend-selector",
+        target="lmdeploy.pytorch.backends.selector:_get_backend",
+        why=(
+            "LMDeploy picks its ops backend with a hard-coded if-chain on device_type; the wrapper returns the "
+            "generic dlinfer OpsBackend configured from the plugin for every dlinfer device and defers to the "
+            "original otherwise. get_backend() looks _get_backend up at call time, so wrapping it reaches every "
+            "nn layer, StepContext.new, the cache engine and the graph runner."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=(),
+        contains=("device_type", "Unsupported device type"),
+    ),
+    Patch(
+        name="engine-config-validation",
+        target="lmdeploy.messages:PytorchEngineConfig.__post_init__",
+        why=(
+            "PytorchEngineConfig asserts device_type in a fixed list and dtype in auto/float16/bfloat16. The "
+            "wrapper validates dlinfer devices itself (block size against the plugin, no KV quantisation, float32 "
+            "allowed on CPU devices) and runs the original checks for everything else."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("self",),
+        contains=("'cuda', 'ascend', 'maca', 'camb'", "'auto', 'float16', 'bfloat16'"),
+    ),
+    Patch(
+        name="cli-device-choices",
+        target="lmdeploy.cli.utils:ArgumentHelper.device",
+        why="The CLI's --device has fixed argparse choices; dlinfer devices are added to them.",
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("parser", "default", "choices"),
+    ),
+    Patch(
+        name="deeplink-import",
+        target="lmdeploy.utils:try_import_deeplink",
+        why=(
+            "LMDeploy imports the old dlinfer.framework.lmdeploy_ext for ascend/maca/camb (exit(1) when missing) "
+            "from the env checker and the mp/ray workers. The replacement activates the dlinfer device instead "
+            "(device patches + op table) and defers to the original for other names."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("device_type",),
+        contains=("dlinfer.framework.lmdeploy_ext",),
+        also_bound_in=(
+            "lmdeploy.pytorch.check_env.deeplink",
+            "lmdeploy.pytorch.engine.executor.mp_executor",
+            "lmdeploy.pytorch.engine.executor.ray_executor",
+        ),
+    ),
+    Patch(
+        name="max-batch-size",
+        target="lmdeploy.utils:get_max_batch_size",
+        why="Asserts the four built-in device names; dlinfer devices get the plugin's default (extras) or 128.",
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("device_type",),
+        also_bound_in=("lmdeploy.pytorch.engine.config_builder",),
+    ),
+    Patch(
+        name="bf16-support",
+        target="lmdeploy.utils:is_bf16_supported",
+        why="Returns False for unknown devices (silently turning bf16 checkpoints into fp16); dlinfer devices do bf16.",
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("device_type",),
+        also_bound_in=("lmdeploy.pytorch.config",),
+    ),
+    Patch(
+        name="executor-activation",
+        target="lmdeploy.pytorch.engine.executor:build_executor",
+        why=(
+            "The single-process executor never calls backend.init(), and LMDEPLOY_ENABLE_CHECK_ENV=0 skips the "
+            "env checker: the dlinfer device is activated here, before the model agent creates streams and "
+            "allocates on 'cuda'."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        also_bound_in=("lmdeploy.pytorch.engine.engine",),
+    ),
+)
+
+STDLIB_PATCHES: tuple[Patch, ...] = (
+    Patch(
+        name="thread-host-mode",
+        target="threading:Thread._bootstrap_inner",
+        why=(
+            "CPU device only: torch function modes are thread-local, and LMDeploy runs its engine loop and "
+            "to_thread work in other threads; every thread started while the CPU device is active enters the "
+            "'cuda'->host redirection mode first."
+        ),
+        versions="CPython 3.10-3.13",
+        expect_params=("self",),
+    ),
+)
+
+_BY_NAME = {p.name: p for p in PATCHES + STDLIB_PATCHES}
+_REPLACEMENTS: dict[str, Callable[[Any], Any]] = {}
+_APPLIED: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def replacement(name: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Register the factory ``original -> replacement`` for the patch ``name``."""
+
+    def register(factory: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        if name not in _BY_NAME:
+            raise KeyError(f"no patch named {name!r} in the inventory")
+        _REPLACEMENTS[name] = factory
+        return factory
+
+    return register
+
+
+def check(name: str) -> None:
+    """Probe one patch target (raises PatchTargetMoved)."""
+    _BY_NAME[name].probe()
+
+
+def probe_all() -> list[str]:
+    """Probe every LMDeploy patch; return the problems (empty when all targets are in place)."""
+    problems = []
+    for patch in PATCHES:
+        try:
+            patch.probe()
+        except PatchTargetMoved as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def apply(name: str) -> None:
+    patch = _BY_NAME[name]
+    with _LOCK:
+        if name in _APPLIED:
+            return
+        patch.probe()
+        owner, attr, current = patch.resolve()
+        factory = _REPLACEMENTS[name]
+        wrap: Any = type(current) if isinstance(current, (staticmethod, classmethod)) else None
+        original = current.__func__ if wrap is not None else current
+        new = factory(original)
+        new.__dlinfer_original__ = original
+        setattr(owner, attr, wrap(new) if wrap is not None else new)
+        for module_name in patch.also_bound_in:
+            module = import_binding_module(module_name)
+            if module is not None and getattr(module, attr) is original:
+                setattr(module, attr, new)
+        _APPLIED[name] = (owner, attr, current, original)
+
+
+def apply_all() -> None:
+    """Probe every LMDeploy patch first (all-or-nothing), then apply them."""
+    problems = probe_all()
+    if problems:
+        raise PatchTargetMoved("\n".join(problems))
+    for patch in PATCHES:
+        apply(patch.name)
+
+
+def applied() -> tuple[str, ...]:
+    return tuple(_APPLIED)
+
+
+def describe() -> str:
+    lines = []
+    for p in PATCHES + STDLIB_PATCHES:
+        lines.append(f"{p.name}\n  target:   {p.target}\n  versions: {p.versions}\n  why:      {p.why}")
+        if p.also_bound_in:
+            lines.append(f"  also in:  {', '.join(p.also_bound_in)}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(describe())
+    issues = probe_all()
+    print("\nprobe: " + ("all targets in place" if not issues else "\n".join(issues)))

@@ -1,0 +1,111 @@
+"""Per-step attention metadata in the form the active dlinfer backend declared.
+
+Built once per forward step by ``OpsBackend.update_step_context`` (LMDeploy calls it from
+``StepContext.new``) and read by every attention layer of the step. It carries the
+explicit batch metadata of the dlinfer spec (DESIGN.md §4): ``cu_seqlens_q`` and
+``seqlens_kv`` (int32), the int32 block table, the slot mapping in the plugin's slot dtype,
+host mirrors only when the plugin asked for them (``Backend.host_seqlens``), and the KV
+layout the plugin declared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from dlinfer.plugin import Backend
+from lmdeploy.pytorch.backends.attention import AttentionMetadata
+
+
+@dataclass
+class DlinferAttentionMetadata(AttentionMetadata):
+    """LMDeploy's base attention metadata plus the dlinfer spec's batch metadata.
+
+    Base fields keep LMDeploy's meaning (``block_offsets``, ``q_start_loc``, ``q_seqlens``,
+    ``kv_seqlens``); ``block_offsets`` and ``kv_seqlens`` are int32 here, ``cu_seqlens_q`` is
+    int32 ``[B+1]``.
+    """
+
+    slot_mapping: torch.Tensor | None = None
+    max_q_seqlen: int = 1
+    max_kv_seqlen: int = 1
+    block_size: int = 0
+    kv_layout: str = "NHD"
+    prefill_no_cache: bool = False
+    """Every sequence of this prefill step starts at position 0 (no history): varlen attention without cache."""
+    cu_seqlens_q_cpu: torch.Tensor | None = None
+    seqlens_kv_cpu: torch.Tensor | None = None
+
+
+def cache_block_size(k_cache: torch.Tensor, kv_layout: str) -> int:
+    """Block size of a ``[num_blocks, *block_shape]`` key cache in the given layout."""
+    return int(k_cache.shape[1] if kv_layout == "NHD" else k_cache.shape[2])
+
+
+def slot_mapping(
+    block_offsets: torch.Tensor,
+    q_seqlens: torch.Tensor,
+    kv_seqlens: torch.Tensor,
+    q_start_loc: torch.Tensor,
+    num_tokens: int,
+    block_size: int,
+    is_decoding: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Slot (``block_id * block_size + offset``) of every new token; no host synchronisation."""
+    if is_decoding:
+        pos = kv_seqlens.long() - 1
+        blocks = block_offsets.long().gather(1, (pos // block_size)[:, None])[:, 0]
+        return (blocks * block_size + pos % block_size).to(dtype)
+    batch = q_seqlens.numel()
+    seq_of_token = torch.repeat_interleave(
+        torch.arange(batch, device=q_seqlens.device), q_seqlens.long(), output_size=num_tokens
+    )
+    history = (kv_seqlens.long() - q_seqlens.long())[seq_of_token]
+    offset_in_seq = torch.arange(num_tokens, device=q_seqlens.device) - q_start_loc.long()[seq_of_token]
+    pos = history + offset_in_seq
+    blocks = block_offsets.long()[seq_of_token, pos // block_size]
+    return (blocks * block_size + pos % block_size).to(dtype)
+
+
+def build(step_context: object, backend: Backend) -> DlinferAttentionMetadata:
+    """The step's attention metadata (called once per step)."""
+    ctx = step_context
+    kv_caches = getattr(ctx, "kv_caches", None)
+    if not kv_caches:
+        raise RuntimeError("dlinfer-lmdeploy: the step context has no KV caches; cannot build attention metadata")
+    block_size = cache_block_size(kv_caches[0][0], backend.kv_layout)
+    q_seqlens: torch.Tensor = ctx.q_seqlens
+    kv_seqlens = ctx.kv_seqlens.to(torch.int32)
+    q_start_loc: torch.Tensor = ctx.q_start_loc
+    block_table = ctx.block_offsets.to(torch.int32)
+    num_tokens = int(ctx.input_ids.numel())
+    is_decoding = bool(ctx.is_decoding)
+    cu_seqlens_q = torch.zeros(q_seqlens.numel() + 1, dtype=torch.int32, device=q_seqlens.device)
+    torch.cumsum(q_seqlens, 0, out=cu_seqlens_q[1:])
+    max_q = 1 if is_decoding else int(ctx.max_q_seqlen or num_tokens)
+    max_kv = ctx.max_kv_seqlen
+    if max_kv is None:
+        max_kv = block_table.shape[1] * block_size
+    prefill_no_cache = (not is_decoding) and int(ctx.sum_kv_seqlen) == num_tokens
+    meta = DlinferAttentionMetadata(
+        is_decoding=is_decoding,
+        block_offsets=block_table,
+        q_start_loc=q_start_loc,
+        q_seqlens=q_seqlens,
+        kv_seqlens=kv_seqlens,
+        cu_seqlens_q=cu_seqlens_q,
+        quant_policy=ctx.kv_quant_policy,
+        slot_mapping=slot_mapping(
+            block_table, q_seqlens, kv_seqlens, q_start_loc, num_tokens, block_size, is_decoding, backend.slot_dtype
+        ),
+        max_q_seqlen=max_q,
+        max_kv_seqlen=int(max_kv),
+        block_size=block_size,
+        kv_layout=backend.kv_layout,
+        prefill_no_cache=prefill_no_cache,
+    )
+    if backend.host_seqlens:
+        meta.cu_seqlens_q_cpu = cu_seqlens_q.cpu()
+        meta.seqlens_kv_cpu = kv_seqlens.cpu()
+    return meta
