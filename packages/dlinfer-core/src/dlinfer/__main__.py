@@ -1,0 +1,3 @@
+from dlinfer.cli import main
+
+raise SystemExit(main())

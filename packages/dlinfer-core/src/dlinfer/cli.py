@@ -1,0 +1,111 @@
+"""The ``dlinfer`` command: ``info``, ``check`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from dlinfer.registry import REFERENCE, REGISTRY
+from dlinfer.spec import API_VERSION, SPECS
+
+
+def _dtypes(names: str | None) -> list[torch.dtype] | None:
+    if not names:
+        return None
+    return [getattr(torch, n.strip()) for n in names.split(",")]
+
+
+def cmd_info(_args: argparse.Namespace) -> int:
+    """Discovered backends, versions, availability, implemented ops and load errors."""
+    REGISTRY.discover()
+    print(f"dlinfer-core API {API_VERSION}, torch {torch.__version__}")
+    print(f"{'backend':12} {'distribution':22} {'device':7} {'layout':6} {'available':9} {'ops':>7}  notes")
+    for name, rec in REGISTRY.records.items():
+        b = rec.backend
+        assert b is not None
+        avail = REGISTRY.available(name)
+        ops = "-"
+        notes = b.description
+        if avail:
+            try:
+                implemented = REGISTRY.load_ops(name)
+                ops = f"{len(implemented)}/{len(SPECS)}"
+                missing = [o for o in SPECS if o not in implemented]
+                if missing:
+                    notes = (notes + "; " if notes else "") + "falls back to reference for: " + ", ".join(missing)
+            except Exception as exc:  # noqa: BLE001 - reported in the table
+                ops, notes = "error", str(exc)
+        print(f"{name:12} {rec.dist + ' ' + rec.version:22} {b.device_type:7} {b.kv_layout:6} "
+              f"{'yes' if avail else 'no':9} {ops:>7}  {notes}")
+    if REGISTRY.load_errors:
+        print("\nplugins that failed to load:")
+        for rec in REGISTRY.load_errors:
+            print(f"  {rec.plugin} ({rec.dist} {rec.version}): {rec.error}")
+    try:
+        from dlinfer.dispatch import current
+
+        print(f"\nselected backend: {current().name}")
+    except Exception as exc:  # noqa: BLE001
+        print(f"\nselected backend: none ({exc})")
+        return 1
+    return 0
+
+
+def _progress(done: int, total: int, result: object) -> None:
+    if sys.stderr.isatty():
+        print(f"\r  {done}/{total} cases", end="" if done < total else "\n", file=sys.stderr, flush=True)
+    elif done == total or done % 50 == 0:
+        print(f"  {done}/{total} cases", file=sys.stderr, flush=True)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Run the conformance kit and print a pass/fail table."""
+    from dlinfer.dispatch import activate
+    from dlinfer.testing import format_table, run_conformance
+
+    name = args.backend or activate().name
+    print(f"conformance of '{name}' against '{REFERENCE}' ({args.size} cases)", flush=True)
+    results = run_conformance(name, ops=args.op, dtypes=_dtypes(args.dtypes), size=args.size, device=args.device,
+                              seed=args.seed, progress=_progress)
+    print(format_table(results))
+    failed = sum(not r.ok for r in results)
+    print(f"\n{len(results) - failed}/{len(results)} runs conform" + (f", {failed} FAILED" if failed else ""))
+    return 1 if failed else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Per-op timing and the dispatch overhead of dlinfer.ops.X versus calling the implementation."""
+    from dlinfer.bench import run_bench
+
+    return run_bench(args.backend, ops=args.op, device=args.device, size=args.size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dlinfer", description="dlinfer backends: inspect, check and benchmark")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="list backends, versions, availability, ops and load errors").set_defaults(
+        func=cmd_info)
+    for name, func, help_ in (("check", cmd_check, "run the conformance kit against the reference"),
+                              ("bench", cmd_bench, "time ops and the dispatch overhead")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--backend", help="backend name (default: the selected one)")
+        s.add_argument("--op", action="append", help="only this op (repeatable)")
+        s.add_argument("--device", help="torch device (default: the backend's)")
+        s.add_argument("--size", choices=("small", "large"), default="small")
+        if name == "check":
+            s.add_argument("--dtypes", help="comma-separated, e.g. float16,bfloat16")
+            s.add_argument("--seed", type=int, help="first seed (default: random)")
+        s.set_defaults(func=func)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""Runs conformance cases: one backend's op against the reference on fresh random inputs."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dlinfer.registry import REFERENCE, REGISTRY
+from dlinfer.spec import SPECS, OpSpec
+from dlinfer.testing.cases import Case, cases_for
+from dlinfer.testing.compare import Diff, compare_tensor, merge, poison_allocator
+from dlinfer.testing.tolerances import tolerance
+
+Ops = Mapping[str, Callable[..., Any]]
+
+
+@dataclass
+class CaseResult:
+    op: str
+    case: str
+    dtype: str
+    layout: str
+    status: str  # "pass" | "fail" | "unsupported" | "error"
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    detail: str = ""
+    seed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("pass", "unsupported")
+
+
+def _to(args: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) and not k.endswith("_cpu") else v for k, v in args.items()}
+
+
+def _clone(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+def call(spec: OpSpec, fn: Callable[..., Any], args: Mapping[str, Any]) -> Any:
+    """Call an implementation the way dlinfer.ops does: tensors positionally, options by keyword."""
+    pos = [args.get(p.name) for p in spec.params if not p.keyword_only]
+    kw = {p.name: args.get(p.name, p.default) for p in spec.params if p.keyword_only}
+    return fn(*pos, **kw)
+
+
+def _outputs(spec: OpSpec, result: Any, args: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    if not spec.outputs:
+        return [(name, args[name]) for name in spec.mutated]
+    if len(spec.outputs) == 1:
+        return [(spec.outputs[0].name, result)]
+    if not isinstance(result, (tuple, list)) or len(result) != len(spec.outputs):
+        return [(o.name, None) for o in spec.outputs]
+    return [(o.name, r) for o, r in zip(spec.outputs, result)]
+
+
+def _canonical_topk(outs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Order each row's (weight, id) pairs by id so that backends may return the top-k in any order."""
+    (wn, w), (iname, ids) = outs
+    if not isinstance(w, torch.Tensor) or not isinstance(ids, torch.Tensor):
+        return outs
+    order = ids.long().argsort(-1)
+    return [(wn, w.gather(-1, order)), (iname, ids.gather(-1, order))]
+
+
+def run_case(
+    case: Case,
+    dtype: torch.dtype,
+    ops: Ops,
+    reference: Ops,
+    *,
+    device: torch.device | str = "cpu",
+    layout: str = "NHD",
+    seed: int | None = None,
+) -> CaseResult:
+    """Run one case with a fresh seed: poison memory, call the backend, compare with the reference."""
+    spec = SPECS[case.op]
+    seed = random.randrange(2**31) if seed is None else seed
+    device = torch.device(device)
+    res = CaseResult(case.op, case.name, str(dtype).replace("torch.", ""), layout, "pass", seed=seed)
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    base = _to(case.build(gen, dtype, layout), device)
+    mine, theirs = _clone(base), _clone(base)
+    try:
+        if case.op == "weight_quant_matmul":
+            prepared = ops["weight_quant_prepare"](mine["qweight"], mine["scales"], mine["qzeros"],
+                                                   group_size=mine["group_size"])
+            mine["qweight"], mine["scales"], mine["qzeros"] = prepared
+        poison_allocator(device)
+        got = call(spec, ops[case.op], mine)
+        if device.type != "cpu":
+            torch.accelerator.synchronize() if hasattr(torch, "accelerator") else None
+    except NotImplementedError as exc:
+        msg = str(exc)
+        if case.option and case.option.split("=")[0] in msg:
+            res.status, res.detail = "unsupported", msg
+        else:
+            res.status = "fail"
+            res.detail = f"NotImplementedError not naming the case's option ({case.option}): {msg}"
+        res.seconds = time.perf_counter() - start
+        return res
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a table row
+        res.status, res.detail = "error", f"{type(exc).__name__}: {exc}"
+        res.seconds = time.perf_counter() - start
+        return res
+    want = call(spec, reference[case.op], theirs)
+    got_outs, want_outs = _outputs(spec, got, mine), _outputs(spec, want, theirs)
+    if case.op == "moe_gating_topk_softmax":
+        got_outs, want_outs = _canonical_topk(got_outs), _canonical_topk(want_outs)
+    tol = tolerance(dtype, case.accumulating)
+    diffs: list[Diff] = [compare_tensor(n, g, w, tol) for (n, g), (_, w) in zip(got_outs, want_outs)]
+    if case.op != "weight_quant_matmul":
+        for p in spec.params:  # inputs not declared as mutated must be left untouched
+            if p.kind == "tensor" and not p.mutated and isinstance(base.get(p.name), torch.Tensor):
+                if not torch.equal(mine[p.name], base[p.name]):
+                    diffs.append(Diff(False, 0.0, 0.0, f"input '{p.name}' was modified"))
+    d = merge(diffs)
+    res.status = "pass" if d.ok else "fail"
+    res.max_abs, res.max_rel, res.detail = d.max_abs, d.max_rel, d.detail
+    res.seconds = time.perf_counter() - start
+    return res
+
+
+def backend_layouts(name: str) -> tuple[str, ...]:
+    rec = REGISTRY.records[name]
+    assert rec.backend is not None
+    return ("NHD", "HND") if name == REFERENCE else (rec.backend.kv_layout,)
+
+
+def plan(
+    backend: str, *, ops: Iterable[str] | None = None, dtypes: Iterable[torch.dtype] | None = None,
+    size: str = "small", layouts: Iterable[str] | None = None,
+) -> list[tuple[Case, torch.dtype, str]]:
+    """The (case, dtype, layout) runs for one backend, restricted to the ops it implements."""
+    REGISTRY.discover()
+    implemented = REGISTRY.load_ops(backend)
+    wanted = set(ops) if ops is not None else set(implemented)
+    lays = tuple(layouts) if layouts is not None else backend_layouts(backend)
+    runs = []
+    for case in cases_for(size=size):
+        if case.op not in wanted or case.op not in implemented:
+            continue
+        for dt in case.dtypes:
+            if dtypes is not None and dt not in tuple(dtypes):
+                continue
+            uses_layout = any(p.name == "kv_layout" for p in SPECS[case.op].params)
+            for lay in lays if uses_layout else lays[:1]:
+                runs.append((case, dt, lay))
+    return runs
+
+
+def run_conformance(
+    backend: str,
+    *,
+    ops: Iterable[str] | None = None,
+    dtypes: Iterable[torch.dtype] | None = None,
+    size: str = "small",
+    device: str | None = None,
+    layouts: Iterable[str] | None = None,
+    seed: int | None = None,
+    progress: Callable[[int, int, CaseResult], None] | None = None,
+) -> list[CaseResult]:
+    """Check every implemented op of ``backend`` against the reference; one result per (case, dtype, layout)."""
+    runs = plan(backend, ops=ops, dtypes=dtypes, size=size, layouts=layouts)
+    impl = REGISTRY.load_ops(backend)
+    reference = REGISTRY.load_ops(REFERENCE)
+    rec = REGISTRY.records[backend]
+    assert rec.backend is not None
+    dev = device or rec.backend.device_type
+    results = []
+    for i, (case, dt, lay) in enumerate(runs):
+        r = run_case(case, dt, impl, reference, device=dev, layout=lay,
+                     seed=None if seed is None else seed + i)
+        results.append(r)
+        if progress is not None:
+            progress(i + 1, len(runs), r)
+    return results
+
+
+def format_table(results: list[CaseResult], *, only_failures: bool = False) -> str:
+    """A per-op summary table (and the failing rows) for terminals and logs."""
+    lines = [f"{'op':26} {'runs':>5} {'pass':>5} {'unsup':>5} {'fail':>5} {'max abs err':>12} {'max rel err':>12}"]
+    by_op: dict[str, list[CaseResult]] = {}
+    for r in results:
+        by_op.setdefault(r.op, []).append(r)
+    for op, rs in by_op.items():
+        count = lambda s: sum(r.status == s for r in rs)  # noqa: E731
+        done = [r for r in rs if r.status in ("pass", "fail")]
+        lines.append(
+            f"{op:26} {len(rs):5d} {count('pass'):5d} {count('unsupported'):5d} "
+            f"{count('fail') + count('error'):5d} {max((r.max_abs for r in done), default=0):12.3g} "
+            f"{max((r.max_rel for r in done), default=0):12.3g}"
+        )
+    bad = [r for r in results if not r.ok]
+    if bad:
+        lines.append("")
+        lines.append("failures:")
+        for r in bad:
+            lines.append(f"  {r.op} [{r.case}, {r.dtype}, {r.layout}, seed {r.seed}]: {r.status}: {r.detail}")
+    if only_failures:
+        return "\n".join(lines[len(by_op) + 1 :])
+    return "\n".join(lines)
