@@ -1,0 +1,130 @@
+"""Sessions for the dlinfer monorepo.
+
+CPU (any machine):   tests (default), lint, build, demo, bench
+Hardware targets:    tests-maca, bench-maca (a CUDA-compatible GPU), tests-ascend (Ascend NPU), tests-camb (MLU)
+The hardware sessions run inside a vendor image whose torch is preinstalled: no new venv,
+and dlinfer's packages are installed without dependencies so pip never replaces the vendor's torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PACKAGES = ["dlinfer-core", "dlinfer-maca", "dlinfer-ascend", "dlinfer-camb", "dlinfer-lmdeploy"]
+CPU_TORCH = "torch==2.13.0"  # the CPU test pin; the packages themselves declare ranges
+TRITON_CPU = "triton==3.6.0"  # the Triton interpreter runs the maca kernels on CPU tensors
+LMDEPLOY = "lmdeploy==0.18.0"
+TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _pkg(name: str) -> str:
+    return str(ROOT / "packages" / name)
+
+
+def _existing(names: list[str]) -> list[str]:
+    return [n for n in names if (ROOT / "packages" / n / "pyproject.toml").exists()]
+
+
+def _install_cpu_stack(session: nox.Session) -> None:
+    """torch (CPU pin) first, then every package editable, then LMDeploy's pure-Python engine."""
+    session.install(CPU_TORCH, TRITON_CPU, *TEST_TOOLS)
+    args = []
+    for name in _existing(PACKAGES):
+        args += ["-e", _pkg(name)]
+    session.install(*args, CPU_TORCH)
+    req = ROOT / "packages" / "dlinfer-lmdeploy" / "requirements-lmdeploy.txt"
+    if req.exists():
+        session.install("--no-deps", LMDEPLOY)
+        session.install("-r", str(req), CPU_TORCH)
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """Every package's CPU tests (reference, simulators, Triton interpreter, LMDeploy end-to-end)."""
+    _install_cpu_stack(session)
+    env = {"TRITON_INTERPRET": "1", "TORCH_DEVICE_BACKEND_AUTOLOAD": "0", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    selected = session.posargs or _existing(PACKAGES)
+    for name in selected:
+        tests_dir = ROOT / "packages" / name / "tests"
+        if tests_dir.exists():
+            session.log(f"--- {name}")
+            # one pytest process per package: simulators replace vendor modules inside their own process only
+            session.run("pytest", "-q", "-p", "no:cacheprovider", "--timeout=900", str(tests_dir), env=env)
+
+
+@nox.session(python="3.11")
+def demo(session: nox.Session) -> None:
+    """The main job on the CPU default: backends, conformance of the reference, then generation via LMDeploy."""
+    _install_cpu_stack(session)
+    session.run("dlinfer", "info")
+    session.run("dlinfer", "check")
+    if (ROOT / "packages" / "dlinfer-lmdeploy" / "src" / "dlinfer_lmdeploy" / "demo.py").exists():
+        session.run("python", "-m", "dlinfer_lmdeploy.demo", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", *[_pkg(n) for n in _existing(PACKAGES)], "noxfile.py")
+
+
+@nox.session(python="3.11")
+def build(session: nox.Session) -> None:
+    """Wheel + sdist of every package with hatchling; install the wheels in a fresh venv; resolve entry points."""
+    session.install("build", "hatchling")
+    dist = ROOT / "dist"
+    for name in _existing(PACKAGES):
+        session.run("python", "-m", "build", "--no-isolation", "--outdir", str(dist), _pkg(name))
+    wheels = sorted(str(p) for p in dist.glob("dlinfer_*.whl"))
+    session.install(CPU_TORCH)
+    session.install("--no-deps", *wheels)
+    session.install("pluggy", "packaging")
+    session.run("python", str(ROOT / ".ci" / "check_entry_points.py"), *[n for n in _existing(PACKAGES)])
+
+
+def _vendor_session(session: nox.Session, package: str, backend: str, size: str) -> None:
+    session.run("python", "-m", "pip", "install", "--no-deps", "-e", _pkg("dlinfer-core"), "-e", _pkg(package),
+                external=True)
+    session.run("python", "-m", "pytest", "-q", str(ROOT / "packages" / package / "tests"),
+                f"--dlinfer-backend={backend}", f"--dlinfer-size={size}", external=True,
+                env={"DLINFER_HARDWARE": "1"})
+
+
+@nox.session(name="tests-maca", venv_backend="none")
+def tests_maca(session: nox.Session) -> None:
+    """On a CUDA-compatible GPU (MetaX C500 or NVIDIA) with torch + triton preinstalled: large conformance cases."""
+    _vendor_session(session, "dlinfer-maca", "maca", "large")
+
+
+@nox.session(name="bench-maca", venv_backend="none")
+def bench_maca(session: nox.Session) -> None:
+    session.run("python", "-m", "pip", "install", "--no-deps", "-e", _pkg("dlinfer-core"), "-e", _pkg("dlinfer-maca"),
+                external=True)
+    session.run("python", "-m", "dlinfer_maca.bench", *session.posargs, external=True)
+
+
+@nox.session(name="tests-ascend", venv_backend="none")
+def tests_ascend(session: nox.Session) -> None:
+    """On an Ascend machine with torch + torch_npu + CANN preinstalled (not runnable here)."""
+    _vendor_session(session, "dlinfer-ascend", "ascend", "large")
+
+
+@nox.session(name="tests-camb", venv_backend="none")
+def tests_camb(session: nox.Session) -> None:
+    """On a Cambricon MLU machine with torch_mlu + torch_mlu_ops preinstalled (not runnable here)."""
+    _vendor_session(session, "dlinfer-camb", "camb", "large")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Dispatch overhead and per-op timings of the selected backend (CPU: the reference)."""
+    _install_cpu_stack(session)
+    session.run("dlinfer", "bench", *session.posargs, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
