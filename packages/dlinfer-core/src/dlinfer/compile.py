@@ -1,0 +1,106 @@
+"""The ``dlinfer`` Dynamo backend: ``torch.compile(model, backend="dlinfer")``.
+
+It runs dlinfer's FX passes over the captured graph (each dlinfer op is one node there),
+then hands the graph to the active backend's graph compiler (``Backend.compile_backend``).
+A backend without one runs the optimised graph eagerly, which is reported once.
+
+Passes:
+    fuse_add_rms_norm   x + r followed by rms_norm of the sum  -> add_rms_norm (sum and norm from one kernel)
+    fuse_norm_quant     rms_norm / add_rms_norm followed by dynamic_quant -> rms_norm_w8a8 / add_rms_norm_w8a8
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+logger = logging.getLogger("dlinfer.compile")
+_ADDS = {operator.add, torch.add, torch.ops.aten.add.Tensor}
+_reported: set[str] = set()
+
+
+def _op(name: str) -> Any:
+    return getattr(torch.ops.dlinfer, name).default
+
+
+def _is(node: fx.Node, target: Any) -> bool:
+    return node.op == "call_function" and node.target == target
+
+
+def _tensor_args(node: fx.Node, n: int) -> bool:
+    return len(node.args) >= n and all(isinstance(a, fx.Node) for a in node.args[:n])
+
+
+def fuse_add_rms_norm(gm: fx.GraphModule) -> int:
+    """Replace ``s = x + r; rms_norm(s, w)`` by ``add_rms_norm(x, r, w)``; returns the number of fusions."""
+    fused = 0
+    for node in list(gm.graph.nodes):
+        if not _is(node, _op("rms_norm")):
+            continue
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and src.op == "call_function" and src.target in _ADDS
+                and _tensor_args(src, 2) and len(src.args) == 2 and not src.kwargs):
+            continue
+        x_val, r_val = src.args[0].meta.get("example_value"), src.args[1].meta.get("example_value")
+        if x_val is not None and r_val is not None and (x_val.shape != r_val.shape or x_val.dtype != r_val.dtype):
+            continue  # broadcasting or mixed dtypes: not the fused op's contract
+        with gm.graph.inserting_before(node):
+            pair = gm.graph.call_function(_op("add_rms_norm"), (src.args[0], src.args[1], node.args[1]),
+                                          dict(node.kwargs))
+            normed = gm.graph.call_function(operator.getitem, (pair, 0))
+            added = gm.graph.call_function(operator.getitem, (pair, 1))
+        node.replace_all_uses_with(normed)
+        src.replace_all_uses_with(added)
+        gm.graph.erase_node(node)
+        gm.graph.erase_node(src)
+        fused += 1
+    return fused
+
+
+def fuse_norm_quant(gm: fx.GraphModule) -> int:
+    """Replace ``dynamic_quant(rms_norm(x))`` (int8) by ``rms_norm_w8a8(x)`` when the norm has no other user."""
+    fused = 0
+    for node in list(gm.graph.nodes):
+        if not _is(node, _op("dynamic_quant")) or node.kwargs.get("dtype", torch.int8) != torch.int8:
+            continue
+        src = node.args[0]
+        if isinstance(src, fx.Node) and _is(src, _op("rms_norm")) and len(src.users) == 1:
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_function(_op("rms_norm_w8a8"), src.args, dict(src.kwargs))
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+            gm.graph.erase_node(src)
+            fused += 1
+    return fused
+
+
+PASSES: Sequence[Callable[[fx.GraphModule], int]] = (fuse_add_rms_norm, fuse_norm_quant)
+
+
+def optimize(gm: fx.GraphModule) -> dict[str, int]:
+    """Run every pass; returns pass name -> number of rewrites."""
+    counts = {p.__name__: p(gm) for p in PASSES}
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return counts
+
+
+def dlinfer_backend(gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable[..., Any]:
+    """Dynamo backend entry point (registered under ``torch_dynamo_backends`` as ``dlinfer``)."""
+    from dlinfer.dispatch import current
+
+    counts = optimize(gm)
+    logger.debug("dlinfer passes: %s", counts)
+    backend = current()
+    if backend.compile_backend is not None:
+        return backend.compile_backend(gm, example_inputs)
+    if backend.name not in _reported:
+        _reported.add(backend.name)
+        logger.info("dlinfer backend '%s' has no graph compiler; the optimised graph runs eagerly", backend.name)
+    return gm.forward
