@@ -1,0 +1,223 @@
+"""Attention ops -> ATB flash attention (no cache) and npu_fused_infer_attention_score (paged).
+
+Routes (vendor-apis.md section in brackets):
+- prefill_attention, causal      -> atb._npu_flash_attention, full causal(/window) mask   [§2.14]
+- prefill_attention, non-causal  -> atb._npu_flash_attention_unpad                         [§2.15]
+- paged_decode_attention         -> FIA, BSND (B,1,Hq,D), paged KV, host per-seq KV lengths [§2.6]
+- paged_prefill_attention        -> FIA TND (cumulative host q lengths) where TND is documented
+  (D=128, or QK 192 with V 128/192); FIA BSND padded where the prompt path's block sizes hold
+  (128/256/512); otherwise each query token as one single-token FIA call in a batch (its causal
+  KV length = its position + 1), which the decode block-size rule (16-aligned <= 512) serves.
+Causal masks use FIA sparse_mode 3 (bottom-right) with the compressed 2048x2048 mask; a window
+uses sparse_mode 4 with pre_tokens = window - 1, next_tokens = 0. Mask polarity: 1 = masked.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from dlinfer_ascend.ops._common import (
+    check_half,
+    check_layout,
+    host,
+    refuse_score_options,
+    softmax_scale,
+    unsupported,
+)
+from dlinfer_ascend.ops._kernels import K
+
+INT_MAX = 2147483647
+TND_DIMS = ((128, 128), (192, 128), (192, 192))
+PROMPT_BLOCK_SIZES = (128, 256, 512)
+ATB_MAX_HEAD = 256
+#: Block sizes every route serves: FIA Q_S=1 needs 16-aligned <= 512 (§2.6).
+BLOCK_SIZES = (16, 32, 64, 128, 256, 512)
+
+
+@lru_cache(maxsize=8)
+def _compressed_mask(device: torch.device) -> torch.Tensor:
+    """The 2048x2048 triu(1) bool mask FIA sparse modes 3/4 require (§2.6)."""
+    return torch.triu(torch.ones(2048, 2048, dtype=torch.bool, device=device), diagonal=1)
+
+
+@lru_cache(maxsize=16)
+def _atb_causal_mask(n: int, dtype: torch.dtype, device: torch.device, window: int | None
+                     ) -> torch.Tensor:
+    """(n, n) mask in the query dtype for atb._npu_flash_attention (§2.14).
+
+    bf16 (high-precision path): masked = 1. fp16: additive -10000 like the op's golden (whether
+    1 masks on fp16 is UNCONFIRMED, vendor-apis.md §5.2).
+    """
+    i = torch.arange(n, device=device)
+    masked = i[None, :] > i[:, None]
+    if window is not None:
+        masked |= i[None, :] <= i[:, None] - window
+    value = 1.0 if dtype == torch.bfloat16 else -10000.0
+    return torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(masked, value)
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                      *, max_seqlen_q: int, causal: bool = True, scale: float | None = None,
+                      window: int | None = None, softcap: float | None = None,
+                      alibi_slopes: torch.Tensor | None = None,
+                      cu_seqlens_q_cpu: torch.Tensor | None = None) -> torch.Tensor:
+    """q [T,Hq,D], k [T,Hkv,D], v [T,Hkv,Dv], cu_seqlens_q int32 [B+1] -> [T,Hq,Dv]."""
+    op = "prefill_attention"
+    refuse_score_options(op, softcap, alibi_slopes)
+    if window is not None and not causal:
+        raise unsupported(op, "window", "a window with causal=False")
+    check_half(op, q)
+    t, hq, d = q.shape
+    hkv, dv = k.shape[1], v.shape[2]
+    if max(d, dv) > ATB_MAX_HEAD:
+        raise unsupported(op, "head_size", f"{d}/{dv} > {ATB_MAX_HEAD}, the ATB SelfAttention limit")
+    out = q.new_empty(t, hq, dv)
+    if t == 0:
+        return out
+    cu = host(cu_seqlens_q_cpu, cu_seqlens_q)
+    lens = cu[1:] - cu[:-1]
+    lens = lens[lens > 0].to(torch.int32)
+    sc = softmax_scale(scale, d)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if causal:
+        mask = _atb_causal_mask(int(lens.max()), q.dtype, q.device, window)
+        K.atb._npu_flash_attention(q, k, v, mask, lens, sc, hq, hkv, out)
+    else:
+        K.atb._npu_flash_attention_unpad(q, k, v, lens, sc, hq, hkv, out)
+    return out
+
+
+def _fia(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+         block_table: torch.Tensor, **kw: object) -> torch.Tensor:
+    nb, bs, hkv, d = key_cache.shape
+    kc = key_cache.view(nb, bs, hkv * d)
+    vc = value_cache.view(nb, bs, hkv * value_cache.shape[-1])
+    out, _ = K.npu.npu_fused_infer_attention_score(
+        q, kc, vc, block_table=block_table, block_size=bs, num_key_value_heads=hkv, **kw)
+    return out
+
+
+def _decode(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+            block_table: torch.Tensor, kv_cpu: torch.Tensor, kv_dev: torch.Tensor, *,
+            scale: float, window: int | None) -> torch.Tensor:
+    """One query token per batch entry: q [B,Hq,D] over kv_cpu[b] cached tokens -> [B,Hq,Dv]."""
+    b, hq, d = q.shape
+    mask = None
+    if window is not None:
+        # Q_S = 1 ignores sparse_mode; a full (B, KV_S) mask (1 = masked) carries the window.
+        kv_s = block_table.shape[1] * key_cache.shape[1]
+        cols = torch.arange(kv_s, device=q.device)[None, :]
+        last = kv_dev.to(torch.int64)[:, None] - 1
+        mask = (cols <= last - window) | (cols > last)
+    out = _fia(q.reshape(b, 1, hq, d), key_cache, value_cache, block_table, atten_mask=mask,
+               actual_seq_lengths_kv=kv_cpu, num_heads=hq, scale=scale, input_layout="BSND",
+               sparse_mode=0)
+    return out.reshape(b, hq, -1)
+
+
+def paged_decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                           block_table: torch.Tensor, seqlens_kv: torch.Tensor, *, max_seqlen_kv: int,
+                           scale: float | None = None, window: int | None = None,
+                           softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
+                           kv_layout: str | None = None,
+                           seqlens_kv_cpu: torch.Tensor | None = None) -> torch.Tensor:
+    """q [B,Hq,D] over NHD caches [NB,BS,Hkv,D*] via block_table [B,MB] -> [B,Hq,Dv]."""
+    op = "paged_decode_attention"
+    check_layout(op, kv_layout)
+    refuse_score_options(op, softcap, alibi_slopes)
+    check_half(op, q)
+    bs = key_cache.shape[1]
+    if bs % 16 or bs > 512:
+        raise unsupported(op, "block_size", f"{bs}; FIA decode needs a multiple of 16 <= 512")
+    if q.shape[0] == 0:
+        return q.new_empty(0, q.shape[1], value_cache.shape[-1])
+    kv_cpu = host(seqlens_kv_cpu, seqlens_kv)
+    return _decode(q.contiguous(), key_cache, value_cache, block_table, kv_cpu, seqlens_kv,
+                   scale=softmax_scale(scale, q.shape[-1]), window=window)
+
+
+def _mask_kwargs(causal: bool, window: int | None, device: torch.device) -> dict[str, object]:
+    if not causal:
+        return {"sparse_mode": 0, "atten_mask": None}
+    if window is None:
+        return {"sparse_mode": 3, "atten_mask": _compressed_mask(device)}
+    return {"sparse_mode": 4, "atten_mask": _compressed_mask(device), "pre_tokens": window - 1,
+            "next_tokens": 0}
+
+
+def paged_prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                            block_table: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                            seqlens_kv: torch.Tensor, *, max_seqlen_q: int, max_seqlen_kv: int,
+                            causal: bool = True, scale: float | None = None,
+                            window: int | None = None, softcap: float | None = None,
+                            alibi_slopes: torch.Tensor | None = None, kv_layout: str | None = None,
+                            cu_seqlens_q_cpu: torch.Tensor | None = None,
+                            seqlens_kv_cpu: torch.Tensor | None = None) -> torch.Tensor:
+    """q [T,Hq,D] (new tokens, already cached) over each sequence's cache -> [T,Hq,Dv]."""
+    op = "paged_prefill_attention"
+    check_layout(op, kv_layout)
+    refuse_score_options(op, softcap, alibi_slopes)
+    if window is not None and not causal:
+        raise unsupported(op, "window", "a window with causal=False")
+    check_half(op, q)
+    t, hq, d = q.shape
+    bs, dv = key_cache.shape[1], value_cache.shape[-1]
+    if bs % 16 or bs > 512:
+        raise unsupported(op, "block_size", f"{bs}; the FIA routes need a multiple of 16 <= 512")
+    if t == 0:
+        return q.new_empty(0, hq, dv)
+    q = q.contiguous()
+    cu = host(cu_seqlens_q_cpu, cu_seqlens_q)
+    kv_cpu = host(seqlens_kv_cpu, seqlens_kv)
+    qlens = cu[1:] - cu[:-1]
+    sc = softmax_scale(scale, d)
+    max_q = int(qlens.max())
+    if (d, dv) in TND_DIMS and max_q > 1:
+        return _fia(q, key_cache, value_cache, block_table, actual_seq_lengths=cu[1:],
+                    actual_seq_lengths_kv=kv_cpu, num_heads=hq, scale=sc, input_layout="TND",
+                    **_mask_kwargs(causal, window, q.device))
+    if bs in PROMPT_BLOCK_SIZES and max_q > 1:
+        return _padded_bsnd(q, key_cache, value_cache, block_table, qlens, cu, kv_cpu, max_q,
+                            scale=sc, causal=causal, window=window)
+    return _per_token(q, key_cache, value_cache, block_table, qlens, kv_cpu, scale=sc,
+                      causal=causal, window=window)
+
+
+def _token_index(qlens: torch.Tensor, cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host: sequence id and in-sequence index of every packed token."""
+    seq = torch.repeat_interleave(torch.arange(qlens.numel()), qlens.long())
+    pos = torch.arange(int(cu[-1])) - cu[:-1].long()[seq]
+    return seq, pos
+
+
+def _padded_bsnd(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                 block_table: torch.Tensor, qlens: torch.Tensor, cu: torch.Tensor,
+                 kv_cpu: torch.Tensor, max_q: int, *, scale: float, causal: bool,
+                 window: int | None) -> torch.Tensor:
+    """Prompt-path FIA on q padded to (B, max_q, Hq, D); per-batch host q lengths."""
+    b = qlens.numel()
+    t, hq, d = q.shape
+    seq, pos = _token_index(qlens, cu)
+    flat = (seq * max_q + pos).to(q.device, non_blocking=True)
+    padded = q.new_zeros(b * max_q, hq, d).index_copy_(0, flat, q)
+    out = _fia(padded.view(b, max_q, hq, d), key_cache, value_cache, block_table,
+               actual_seq_lengths=qlens.to(torch.int32), actual_seq_lengths_kv=kv_cpu,
+               num_heads=hq, scale=scale, input_layout="BSND",
+               **_mask_kwargs(causal, window, q.device))
+    return out.reshape(b * max_q, hq, -1).index_select(0, flat)
+
+
+def _per_token(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+               block_table: torch.Tensor, qlens: torch.Tensor, kv_cpu: torch.Tensor, *,
+               scale: float, causal: bool, window: int | None) -> torch.Tensor:
+    """Every query token as a single-token FIA call: its KV length is its position + 1 (causal)."""
+    cu = torch.cat((torch.zeros(1, dtype=torch.int32), qlens.cumsum(0).to(torch.int32)))
+    seq, pos = _token_index(qlens, cu)
+    kv_seq = kv_cpu.long()[seq]
+    tok_kv = (kv_seq - qlens.long()[seq] + pos + 1) if causal else kv_seq
+    tok_kv = tok_kv.to(torch.int32)
+    seq_dev = seq.to(q.device, non_blocking=True)
+    return _decode(q, key_cache, value_cache, block_table.index_select(0, seq_dev), tok_kv,
+                   tok_kv.to(q.device, non_blocking=True), scale=scale, window=window)

@@ -1,0 +1,66 @@
+"""CPU test setup: the vendor simulator (tests/npu_sim) stands in for torch_npu / ATB.
+
+The simulator is installed for the whole session, before collection, so that the core
+conformance plugin (``--dlinfer-backend=ascend --dlinfer-device=cpu``) can load the ops too.
+Tests that need a world without torch_npu use the ``no_torch_npu`` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import npu_sim  # noqa: E402
+
+
+def _reset_adaptor_state() -> None:
+    from dlinfer_ascend import patches, runtime, soc
+
+    runtime.reset()
+    patches.reset()
+    soc.soc_info.cache_clear()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    npu_sim.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    npu_sim.uninstall()
+
+
+@pytest.fixture
+def ops() -> dict:
+    """The ascend op table loaded against the simulator."""
+    from dlinfer_ascend.ops import load_ops
+
+    return load_ops()
+
+
+@pytest.fixture
+def fresh_runtime() -> Iterator[None]:
+    """Start with no torch_npu imported and no patches applied; restore the simulator after."""
+    npu_sim.uninstall()
+    _reset_adaptor_state()
+    npu_sim.install()
+    yield
+    npu_sim.uninstall()
+    _reset_adaptor_state()
+    npu_sim.install()
+
+
+@pytest.fixture
+def no_torch_npu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A process where torch_npu cannot be imported."""
+    npu_sim.uninstall()
+    _reset_adaptor_state()
+    monkeypatch.setitem(sys.modules, "torch_npu", None)
+    yield
+    monkeypatch.delitem(sys.modules, "torch_npu")
+    _reset_adaptor_state()
+    npu_sim.install()
