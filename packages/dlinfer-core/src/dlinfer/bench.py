@@ -47,8 +47,8 @@ def time_call(fn: Callable[[], Any], device: torch.device, *, repeat: int = 7, m
     return statistics.median(samples)
 
 
-def dispatch_overhead(backend: str, device: torch.device, rounds: int = 7) -> tuple[float, float]:
-    """(direct µs, dlinfer.ops µs) per ``rms_norm`` call on a [1, 8] tensor.
+def dispatch_overhead(backend: str, device: torch.device, rounds: int = 7) -> tuple[float, float, float]:
+    """(direct µs, dlinfer.ops µs, dlinfer.ops with shape validation µs) per ``rms_norm`` call on a [1, 8] tensor.
 
     Both are timed in interleaved rounds; each figure is the minimum over rounds (the
     least-disturbed measurement), which isolates the fixed per-call cost on a busy machine.
@@ -56,19 +56,26 @@ def dispatch_overhead(backend: str, device: torch.device, rounds: int = 7) -> tu
     import timeit
 
     import dlinfer.ops as ops
-    from dlinfer.dispatch import activate
+    from dlinfer.dispatch import STATE, activate, set_validation
 
     activate(backend)
     impl = REGISTRY.load_ops(backend).get("rms_norm") or REGISTRY.load_ops("reference")["rms_norm"]
     x = torch.randn(1, 8, device=device)
     w = torch.randn(8, device=device)
     number = 2000
-    direct, public = [], []
-    for _ in range(rounds):
-        direct.append(timeit.timeit(lambda: impl(x, w, eps=1e-6), number=number) / number)
-        public.append(timeit.timeit(lambda: ops.rms_norm(x, w, eps=1e-6), number=number) / number)
+    direct, public, checked = [], [], []
+    before = (STATE.validate, STATE.full)
+    try:
+        for _ in range(rounds):
+            set_validation("off")
+            direct.append(timeit.timeit(lambda: impl(x, w, eps=1e-6), number=number) / number)
+            public.append(timeit.timeit(lambda: ops.rms_norm(x, w, eps=1e-6), number=number) / number)
+            set_validation("shapes")
+            checked.append(timeit.timeit(lambda: ops.rms_norm(x, w, eps=1e-6), number=number) / number)
+    finally:
+        STATE.validate, STATE.full = before
     _sync(device)
-    return min(direct) * 1e6, min(public) * 1e6
+    return min(direct) * 1e6, min(public) * 1e6, min(checked) * 1e6
 
 
 def run_bench(backend: str | None, *, ops: Iterable[str] | None = None, device: str | None = None,
@@ -81,9 +88,10 @@ def run_bench(backend: str | None, *, ops: Iterable[str] | None = None, device: 
     rec = REGISTRY.records[name]
     assert rec.backend is not None
     dev = torch.device(device or rec.backend.device_type)
-    direct, public = dispatch_overhead(name, dev)
+    direct, public, checked = dispatch_overhead(name, dev)
     print(f"dispatch overhead ({name}, rms_norm on [1, 8]): direct {direct:.2f} µs, dlinfer.ops {public:.2f} µs, "
-          f"overhead {public - direct:+.2f} µs")
+          f"overhead {public - direct:+.2f} µs; with DLINFER_VALIDATE=shapes {checked:.2f} µs "
+          f"({checked - direct:+.2f} µs)")
     impl = REGISTRY.load_ops(name)
     reference = REGISTRY.load_ops("reference")
     wanted = set(ops) if ops else set(impl)

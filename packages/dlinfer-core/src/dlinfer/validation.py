@@ -10,6 +10,7 @@ expectation and the actual value.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from dlinfer.spec import KV_LAYOUTS, OpSpec, Param
 _SYMBOL = re.compile(r"^(\d*)([A-Za-z_][A-Za-z_0-9]*)(?:\+(\d+))?$")
 
 
+@functools.lru_cache(maxsize=None)
 def _parse(sym: str) -> tuple[int, str, int]:
     m = _SYMBOL.match(sym)
     if m is None:
