@@ -1,0 +1,1 @@
+"""Triton kernels of the maca backend (one module per op family)."""

@@ -1,0 +1,94 @@
+"""Small helpers shared by the kernel launchers."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _patch_interpreter_index() -> None:
+    """Triton 3.x's interpreter converts loop bounds with ``int(ndarray)``, which numpy >= 2.4
+    refuses for 1-element 1-d arrays; make ``__index__`` take the single element instead."""
+    try:
+        from triton.runtime import interpreter as _interp
+    except ImportError:  # pragma: no cover - other Triton layouts
+        return
+    orig = getattr(_interp, "_patch_lang_tensor", None)
+    if orig is None or getattr(orig, "_dlinfer_patched", False):
+        return
+
+    def patched(tensor, scope):  # type: ignore[no-untyped-def]
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._dlinfer_patched = True  # type: ignore[attr-defined]
+    _interp._patch_lang_tensor = patched
+
+    # bf16 is stored as raw uint16 in the interpreter and its dot multiplies the bit patterns
+    builder = getattr(_interp, "InterpreterBuilder", None)
+    dot = getattr(builder, "create_dot", None)
+    if dot is not None and hasattr(_interp, "_convert_float"):
+        import numpy as np
+
+        def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):  # type: ignore[no-untyped-def]
+            if a.dtype.scalar == tl.bfloat16 or b.dtype.scalar == tl.bfloat16:
+                def up(h):  # type: ignore[no-untyped-def]
+                    if h.dtype.scalar != tl.bfloat16:
+                        return h
+                    data = _interp._convert_float(h.data, tl.bfloat16, tl.float32, None).view(np.float32)
+                    return _interp.TensorHandle(data, tl.float32)
+                a, b = up(a), up(b)
+            return dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+        builder.create_dot = create_dot
+
+
+if interpreting():
+    _patch_interpreter_index()
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (a small constant on the CPU interpreter)."""
+    if device.type != "cuda":
+        return 4
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot`` input precision: exact fp32 for fp32 inputs, tensor cores otherwise."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+@triton.jit
+def round_half_even(x):
+    """Round fp32 to the nearest integer, ties to even (matches ``torch.round``)."""
+    r = tl.floor(x + 0.5)
+    tie = (r - x) == 0.5
+    odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+    return tl.where(tie & odd, r - 1.0, r)
+
+
+@triton.jit
+def tanh_f32(x):
+    """tanh via exp2, stable for large |x| (the interpreter has no libdevice)."""
+    e = tl.exp2(-2.8853900817779268 * tl.abs(x))  # exp(-2|x|)
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)

@@ -1,0 +1,395 @@
+"""Attention kernels: split-K paged decode (flash-decoding) and varlen / paged prefill.
+
+Scores follow the spec order: ``s = scale * q.k``, then softcap, then ALiBi, then the mask;
+softmax runs in fp32 with an online (streaming) max/sum, using ``exp2``.
+
+Decode: one program per (sequence, KV head, split). All ``G = Hq / Hkv`` query heads that
+share a KV head are stacked into the M dimension of one ``tl.dot`` (GQA head grouping),
+so every K/V byte is read once per group. The context is cut into splits so that small
+batches with long contexts still fill the GPU; a second tiny kernel merges the splits
+with their log-sum-exp. The split count is a pure function of Python ints (batch, heads,
+``max_seqlen_kv``), so it is CUDA-graph safe and never autotuned on the hot path.
+
+Prefill: FlashAttention-2 style forward, one program per (query block, sequence, query
+head); keys are read from the packed k/v (``prefill_attention``) or gathered through the
+block table (``paged_prefill_attention``). Key blocks that every query row can fully see
+run without any masking arithmetic; only the diagonal / window / tail blocks are masked.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import dot_precision, interpreting, next_pow2, num_sms, tanh_f32
+from .elementwise import kv_strides
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _transform_scores(s, scale, softcap, slope, rel, USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr):
+    """scale, then softcap, then ALiBi (``rel = j - p``, broadcastable to ``s``)."""
+    s = s * scale
+    if USE_SOFTCAP:
+        s = softcap * tanh_f32(s / softcap)
+    if USE_ALIBI:
+        s = s + slope * rel
+    return s
+
+
+@triton.jit
+def _online_softmax_step(s, m_i, l_i, acc):
+    """Fold one masked score tile into the running (max, sum, rescaled accumulator)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2((m_i - m_safe) * 1.4426950408889634)
+    p = tl.exp2((s - m_safe[:, None]) * 1.4426950408889634)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None]
+    return p, m_new, l_i, acc
+
+
+# ============================================================================ decode
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, kc_ptr, vc_ptr, bt_ptr, seqlens_ptr, slopes_ptr,
+    o_ptr, part_o_ptr, part_lse_ptr,
+    stride_qb, stride_qh,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_bt, stride_ob, stride_oh,
+    scale, softcap, window,
+    G, Hq, chunk, PAGE, D, DV,
+    NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    kvh = tl.program_id(1)
+    sp = tl.program_id(2)
+    seqlen = tl.load(seqlens_ptr + b)
+    pos = seqlen - 1
+    start = sp * chunk
+    end = tl.minimum(start + chunk, seqlen)
+    if USE_WINDOW:
+        start = tl.maximum(start, pos - window + 1)
+
+    g = tl.arange(0, BLOCK_G)
+    heads = kvh * G + g
+    gmask = g < G
+    d = tl.arange(0, BLOCK_D)
+    dv = tl.arange(0, BLOCK_DV)
+    dmask = d < D
+    dvmask = dv < DV
+    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
+                mask=gmask[:, None] & dmask[None, :], other=0.0)
+    slope = tl.zeros([BLOCK_G, 1], dtype=tl.float32)
+    if USE_ALIBI:
+        slope = tl.load(slopes_ptr + heads, mask=gmask, other=0.0)[:, None]
+
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
+    bt_row = bt_ptr + b * stride_bt
+    k_base = kc_ptr + kvh * stride_kh
+    v_base = vc_ptr + kvh * stride_vh
+    for n0 in range((start // BLOCK_N) * BLOCK_N, end, BLOCK_N):
+        offs = n0 + tl.arange(0, BLOCK_N)
+        nmask = (offs >= start) & (offs < end)
+        page = tl.load(bt_row + offs // PAGE, mask=nmask, other=0).to(tl.int64)
+        slot = offs % PAGE
+        k = tl.load(k_base + page[:, None] * stride_kb + slot[:, None] * stride_ks + d[None, :],
+                    mask=nmask[:, None] & dmask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        s = _transform_scores(s, scale, softcap, slope, (offs - pos).to(tl.float32)[None, :],
+                              USE_SOFTCAP, USE_ALIBI)
+        s = tl.where(nmask[None, :], s, float("-inf"))
+        p, m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc)
+        v = tl.load(v_base + page[:, None] * stride_vb + slot[:, None] * stride_vs + dv[None, :],
+                    mask=nmask[:, None] & dvmask[None, :], other=0.0)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    omask = gmask[:, None] & dvmask[None, :]
+    if NUM_SPLITS == 1:
+        tl.store(o_ptr + b * stride_ob + heads[:, None] * stride_oh + dv[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=omask)
+    else:
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(l_safe))
+        row = (b * Hq + heads) * NUM_SPLITS + sp
+        tl.store(part_o_ptr + row[:, None] * DV + dv[None, :], out, mask=omask)
+        tl.store(part_lse_ptr + row, lse, mask=gmask)
+
+
+@triton.jit
+def _decode_merge_kernel(
+    part_o_ptr, part_lse_ptr, o_ptr, stride_ob, stride_oh, Hq, DV,
+    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    s = tl.arange(0, BLOCK_S)
+    dv = tl.arange(0, BLOCK_DV)
+    smask = s < NUM_SPLITS
+    row = (b * Hq + h) * NUM_SPLITS + s
+    lse = tl.load(part_lse_ptr + row, mask=smask, other=float("-inf"))
+    m = tl.max(lse, axis=0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp(lse - m_safe)
+    tot = tl.sum(w, axis=0)
+    o = tl.load(part_o_ptr + row[:, None] * DV + dv[None, :], mask=smask[:, None] & (dv < DV)[None, :], other=0.0)
+    out = tl.sum(w[:, None] * o, axis=0) / tl.where(tot == 0.0, 1.0, tot)
+    tl.store(o_ptr + b * stride_ob + h * stride_oh + dv, out.to(o_ptr.dtype.element_ty), mask=dv < DV)
+
+
+def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_kv: int, block_n: int, sms: int) -> tuple[int, int]:
+    """(splits, tokens per split): about two programs per SM, never less than one key block per split."""
+    n_blocks = max(1, triton.cdiv(max_seqlen_kv, block_n))
+    want = triton.cdiv(2 * sms, max(batch * num_kv_heads, 1))
+    splits = max(1, min(want, n_blocks, 64))
+    chunk = triton.cdiv(n_blocks, splits) * block_n
+    return max(1, triton.cdiv(max(max_seqlen_kv, 1), chunk)), chunk
+
+
+def paged_decode_fwd(
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, block_table: torch.Tensor,
+    seqlens_kv: torch.Tensor, max_seqlen_kv: int, layout: str, scale: float | None = None,
+    window: int | None = None, softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """Decode attention: ``q [B, Hq, D]`` over paged K/V -> ``[B, Hq, Dv]`` in q.dtype."""
+    B, Hq, D = q.shape
+    kb, ks, kh, page = kv_strides(key_cache, layout)
+    vb, vs, vh, _ = kv_strides(value_cache, layout)
+    Hkv = key_cache.shape[2] if layout == "NHD" else key_cache.shape[1]
+    DV = value_cache.shape[-1]
+    out = torch.empty((B, Hq, DV), dtype=q.dtype, device=q.device)
+    if B == 0:
+        return out
+    G = Hq // Hkv
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    interp = interpreting()
+    wide = max(D, DV) > 128
+    block_n = 16 if interp else (32 if wide else 64)
+    sms = num_sms(q.device)
+    if num_splits is None:
+        splits, chunk = decode_num_splits(B, Hkv, max_seqlen_kv, block_n, sms)
+    else:
+        splits = num_splits
+        chunk = triton.cdiv(triton.cdiv(max(max_seqlen_kv, 1), splits), block_n) * block_n
+    block_g = max(16, next_pow2(G))
+    block_dv = next_pow2(DV)
+    if splits > 1:
+        part_o = torch.empty((B, Hq, splits, DV), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((B, Hq, splits), dtype=torch.float32, device=q.device)
+    else:
+        part_o = part_lse = out
+    _decode_split_kernel[(B, Hkv, splits)](
+        q, key_cache, value_cache, block_table, seqlens_kv,
+        alibi_slopes if alibi_slopes is not None else q,
+        out, part_o, part_lse,
+        q.stride(0), q.stride(1), kb, ks, kh, vb, vs, vh,
+        block_table.stride(0), out.stride(0), out.stride(1),
+        float(scale if scale is not None else 1.0 / math.sqrt(D)),
+        float(softcap or 1.0), int(window or 0),
+        G, Hq, chunk, page, D, DV,
+        NUM_SPLITS=splits, BLOCK_G=block_g, BLOCK_N=block_n,
+        BLOCK_D=next_pow2(D), BLOCK_DV=block_dv,
+        USE_SOFTCAP=softcap is not None, USE_ALIBI=alibi_slopes is not None, USE_WINDOW=window is not None,
+        DOT_PREC=dot_precision(q.dtype),
+        num_warps=4 if not wide else 8, num_stages=2 if wide else 3,
+    )
+    if splits > 1:
+        _decode_merge_kernel[(B, Hq)](
+            part_o, part_lse, out, out.stride(0), out.stride(1), Hq, DV,
+            NUM_SPLITS=splits, BLOCK_S=next_pow2(splits), BLOCK_DV=block_dv, num_warps=4,
+        )
+    return out
+
+
+# ============================================================================ prefill
+
+
+@triton.jit
+def _prefill_inner(
+    acc, l_i, m_i, q, pos, slope, lo, hi, kv_len, kv_start,
+    k_base, v_base, bt_row, stride_kb, stride_ks, stride_vb, stride_vs,
+    scale, softcap, window, PAGE, D, DV,
+    MASK: tl.constexpr, CAUSAL: tl.constexpr, PAGED: tl.constexpr,
+    USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_WINDOW: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    d = tl.arange(0, BLOCK_D)
+    dv = tl.arange(0, BLOCK_DV)
+    dmask = d < D
+    dvmask = dv < DV
+    for n0 in range(lo, hi, BLOCK_N):
+        offs = n0 + tl.arange(0, BLOCK_N)
+        nmask = offs < kv_len
+        if PAGED:
+            page = tl.load(bt_row + offs // PAGE, mask=nmask, other=0).to(tl.int64)
+            krow = page * stride_kb + (offs % PAGE) * stride_ks
+            vrow = page * stride_vb + (offs % PAGE) * stride_vs
+        else:
+            krow = (kv_start + offs).to(tl.int64) * stride_kb
+            vrow = (kv_start + offs).to(tl.int64) * stride_vb
+        if MASK:
+            k = tl.load(k_base + krow[:, None] + d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
+        else:
+            k = tl.load(k_base + krow[:, None] + d[None, :], mask=dmask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        s = _transform_scores(s, scale, softcap, slope, (offs[None, :] - pos[:, None]).to(tl.float32),
+                              USE_SOFTCAP, USE_ALIBI)
+        if MASK:
+            valid = nmask[None, :]
+            if CAUSAL:
+                valid = valid & (offs[None, :] <= pos[:, None])
+            if USE_WINDOW:
+                valid = valid & (offs[None, :] > pos[:, None] - window)
+            s = tl.where(valid, s, float("-inf"))
+        p, m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc)
+        if MASK:
+            v = tl.load(v_base + vrow[:, None] + dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
+        else:
+            v = tl.load(v_base + vrow[:, None] + dv[None, :], mask=dvmask[None, :], other=0.0)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, seqlens_ptr, bt_ptr, slopes_ptr,
+    stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_ot, stride_oh, stride_bt,
+    scale, softcap, window, G, PAGE, D, DV, NUM_M_BLOCKS,
+    PAGED: tl.constexpr, CAUSAL: tl.constexpr,
+    USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_WINDOW: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    mb = NUM_M_BLOCKS - 1 - tl.program_id(0)  # heaviest (last) causal blocks first
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.program_id(2)
+    q_start = tl.load(cu_q_ptr + b)
+    q_len = tl.load(cu_q_ptr + b + 1) - q_start
+    m0 = mb * BLOCK_M
+    if m0 >= q_len:
+        return
+    if PAGED:
+        kv_len = tl.load(seqlens_ptr + b)
+        kv_start = 0
+    else:
+        kv_len = q_len
+        kv_start = q_start
+    hist = kv_len - q_len
+    kvh = h // G
+
+    rows = m0 + tl.arange(0, BLOCK_M)
+    rmask = rows < q_len
+    pos = hist + rows
+    d = tl.arange(0, BLOCK_D)
+    dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(q_ptr + (q_start + rows).to(tl.int64)[:, None] * stride_qt + h * stride_qh + d[None, :],
+                mask=rmask[:, None] & (d < D)[None, :], other=0.0)
+    slope = 0.0
+    if USE_ALIBI:
+        slope = tl.load(slopes_ptr + h)
+
+    if CAUSAL:
+        hi = tl.minimum(hist + m0 + BLOCK_M, kv_len)
+        full_end = (tl.minimum(hist + m0 + 1, kv_len) // BLOCK_N) * BLOCK_N
+    else:
+        hi = kv_len
+        full_end = (kv_len // BLOCK_N) * BLOCK_N
+    lo = 0
+    if USE_WINDOW:
+        lo = (tl.maximum(hist + m0 - window + 1, 0) // BLOCK_N) * BLOCK_N
+        full_end = lo
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    k_base = k_ptr + kvh * stride_kh
+    v_base = v_ptr + kvh * stride_vh
+    bt_row = bt_ptr + b * stride_bt
+    acc, l_i, m_i = _prefill_inner(
+        acc, l_i, m_i, q, pos, slope, lo, full_end, kv_len, kv_start,
+        k_base, v_base, bt_row, stride_kb, stride_ks, stride_vb, stride_vs,
+        scale, softcap, window, PAGE, D, DV,
+        False, CAUSAL, PAGED, USE_SOFTCAP, USE_ALIBI, USE_WINDOW, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PREC,
+    )
+    acc, l_i, m_i = _prefill_inner(
+        acc, l_i, m_i, q, pos, slope, full_end, hi, kv_len, kv_start,
+        k_base, v_base, bt_row, stride_kb, stride_ks, stride_vb, stride_vs,
+        scale, softcap, window, PAGE, D, DV,
+        True, CAUSAL, PAGED, USE_SOFTCAP, USE_ALIBI, USE_WINDOW, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PREC,
+    )
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(o_ptr + (q_start + rows).to(tl.int64)[:, None] * stride_ot + h * stride_oh + dv[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=rmask[:, None] & (dv < DV)[None, :])
+
+
+def _prefill_config(d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages), sized for Hopper-class shared memory."""
+    if interpreting():
+        return 16, 16, 4, 1
+    if dtype == torch.float32:
+        return 64, 32, 4, 2
+    if d <= 64:
+        return 128, 64, 4, 3
+    if d <= 128:
+        return 128, 64, 8, 3
+    return 64, 32, 4, 2
+
+
+def prefill_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int,
+    causal: bool = True, scale: float | None = None, window: int | None = None, softcap: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    block_table: torch.Tensor | None = None, seqlens_kv: torch.Tensor | None = None, layout: str = "NHD",
+) -> torch.Tensor:
+    """Varlen prefill attention ``q [T, Hq, D]`` -> ``[T, Hq, Dv]``.
+
+    Without ``block_table``, ``k [T, Hkv, D]`` / ``v [T, Hkv, Dv]`` are the packed new tokens;
+    with it, ``k`` / ``v`` are the paged caches in ``layout`` and ``seqlens_kv [B]`` the context.
+    """
+    T, Hq, D = q.shape
+    paged = block_table is not None
+    if paged:
+        kb, ks, kh, page = kv_strides(k, layout)
+        vb, vs, vh, _ = kv_strides(v, layout)
+        Hkv = k.shape[2] if layout == "NHD" else k.shape[1]
+    else:
+        k = k if k.stride(-1) == 1 else k.contiguous()
+        v = v if v.stride(-1) == 1 else v.contiguous()
+        kb, ks, kh, page = k.stride(0), 0, k.stride(1), 1
+        vb, vs, vh = v.stride(0), 0, v.stride(1)
+        Hkv = k.shape[1]
+    DV = v.shape[-1]
+    out = torch.empty((T, Hq, DV), dtype=q.dtype, device=q.device)
+    B = cu_seqlens_q.shape[0] - 1
+    if T == 0 or B == 0 or max_seqlen_q <= 0:
+        return out
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    block_m, block_n, warps, stages = _prefill_config(max(D, DV), q.dtype)
+    n_m = triton.cdiv(max_seqlen_q, block_m)
+    _prefill_kernel[(n_m, B, Hq)](
+        q, k, v, out, cu_seqlens_q,
+        seqlens_kv if paged else cu_seqlens_q, block_table if paged else cu_seqlens_q,
+        alibi_slopes if alibi_slopes is not None else q,
+        q.stride(0), q.stride(1), kb, ks, kh, vb, vs, vh,
+        out.stride(0), out.stride(1), block_table.stride(0) if paged else 0,
+        float(scale if scale is not None else 1.0 / math.sqrt(D)),
+        float(softcap or 1.0), int(window or 0), Hq // Hkv, page, D, DV, n_m,
+        PAGED=paged, CAUSAL=causal,
+        USE_SOFTCAP=softcap is not None, USE_ALIBI=alibi_slopes is not None, USE_WINDOW=window is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=next_pow2(D), BLOCK_DV=next_pow2(DV),
+        DOT_PREC=dot_precision(q.dtype), num_warps=warps, num_stages=stages,
+    )
+    return out

@@ -1,0 +1,200 @@
+"""Bandwidth-bound elementwise kernels: rotary embedding, SiLU-and-mul, KV-cache fill."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import next_pow2
+
+# ----------------------------------------------------------------------------- rotary
+
+
+@triton.jit
+def _rope_heads(
+    x_ptr, o_ptr, cos_ptr, sin_ptr, t, h0, H,
+    stride_xt, stride_xh, stride_ot, stride_oh,
+    HALF, D,
+    BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
+    INTERLEAVED: tl.constexpr, HAS_PASS: tl.constexpr,
+):
+    """Rotate heads ``[h0, h0 + BLOCK_H)`` of token ``t``; cos/sin rows already offset to ``t``."""
+    heads = h0 + tl.arange(0, BLOCK_H)
+    i = tl.arange(0, BLOCK_HALF)
+    hmask = heads < H
+    imask = i < HALF
+    if INTERLEAVED:
+        i1 = 2 * i
+        i2 = 2 * i + 1
+    else:
+        i1 = i
+        i2 = i + HALF
+    c1 = tl.load(cos_ptr + i1, mask=imask, other=0.0).to(tl.float32)[None, :]
+    c2 = tl.load(cos_ptr + i2, mask=imask, other=0.0).to(tl.float32)[None, :]
+    s1 = tl.load(sin_ptr + i1, mask=imask, other=0.0).to(tl.float32)[None, :]
+    s2 = tl.load(sin_ptr + i2, mask=imask, other=0.0).to(tl.float32)[None, :]
+    m = hmask[:, None] & imask[None, :]
+    xrow = x_ptr + t * stride_xt + heads[:, None] * stride_xh
+    orow = o_ptr + t * stride_ot + heads[:, None] * stride_oh
+    x1 = tl.load(xrow + i1[None, :], mask=m, other=0.0)
+    x2 = tl.load(xrow + i2[None, :], mask=m, other=0.0)
+    x1f = x1.to(tl.float32)
+    x2f = x2.to(tl.float32)
+    tl.store(orow + i1[None, :], (x1f * c1 - x2f * s1).to(x1.dtype), mask=m)
+    tl.store(orow + i2[None, :], (x2f * c2 + x1f * s2).to(x1.dtype), mask=m)
+    if HAS_PASS:
+        p = 2 * HALF + tl.arange(0, BLOCK_PASS)
+        pm = hmask[:, None] & (p < D)[None, :]
+        tl.store(orow + p[None, :], tl.load(xrow + p[None, :], mask=pm), mask=pm)
+
+
+@triton.jit
+def _rope_kernel(
+    q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh,
+    stride_qot, stride_qoh, stride_kot, stride_koh,
+    stride_cos, stride_sin,
+    Hq, Hkv, HALF, D,
+    BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
+    INTERLEAVED: tl.constexpr, HAS_PASS: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    hb = tl.program_id(1)
+    nq = tl.cdiv(Hq, BLOCK_H)
+    cos_row = cos_ptr + t * stride_cos
+    sin_row = sin_ptr + t * stride_sin
+    if hb < nq:
+        _rope_heads(q_ptr, qo_ptr, cos_row, sin_row, t, hb * BLOCK_H, Hq,
+                    stride_qt, stride_qh, stride_qot, stride_qoh, HALF, D,
+                    BLOCK_H, BLOCK_HALF, BLOCK_PASS, INTERLEAVED, HAS_PASS)
+    else:
+        _rope_heads(k_ptr, ko_ptr, cos_row, sin_row, t, (hb - nq) * BLOCK_H, Hkv,
+                    stride_kt, stride_kh, stride_kot, stride_koh, HALF, D,
+                    BLOCK_H, BLOCK_HALF, BLOCK_PASS, INTERLEAVED, HAS_PASS)
+
+
+def _unit_last(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def rotary_fwd(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q ``[T, Hq, D]`` and k ``[T, Hkv, D]`` rotated by cos/sin ``[T, R]`` in one launch."""
+    T, Hq, D = q.shape
+    Hkv = k.shape[1]
+    R = cos.shape[-1]
+    q, k, cos, sin = _unit_last(q), _unit_last(k), _unit_last(cos), _unit_last(sin)
+    qo = torch.empty((T, Hq, D), dtype=q.dtype, device=q.device)
+    ko = torch.empty((T, Hkv, D), dtype=k.dtype, device=k.device)
+    if T == 0:
+        return qo, ko
+    half = R // 2
+    block_half = next_pow2(half)
+    block_pass = next_pow2(D - R) if D > R else 1
+    # ~2K elements per program: enough bytes in flight without spilling
+    block_h = max(1, min(next_pow2(max(Hq, Hkv)), max(1, 2048 // (2 * block_half))))
+    grid = (T, triton.cdiv(Hq, block_h) + triton.cdiv(Hkv, block_h))
+    _rope_kernel[grid](
+        q, k, qo, ko, cos, sin,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        qo.stride(0), qo.stride(1), ko.stride(0), ko.stride(1),
+        cos.stride(0), sin.stride(0),
+        Hq, Hkv, half, D,
+        BLOCK_H=block_h, BLOCK_HALF=block_half, BLOCK_PASS=block_pass,
+        INTERLEAVED=interleaved, HAS_PASS=D > R, num_warps=4,
+    )
+    return qo, ko
+
+
+# ----------------------------------------------------------------------------- silu_and_mul
+
+
+@triton.jit
+def _silu_and_mul_kernel(x_ptr, o_ptr, stride_x, stride_o, N, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N
+    g = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    u = tl.load(x_ptr + row * stride_x + N + cols, mask=mask, other=0.0)
+    gf = g.to(tl.float32)
+    y = gf / (1.0 + tl.exp(-gf)) * u.to(tl.float32)
+    tl.store(o_ptr + row * stride_o + cols, y.to(g.dtype), mask=mask)
+
+
+def silu_and_mul_fwd(x: torch.Tensor) -> torch.Tensor:
+    """``silu(x[..., :I]) * x[..., I:]`` for ``x [..., 2I]``; computed in fp32."""
+    N = x.shape[-1] // 2
+    lead = x.shape[:-1]
+    x2 = _unit_last(x.reshape(-1, 2 * N))
+    M = x2.shape[0]
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M > 0 and N > 0:
+        block = min(next_pow2(N), 2048)
+        _silu_and_mul_kernel[(M, triton.cdiv(N, block))](
+            x2, out, x2.stride(0), out.stride(0), N, BLOCK=block, num_warps=min(max(block // 256, 1), 8)
+        )
+    return out.view(*lead, N)
+
+
+# ----------------------------------------------------------------------------- fill_kv_cache
+
+
+@triton.jit
+def _fill_one(src_ptr, dst_ptr, t, blk, off, stride_st, stride_sh, stride_db, stride_ds, stride_dh, H, D,
+              BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    h = tl.arange(0, BLOCK_H)
+    d = tl.arange(0, BLOCK_D)
+    m = (h < H)[:, None] & (d < D)[None, :]
+    v = tl.load(src_ptr + t * stride_st + h[:, None] * stride_sh + d[None, :], mask=m)
+    tl.store(dst_ptr + blk * stride_db + off * stride_ds + h[:, None] * stride_dh + d[None, :], v, mask=m)
+
+
+@triton.jit
+def _fill_kv_kernel(
+    k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr,
+    stride_kt, stride_kh, stride_vt, stride_vh,
+    stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
+    H, D, DV, BS,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    if slot >= 0:
+        blk = slot // BS
+        off = slot % BS
+        _fill_one(k_ptr, kc_ptr, t, blk, off, stride_kt, stride_kh, stride_kcb, stride_kcs, stride_kch, H, D,
+                  BLOCK_H, BLOCK_D)
+        _fill_one(v_ptr, vc_ptr, t, blk, off, stride_vt, stride_vh, stride_vcb, stride_vcs, stride_vch, H, DV,
+                  BLOCK_H, BLOCK_DV)
+
+
+def kv_strides(cache: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
+    """(block, slot-in-block, head) strides and block size of a paged cache in ``layout``."""
+    if layout == "NHD":
+        return cache.stride(0), cache.stride(1), cache.stride(2), cache.shape[1]
+    return cache.stride(0), cache.stride(2), cache.stride(1), cache.shape[2]
+
+
+def fill_kv_cache_fwd(
+    key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor, layout: str,
+) -> None:
+    """Scatter ``key [T, Hkv, D]`` / ``value [T, Hkv, Dv]`` into the paged caches; slot -1 is skipped."""
+    T, H, D = key.shape
+    DV = value.shape[-1]
+    if T == 0:
+        return
+    key, value = _unit_last(key), _unit_last(value)
+    kb, ks, kh, bs = kv_strides(key_cache, layout)
+    vb, vs, vh, _ = kv_strides(value_cache, layout)
+    block_h, block_d, block_dv = next_pow2(H), next_pow2(D), next_pow2(DV)
+    _fill_kv_kernel[(T,)](
+        key, value, key_cache, value_cache, slot_mapping,
+        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        kb, ks, kh, vb, vs, vh,
+        H, D, DV, bs,
+        BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_DV=block_dv,
+        num_warps=min(max(block_h * max(block_d, block_dv) // 512, 1), 8),
+    )

@@ -1,0 +1,124 @@
+"""Row-wise fused kernels: RMSNorm (+ residual add) (+ per-token int8 quantisation).
+
+One program handles one row of ``H`` elements held entirely in registers, so every input
+is read once and every output written once: the kernels are bandwidth-bound by design.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import next_pow2, round_half_even
+
+
+@triton.jit
+def _quantize_row(y, cols, mask, q_ptr, scale_ptr, row, stride_q):
+    """Symmetric per-row int8: scale = max|y| / 127, q = round(y / scale)."""
+    amax = tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0)
+    scale = amax / 127.0
+    safe = tl.where(scale == 0.0, 1.0, scale)
+    q = round_half_even(y / safe)
+    q = tl.minimum(tl.maximum(q, -128.0), 127.0)
+    tl.store(q_ptr + row * stride_q + cols, q.to(tl.int8), mask=mask)
+    tl.store(scale_ptr + row, scale)
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, added_ptr, scale_ptr,
+    stride_x, stride_r, stride_o, stride_a,
+    H, eps,
+    BLOCK: tl.constexpr, HAS_RES: tl.constexpr, QUANT: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < H
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RES:
+        r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0)
+        s = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)  # rounded sum, as the spec says
+        tl.store(added_ptr + row * stride_a + cols, s, mask=mask)
+        x = s
+    xf = x.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / H + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    y = xf * rstd * w
+    if QUANT:
+        # quantise the normed row as rms_norm would return it (rounded to x.dtype)
+        _quantize_row(y.to(x.dtype).to(tl.float32), cols, mask, out_ptr, scale_ptr, row, stride_o)
+    else:
+        tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dynamic_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x, stride_q, H, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < H
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    _quantize_row(x, cols, mask, q_ptr, scale_ptr, row, stride_q)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """View ``x`` as ``[rows, H]`` with a unit last stride (copies only when it must)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def _warps(block: int) -> int:
+    return min(max(block // 256, 1), 16)
+
+
+def rms_norm_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    quant: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """RMSNorm over the last dim of ``x [..., H]`` (fp16/bf16/fp32, weight ``[H]``).
+
+    Returns ``(normed,)``, ``(normed, added)`` with a residual, and with ``quant`` the
+    normed output is replaced by ``(x_q int8 [..., H], scale fp32 [...])``.
+    """
+    H = x.shape[-1]
+    lead = x.shape[:-1]
+    x2 = _rows(x)
+    M = x2.shape[0]
+    r2 = _rows(residual) if residual is not None else x2
+    added = torch.empty_like(x2) if residual is not None else x2
+    if quant:
+        out = torch.empty((M, H), dtype=torch.int8, device=x.device)
+        scale = torch.empty((M,), dtype=torch.float32, device=x.device)
+    else:
+        out = torch.empty_like(x2)
+        scale = out
+    if M > 0:
+        block = next_pow2(H)
+        _rms_norm_kernel[(M,)](
+            x2, r2, weight.contiguous(), out, added, scale,
+            x2.stride(0), r2.stride(0), out.stride(0), added.stride(0),
+            H, float(eps),
+            BLOCK=block, HAS_RES=residual is not None, QUANT=quant, num_warps=_warps(block),
+        )
+    res: tuple[torch.Tensor, ...]
+    res = (out.view(*lead, H), scale.view(lead)) if quant else (out.view(*lead, H),)
+    if residual is not None:
+        res = res + (added.view(*lead, H),)
+    return res
+
+
+def dynamic_quant_fwd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token symmetric int8 quantisation of ``x [..., H]`` -> ``(int8 [..., H], fp32 [...])``."""
+    H = x.shape[-1]
+    lead = x.shape[:-1]
+    x2 = _rows(x)
+    M = x2.shape[0]
+    q = torch.empty((M, H), dtype=torch.int8, device=x.device)
+    scale = torch.empty((M,), dtype=torch.float32, device=x.device)
+    if M > 0:
+        block = next_pow2(H)
+        _dynamic_quant_kernel[(M,)](x2, q, scale, x2.stride(0), q.stride(0), H, BLOCK=block, num_warps=_warps(block))
+    return q.view(*lead, H), scale.view(lead)

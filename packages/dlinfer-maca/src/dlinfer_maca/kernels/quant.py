@@ -1,0 +1,166 @@
+"""Quantised GEMMs: W8A8 (int8 x int8 -> int32, scaled epilogue) and W4A16 (AWQ-style, dequant in the K loop).
+
+W4A16 layout (produced once at load time by :func:`awq_prepare`): the canonical AWQ
+``qweight int32 [IN, OUT/8]`` has its nibbles in AWQ order (nibble i holds column
+``8c + AWQ_ORDER[i]``); we repack so nibble i holds column ``8c + i``, which makes the
+in-kernel unpack a plain shift by ``4 * (col % 8)``. ``qzeros`` is repacked the same way;
+``scales [IN/g, OUT]`` is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import interpreting
+
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def _gemm_config(M: int, int8: bool) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), skinny tiles for decode-sized M."""
+    if interpreting():
+        return 16, 16, 32, 4, 1
+    bk = 128 if int8 else 64
+    if M <= 16:
+        return 16, 64, bk, 4, 4
+    if M <= 64:
+        return 64, 64, bk, 4, 4
+    return 128, 128, bk, 8, 3
+
+
+@triton.jit
+def _w8a8_kernel(
+    a_ptr, b_ptr, o_ptr, as_ptr, bs_ptr, bias_ptr, M, N, K,
+    stride_am, stride_bn, stride_om,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mmask = offs_m < M
+    nmask = offs_n < N
+    a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :]
+    b_ptrs = b_ptr + offs_n.to(tl.int64)[None, :] * stride_bn + offs_k[:, None]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        kmask = (k0 + offs_k) < K
+        a = tl.load(a_ptrs, mask=mmask[:, None] & kmask[None, :], other=0)
+        b = tl.load(b_ptrs, mask=kmask[:, None] & nmask[None, :], other=0)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    sa = tl.load(as_ptr + offs_m, mask=mmask, other=0.0)
+    sb = tl.load(bs_ptr + offs_n, mask=nmask, other=0.0)
+    out = acc.to(tl.float32) * sa[:, None] * sb[None, :]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    tl.store(o_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+
+
+def linear_w8a8_fwd(
+    x_q: torch.Tensor, w_q: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
+    bias: torch.Tensor | None, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """``(x_q [..., IN] @ w_q [OUT, IN]^T) * x_scale[..., None] * w_scale (+ bias)`` -> ``[..., OUT]``."""
+    K = x_q.shape[-1]
+    N = w_q.shape[0]
+    lead = x_q.shape[:-1]
+    a = x_q.reshape(-1, K).contiguous()
+    M = a.shape[0]
+    w = w_q.contiguous()
+    sa = x_scale.reshape(-1).contiguous()
+    out = torch.empty((M, N), dtype=out_dtype, device=x_q.device)
+    if M > 0 and N > 0:
+        bm, bn, bk, warps, stages = _gemm_config(M, True)
+        _w8a8_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
+            a, w, out, sa, w_scale.contiguous(), bias if bias is not None else sa, M, N, K,
+            a.stride(0), w.stride(0), out.stride(0),
+            HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
+        )
+    return out.view(*lead, N)
+
+
+# ----------------------------------------------------------------------------- W4A16
+
+
+def _reorder_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """AWQ nibble order -> natural order (nibble i holds column 8c + i)."""
+    p = packed.to(torch.int32)
+    out = torch.zeros_like(p)
+    for i, col in enumerate(AWQ_ORDER):
+        out |= ((p >> (4 * i)) & 0xF) << (4 * col)
+    return out
+
+
+def awq_prepare(
+    qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Load-time conversion of a canonical AWQ checkpoint to this backend's natural nibble order."""
+    del group_size
+    return _reorder_nibbles(qweight).contiguous(), scales.contiguous(), _reorder_nibbles(qzeros).contiguous()
+
+
+@triton.jit
+def _w4a16_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, M, N, K, GROUP,
+    stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mmask = offs_m < M
+    nmask = offs_n < N
+    shift = (offs_n % 8) * 4
+    pcol = offs_n // 8
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs_k
+        kmask = kk < K
+        x = tl.load(x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + kk[None, :],
+                    mask=mmask[:, None] & kmask[None, :], other=0.0)
+        wm = kmask[:, None] & nmask[None, :]
+        packed = tl.load(qw_ptr + kk.to(tl.int64)[:, None] * stride_qk + pcol[None, :], mask=wm, other=0)
+        grp = (kk // GROUP).to(tl.int64)
+        zp = tl.load(z_ptr + grp[:, None] * stride_zk + pcol[None, :], mask=wm, other=0)
+        s = tl.load(s_ptr + grp[:, None] * stride_sk + offs_n[None, :], mask=wm, other=0.0)
+        q = (packed >> shift[None, :]) & 0xF
+        z = (zp >> shift[None, :]) & 0xF
+        w = ((q - z).to(tl.float32) * s.to(tl.float32)).to(x.dtype)
+        acc += tl.dot(x, w, input_precision=DOT_PREC)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    tl.store(o_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :],
+             acc.to(o_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+
+
+def w4a16_fwd(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor,
+    bias: torch.Tensor | None, group_size: int,
+) -> torch.Tensor:
+    """``x [..., IN] @ dequant(W)`` with W from :func:`awq_prepare`'s layout -> ``[..., OUT]``."""
+    K = x.shape[-1]
+    N = scales.shape[-1]
+    lead = x.shape[:-1]
+    a = x.reshape(-1, K)
+    a = a if a.stride(-1) == 1 else a.contiguous()
+    M = a.shape[0]
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M > 0 and N > 0:
+        bm, bn, bk, warps, stages = _gemm_config(M, False)
+        bk = min(bk, group_size) if not interpreting() else 16
+        _w4a16_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
+            a, qweight, scales, qzeros, bias if bias is not None else a, out, M, N, K, group_size,
+            a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
+            HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+            DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps, num_stages=stages,
+        )
+    return out.view(*lead, N)

@@ -1,0 +1,289 @@
+"""Kernel-level tests of dlinfer-maca against plain torch oracles.
+
+Runs on CUDA when present; otherwise under TRITON_INTERPRET=1 on CPU with small shapes
+(marked ``interpreter``). Inputs are random and non-zero, outputs are fresh ``torch.empty``
+buffers from the kernels, checked elementwise for finiteness and by relative norm error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _ref import TOL, assert_close, rel_err, attention_ref, fused_moe_ref, rotary_ref
+from conftest import DEVICE, ON_GPU
+
+from dlinfer_maca.kernels import attention, elementwise, moe, norm, quant
+
+pytestmark = pytest.mark.interpreter
+DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+
+def rnd(*shape, dtype=torch.float32, scale=1.0):
+    return (torch.randn(*shape, device=DEVICE) * scale).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H", [48, 128])
+def test_rms_norm_family(dtype, H):
+    x, r, w = rnd(7, H, dtype=dtype), rnd(7, H, dtype=dtype), rnd(H, dtype=dtype)
+
+    def ref(v):
+        vf = v.float()
+        return vf * torch.rsqrt(vf.pow(2).mean(-1, keepdim=True) + 1e-6) * w.float()
+
+    (o,) = norm.rms_norm_fwd(x, w, 1e-6)
+    assert_close(o, ref(x), dtype)
+    o, added = norm.rms_norm_fwd(x, w, 1e-6, residual=r)
+    s = (x.float() + r.float()).to(dtype)
+    assert_close(added, s, dtype)
+    assert_close(o, ref(s), dtype)
+    q, sc = norm.rms_norm_fwd(x, w, 1e-6, quant=True)
+    y = ref(x).to(dtype).float()
+    assert torch.allclose(sc, y.abs().amax(-1) / 127, rtol=TOL[dtype])
+    if dtype == torch.float32:
+        assert (q.float() - y / sc[:, None]).abs().max() <= 0.5 + 1e-3
+    else:  # int8 grid error (<= 0.5/127 per element) plus the low-precision rounding of y
+        assert rel_err(q.float() * sc[:, None], y) < 2e-2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dynamic_quant(dtype):
+    x = rnd(3, 5, 64, dtype=dtype)
+    q, sc = norm.dynamic_quant_fwd(x)
+    assert q.dtype == torch.int8 and sc.shape == (3, 5)
+    xf = x.float()
+    assert torch.allclose(sc, xf.abs().amax(-1) / 127, rtol=1e-6)
+    assert torch.equal(q, torch.round(xf / sc[..., None]).clamp(-128, 127).to(torch.int8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("R", [32, 16])
+def test_rotary(dtype, interleaved, R):
+    T, Hq, Hkv, D = 5, 4, 2, 32
+    q, k = rnd(T, Hq, D, dtype=dtype), rnd(T, Hkv, D, dtype=dtype)
+    ang = torch.rand(T, R // 2, device=DEVICE) * 6
+    ang = ang.repeat_interleave(2, -1) if interleaved else torch.cat((ang, ang), -1)
+    cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+    qo, ko = elementwise.rotary_fwd(q, k, cos, sin, interleaved)
+    assert_close(qo, rotary_ref(q, cos, sin, interleaved), dtype)
+    assert_close(ko, rotary_ref(k, cos, sin, interleaved), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_and_mul(dtype):
+    x = rnd(3, 2, 96, dtype=dtype)
+    ref = torch.nn.functional.silu(x[..., :48].double()) * x[..., 48:].double()
+    assert_close(elementwise.silu_and_mul_fwd(x), ref, dtype)
+
+
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("slot_dtype", [torch.int32, torch.int64])
+def test_fill_kv_cache(layout, slot_dtype):
+    T, H, D, DV, BS, NB = 6, 2, 32, 16, 4, 5
+    key, value = rnd(T, H, D), rnd(T, H, DV)
+    shape_k = (NB, BS, H, D) if layout == "NHD" else (NB, H, BS, D)
+    shape_v = (NB, BS, H, DV) if layout == "NHD" else (NB, H, BS, DV)
+    kc, vc = torch.full(shape_k, 7.0, device=DEVICE), torch.full(shape_v, 7.0, device=DEVICE)
+    slots = torch.tensor([3, 17, -1, 4, 0, 19], dtype=slot_dtype, device=DEVICE)
+    ek, ev = kc.clone(), vc.clone()
+    for t, s in enumerate(slots.tolist()):
+        if s < 0:
+            continue
+        b, o = divmod(s, BS)
+        if layout == "NHD":
+            ek[b, o], ev[b, o] = key[t], value[t]
+        else:
+            ek[b, :, o], ev[b, :, o] = key[t], value[t]
+    elementwise.fill_kv_cache_fwd(key, value, kc, vc, slots, layout)
+    assert torch.equal(kc, ek) and torch.equal(vc, ev)
+
+
+def _paged(k_seqs, v_seqs, BS, layout, extra_blocks=3):
+    """Scatter per-sequence K/V [L, H, *] into a shuffled paged cache; returns caches and block table."""
+    H, D, DV = k_seqs[0].shape[1], k_seqs[0].shape[2], v_seqs[0].shape[2]
+    nblk = [math.ceil(k.shape[0] / BS) for k in k_seqs]
+    NB = sum(nblk) + extra_blocks
+    perm = torch.randperm(NB).tolist()
+    kc = rnd(NB, BS, H, D, dtype=k_seqs[0].dtype) * 100  # garbage in unused slots
+    vc = rnd(NB, BS, H, DV, dtype=k_seqs[0].dtype) * 100
+    table = torch.zeros(len(k_seqs), max(nblk) + 1, dtype=torch.int32)
+    i = 0
+    for b, (k, v) in enumerate(zip(k_seqs, v_seqs)):
+        for j in range(nblk[b]):
+            blk = perm[i]
+            i += 1
+            table[b, j] = blk
+            n = min(BS, k.shape[0] - j * BS)
+            kc[blk, :n] = k[j * BS: j * BS + n]
+            vc[blk, :n] = v[j * BS: j * BS + n]
+    if layout == "HND":
+        kc, vc = kc.transpose(1, 2).contiguous(), vc.transpose(1, 2).contiguous()
+    return kc, vc, table.to(DEVICE)
+
+
+DECODE_CASES = [
+    # B, Hq, Hkv, D, DV, BS, lens, layout, splits
+    (3, 4, 1, 32, 32, 16, [5, 40, 17], "NHD", None),
+    (2, 8, 4, 64, 32, 8, [33, 1], "HND", None),
+    (2, 2, 2, 16, 16, 16, [70, 9], "NHD", 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DECODE_CASES)
+def test_paged_decode(dtype, case):
+    B, Hq, Hkv, D, DV, BS, lens, layout, splits = case
+    ks = [rnd(n, Hkv, D, dtype=dtype) for n in lens]
+    vs = [rnd(n, Hkv, DV, dtype=dtype) for n in lens]
+    kc, vc, table = _paged(ks, vs, BS, layout)
+    q = rnd(B, Hq, D, dtype=dtype)
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    out = attention.paged_decode_fwd(q, kc, vc, table, seqlens, max(lens), layout, num_splits=splits)
+    for b, n in enumerate(lens):
+        ref = attention_ref(q[b:b + 1], ks[b], vs[b], q_pos=torch.tensor([n - 1], device=DEVICE),
+                            causal=True, scale=1 / math.sqrt(D))
+        assert_close(out[b:b + 1], ref, dtype, factor=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("opt", ["window", "softcap", "alibi"])
+def test_paged_decode_options(dtype, opt):
+    lens, Hq, Hkv, D = [37, 12], 4, 2, 32
+    ks = [rnd(n, Hkv, D, dtype=dtype) for n in lens]
+    vs = [rnd(n, Hkv, D, dtype=dtype) for n in lens]
+    kc, vc, table = _paged(ks, vs, 16, "NHD")
+    q = rnd(2, Hq, D, dtype=dtype, scale=3.0)
+    kw = {"window": 10} if opt == "window" else {"softcap": 2.0} if opt == "softcap" else {
+        "alibi_slopes": torch.rand(Hq, device=DEVICE)}
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    out = attention.paged_decode_fwd(q, kc, vc, table, seqlens, 40, "NHD", scale=0.3, **kw)
+    for b, n in enumerate(lens):
+        ref = attention_ref(q[b:b + 1], ks[b], vs[b], q_pos=torch.tensor([n - 1], device=DEVICE), causal=True,
+                            scale=0.3, window=kw.get("window"), softcap=kw.get("softcap"),
+                            slopes=kw.get("alibi_slopes"))
+        assert_close(out[b:b + 1], ref, dtype, factor=2)
+
+
+PREFILL_CASES = [
+    # qlens, Hq, Hkv, D, DV, causal
+    ([7, 20, 1], 4, 2, 32, 32, True),
+    ([18, 5], 2, 2, 16, 32, False),
+    ([33], 4, 1, 64, 64, True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", PREFILL_CASES)
+def test_prefill(dtype, case):
+    qlens, Hq, Hkv, D, DV, causal = case
+    T = sum(qlens)
+    q, k, v = rnd(T, Hq, D, dtype=dtype), rnd(T, Hkv, D, dtype=dtype), rnd(T, Hkv, DV, dtype=dtype)
+    cu = torch.tensor([0] + list(torch.tensor(qlens).cumsum(0)), dtype=torch.int32, device=DEVICE)
+    out = attention.prefill_fwd(q, k, v, cu, max(qlens), causal=causal)
+    for b, n in enumerate(qlens):
+        s = slice(int(cu[b]), int(cu[b + 1]))
+        ref = attention_ref(q[s], k[s], v[s], q_pos=torch.arange(n, device=DEVICE), causal=causal,
+                            scale=1 / math.sqrt(D))
+        assert_close(out[s], ref, dtype, factor=2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("opt", [None, "window", "softcap", "alibi", "noncausal"])
+def test_paged_prefill(dtype, layout, opt):
+    qlens, kvlens, Hq, Hkv, D, BS = [5, 17, 1], [21, 17, 40], 4, 2, 32, 16
+    ks = [rnd(n, Hkv, D, dtype=dtype) for n in kvlens]
+    vs = [rnd(n, Hkv, D, dtype=dtype) for n in kvlens]
+    kc, vc, table = _paged(ks, vs, BS, layout)
+    T = sum(qlens)
+    q = rnd(T, Hq, D, dtype=dtype, scale=2.0)
+    cu = torch.tensor([0] + list(torch.tensor(qlens).cumsum(0)), dtype=torch.int32, device=DEVICE)
+    kw = {"window": 9} if opt == "window" else {"softcap": 3.0} if opt == "softcap" else {
+        "alibi_slopes": torch.rand(Hq, device=DEVICE)} if opt == "alibi" else {}
+    causal = opt != "noncausal"
+    seqlens = torch.tensor(kvlens, dtype=torch.int32, device=DEVICE)
+    out = attention.prefill_fwd(q, kc, vc, cu, max(qlens), causal=causal, block_table=table, seqlens_kv=seqlens,
+                                layout=layout, **kw)
+    for b, (n, L) in enumerate(zip(qlens, kvlens)):
+        s = slice(int(cu[b]), int(cu[b + 1]))
+        ref = attention_ref(q[s], ks[b], vs[b], q_pos=torch.arange(L - n, L, device=DEVICE), causal=causal,
+                            scale=1 / math.sqrt(D), window=kw.get("window"), softcap=kw.get("softcap"),
+                            slopes=kw.get("alibi_slopes"))
+        assert_close(out[s], ref, dtype, factor=2)
+
+
+@pytest.mark.parametrize("renorm", [False, True])
+@pytest.mark.parametrize("E,k", [(8, 2), (6, 3), (16, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_softmax(renorm, E, k, dtype):
+    logits = rnd(9, E, dtype=dtype)
+    w, ids = moe.topk_softmax_fwd(logits, k, renorm)
+    p = torch.softmax(logits.float(), -1)
+    rw, rid = p.topk(k, dim=-1)
+    if renorm:
+        rw = rw / rw.sum(-1, keepdim=True)
+    assert ids.dtype == torch.int32 and w.dtype == torch.float32
+    assert torch.allclose(w, rw, rtol=1e-5, atol=1e-7)
+    # ids must be an argmax set: ties (likely with bf16 logits) may come in any order
+    assert torch.allclose(p.gather(1, ids.long()), p.gather(1, rid), rtol=1e-6)
+    if dtype == torch.float32:
+        assert torch.equal(ids.long(), rid)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,E,k", [(1, 8, 2), (11, 4, 2), (6, 8, 3), (5, 3, 1)])
+def test_fused_moe(dtype, T, E, k):
+    H, inter = 32, 48
+    x = rnd(T, H, dtype=dtype)
+    gate_up = rnd(E, 2 * inter, H, dtype=dtype, scale=0.2)
+    down = rnd(E, H, inter, dtype=dtype, scale=0.2)
+    w, ids = moe.topk_softmax_fwd(rnd(T, E), k, True)
+    out = moe.fused_moe_fwd(x, gate_up, down, w, ids)
+    assert_close(out, fused_moe_ref(x, gate_up, down, w, ids), dtype, factor=3)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_w8a8(out_dtype, bias):
+    M, K, N = 5, 64, 40
+    xq = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=DEVICE)
+    wq = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=DEVICE)
+    xs, ws = torch.rand(M, device=DEVICE) / 100, torch.rand(N, device=DEVICE) / 100
+    b = rnd(N, dtype=out_dtype) if bias else None
+    out = quant.linear_w8a8_fwd(xq, wq, xs, ws, b, out_dtype)
+    ref = (xq.double() @ wq.double().T) * xs.double()[:, None] * ws.double()
+    if bias:
+        ref = ref + b.double()
+    assert out.dtype == out_dtype
+    assert_close(out, ref, out_dtype)
+
+
+def _awq_pack(q: torch.Tensor) -> torch.Tensor:
+    """Pack int values [R, C] (0..15) to AWQ int32 [R, C/8]."""
+    R, C = q.shape
+    g = q.view(R, C // 8, 8).to(torch.int64)
+    packed = torch.zeros(R, C // 8, dtype=torch.int64, device=q.device)
+    for i, col in enumerate(quant.AWQ_ORDER):
+        packed |= g[..., col] << (4 * i)
+    return packed.to(torch.uint32).view(torch.int32) if hasattr(torch, "uint32") else packed.to(torch.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_w4a16(dtype):
+    M, K, N, g = 3, 64, 32, 32
+    q = torch.randint(0, 16, (K, N), device=DEVICE)
+    z = torch.randint(0, 16, (K // g, N), device=DEVICE)
+    s = (torch.rand(K // g, N, device=DEVICE) / 10 + 0.01).to(dtype)
+    qw, sc, qz = quant.awq_prepare(_awq_pack(q), s, _awq_pack(z), g)
+    x = rnd(M, K, dtype=dtype)
+    out = quant.w4a16_fwd(x, qw, sc, qz, None, g)
+    W = (q - z.repeat_interleave(g, 0)).double() * s.double().repeat_interleave(g, 0)
+    assert_close(out, x.double() @ W, dtype, factor=2)
+
+
+def test_tolerances_are_strict():
+    assert TOL[torch.float32] == 1e-5 and TOL[torch.float16] == 1e-3 and TOL[torch.bfloat16] == 1e-2
+    assert ON_GPU or DEVICE == "cpu"
