@@ -1,8 +1,13 @@
-"""CPU test setup: the vendor simulator (tests/npu_sim) stands in for torch_npu / ATB.
+"""Test setup.
 
-The simulator is installed for the whole session, before collection, so that the core
-conformance plugin (``--dlinfer-backend=ascend --dlinfer-device=cpu``) can load the ops too.
-Tests that need a world without torch_npu use the ``no_torch_npu`` fixture.
+CPU (default): the vendor simulator (tests/npu_sim) stands in for torch_npu / ATB. It is installed
+for the whole session, before collection, so that the core conformance plugin
+(``--dlinfer-backend=ascend --dlinfer-device=cpu``) can load the ops too. Tests that need a world
+without torch_npu use the ``no_torch_npu`` fixture.
+
+Ascend hardware (``DLINFER_HARDWARE=1``, set by ``nox -s tests-ascend``): the simulator is never
+installed, the simulator-based files are not collected, and only test_on_npu.py plus the
+conformance kit (``--dlinfer-backend=ascend``) run against the real torch_npu.
 """
 
 from __future__ import annotations
@@ -15,7 +20,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import npu_sim  # noqa: E402
+HARDWARE = os.environ.get("DLINFER_HARDWARE") == "1"
+if HARDWARE:
+    collect_ignore = ["npu_sim", "test_conformance_sim.py", "test_device_hooks.py", "test_graph.py",
+                      "test_routes.py", "test_sim_kernels.py"]
+else:
+    import npu_sim
 
 
 def _reset_adaptor_state() -> None:
@@ -27,11 +37,16 @@ def _reset_adaptor_state() -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    npu_sim.install()
+    from dlinfer.registry import REGISTRY
+
+    if not HARDWARE:
+        npu_sim.install()
+    REGISTRY.discover()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    npu_sim.uninstall()
+    if not HARDWARE:
+        npu_sim.uninstall()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from dlinfer.registry import REFERENCE, REGISTRY
 from dlinfer.testing.runner import plan, run_case
 

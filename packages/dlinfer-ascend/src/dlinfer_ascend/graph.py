@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
-
 from dlinfer.plugin import DeviceGraph
 
 

@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-
 from dlinfer.plugin import Backend, hookimpl
+
 from dlinfer_ascend import BACKEND_NAME
 from dlinfer_ascend.runtime import WRITTEN_FOR, is_available
 

@@ -15,8 +15,8 @@ weight_quant_matmul  -> npu_weight_quant_batchmatmul with per-group (g % 32 == 0
 from __future__ import annotations
 
 import torch
-
 from dlinfer.spec import AWQ_ORDER
+
 from dlinfer_ascend.ops._common import unsupported
 from dlinfer_ascend.ops._kernels import K
 

@@ -3,7 +3,6 @@
 import sys
 
 import torch
-
 from npu_sim import device, ops_tables
 
 __version__ = ops_tables.SIM_VERSION["torch_npu"]
