@@ -1,0 +1,66 @@
+"""Argument translation shared by the camb attention ops (spec options -> tmo kernel arguments)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dlinfer_camb.ops._common import unsupported
+
+#: flash_attention's paged mode serves block size 16 only (TMO-NEW; UNCONFIRMED for 1.5.0, vendor-apis.md §3.5).
+FLASH_PAGED_BLOCK_SIZES = (16,)
+#: single_query_cached_kv_attn serves block sizes 1..64 (TMO-NEW, vendor-apis.md §3.6).
+DECODE_MAX_BLOCK_SIZE = 64
+
+
+def softmax_scale(scale: float | None, head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
+def window_left(op: str, window: int | None) -> int:
+    """Spec window w (keys p-w < j <= p, w keys) -> tmo window_size_left w-1 (w-1 keys left of p); None -> -1."""
+    if window is None:
+        return -1
+    if window < 1:
+        raise unsupported(op, f"window={window}", "tmo windows keep at least the query's own key")
+    return int(window) - 1
+
+
+def refuse_softcap(op: str, softcap: float | None) -> None:
+    if softcap is not None:
+        raise unsupported(op, "softcap", "torch_mlu_ops attention kernels have no logit soft-capping argument")
+
+
+def alibi(op: str, slopes: torch.Tensor | None, causal: bool) -> torch.Tensor | None:
+    """ALiBi slopes fp32 [Hq]. Served for causal attention only, where every bias convention
+    (slope*(j-p), -slope*|p-j|, slope*j) gives the same softmax; tmo's non-causal convention is UNCONFIRMED."""
+    if slopes is None:
+        return None
+    if not causal:
+        raise unsupported(op, "alibi_slopes with causal=False",
+                          "the ALiBi bias of tmo.flash_attention for non-causal attention is not documented")
+    return slopes.to(torch.float32).contiguous()
+
+
+def cumulative(lengths: torch.Tensor) -> torch.Tensor:
+    """Per-sequence lengths int32 [B] -> cumulative offsets with a leading 0, int32 [B+1] (on the same device)."""
+    return torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+
+
+def gather_packed(
+    cache: torch.Tensor, block_table: torch.Tensor, seqlens: torch.Tensor, seqlens_cpu: torch.Tensor | None
+) -> torch.Tensor:
+    """HND cache [NB, H, BS, D] + block_table [B, MB] -> packed tokens [sum(seqlens), H, D] in sequence order.
+
+    Used to route block sizes a paged kernel does not serve to the packed (varlen) kernel. Reads the
+    total length on the host (seqlens_cpu when given, else one device->host copy).
+    """
+    bs = cache.shape[2]
+    total = int((seqlens_cpu if seqlens_cpu is not None else seqlens).sum())
+    lens = seqlens.to(torch.int64)
+    batch = torch.repeat_interleave(torch.arange(lens.shape[0], device=cache.device), lens, output_size=total)
+    starts = torch.cumsum(lens, 0) - lens
+    pos = torch.arange(total, device=cache.device) - starts[batch]
+    blocks = block_table.to(torch.int64)[batch, pos // bs]
+    return cache.permute(0, 2, 1, 3)[blocks, pos % bs]
