@@ -21,7 +21,7 @@ WRITTEN_FOR = {"CANN": "8.5.0", "torch_npu": "2.9.0", "torch": "2.9.0"}
 #: Oldest torch_npu with ``NPUGraph.update(cpu_update_input=...)`` (vendor-apis.md §2.28).
 MIN_TORCH_NPU = (2, 8)
 
-_CANN_HINT = ("install the CANN toolkit (>= 8.2, written for 8.5.0) and run "
+_CANN_HINT = ("install the CANN toolkit (this adaptor was written for CANN 8.5.0) and run "
               "'source /usr/local/Ascend/ascend-toolkit/set_env.sh' before starting Python")
 _NNAL_HINT = ("install NNAL (the ATB library) matching your CANN version and run "
               "'source /usr/local/Ascend/nnal/atb/set_env.sh'")

@@ -62,4 +62,6 @@ def fused_moe(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
             if rows.shape[0]:
                 parts.append(_mlp(rows, gate_up[lo:hi], down[lo:hi], counts[lo:hi]))
         y = torch.cat(parts, dim=0)
-    return K.npu.npu_moe_token_unpermute(y, row_idx, probs=topk_weights)
+    # probs in the token dtype, the form upstream dlinfer runs (the doc does not state the probs dtype)
+    probs = topk_weights if topk_weights.dtype == x.dtype else topk_weights.to(x.dtype)
+    return K.npu.npu_moe_token_unpermute(y, row_idx, probs=probs)
