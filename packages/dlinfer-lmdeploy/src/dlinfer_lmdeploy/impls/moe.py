@@ -54,7 +54,5 @@ class DlinferFusedMoEImpl(FusedMoEImpl):
         if self.renormalize:
             topk_weights = topk_weights / topk_weights.sum(dim=-1, keepdim=True)
         shape = hidden_states.shape
-        out = ops.fused_moe(
-            hidden_states.reshape(-1, shape[-1]), gate_up_weights, down_weights, topk_weights, topk_ids
-        )
+        out = ops.fused_moe(hidden_states.reshape(-1, shape[-1]), gate_up_weights, down_weights, topk_weights, topk_ids)
         return out.view(shape)

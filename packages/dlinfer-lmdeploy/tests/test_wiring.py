@@ -1,0 +1,176 @@
+"""Fast checks of the LMDeploy wiring: version check, patch inventory, config validation, CLI, metadata."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+import dlinfer_lmdeploy
+from dlinfer_lmdeploy import inventory
+from dlinfer_lmdeploy.version_check import UnsupportedLMDeployVersion, check_lmdeploy_version
+
+
+def test_version_check_refuses_other_lmdeploy() -> None:
+    assert check_lmdeploy_version("0.18.0") == "0.18.0"
+    with pytest.raises(
+        UnsupportedLMDeployVersion, match=r"supports LMDeploy >=0\.18\.0,<0\.19.*installed: lmdeploy 0\.17\.0"
+    ):
+        check_lmdeploy_version("0.17.0")
+    with pytest.raises(UnsupportedLMDeployVersion, match="0.19.0"):
+        check_lmdeploy_version("0.19.0")
+
+
+def test_every_patch_is_applied_and_documented() -> None:
+    assert dlinfer_lmdeploy.installed()
+    assert set(inventory.applied()) == {p.name for p in inventory.PATCHES}
+    assert inventory.probe_all() == []
+    for patch in inventory.PATCHES + inventory.STDLIB_PATCHES:
+        assert patch.why and patch.versions and ":" in patch.target
+
+
+def test_probe_fails_loudly_when_a_target_moved() -> None:
+    gone = inventory.Patch(name="gone", target="lmdeploy.pytorch.backends.selector:_no_such", why="w", versions="v")
+    with pytest.raises(inventory.PatchTargetMoved, match=r"patch 'gone'.*has no attribute _no_such"):
+        gone.probe()
+    changed = inventory.Patch(
+        name="changed",
+        target="lmdeploy.utils:try_import_deeplink",
+        why="w",
+        versions="v",
+        expect_params=("device_type", "extra"),
+    )
+    with pytest.raises(inventory.PatchTargetMoved, match=r"parameters are \('device_type',\)"):
+        changed.probe()
+    behaviour = inventory.Patch(
+        name="behaviour", target="lmdeploy.utils:try_import_deeplink", why="w", versions="v", contains=("nope",)
+    )
+    with pytest.raises(inventory.PatchTargetMoved, match="no longer contains"):
+        behaviour.probe()
+
+
+def test_engine_config_accepts_dlinfer_devices_only() -> None:
+    from lmdeploy import PytorchEngineConfig
+
+    cfg = PytorchEngineConfig(device_type="cpu", dtype="float32")
+    assert (cfg.device_type, cfg.dtype) == ("cpu", "float32")
+    with pytest.raises(AssertionError, match="invalid device_type"):
+        PytorchEngineConfig(device_type="nosuchdevice")
+    with pytest.raises(AssertionError):
+        PytorchEngineConfig(device_type="cuda", dtype="float32")  # LMDeploy's own rules stay for cuda
+    with pytest.raises(ValueError, match="quant_policy=8"):
+        PytorchEngineConfig(device_type="cpu", quant_policy=8)
+    with pytest.raises(AssertionError):
+        PytorchEngineConfig(device_type="cpu", tp=0)  # LMDeploy's device-neutral checks still run
+
+
+def test_cli_device_choices() -> None:
+    from lmdeploy.cli.utils import ArgumentHelper
+
+    parser = argparse.ArgumentParser()
+    ArgumentHelper.device(parser)
+    assert parser.parse_args(["--device", "cpu"]).device == "cpu"
+    assert parser.parse_args(["--device", "cuda"]).device == "cuda"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--device", "nosuchdevice"])
+
+
+def test_selector_and_helpers() -> None:
+    from lmdeploy.pytorch.backends.selector import get_backend
+    from lmdeploy.utils import get_max_batch_size, is_bf16_supported
+
+    cpu = get_backend("cpu")
+    assert cpu.plugin.name == "reference" and cpu.ccl_backend() == "gloo"
+    assert get_backend("cpu") is cpu
+    assert cpu.get_k_block_shape(16, 2, 8, torch.float32) == (16, 2, 8)
+    assert is_bf16_supported("cpu") is True
+    assert get_max_batch_size("cpu") == 16
+    with pytest.raises(RuntimeError, match="Unsupported device type"):
+        get_backend("nosuchdevice")
+
+
+def test_unsupported_layer_options_are_refused() -> None:
+    from lmdeploy.pytorch.backends.attention import PagedAttentionBuildSpec
+    from lmdeploy.pytorch.backends.moe import SoftmaxTopKBuildSpec
+    from lmdeploy.pytorch.backends.selector import get_backend
+
+    cpu = get_backend("cpu")
+    spec = dict(
+        num_heads=4,
+        head_dim=8,
+        scale=None,
+        num_kv_heads=2,
+        v_head_dim=8,
+        alibi=False,
+        sliding_window=None,
+        logit_softcapping=0.0,
+        causal=True,
+        use_flash_mla=False,
+        mla_index_topk=None,
+        learnable_sink=False,
+        block_sparse_size=1,
+    )
+    cpu.build_op(PagedAttentionBuildSpec(**spec))
+    with pytest.raises(NotImplementedError, match="learnable_sink"):
+        cpu.build_op(PagedAttentionBuildSpec(**{**spec, "learnable_sink": True}))
+    with pytest.raises(NotImplementedError, match="sliding_window"):
+        cpu.build_op(PagedAttentionBuildSpec(**{**spec, "sliding_window": (4, 0)}))
+    with pytest.raises(NotImplementedError, match="n_groups"):
+        cpu.build_op(SoftmaxTopKBuildSpec(top_k=2, n_groups=4))
+
+
+def _naive_slots(block_offsets, q_lens, kv_lens, bs):  # type: ignore[no-untyped-def]
+    out = []
+    for b, (q, kv) in enumerate(zip(q_lens, kv_lens, strict=True)):
+        for pos in range(kv - q, kv):
+            out.append(int(block_offsets[b, pos // bs]) * bs + pos % bs)
+    return out
+
+
+@pytest.mark.parametrize("decoding", [False, True])
+def test_slot_mapping(decoding: bool) -> None:
+    from dlinfer_lmdeploy.metadata import slot_mapping
+
+    bs = 4
+    gen = torch.Generator().manual_seed(0)
+    block_offsets = torch.randperm(64, generator=gen)[:30].view(3, 10)
+    kv = [9, 17, 33]
+    q = [1, 1, 1] if decoding else [9, 5, 12]
+    q_t = torch.tensor(q)
+    q_start = torch.cumsum(q_t, 0) - q_t
+    got = slot_mapping(block_offsets, q_t, torch.tensor(kv), q_start, sum(q), bs, decoding, torch.int32)
+    assert got.dtype == torch.int32
+    assert got.tolist() == _naive_slots(block_offsets, q, kv, bs)
+
+
+def test_cpu_device_patch_is_scoped() -> None:
+    import threading
+
+    from dlinfer_lmdeploy import cpu_device
+
+    was_active = cpu_device.is_active()
+    cpu_device.deactivate()
+    try:
+        assert not cpu_device.is_active()
+        assert "HostStream" not in repr(torch.cuda.Stream)
+        if not torch.cuda.is_available():
+            with pytest.raises((AssertionError, RuntimeError)):
+                torch.zeros(2, device="cuda")
+        cpu_device.activate()
+        assert torch.zeros(2, device="cuda").device.type == "cpu"
+        assert torch.ones(2).to("cuda").device.type == "cpu"
+        assert torch.cuda.Event().query() is True
+        assert torch.cuda.current_stream() is not torch.cuda.Stream()
+        free, total = torch.cuda.mem_get_info()
+        assert 0 < free <= total
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(torch.empty(1, device="cuda").device.type))
+        t.start()
+        t.join()
+        assert seen == ["cpu"]
+    finally:
+        if not was_active:
+            cpu_device.deactivate()
+        else:
+            cpu_device.activate()
