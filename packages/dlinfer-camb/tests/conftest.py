@@ -11,7 +11,6 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import mlu_sim  # noqa: E402
-
 from dlinfer_camb import runtime  # noqa: E402
 from dlinfer_camb.ops import load_ops  # noqa: E402
 

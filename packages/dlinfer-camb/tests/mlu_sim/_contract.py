@@ -49,7 +49,7 @@ def cu_seqlens(fn: str, arg: str, t: object, total: int | None = None) -> list[i
     vals = t.tolist()
     if len(vals) < 2 or vals[0] != 0:
         raise fail(fn, arg, f"expected cumulative lengths [B+1] starting at 0, got {vals[:8]}")
-    if any(b < a for a, b in zip(vals, vals[1:])):
+    if any(b < a for a, b in zip(vals, vals[1:], strict=False)):
         raise fail(fn, arg, f"cumulative lengths must not decrease, got {vals[:8]}")
     if total is not None and vals[-1] != total:
         raise fail(fn, arg, f"last offset {vals[-1]} != number of packed tokens {total}")

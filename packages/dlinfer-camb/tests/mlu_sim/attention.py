@@ -134,8 +134,8 @@ def flash_attention(
     if k.shape[-1] != q.shape[-1]:
         raise fail(fn, "k", f"head size {k.shape[-1]} != q head size {q.shape[-1]}")
     heads_divide(fn, q.shape[1], hkv)
-    q_lens = [b - a for a, b in zip(cu_q, cu_q[1:])]
-    kv_lens = [b - a for a, b in zip(cu_kv, cu_kv[1:])]
+    q_lens = [b - a for a, b in zip(cu_q, cu_q[1:], strict=False)]
+    kv_lens = [b - a for a, b in zip(cu_kv, cu_kv[1:], strict=False)]
     if block_tables is not None and max(kv_lens, default=0) > block_tables.shape[1] * bs:
         raise fail(fn, "cu_seq_lens_kv", f"a context of {max(kv_lens)} exceeds the block table capacity")
     for name, bound, lens in (("max_seq_len_q", max_seq_len_q, q_lens), ("max_seq_len_kv", max_seq_len_kv, kv_lens)):

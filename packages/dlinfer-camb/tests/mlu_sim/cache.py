@@ -15,12 +15,11 @@ def _scatter(fn: str, name: str, src: torch.Tensor, cache: torch.Tensor, slots: 
     if src.shape[1] != h or src.shape[2] != d:
         raise fail(fn, name, f"cache [num_blocks, kv_heads, block_size, d] = {list(cache.shape)} does not match "
                              f"tokens [T, kv_heads, d] = {list(src.shape)}")
+    if max(slots, default=-1) >= nb * bs:
+        raise fail(fn, "slot_mapping", f"slot {max(slots)} outside the cache ({nb} blocks x {bs})")
     for i, s in enumerate(slots):
-        if s < 0:
-            continue
-        if s >= nb * bs:
-            raise fail(fn, "slot_mapping", f"slot {s} outside the cache ({nb} blocks x {bs})")
-        cache[s // bs, :, s % bs, :] = src[i]
+        if s >= 0:
+            cache[s // bs, :, s % bs, :] = src[i]
 
 
 def reshape_paged_cache(

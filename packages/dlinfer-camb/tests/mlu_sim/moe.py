@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._contract import HALF, NotModelled, fail, same_dtype, shape, tensor
+from ._contract import HALF, NotModelled, fail, shape, tensor
 
 
 def moe_softmax_topk(
