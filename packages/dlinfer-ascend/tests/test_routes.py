@@ -215,3 +215,26 @@ def test_per_sequence_q_lengths_to_tnd_would_be_caught(monkeypatch: pytest.Monke
             a["q"], a["key_cache"], a["value_cache"], a["block_table"], a["cu_seqlens_q"], a["seqlens_kv"],
             max_seqlen_q=12, max_seqlen_kv=40, cu_seqlens_q_cpu=a["cu_seqlens_q"],
             seqlens_kv_cpu=a["seqlens_kv"])
+
+
+def test_host_mirrors_are_passed_through_not_copied(ops: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With host mirrors given, FIA receives them as they are: no per-layer device->host copy."""
+    from dlinfer_ascend.ops._kernels import K
+
+    seen: list = []
+    fia = K.npu.npu_fused_infer_attention_score
+
+    def spy(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        seen.append((kw.get("actual_seq_lengths"), kw["actual_seq_lengths_kv"]))
+        return fia(*a, **kw)
+
+    monkeypatch.setattr(K.npu, "npu_fused_infer_attention_score", spy)
+    a = paged_inputs(torch.Generator().manual_seed(1), ROUTES["tnd-d128-bs16"], torch.float16, "NHD")
+    kv_cpu, cu_cpu = a["seqlens_kv"].clone(), a["cu_seqlens_q"].clone()
+    ops["paged_decode_attention"](a["q"][:3], a["key_cache"], a["value_cache"], a["block_table"], a["seqlens_kv"],
+                                  max_seqlen_kv=40, seqlens_kv_cpu=kv_cpu)
+    ops["paged_prefill_attention"](a["q"], a["key_cache"], a["value_cache"], a["block_table"], a["cu_seqlens_q"],
+                                   a["seqlens_kv"], max_seqlen_q=12, max_seqlen_kv=40, cu_seqlens_q_cpu=cu_cpu,
+                                   seqlens_kv_cpu=kv_cpu)
+    assert seen[0][0] is None and seen[0][1] is kv_cpu
+    assert seen[1][1] is kv_cpu and seen[1][0].data_ptr() == cu_cpu[1:].data_ptr()  # a view: cumulative ends

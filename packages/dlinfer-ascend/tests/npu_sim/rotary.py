@@ -54,7 +54,7 @@ def npu_rotary_mul(x: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, rotary_m
     """vendor-apis.md §2.4 (OP-YAML; OP-DOC:npu_rotary_mul).
 
     out = x·r1 + R(x)·r2 (new tensor); R = rotate-half ('half') or pairwise ('interleave').
-    x 3-D/4-D; r1/r2 broadcast to x.
+    x 3-D/4-D; r1/r2 broadcast to x. Mixed dtypes are not listed by the doc: required equal here.
     """
     fn = "npu_rotary_mul"
     check(rotate is None, fn, "rotate matrix is not modelled")
