@@ -39,9 +39,9 @@ def add_rms_norm_w8a8(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (int8 [..., H], fp32 scale [...], x + residual [..., H]).
 
-    Not fused: fused_rms_norm normalises the sum before rounding it to x.dtype, while the spec quantises
-    the norm of the rounded sum; int8 amplifies that difference to 2 steps in bf16. So the sum is rounded
-    first (one elementwise add), then normalised and quantised.
+    Not fused: fused_rms_norm may normalise the fp32 sum before rounding it (internal precision UNCONFIRMED,
+    vendor-apis.md §3.1), while the spec quantises the norm of the rounded sum; int8 amplifies that
+    difference to 2 steps in bf16. So the sum is rounded first (one elementwise add), then normalised and quantised.
     """
     require_half("add_rms_norm_w8a8", x)
     added = x + residual
