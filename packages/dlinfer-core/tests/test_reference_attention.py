@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import dlinfer
-import dlinfer.ops as ops
+from dlinfer import ops
 
 TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -67,11 +67,11 @@ def _rand(*shape, dtype=torch.float32, scale=1.0):
 
 def _opts(hq, window=None, softcap=None, alibi=False, scale=None):
     slopes = (torch.rand(hq) * 0.5 + 0.05) if alibi else None
-    return dict(window=window, softcap=softcap, alibi_slopes=slopes, scale=scale)
+    return {"window": window, "softcap": softcap, "alibi_slopes": slopes, "scale": scale}
 
 
 def _oracle_kwargs(o):
-    return dict(scale=o["scale"], window=o["window"], softcap=o["softcap"], alibi=o["alibi_slopes"])
+    return {"scale": o["scale"], "window": o["window"], "softcap": o["softcap"], "alibi": o["alibi_slopes"]}
 
 
 def _cu(lens):
@@ -167,12 +167,12 @@ PREFILL_CASES = {
     "mha-causal": ([5, 3], 2, 2, 16, 16, True, {}),
     "gqa4-noncausal": ([4, 1, 6], 8, 2, 16, 16, False, {}),
     "mqa8-dv": ([3, 5], 8, 1, 16, 8, True, {}),
-    "window-causal": ([7, 4], 4, 2, 8, 8, True, dict(window=3)),
-    "window-noncausal": ([6], 2, 1, 8, 8, False, dict(window=2)),
-    "softcap-scale": ([5, 2], 4, 1, 8, 12, True, dict(softcap=2.0, scale=0.9)),
-    "alibi": ([6, 3], 4, 4, 8, 8, True, dict(alibi=True)),
-    "alibi-noncausal": ([4, 5], 4, 2, 8, 8, False, dict(alibi=True)),
-    "all-options": ([7, 2], 8, 2, 16, 8, True, dict(window=4, softcap=3.0, alibi=True, scale=0.3)),
+    "window-causal": ([7, 4], 4, 2, 8, 8, True, {"window": 3}),
+    "window-noncausal": ([6], 2, 1, 8, 8, False, {"window": 2}),
+    "softcap-scale": ([5, 2], 4, 1, 8, 12, True, {"softcap": 2.0, "scale": 0.9}),
+    "alibi": ([6, 3], 4, 4, 8, 8, True, {"alibi": True}),
+    "alibi-noncausal": ([4, 5], 4, 2, 8, 8, False, {"alibi": True}),
+    "all-options": ([7, 2], 8, 2, 16, 8, True, {"window": 4, "softcap": 3.0, "alibi": True, "scale": 0.3}),
     "empty-seq": ([3, 0, 4], 4, 1, 8, 8, True, {}),
     "single-token": ([1], 4, 2, 8, 8, True, {}),
 }
@@ -216,11 +216,11 @@ PAGED_PREFILL_CASES = {
     "mqa8-dv": ([30, 9], [4, 9], 8, 1, 16, 8, True, {}),
     "empty-seq": ([12, 7, 19], [2, 0, 3], 4, 2, 8, 8, True, {}),
     "single-token": ([1], [1], 4, 1, 8, 8, True, {}),
-    "window": ([25, 6], [4, 6], 4, 2, 8, 8, True, dict(window=5)),
-    "softcap": ([21, 4], [3, 2], 4, 2, 8, 12, True, dict(softcap=1.5, scale=1.1)),
-    "alibi": ([18, 3], [3, 3], 4, 4, 8, 8, True, dict(alibi=True)),
+    "window": ([25, 6], [4, 6], 4, 2, 8, 8, True, {"window": 5}),
+    "softcap": ([21, 4], [3, 2], 4, 2, 8, 12, True, {"softcap": 1.5, "scale": 1.1}),
+    "alibi": ([18, 3], [3, 3], 4, 4, 8, 8, True, {"alibi": True}),
     "noncausal": ([14, 8], [3, 8], 4, 2, 8, 8, False, {}),
-    "all-options": ([40, 11], [5, 3], 8, 2, 8, 16, True, dict(window=7, softcap=4.0, alibi=True)),
+    "all-options": ([40, 11], [5, 3], 8, 2, 8, 16, True, {"window": 7, "softcap": 4.0, "alibi": True}),
 }
 
 
@@ -267,10 +267,10 @@ DECODE_CASES = {
     "gqa4": ([1, 31, 64, 65], 8, 2, 8, 8, {}),
     "mqa8-dv": ([9, 40], 8, 1, 16, 8, {}),
     "single": ([1], 4, 1, 8, 8, {}),
-    "window": ([30, 3], 4, 2, 8, 8, dict(window=6)),
-    "softcap": ([22, 7], 4, 2, 8, 8, dict(softcap=1.0, scale=1.3)),
-    "alibi": ([19, 2], 4, 4, 8, 8, dict(alibi=True)),
-    "all-options": ([50, 12], 8, 2, 16, 8, dict(window=10, softcap=5.0, alibi=True, scale=0.4)),
+    "window": ([30, 3], 4, 2, 8, 8, {"window": 6}),
+    "softcap": ([22, 7], 4, 2, 8, 8, {"softcap": 1.0, "scale": 1.3}),
+    "alibi": ([19, 2], 4, 4, 8, 8, {"alibi": True}),
+    "all-options": ([50, 12], 8, 2, 16, 8, {"window": 10, "softcap": 5.0, "alibi": True, "scale": 0.4}),
 }
 
 

@@ -57,6 +57,7 @@ class Binding:
 
     def bind(self, arg: str, shape: tuple[str, ...], sizes: tuple[Any, ...]) -> None:
         dims = list(shape)
+        full = list(sizes)  # the argument's whole shape, for messages
         if dims and dims[0] == "...":
             n_fixed = len(dims) - 1
             if len(sizes) < n_fixed:
@@ -72,13 +73,13 @@ class Binding:
         for sym, size in zip(dims, sizes):
             coef, name, off = _parse(sym)
             if self.check and (size - off) % coef != 0:
-                self.fail(arg, f"dim {sym} to be a multiple of {coef}", f"shape {list(sizes)}")
+                self.fail(arg, f"dim {sym} to be a multiple of {coef}", f"shape {full}")
             value = (size - off) // coef
             if name not in self.sizes:
                 self.sizes[name] = value
             elif self.check and self.sizes[name] != value:
                 self.fail(arg, f"{sym} = {coef * self.sizes[name] + off} (from earlier arguments) in {_fmt(shape)}",
-                          f"shape {list(sizes)}")
+                          f"shape {full}")
 
     def size(self, sym: str) -> Any:
         coef, name, off = _parse(sym)
@@ -136,6 +137,9 @@ def check_args(spec: OpSpec, values: Mapping[str, Any]) -> Binding:
         b.fail("q", f"a head count divisible by the KV heads ({hkv})", f"{hq}")
     if spec.name == "apply_rotary_pos_emb" and (b.sizes["R"] > b.sizes["D"] or b.sizes["R"] % 2):
         b.fail("cos", f"an even rotary width <= head size {b.sizes['D']}", f"{b.sizes['R']}")
+    if spec.name == "weight_quant_matmul" and b.sizes["G"] * values["group_size"] != b.sizes["IN"]:
+        b.fail("scales", f"IN / group_size = {b.sizes['IN']} / {values['group_size']} groups in [G, OUT]",
+               f"G = {b.sizes['G']}")
     return b
 
 
