@@ -55,6 +55,8 @@ class Backend:
     host_seqlens: bool = False
     """True: the framework adaptor passes ``seqlens_kv_cpu`` / ``cu_seqlens_q_cpu`` host mirrors."""
     slot_dtype: torch.dtype = torch.int64
+    dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
+    """Working (activation) dtypes the kernels serve; the conformance kit checks only these."""
     dist_backend: str = "gloo"
     graph: DeviceGraph | None = None
     compile_backend: Callable[..., Any] | None = None

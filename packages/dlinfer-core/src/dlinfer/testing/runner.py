@@ -145,12 +145,13 @@ def plan(
     implemented = REGISTRY.load_ops(backend)
     wanted = set(ops) if ops is not None else set(implemented)
     lays = tuple(layouts) if layouts is not None else backend_layouts(backend)
+    declared = REGISTRY.records[backend].backend.dtypes  # type: ignore[union-attr]
     runs = []
     for case in cases_for(size=size):
         if case.op not in wanted or case.op not in implemented:
             continue
         for dt in case.dtypes:
-            if dtypes is not None and dt not in tuple(dtypes):
+            if (dtypes is not None and dt not in tuple(dtypes)) or dt not in declared:
                 continue
             uses_layout = any(p.name == "kv_layout" for p in SPECS[case.op].params)
             for lay in lays if uses_layout else lays[:1]:
