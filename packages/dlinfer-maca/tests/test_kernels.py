@@ -125,23 +125,24 @@ def _paged(k_seqs, v_seqs, BS, layout, extra_blocks=3):
 
 
 DECODE_CASES = [
-    # B, Hq, Hkv, D, DV, BS, lens, layout, splits
-    (3, 4, 1, 32, 32, 16, [5, 40, 17], "NHD", None),
-    (2, 8, 4, 64, 32, 8, [33, 1], "HND", None),
-    (2, 2, 2, 16, 16, 16, [70, 9], "NHD", 1),
+    # B, Hq, Hkv, D, DV, BS, lens, layout, splits, max_seqlen_kv passed
+    (3, 4, 1, 32, 32, 16, [5, 40, 17], "NHD", None, None),
+    (2, 8, 4, 64, 32, 8, [33, 1], "HND", None, None),
+    (2, 2, 2, 16, 16, 16, [150, 9], "NHD", 3, None),  # multi-split merge
+    (2, 4, 2, 32, 32, 16, [150, 70], "NHD", 2, 64),  # max_seqlen_kv too small: the last split takes the tail
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", DECODE_CASES)
 def test_paged_decode(dtype, case):
-    B, Hq, Hkv, D, DV, BS, lens, layout, splits = case
+    B, Hq, Hkv, D, DV, BS, lens, layout, splits, maxlen = case
     ks = [rnd(n, Hkv, D, dtype=dtype) for n in lens]
     vs = [rnd(n, Hkv, DV, dtype=dtype) for n in lens]
     kc, vc, table = _paged(ks, vs, BS, layout)
     q = rnd(B, Hq, D, dtype=dtype)
     seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    out = attention.paged_decode_fwd(q, kc, vc, table, seqlens, max(lens), layout, num_splits=splits)
+    out = attention.paged_decode_fwd(q, kc, vc, table, seqlens, maxlen or max(lens), layout, num_splits=splits)
     for b, n in enumerate(lens):
         ref = attention_ref(q[b:b + 1], ks[b], vs[b], q_pos=torch.tensor([n - 1], device=DEVICE),
                             causal=True, scale=1 / math.sqrt(D))

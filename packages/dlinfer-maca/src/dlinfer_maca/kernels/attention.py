@@ -76,6 +76,8 @@ def _decode_split_kernel(
     pos = seqlen - 1
     start = sp * chunk
     end = tl.minimum(start + chunk, seqlen)
+    if sp == NUM_SPLITS - 1:  # the last split takes any tail past max_seqlen_kv (graph replays)
+        end = seqlen
     if USE_WINDOW:
         start = tl.maximum(start, pos - window + 1)
 
@@ -176,7 +178,7 @@ def paged_decode_fwd(
     q = q if q.stride(-1) == 1 else q.contiguous()
     interp = interpreting()
     wide = max(D, DV) > 128
-    block_n = 16 if interp else (32 if wide else 64)
+    block_n = 64 if interp else (32 if wide else 64)
     sms = num_sms(q.device)
     if num_splits is None:
         splits, chunk = decode_num_splits(B, Hkv, max_seqlen_kv, block_n, sms)
@@ -338,7 +340,7 @@ def _prefill_kernel(
 def _prefill_config(d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages), sized for Hopper-class shared memory."""
     if interpreting():
-        return 16, 16, 4, 1
+        return 32, 64, 4, 1  # few, large blocks: per-op Python overhead dominates
     if dtype == torch.float32:
         return 64, 32, 4, 2
     if d <= 64:

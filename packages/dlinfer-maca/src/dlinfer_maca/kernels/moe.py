@@ -175,7 +175,7 @@ def _moe_gemm_kernel(
 def _gemm_config(rows_per_expert: float, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) by the average rows per expert."""
     if interpreting():
-        return 16, 16, 16, 4, 1
+        return 16, 64, 64, 4, 1  # few, large blocks: per-op Python overhead dominates
     if dtype == torch.float32:
         return 32, 64, 32, 4, 2
     if rows_per_expert <= 16:

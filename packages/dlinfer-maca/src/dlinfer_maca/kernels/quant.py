@@ -21,7 +21,7 @@ AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 def _gemm_config(M: int, int8: bool) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), skinny tiles for decode-sized M."""
     if interpreting():
-        return 16, 16, 32, 4, 1
+        return 16, 64, 64, 4, 1  # few, large blocks: per-op Python overhead dominates
     bk = 128 if int8 else 64
     if M <= 16:
         return 16, 64, bk, 4, 4
@@ -156,7 +156,7 @@ def w4a16_fwd(
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M > 0 and N > 0:
         bm, bn, bk, warps, stages = _gemm_config(M, False)
-        bk = min(bk, group_size) if not interpreting() else 16
+        bk = min(bk, group_size)
         _w4a16_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
             a, qweight, scales, qzeros, bias if bias is not None else a, out, M, N, K, group_size,
             a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),

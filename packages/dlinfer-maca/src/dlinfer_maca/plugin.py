@@ -1,0 +1,67 @@
+"""Plugin declaration of the maca backend (entry point ``dlinfer.backends: maca``).
+
+Declaring is cheap: no Triton import, no CUDA context. ``is_available`` asks only whether
+Triton is installed and whether a CUDA-compatible device exists (a device-count query).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from dlinfer.plugin import Backend, DeviceGraph, hookimpl
+
+from . import __version__
+
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+
+
+def _is_available() -> bool:
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        return torch.cuda.is_available()  # device-count query; creates no context
+    except Exception:  # noqa: BLE001 - a broken driver means "not available"
+        return False
+
+
+def _load_ops() -> Mapping[str, Callable[..., Any]]:
+    from .ops import OPS
+
+    return OPS
+
+
+def _graph_pool() -> Any:
+    return torch.cuda.graph_pool_handle()
+
+
+CUDA_GRAPH = DeviceGraph(
+    graph_factory=torch.cuda.CUDAGraph,
+    capture=torch.cuda.graph,
+    pool_factory=_graph_pool,
+    # every kernel reads lengths from device tensors; nothing host-side to update on replay
+    update_before_replay=None,
+)
+
+
+@hookimpl
+def dlinfer_backend() -> Backend:
+    return Backend(
+        name="maca",
+        device_type="cuda",
+        api_version=">=1.0,<2",
+        is_available=_is_available,
+        load_ops=_load_ops,
+        kv_layout="NHD",
+        block_sizes=BLOCK_SIZES,
+        host_seqlens=False,
+        slot_dtype=torch.int64,
+        dist_backend="nccl",
+        graph=CUDA_GRAPH,
+        compile_backend=None,
+        activate=None,
+        description=f"MetaX MACA (CUDA-compatible) via Triton kernels, dlinfer-maca {__version__}",
+        extras={"kernels": "triton", "verified_on": "NVIDIA H100 (not yet MetaX C500)"},
+    )
