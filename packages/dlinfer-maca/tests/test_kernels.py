@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from _ref import TOL, assert_close, rel_err, attention_ref, fused_moe_ref, rotary_ref
+from _ref import TOL, assert_close, attention_ref, fused_moe_ref, rel_err, rotary_ref
 from conftest import DEVICE, ON_GPU
 
 from dlinfer_maca.kernels import attention, elementwise, moe, norm, quant

@@ -79,7 +79,7 @@ def apply_rotary_pos_emb(
     """q [T, Hq, D], k [T, Hkv, D], cos/sin [T, R] -> rotated copies; q and k in one launch."""
     _check_device("apply_rotary_pos_emb", q)
     R = cos.shape[-1]
-    if R % 2 or R > q.shape[-1]:
+    if R % 2 or q.shape[-1] < R:
         raise ValueError(f"apply_rotary_pos_emb: rotary width R={R} must be even and <= D={q.shape[-1]}")
     return elementwise.rotary_fwd(q, k, cos, sin, interleaved)
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+
 from dlinfer.plugin import Backend, DeviceGraph, hookimpl
 
 from . import __version__

@@ -1,0 +1,508 @@
+"""Benchmarks of the maca backend against its peers on the same GPU, in one run.
+
+    python -m dlinfer_maca.bench [--quick] [--out DIR] [--no-compile] [--no-lmdeploy]
+
+Measures the device ceilings first (device-to-device copy bandwidth counting bytes read
+plus written; bf16 and int8 matmul throughput), then for each op at realistic sizes its
+time (median of CUDA-graph replays, so Python launch cost is excluded for every candidate
+alike), achieved GB/s or TFLOP/s as a fraction of the ceiling, and the ratio against the
+best available peer: torch eager, ``torch.compile``, ``F.scaled_dot_product_attention``
+and LMDeploy's Triton kernels when ``lmdeploy`` is importable. A peer's output is checked
+against ours (relative error) so that a mismatched comparison is visible.
+"""
+
+# The closures below are timed and called inside the loop iteration that defines them.
+# ruff: noqa: B023
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+Fn = Callable[[], Any]
+
+
+@dataclass
+class Row:
+    op: str
+    shape: str
+    ms: float
+    metric: str  # "GB/s" or "TFLOP/s"
+    value: float
+    frac: float
+    peers: dict[str, float] = field(default_factory=dict)  # peer -> ms
+    peer_err: dict[str, float] = field(default_factory=dict)  # peer -> rel err vs ours
+
+    @property
+    def best_peer(self) -> tuple[str, float] | None:
+        if not self.peers:
+            return None
+        name = min(self.peers, key=self.peers.__getitem__)
+        return name, self.peers[name]
+
+
+def time_ms(fn: Fn, reps: int = 20) -> float:
+    """Median ms of one call, timed over CUDA-graph replays (falls back to do_bench if capture fails)."""
+    import triton.testing
+
+    fn()
+    torch.cuda.synchronize()
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=reps, return_mode="median"))
+    except Exception:  # noqa: BLE001 - e.g. an op that synchronises
+        torch.cuda.synchronize()
+        return float(triton.testing.do_bench(fn, warmup=5, rep=reps, return_mode="median"))
+
+
+def rel_err(a: Any, b: Any) -> float:
+    a = a[0] if isinstance(a, (tuple, list)) else a
+    b = b[0] if isinstance(b, (tuple, list)) else b
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+class Bench:
+    def __init__(self, compile_peers: bool, lmdeploy: bool, quick: bool) -> None:
+        self.rows: list[Row] = []
+        self.compile_peers = compile_peers
+        self.quick = quick
+        self.lmd = _import_lmdeploy() if lmdeploy else None
+        self.dev = torch.device("cuda")
+        self.copy_gbs, self.bf16_tflops, self.int8_tops = _ceilings(self.dev)
+
+    def compiled(self, fn: Callable[..., Any]) -> Callable[..., Any] | None:
+        if not self.compile_peers:
+            return None
+        try:
+            return torch.compile(fn, dynamic=False)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def add(self, op: str, shape: str, ours: Fn, *, nbytes: float = 0.0, flops: float = 0.0,
+            peers: dict[str, Fn | None] | None = None, tops_ceiling: float | None = None) -> Row:
+        ms = time_ms(ours)
+        ref_out = ours()
+        if flops:
+            value = flops / ms / 1e9
+            ceiling = tops_ceiling or self.bf16_tflops
+            row = Row(op, shape, ms, "TFLOP/s", value, value / ceiling)
+        else:
+            value = nbytes / ms / 1e6
+            row = Row(op, shape, ms, "GB/s", value, value / self.copy_gbs)
+        for name, fn in (peers or {}).items():
+            if fn is None:
+                continue
+            try:
+                row.peers[name] = time_ms(fn)
+                out = fn()
+                if out is not None and ref_out is not None:
+                    row.peer_err[name] = rel_err(out, ref_out)
+            except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
+                print(f"  peer {name} failed on {op} {shape}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+        self.rows.append(row)
+        bp = row.best_peer
+        vs = f"  best peer {bp[0]} {bp[1]:.4f} ms -> x{bp[1] / ms:.2f}" if bp else ""
+        print(f"{op:24} {shape:38} {ms:9.4f} ms {value:9.1f} {row.metric} ({row.frac:5.1%}){vs}", flush=True)
+        return row
+
+
+def _import_lmdeploy() -> Any:
+    try:
+        import lmdeploy.pytorch.kernels.cuda as k  # noqa: F401
+        from lmdeploy.pytorch.kernels.cuda import activation
+
+        k.silu_and_mul = activation.silu_and_mul
+        return k
+    except Exception as exc:  # noqa: BLE001
+        print(f"lmdeploy kernels not importable ({type(exc).__name__}: {str(exc)[:200]}); LMDeploy peers skipped")
+        return None
+
+
+def _ceilings(dev: torch.device) -> tuple[float, float, float]:
+    n = 1 << 30  # 1 GiB
+    src = torch.randn(n // 4, device=dev)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src))
+    copy_gbs = 2 * n / ms / 1e6
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    ms = time_ms(lambda: a @ b)
+    bf16 = 2 * 8192**3 / ms / 1e9
+    ai = torch.randint(-127, 128, (8192, 8192), device=dev, dtype=torch.int8)
+    bi = torch.randint(-127, 128, (8192, 8192), device=dev, dtype=torch.int8).t()
+    try:
+        ms = time_ms(lambda: torch._int_mm(ai, bi))
+        int8 = 2 * 8192**3 / ms / 1e9
+    except Exception:  # noqa: BLE001
+        int8 = float("nan")
+    torch.cuda.empty_cache()
+    print(f"ceilings: D2D copy {copy_gbs:.0f} GB/s (read+write), bf16 matmul {bf16:.0f} TFLOP/s, "
+          f"int8 matmul {int8:.0f} TOP/s", flush=True)
+    return copy_gbs, bf16, int8
+
+
+# ---------------------------------------------------------------------------------------------------
+def bench_norms(bm: Bench, ops: Any) -> None:
+    dt = torch.bfloat16
+    eps = 1e-6
+
+    def eager_rms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.float()).to(x.dtype)
+
+    def eager_add_rms(x: torch.Tensor, r: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = (x.float() + r.float()).to(x.dtype)
+        return eager_rms(s, w), s
+
+    def eager_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xf = x.float()
+        s = xf.abs().amax(-1) / 127
+        return torch.round(xf / s.clamp_min(1e-12)[..., None]).clamp(-127, 127).to(torch.int8), s
+
+    c_rms, c_add, c_q = bm.compiled(eager_rms), bm.compiled(eager_add_rms), bm.compiled(eager_quant)
+    for T, H in ((256, 4096), (4096, 8192), (16384, 8192)):
+        x = torch.randn(T, H, device=bm.dev, dtype=dt)
+        r = torch.randn(T, H, device=bm.dev, dtype=dt)
+        w = torch.randn(H, device=bm.dev, dtype=dt)
+        e = x.element_size()
+        bm.add("rms_norm", f"T{T} H{H} bf16", lambda: ops.rms_norm(x, w, eps=eps), nbytes=2 * T * H * e,
+               peers={"eager": lambda: eager_rms(x, w), "F.rms_norm": lambda: F.rms_norm(x, (H,), w, eps),
+                      "compile": (lambda: c_rms(x, w)) if c_rms else None,
+                      "lmdeploy": (lambda: bm.lmd.rms_norm(x, w, eps)) if bm.lmd else None})
+        bm.add("add_rms_norm", f"T{T} H{H} bf16", lambda: ops.add_rms_norm(x, r, w, eps=eps), nbytes=4 * T * H * e,
+               peers={"eager": lambda: eager_add_rms(x, r, w),
+                      "compile": (lambda: c_add(x, r, w)) if c_add else None,
+                      "lmdeploy": (lambda: bm.lmd.rms_norm(x, w, eps, residual=r.clone())) if bm.lmd else None})
+        bm.add("dynamic_quant", f"T{T} H{H} bf16", lambda: ops.dynamic_quant(x), nbytes=T * H * (e + 1) + 4 * T,
+               peers={"eager": lambda: eager_quant(x), "compile": (lambda: c_q(x)) if c_q else None,
+                      "lmdeploy": (lambda: bm.lmd.per_token_quant_int8(x, 1e-7)) if bm.lmd else None})
+        bm.add("rms_norm_w8a8", f"T{T} H{H} bf16", lambda: ops.rms_norm_w8a8(x, w, eps=eps),
+               nbytes=T * H * (e + 1) + 4 * T,
+               peers={"eager": lambda: eager_quant(eager_rms(x, w)),
+                      "lmdeploy": (lambda: bm.lmd.rms_norm_dynamic_quant(x, w, eps)) if bm.lmd else None})
+
+
+def bench_elementwise(bm: Bench, ops: Any) -> None:
+    dt = torch.bfloat16
+
+    def eager_silu(x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, -1)
+        return F.silu(a) * b
+
+    c_silu = bm.compiled(eager_silu)
+    for T, inter in ((32, 14336), (512, 14336), (4096, 14336)):
+        x = torch.randn(T, 2 * inter, device=bm.dev, dtype=dt)
+        bm.add("silu_and_mul", f"T{T} I{inter} bf16", lambda: ops.silu_and_mul(x), nbytes=3 * T * inter * 2,
+               peers={"eager": lambda: eager_silu(x), "compile": (lambda: c_silu(x)) if c_silu else None,
+                      "lmdeploy": (lambda: bm.lmd.silu_and_mul(x)) if bm.lmd else None})
+
+    def eager_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> Any:
+        def one(t: torch.Tensor) -> torch.Tensor:
+            h = t.shape[-1] // 2
+            rot = torch.cat((-t[..., h:], t[..., :h]), -1)
+            return (t.float() * cos[:, None].float() + rot.float() * sin[:, None].float()).to(t.dtype)
+
+        return one(q), one(k)
+
+    c_rope = bm.compiled(eager_rope)
+    for T in (1, 32, 4096, 16384):
+        Hq, Hkv, D = 32, 8, 128
+        q = torch.randn(T, Hq, D, device=bm.dev, dtype=dt)
+        k = torch.randn(T, Hkv, D, device=bm.dev, dtype=dt)
+        ang = torch.rand(T, D // 2, device=bm.dev) * 100
+        cos, sin = torch.cat((ang, ang), -1).cos().to(dt), torch.cat((ang, ang), -1).sin().to(dt)
+        nbytes = 2 * T * (Hq + Hkv) * D * 2 + 2 * T * D * 2
+        bm.add("apply_rotary_pos_emb", f"T{T} h32/8 d128 bf16", lambda: ops.apply_rotary_pos_emb(q, k, cos, sin),
+               nbytes=nbytes,
+               peers={"eager": lambda: eager_rope(q, k, cos, sin),
+                      "compile": (lambda: c_rope(q, k, cos, sin)) if c_rope else None,
+                      "lmdeploy": (lambda: bm.lmd.apply_rotary_pos_emb(q, k, cos, sin)) if bm.lmd else None})
+
+    for T, bs in ((32, 64), (4096, 64), (16384, 16)):
+        Hkv, D = 8, 128
+        nb = T // bs + 8
+        kc = torch.randn(nb, bs, Hkv, D, device=bm.dev, dtype=dt)
+        vc = torch.randn(nb, bs, Hkv, D, device=bm.dev, dtype=dt)
+        key = torch.randn(T, Hkv, D, device=bm.dev, dtype=dt)
+        val = torch.randn(T, Hkv, D, device=bm.dev, dtype=dt)
+        slots = torch.randperm(nb * bs, device=bm.dev)[:T]
+        kf, vf = kc.view(-1, Hkv, D), vc.view(-1, Hkv, D)
+
+        def eager_fill() -> None:
+            kf.index_copy_(0, slots, key)
+            vf.index_copy_(0, slots, val)
+
+        bm.add("fill_kv_cache", f"T{T} hkv8 d128 bs{bs} bf16",
+               lambda: ops.fill_kv_cache(key, val, kc, vc, slots, kv_layout="NHD"),
+               nbytes=2 * 2 * T * Hkv * D * 2 + 8 * T, peers={"eager index_copy_": eager_fill})
+
+
+def _paged(bm: Bench, B: int, ctx: int, hkv: int, d: int, bs: int, dt: torch.dtype) -> dict[str, torch.Tensor]:
+    nblk = math.ceil(ctx / bs)
+    total = B * nblk
+    perm = torch.randperm(total, device=bm.dev).to(torch.int32)
+    return {
+        "key_cache": torch.randn(total, bs, hkv, d, device=bm.dev, dtype=dt),
+        "value_cache": torch.randn(total, bs, hkv, d, device=bm.dev, dtype=dt),
+        "block_table": perm.view(B, nblk).contiguous(),
+        "seqlens_kv": torch.full((B,), ctx, dtype=torch.int32, device=bm.dev),
+    }
+
+
+def _dense_kv(p: dict[str, torch.Tensor], B: int, ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paged cache gathered into dense [B, Hkv, ctx, D] (for SDPA peers; built outside timing)."""
+    bt = p["block_table"].long()
+    k = p["key_cache"][bt].flatten(1, 2)[:, :ctx].transpose(1, 2).contiguous()
+    v = p["value_cache"][bt].flatten(1, 2)[:, :ctx].transpose(1, 2).contiguous()
+    return k, v
+
+
+def bench_decode(bm: Bench, ops: Any) -> None:
+    dt = torch.bfloat16
+    hq, hkv, d, bs = 32, 8, 128, 64
+    sizes = [(1, 1024), (1, 8192), (32, 1024), (32, 8192), (128, 2048), (256, 1024)]
+    if bm.quick:
+        sizes = sizes[:4]
+    for B, ctx in sizes:
+        p = _paged(bm, B, ctx, hkv, d, bs, dt)
+        q = torch.randn(B, hq, d, device=bm.dev, dtype=dt)
+        nbytes = 2 * B * ctx * hkv * d * 2 + 2 * B * hq * d * 2
+        kd, vd = _dense_kv(p, B, ctx)
+        qd = q[:, :, None]
+        peers: dict[str, Fn | None] = {
+            "sdpa(dense,gqa)": lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=True).squeeze(2),
+        }
+        if bm.lmd:
+            peers["lmdeploy"] = lambda: bm.lmd.flash_attn_with_kvcache(
+                q, p["key_cache"], p["value_cache"], p["seqlens_kv"], p["block_table"], max_seqlen_q=1)
+        bm.add("paged_decode_attention", f"B{B} ctx{ctx} h32/8 d128 bs64 bf16",
+               lambda: ops.paged_decode_attention(q, p["key_cache"], p["value_cache"], p["block_table"],
+                                                  p["seqlens_kv"], max_seqlen_kv=ctx),
+               nbytes=nbytes, peers=peers)
+    torch.cuda.empty_cache()
+
+
+def bench_prefill(bm: Bench, ops: Any) -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dt = torch.bfloat16
+    geos = [(4, 2048, 32, 32, 128), (4, 2048, 32, 8, 128), (1, 8192, 32, 8, 128), (8, 1024, 16, 16, 64)]
+    if bm.quick:
+        geos = geos[:2]
+    for B, L, hq, hkv, d in geos:
+        T = B * L
+        q = torch.randn(T, hq, d, device=bm.dev, dtype=dt)
+        k = torch.randn(T, hkv, d, device=bm.dev, dtype=dt)
+        v = torch.randn(T, hkv, d, device=bm.dev, dtype=dt)
+        cu = torch.arange(0, T + 1, L, dtype=torch.int32, device=bm.dev)
+        flops = 4 * B * hq * L * L * d / 2  # causal
+        qd = q.view(B, L, hq, d).transpose(1, 2)
+        kd = k.view(B, L, hkv, d).transpose(1, 2).repeat_interleave(hq // hkv, 1)
+        vd = v.view(B, L, hkv, d).transpose(1, 2).repeat_interleave(hq // hkv, 1)
+
+        def sdpa_flash() -> torch.Tensor:
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(qd, kd, vd, is_causal=True).transpose(1, 2).reshape(T, hq, d)
+
+        peers: dict[str, Fn | None] = {"sdpa-flash": sdpa_flash}
+        if bm.lmd:
+            peers["lmdeploy"] = lambda: bm.lmd.flash_attn_varlen_func(
+                q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=L, max_seqlen_k=L, causal=True,
+                kv_layout="shd")
+        shape = f"B{B} L{L} h{hq}/{hkv} d{d} causal bf16"
+        bm.add("prefill_attention", shape,
+               lambda: ops.prefill_attention(q, k, v, cu, max_seqlen_q=L, causal=True), flops=flops, peers=peers)
+        # same tokens through the paged cache (no history): the extra cost is the block-table gather
+        bs = 64
+        p = _paged(bm, B, L, hkv, d, bs, dt)
+        ops.fill_kv_cache(k, v, p["key_cache"], p["value_cache"],
+                          (p["block_table"].long()[:, :, None] * bs + torch.arange(bs, device=bm.dev)).view(B, -1)[
+                              :, :L].reshape(-1), kv_layout="NHD")
+        bm.add("paged_prefill_attention", shape + " bs64",
+               lambda: ops.paged_prefill_attention(q, p["key_cache"], p["value_cache"], p["block_table"], cu,
+                                                   p["seqlens_kv"], max_seqlen_q=L, max_seqlen_kv=L),
+               flops=flops, peers={"sdpa-flash": sdpa_flash})
+    torch.cuda.empty_cache()
+
+
+def bench_moe(bm: Bench, ops: Any) -> None:
+    dt = torch.bfloat16
+
+    def eager_moe(x: torch.Tensor, gu: torch.Tensor, dn: torch.Tensor, w: torch.Tensor, ids: torch.Tensor) -> Any:
+        out = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
+        flat = ids.view(-1)
+        for e in flat.unique().tolist():
+            rows = (flat == e).nonzero().squeeze(1)
+            tok = rows // ids.shape[1]
+            h = x[tok] @ gu[e].t()
+            a = F.silu(h[:, : h.shape[1] // 2]) * h[:, h.shape[1] // 2:]
+            out.index_add_(0, tok, (a @ dn[e].t()).float() * w.view(-1)[rows, None])
+        return out.to(x.dtype)
+
+    for name, E, k, H, inter in (("Qwen2-57B-A14B", 64, 8, 3584, 2560), ("Mixtral-8x7B", 8, 2, 4096, 14336)):
+        gu = torch.randn(E, 2 * inter, H, device=bm.dev, dtype=dt) * H**-0.5
+        dn = torch.randn(E, H, inter, device=bm.dev, dtype=dt) * inter**-0.5
+        for T in (1, 32, 512) if not bm.quick else (1, 512):
+            x = torch.randn(T, H, device=bm.dev, dtype=dt)
+            logits = torch.randn(T, E, device=bm.dev)
+            w, ids = ops.moe_gating_topk_softmax(logits, topk=k, renormalize=True)
+            touched = int(ids.unique().numel())
+            flops = 6 * T * k * H * inter
+            nbytes = touched * 3 * H * inter * 2
+            peers: dict[str, Fn | None] = {}
+            if T <= 32:
+                peers["eager(loop, syncs)"] = lambda: eager_moe(x, gu, dn, w, ids)
+            if bm.lmd:
+                peers["lmdeploy"] = lambda: bm.lmd.fused_moe(x, gu, dn, w, ids, topk=k)
+            fn = lambda: ops.fused_moe(x, gu, dn, w, ids)  # noqa: E731
+            row = bm.add("fused_moe", f"{name} T{T} E{E} top{k}", fn, flops=flops, peers=peers)
+            ms = row.ms
+            print(f"{'':24} {'':38} weights touched {touched}/{E}: {nbytes / ms / 1e6:9.1f} GB/s "
+                  f"({nbytes / ms / 1e6 / bm.copy_gbs:5.1%} of copy)", flush=True)
+    torch.cuda.empty_cache()
+
+    def eager_gate(lg: torch.Tensor, k: int) -> Any:
+        w, i = torch.softmax(lg.float(), -1).topk(k, -1)
+        return w / w.sum(-1, keepdim=True), i.to(torch.int32)
+
+    c_gate = bm.compiled(eager_gate)
+    for T, E, k in ((32, 64, 8), (4096, 64, 8), (4096, 8, 2)):
+        lg = torch.randn(T, E, device=bm.dev, dtype=dt)
+        bm.add("moe_gating_topk_softmax", f"T{T} E{E} top{k}",
+               lambda: ops.moe_gating_topk_softmax(lg, topk=k, renormalize=True), nbytes=T * E * 2 + T * k * 8,
+               peers={"eager": lambda: eager_gate(lg, k), "compile": (lambda: c_gate(lg, k)) if c_gate else None})
+
+
+def bench_quant_gemm(bm: Bench, ops: Any) -> None:
+    dt = torch.bfloat16
+    for M, K, N in ((1, 4096, 4096), (256, 4096, 4096), (4096, 4096, 14336)):
+        xq = torch.randint(-127, 128, (M, K), device=bm.dev, dtype=torch.int8)
+        wq = torch.randint(-127, 128, (N, K), device=bm.dev, dtype=torch.int8)
+        xs = torch.rand(M, device=bm.dev) / 100
+        ws = torch.rand(N, device=bm.dev) / 100
+        xb = torch.randn(M, K, device=bm.dev, dtype=dt)
+        wb = torch.randn(N, K, device=bm.dev, dtype=dt)
+
+        def eager_w8a8() -> torch.Tensor:
+            if M <= 16:  # torch._int_mm needs M > 16
+                return ((xq.float() @ wq.float().t()) * xs[:, None] * ws).to(dt)
+            return (torch._int_mm(xq, wq.t()).float() * xs[:, None] * ws).to(dt)
+
+        flops = 2 * M * N * K
+        bm.add("linear_w8a8", f"M{M} K{K} N{N} ->bf16", lambda: ops.linear_w8a8(xq, wq, xs, ws, out_dtype=dt),
+               flops=flops, tops_ceiling=bm.int8_tops,
+               peers={"torch._int_mm+scale": eager_w8a8, "bf16 F.linear (cuBLAS)": lambda: F.linear(xb, wb)})
+
+    for M, K, N, g in ((1, 4096, 11008, 128), (16, 4096, 11008, 128), (256, 4096, 11008, 128)):
+        q = torch.randint(0, 16, (K, N), device=bm.dev, dtype=torch.int32)
+        z = torch.randint(0, 16, (K // g, N), device=bm.dev, dtype=torch.int32)
+        s = (torch.rand(K // g, N, device=bm.dev) * 0.02 + 0.005).to(dt)
+        qw = _awq_pack(q)
+        qz = _awq_pack(z)
+        pw, ps, pz = ops.weight_quant_prepare(qw, s, qz, group_size=g)
+        x = torch.randn(M, K, device=bm.dev, dtype=dt)
+        wdq = ((q - z.repeat_interleave(g, 0)).float() * s.float().repeat_interleave(g, 0)).to(dt)
+        wdq_t = wdq.t().contiguous()
+        nbytes = K * N // 2 + (K // g) * N * (2 + 0.5) + M * (K + N) * 2
+        fn = lambda: ops.weight_quant_matmul(x, pw, ps, pz, group_size=g)  # noqa: E731
+        if M <= 16:
+            bm.add("weight_quant_matmul", f"W4A16 M{M} K{K} N{N} g{g}", fn, nbytes=nbytes,
+                   peers={"bf16 F.linear (dequantised W)": lambda: F.linear(x, wdq_t)})
+        else:
+            bm.add("weight_quant_matmul", f"W4A16 M{M} K{K} N{N} g{g}", fn, flops=2 * M * N * K,
+                   peers={"bf16 F.linear (dequantised W)": lambda: F.linear(x, wdq_t)})
+
+
+def _awq_pack(q: torch.Tensor) -> torch.Tensor:
+    order = (0, 2, 4, 6, 1, 3, 5, 7)
+    r, c = q.shape
+    cols = q.view(r, c // 8, 8).long()
+    packed = torch.zeros(r, c // 8, dtype=torch.int64, device=q.device)
+    for i, col in enumerate(order):
+        packed |= cols[..., col] << (4 * i)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+# ---------------------------------------------------------------------------------------------------
+def markdown(bm: Bench, meta: dict[str, Any]) -> str:
+    lines = [
+        f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}"
+        + (f", lmdeploy {meta['lmdeploy']}" if meta.get("lmdeploy") else ", LMDeploy not installed"),
+        "",
+        f"Ceilings measured in the same run: device-to-device copy **{bm.copy_gbs:.0f} GB/s** (read + write), "
+        f"bf16 matmul 8192³ **{bm.bf16_tflops:.0f} TFLOP/s**, "
+        f"int8 `torch._int_mm` 8192³ **{bm.int8_tops:.0f} TOP/s**.",
+        "",
+        "| op | shape | ours ms | achieved | of ceiling | best peer | peer ms | vs best peer | all peers (ms) |",
+        "|---|---|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for r in bm.rows:
+        bp = r.best_peer
+        allp = "; ".join(f"{n} {v:.4f}" + (f" (err {r.peer_err[n]:.1e})" if n in r.peer_err else "")
+                         for n, v in r.peers.items())
+        lines.append(
+            f"| {r.op} | {r.shape} | {r.ms:.4f} | {r.value:.1f} {r.metric} | {r.frac:.1%} | "
+            f"{bp[0] if bp else '-'} | {bp[1]:.4f} | {bp[1] / r.ms:.2f}× | {allp} |" if bp else
+            f"| {r.op} | {r.shape} | {r.ms:.4f} | {r.value:.1f} {r.metric} | {r.frac:.1%} | - | - | - | |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer sizes")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench.json / bench.md")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile peers")
+    ap.add_argument("--no-lmdeploy", action="store_true", help="skip LMDeploy peers")
+    ap.add_argument("--only", default="", help="comma-separated groups: norms,elementwise,decode,prefill,moe,quant")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to benchmark")
+        return 1
+    import triton
+
+    from dlinfer_maca import ops
+
+    t0 = time.time()
+    bm = Bench(not args.no_compile, not args.no_lmdeploy, args.quick)
+    groups = {"norms": bench_norms, "elementwise": bench_elementwise, "decode": bench_decode,
+              "prefill": bench_prefill, "moe": bench_moe, "quant": bench_quant_gemm}
+    only = [g for g in args.only.split(",") if g] or list(groups)
+    for g in only:
+        try:
+            groups[g](bm, ops)
+        except Exception as exc:  # noqa: BLE001 - keep the other groups' figures
+            import traceback
+
+            traceback.print_exc()
+            print(f"group {g} failed: {type(exc).__name__}: {exc}", flush=True)
+    lmd_version = None
+    if bm.lmd is not None:
+        import lmdeploy
+
+        lmd_version = getattr(lmdeploy, "__version__", "?")
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "lmdeploy": lmd_version, "seconds": time.time() - t0, "argv": sys.argv}
+    md = markdown(bm, meta)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump({"meta": meta, "ceilings": {"copy_GBps": bm.copy_gbs, "bf16_TFLOPs": bm.bf16_tflops,
+                                              "int8_TOPs": bm.int8_tops},
+                   "rows": [asdict(r) for r in bm.rows]}, f, indent=1)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
