@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 import torch
 
+from dlinfer.errors import DlinferError
 from dlinfer.registry import REFERENCE, REGISTRY
 from dlinfer.spec import API_VERSION, SPECS
 
@@ -22,7 +24,9 @@ def cmd_info(_args: argparse.Namespace) -> int:
     """Discovered backends, versions, availability, implemented ops and load errors."""
     REGISTRY.discover()
     print(f"dlinfer-core API {API_VERSION}, torch {torch.__version__}")
-    print(f"{'backend':12} {'distribution':22} {'device':7} {'layout':6} {'available':9} {'ops':>7}  notes")
+    wn = max([len("backend"), *map(len, REGISTRY.records)])
+    wd = max([len("distribution"), *(len(f"{r.dist} {r.version}") for r in REGISTRY.records.values())])
+    print(f"{'backend':{wn}} {'distribution':{wd}} {'device':7} {'layout':6} {'available':9} {'ops':>7}  notes")
     for name, rec in REGISTRY.records.items():
         b = rec.backend
         assert b is not None
@@ -38,7 +42,7 @@ def cmd_info(_args: argparse.Namespace) -> int:
                     notes = (notes + "; " if notes else "") + "falls back to reference for: " + ", ".join(missing)
             except Exception as exc:  # noqa: BLE001 - reported in the table
                 ops, notes = "error", str(exc)
-        print(f"{name:12} {rec.dist + ' ' + rec.version:22} {b.device_type:7} {b.kv_layout:6} "
+        print(f"{name:{wn}} {rec.dist + ' ' + rec.version:{wd}} {b.device_type:7} {b.kv_layout:6} "
               f"{'yes' if avail else 'no':9} {ops:>7}  {notes}")
     if REGISTRY.load_errors:
         print("\nplugins that failed to load:")
@@ -47,7 +51,9 @@ def cmd_info(_args: argparse.Namespace) -> int:
     try:
         from dlinfer.dispatch import current
 
-        print(f"\nselected backend: {current().name}")
+        with warnings.catch_warnings():  # the fallbacks are listed in the table above
+            warnings.simplefilter("ignore", RuntimeWarning)
+            print(f"\nselected backend: {current().name}")
     except Exception as exc:  # noqa: BLE001
         print(f"\nselected backend: none ({exc})")
         return 1
@@ -61,12 +67,19 @@ def _progress(done: int, total: int, result: object) -> None:
         print(f"  {done}/{total} cases", file=sys.stderr, flush=True)
 
 
+def _backend_name(name: str) -> str:
+    """Resolve ``--backend``: an unknown name or a plugin that failed to load raises a DlinferError."""
+    rec = REGISTRY.select(name)
+    assert rec.backend is not None
+    return rec.backend.name
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Run the conformance kit and print a pass/fail table."""
     from dlinfer.dispatch import activate
     from dlinfer.testing import format_table, run_conformance
 
-    name = args.backend or activate().name
+    name = _backend_name(args.backend) if args.backend else activate().name
     print(f"conformance of '{name}' against '{REFERENCE}' ({args.size} cases)", flush=True)
     results = run_conformance(name, ops=args.op, dtypes=_dtypes(args.dtypes), size=args.size, device=args.device,
                               seed=args.seed, progress=_progress)
@@ -80,7 +93,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Per-op timing and the dispatch overhead of dlinfer.ops.X versus calling the implementation."""
     from dlinfer.bench import run_bench
 
-    return run_bench(args.backend, ops=args.op, device=args.device, size=args.size)
+    name = _backend_name(args.backend) if args.backend else None
+    return run_bench(name, ops=args.op, device=args.device, size=args.size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except DlinferError as exc:  # unknown backend, broken plugin, strict mode: a message, not a traceback
+        print(f"dlinfer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ class _State:
         self.record: PluginRecord | None = None
         self.kv_layout = "NHD"
         self.fallbacks: tuple[str, ...] = ()
+        self.warned: set[tuple[str, str]] = set()
+        """(backend, op) pairs whose fallback warning was issued: once per process, not per activation."""
         mode = os.environ.get("DLINFER_VALIDATE", "").lower()
         self.validate = mode in ("1", "full", "shapes")
         self.full = mode in ("1", "full")
@@ -69,7 +71,7 @@ def activate(name: str | None = None, *, strict: bool | None = None) -> Backend:
     if missing and strict:
         raise DlinferError(
             f"dlinfer backend '{backend.name}' ({rec.dist} {rec.version}) lacks ops {', '.join(missing)} "
-            "and strict mode is on"
+            "and strict mode is on (DLINFER_STRICT=1 or strict=True); without it they fall back to the reference"
         )
     if backend.activate is not None:
         try:
@@ -79,6 +81,9 @@ def activate(name: str | None = None, *, strict: bool | None = None) -> Backend:
     for op in SPECS:
         setattr(TABLE, op, ops.get(op) or reference[op])
     for op in missing:
+        if (backend.name, op) in STATE.warned:
+            continue
+        STATE.warned.add((backend.name, op))
         warnings.warn(
             f"dlinfer backend '{backend.name}' does not implement '{op}'; using the reference implementation",
             RuntimeWarning,

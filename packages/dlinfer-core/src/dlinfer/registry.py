@@ -70,6 +70,11 @@ def _check_api(rec: PluginRecord, backend: Backend) -> str | None:
 def _check_declaration(backend: object) -> str | None:
     if not isinstance(backend, Backend):
         return f"dlinfer_backend() returned {type(backend).__name__}, expected dlinfer.plugin.Backend"
+    if not isinstance(backend.name, str) or not backend.name:
+        return f"backend name must be a non-empty string, got {backend.name!r}"
+    for attr in ("is_available", "load_ops"):
+        if not callable(getattr(backend, attr)):
+            return f"Backend.{attr} must be callable, got {type(getattr(backend, attr)).__name__}"
     if backend.kv_layout not in ("NHD", "HND"):
         return f"kv_layout must be 'NHD' or 'HND', got {backend.kv_layout!r}"
     return None
@@ -87,7 +92,10 @@ def signature_mismatch(op: str, fn: Callable[..., Any]) -> str | None:
     want = [(p.name, p.keyword_only) for p in spec.params]
     if got == want:
         return None
-    fmt = lambda items: "(" + ", ".join(("*" if kw else "") + n for n, kw in items) + ")"  # noqa: E731
+
+    def fmt(items: list[tuple[str, bool]]) -> str:
+        return "(" + ", ".join(("*" if kw else "") + n for n, kw in items) + ")"
+
     return f"op '{op}' has parameters {fmt(got)}, spec expects {fmt(want)} (* = keyword-only)"
 
 
@@ -143,26 +151,34 @@ class Registry:
         self._discovered = True
 
     def _register(self, obj: object, rec: PluginRecord) -> None:
+        registered = False
+
+        def reject(reason: str) -> None:
+            if registered:
+                self.pm.unregister(obj)
+            rec.error = reason
+            self.load_errors.append(rec)
+
         try:
             self.pm.register(obj, name=rec.plugin)
-            impls = [i for i in self.pm.hook.dlinfer_backend.get_hookimpls() if i.plugin_name == rec.plugin]
-            if not impls:
-                raise ValueError("implements no dlinfer_backend() hook")
+        except Exception as exc:  # noqa: BLE001 - e.g. pluggy's PluginValidationError, a name clash
+            return reject(f"registration with pluggy failed: {type(exc).__name__}: {exc}")
+        registered = True
+        impls = [i for i in self.pm.hook.dlinfer_backend.get_hookimpls() if i.plugin_name == rec.plugin]
+        if not impls:
+            return reject("implements no dlinfer_backend() hook")
+        try:
             backend = impls[0].function()
-            if (msg := _check_declaration(backend)) or (msg := _check_api(rec, backend)):
-                raise ValueError(msg)
-        except Exception as exc:  # noqa: BLE001
-            if self.pm.is_registered(obj):
-                self.pm.unregister(obj)
-            rec.error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            self.load_errors.append(rec)
-            return
-        if backend.name in self.records or backend.name in _disabled():
-            if backend.name in self.records:
-                other = self.records[backend.name]
-                rec.error = f"backend name '{backend.name}' is already registered by {other.dist} {other.version}"
-                self.load_errors.append(rec)
-            return
+        except Exception as exc:  # noqa: BLE001 - a plugin's own failure is reported, not raised
+            return reject(f"dlinfer_backend() raised {type(exc).__name__}: {exc}")
+        if (msg := _check_declaration(backend)) or (msg := _check_api(rec, backend)):
+            return reject(msg)
+        if backend.name in self.records:
+            other = self.records[backend.name]
+            return reject(f"backend name '{backend.name}' is already registered by {other.dist} {other.version}")
+        if backend.name in _disabled():
+            self.pm.unregister(obj)
+            return None
         rec.backend = backend
         self.records[backend.name] = rec
 

@@ -6,6 +6,9 @@ Options:
     --dlinfer-device DEV     run on this torch device instead of the backend's own
     --dlinfer-op OP          restrict to one op (repeatable)
 Any test can also request the ``dlinfer_backend`` fixture (the selected name).
+
+The entry point is named after this module, so ``-p dlinfer.testing.pytest_plugin`` (needed when
+``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1``) and the automatic load register it once, never twice.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     from dlinfer.testing.runner import plan
 
-    runs = plan(backend, ops=metafunc.config.getoption("--dlinfer-op"), size=metafunc.config.getoption("--dlinfer-size"))
+    config = metafunc.config
+    runs = plan(backend, ops=config.getoption("--dlinfer-op"), size=config.getoption("--dlinfer-size"))
     ids = [f"{c.op}-{c.name}-{str(dt).replace('torch.', '')}-{lay}" for c, dt, lay in runs]
     metafunc.parametrize("dlinfer_run", runs, ids=ids)
 

@@ -1,0 +1,130 @@
+"""Activation and dispatch: a real third-party plugin's ops are used, missing ones fall back to the reference.
+
+Plugin scenarios run in one subprocess (see tests/plugin_fixtures); the signature checks run here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+import torch
+from plugin_fixtures import plugin_env, register_scenarios
+
+import dlinfer.ops
+from dlinfer.spec import SPECS
+
+GOOD_OPS = ("rms_norm", "silu_and_mul")
+
+USE_GOOD = """
+import dlinfer_test_goodcpu as good
+from dlinfer.reference.ops import OPS as REF
+x, w = torch.randn(3, 16), torch.randn(16)
+y = ops.rms_norm(x, w)                       # the first call activates the auto-selected backend
+a = torch.randn(4, 8)
+s = ops.silu_and_mul(a)
+lin = ops.linear(torch.randn(2, 8), torch.randn(4, 8))   # not implemented by goodcpu: reference
+ops.linear(torch.randn(2, 8), torch.randn(4, 8))
+dispatch.deactivate()
+dlinfer.activate()                           # a second activation does not warn again
+result = {
+    "selected": dispatch.current().name,
+    "calls": list(good.CALLS),
+    "rms_norm_ok": torch.allclose(y, REF["rms_norm"](x, w, eps=1e-6)),
+    "silu_ok": torch.allclose(s, REF["silu_and_mul"](a)),
+    "linear_shape": list(lin.shape),
+    "table_is_plugin": dispatch.TABLE.rms_norm is good.rms_norm,
+    "fallback_is_reference": dispatch.TABLE.linear is REF["linear"],
+    "fallbacks": list(dispatch.STATE.fallbacks),
+    "kv_layout": dispatch.STATE.kv_layout,
+}
+"""
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "use-good": {"code": USE_GOOD},
+    "strict-env": {"env": {"DLINFER_STRICT": "1"}, "code": "result = dlinfer.activate().name"},
+    "strict-arg": {"code": "result = dlinfer.activate(strict=True).name"},
+    "strict-env-0": {"env": {"DLINFER_STRICT": "0"}, "code": "result = dlinfer.activate().name"},
+    "strict-reference": {"env": {"DLINFER_STRICT": "1", "DLINFER_BACKEND": "reference"},
+                         "code": "result = [dlinfer.activate().name, dispatch.TABLE.rms_norm.__module__]"},
+    "strict-first-call": {"env": {"DLINFER_STRICT": "1"},
+                          "code": "ops.rms_norm(torch.randn(2, 8), torch.randn(8))"},
+}
+
+
+register_scenarios("dispatch", SCENARIOS)
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    return plugin_env(tmp_path_factory).outcomes("dispatch")
+
+
+def test_plugin_ops_are_used_and_results_correct(outcome):
+    res = outcome["use-good"]
+    assert res["error"] is None, res
+    r = res["result"]
+    assert r["selected"] == "goodcpu"
+    assert r["calls"] == ["rms_norm", "silu_and_mul"]
+    assert r["rms_norm_ok"] and r["silu_ok"] and r["linear_shape"] == [2, 4]
+    assert r["table_is_plugin"], "the eager hot path must call the plugin's function directly"
+    assert r["fallback_is_reference"]
+    assert r["fallbacks"] == [op for op in SPECS if op not in GOOD_OPS]
+    assert r["kv_layout"] == "HND"  # the backend's declared layout becomes the default
+
+
+def test_missing_ops_warn_once_naming_backend_and_op(outcome):
+    warns = outcome["use-good"]["warnings"]
+    for op in SPECS:
+        msg = f"RuntimeWarning: dlinfer backend 'goodcpu' does not implement '{op}'; using the reference implementation"
+        # once per op, although linear was called twice and the backend was activated twice
+        assert warns.count(msg) == (0 if op in GOOD_OPS else 1), op
+    assert len(warns) == len(SPECS) - len(GOOD_OPS), warns
+
+
+@pytest.mark.parametrize("scenario", ["strict-env", "strict-arg", "strict-first-call"])
+def test_strict_mode_refuses_backend_naming_missing_ops(outcome, scenario):
+    res = outcome[scenario]
+    assert res["error_type"] == "DlinferError", res
+    msg = res["error"]
+    assert "dlinfer backend 'goodcpu' (dlinfer-test-goodcpu 1.2.3) lacks ops" in msg and "strict" in msg
+    missing = msg.split(" lacks ops ")[1].split(" and strict mode")[0].split(", ")
+    assert missing == [op for op in SPECS if op not in GOOD_OPS]
+    assert res["warnings"] == []
+
+
+def test_strict_mode_accepts_complete_backend_and_zero_means_off(outcome):
+    assert outcome["strict-reference"]["result"] == ["reference", "dlinfer.reference.norm"]
+    assert outcome["strict-env-0"]["result"] == "goodcpu"
+
+
+# -- the public ops: real signatures and docstrings generated from the spec ------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_public_op_has_spec_signature_and_docstring(name):
+    fn = getattr(dlinfer.ops, name)
+    spec = SPECS[name]
+    params = list(inspect.signature(fn).parameters.values())
+    assert [p.name for p in params] == [p.name for p in spec.params]
+    for got, want in zip(params, spec.params):
+        kind = inspect.Parameter.KEYWORD_ONLY if want.keyword_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
+        assert got.kind == kind, got.name
+        if want.default is not None:
+            assert got.default == want.default, got.name
+        elif not want.has_default:
+            assert got.default is inspect.Parameter.empty, got.name
+    assert fn.__name__ == name and fn.__module__ == "dlinfer.ops"
+    doc = inspect.getdoc(fn)
+    assert doc and doc.startswith(spec.summary)
+    for p in spec.params:
+        assert f"    {p.name}: " in doc, p.name
+    tensors = [p for p in spec.params if p.kind == "tensor" and p.shape and not isinstance(p.shape, str)]
+    for p in tensors:  # shapes are documented
+        assert "[" + ", ".join(p.shape) + "]" in doc, p.name
+
+
+def test_rms_norm_signature_spelled_out():
+    sig = inspect.signature(dlinfer.ops.rms_norm, eval_str=True)  # annotations resolve to real types
+    assert str(sig) == "(x: torch.Tensor, weight: torch.Tensor, *, eps: float = 1e-06) -> torch.Tensor"
+    assert torch.is_tensor(dlinfer.ops.rms_norm(torch.randn(2, 8), torch.ones(8)))
