@@ -18,7 +18,7 @@ PACKAGES = ["dlinfer-core", "dlinfer-maca", "dlinfer-ascend", "dlinfer-camb", "d
 CPU_TORCH = "torch==2.13.0"  # the CPU test pin; the packages themselves declare ranges
 TRITON_CPU = "triton==3.6.0"  # the Triton interpreter runs the maca kernels on CPU tensors
 LMDEPLOY = "lmdeploy==0.18.0"
-TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
+TEST_TOOLS = ["pytest>=8", "pytest-timeout", "hatchling", "editables"]
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True

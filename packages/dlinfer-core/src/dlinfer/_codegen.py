@@ -116,7 +116,7 @@ def build_public(spec: OpSpec, ns: dict[str, Any]) -> Callable[..., Any]:
     src = _TEMPLATE.format(name=spec.name, sig=signature(spec, ns_local), ret=_returns(spec), layout=layout,
                            custom=custom, values=values, call=call)
     ns_local["_spec"] = spec
-    exec(compile(src, f"<dlinfer.ops.{spec.name}>", "exec"), ns_local)  # noqa: S102 - generated from the spec
+    exec(compile(src, f"<dlinfer.ops.{spec.name}>", "exec", dont_inherit=True), ns_local)  # noqa: S102 - generated from the spec
     fn = ns_local[spec.name]
     fn.__doc__ = docstring(spec)
     fn.__module__ = "dlinfer.ops"
