@@ -51,6 +51,20 @@ def _patch_interpreter_index() -> None:
 
         builder.create_dot = create_dot
 
+    # fp32 -> bf16 casts truncate in the interpreter; the GPU rounds to nearest even
+    cast = getattr(builder, "cast_impl", None)
+    if cast is not None:
+        import numpy as np
+
+        def cast_impl(self, src, dst_type):  # type: ignore[no-untyped-def]
+            if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+                bits = np.ascontiguousarray(src.data, dtype=np.float32).view(np.uint32).astype(np.uint64)
+                rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+                return _interp.TensorHandle(rounded.reshape(np.shape(src.data)), dst_type.scalar)
+            return cast(self, src, dst_type)
+
+        builder.cast_impl = cast_impl
+
 
 if interpreting():
     _patch_interpreter_index()

@@ -64,8 +64,8 @@ def _decode_split_kernel(
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_ob, stride_oh,
     scale, softcap, window,
-    G, Hq, chunk, PAGE, D, DV,
-    NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+    G, Hq, chunk, PAGE, D, DV, NUM_SPLITS,
+    DIRECT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
@@ -119,7 +119,7 @@ def _decode_split_kernel(
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     omask = gmask[:, None] & dvmask[None, :]
-    if NUM_SPLITS == 1:
+    if DIRECT:  # a single split: normalise and write the output here, no merge pass
         tl.store(o_ptr + b * stride_ob + heads[:, None] * stride_oh + dv[None, :],
                  out.to(o_ptr.dtype.element_ty), mask=omask)
     else:
@@ -131,8 +131,8 @@ def _decode_split_kernel(
 
 @triton.jit
 def _decode_merge_kernel(
-    part_o_ptr, part_lse_ptr, o_ptr, stride_ob, stride_oh, Hq, DV,
-    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
+    part_o_ptr, part_lse_ptr, o_ptr, stride_ob, stride_oh, Hq, DV, NUM_SPLITS,
+    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -200,8 +200,8 @@ def paged_decode_fwd(
         block_table.stride(0), out.stride(0), out.stride(1),
         float(scale if scale is not None else 1.0 / math.sqrt(D)),
         float(softcap or 1.0), int(window or 0),
-        G, Hq, chunk, page, D, DV,
-        NUM_SPLITS=splits, BLOCK_G=block_g, BLOCK_N=block_n,
+        G, Hq, chunk, page, D, DV, splits,
+        DIRECT=splits == 1, BLOCK_G=block_g, BLOCK_N=block_n,
         BLOCK_D=next_pow2(D), BLOCK_DV=block_dv,
         USE_SOFTCAP=softcap is not None, USE_ALIBI=alibi_slopes is not None, USE_WINDOW=window is not None,
         DOT_PREC=dot_precision(q.dtype),
@@ -209,8 +209,8 @@ def paged_decode_fwd(
     )
     if splits > 1:
         _decode_merge_kernel[(B, Hq)](
-            part_o, part_lse, out, out.stride(0), out.stride(1), Hq, DV,
-            NUM_SPLITS=splits, BLOCK_S=next_pow2(splits), BLOCK_DV=block_dv, num_warps=4,
+            part_o, part_lse, out, out.stride(0), out.stride(1), Hq, DV, splits,
+            BLOCK_S=next_pow2(splits), BLOCK_DV=block_dv, num_warps=4,
         )
     return out
 
@@ -342,7 +342,7 @@ def _prefill_config(d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     if interpreting():
         return 32, 64, 4, 1  # few, large blocks: per-op Python overhead dominates
     if dtype == torch.float32:
-        return 64, 32, 4, 2
+        return (64, 32, 4, 2) if d <= 128 else (32, 32, 4, 1)
     if d <= 64:
         return 128, 64, 4, 3
     if d <= 128:
