@@ -45,6 +45,7 @@ def dlinfer_backend() -> Backend:
         block_sizes=BLOCK_SIZES,
         host_seqlens=False,
         slot_dtype=torch.int32,
+        dtypes=(torch.float16, torch.bfloat16),  # the fused kernels serve no fp32 activations
         dist_backend="cncl",
         graph=device_graph(),
         compile_backend=None,
