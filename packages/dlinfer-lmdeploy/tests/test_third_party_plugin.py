@@ -19,10 +19,11 @@ from dlinfer_lmdeploy.testing import runner
 PLUGIN_SOURCE = textwrap.dedent(
     """
     import collections
+    import contextlib
     import functools
 
     import torch
-    from dlinfer.plugin import Backend, hookimpl
+    from dlinfer.plugin import Backend, DeviceGraph, hookimpl
 
     CALLS = collections.Counter()
     PROBLEMS = []
@@ -58,6 +59,20 @@ PLUGIN_SOURCE = textwrap.dedent(
         return {name: _checked(name, fn) for name, fn in OPS.items()}
 
 
+    class RerunGraph:
+        # host stand-in for a device graph: the adaptor re-runs the forward from its fixed buffers
+
+        rerun_instead_of_replay = True
+
+        def __init__(self):
+            CALLS["graph_created"] += 1
+
+
+    def _capture(graph, pool=None, stream=None):
+        CALLS["graph_captured"] += 1
+        return contextlib.nullcontext()
+
+
     @hookimpl
     def dlinfer_backend():
         return Backend(
@@ -71,6 +86,7 @@ PLUGIN_SOURCE = textwrap.dedent(
             host_seqlens=True,
             slot_dtype=torch.int32,
             dist_backend="gloo",
+            graph=DeviceGraph(graph_factory=RerunGraph, capture=_capture),
             description="test-only plugin",
         )
     """
@@ -134,3 +150,19 @@ def test_plugin_generates_like_hf(toy_plugin, tiny_model, hf_greedy):  # type: i
     assert toy_plugin.PROBLEMS == []
     for op in ("fill_kv_cache", "prefill_attention", "paged_decode_attention", "paged_prefill_attention", "linear"):
         assert toy_plugin.CALLS[op] > 0, op
+
+
+@pytest.mark.e2e
+def test_plugin_graph_mode_matches_hf(toy_plugin, tiny_model, hf_greedy):  # type: ignore[no-untyped-def]
+    """eager_mode=False: decode steps run from fixed, padded buffers (batch 3 -> bucket 4, slot -1 padding)."""
+    path = tiny_model("qwen2")
+    prompts = ["Hello world", "The quick brown fox jumps over the lazy dog.", "Far away"]
+    cfg = runner.engine_config("toyvendor", eager_mode=False, max_batch_size=4)
+    toy_plugin.CALLS.clear()
+    with runner.open_pipeline(path, cfg) as pipe:
+        ids = [runner.encode(pipe, p) for p in prompts]
+        assert runner.generate(pipe, prompts, 10) == hf_greedy(path, ids, 10)
+        assert runner.generate(pipe, prompts[:1], 10) == hf_greedy(path, ids[:1], 10)
+    assert toy_plugin.PROBLEMS == []
+    assert toy_plugin.CALLS["graph_captured"] >= 2  # buckets 1 and 4 at least
+    assert toy_plugin.CALLS["graph_created"] == toy_plugin.CALLS["graph_captured"]
