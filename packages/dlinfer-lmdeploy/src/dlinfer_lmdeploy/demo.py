@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     args.model_dir.parent.mkdir(parents=True, exist_ok=True)
     path = build_demo_model(args.model_dir, args.train_steps)
 
-    import dlinfer_lmdeploy  # noqa: F401  (wires dlinfer devices into LMDeploy)
     from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+
+    import dlinfer_lmdeploy  # noqa: F401  (wires dlinfer devices into LMDeploy)
 
     config = PytorchEngineConfig(
         device_type=args.device,
