@@ -22,12 +22,12 @@ VOCAB_SIZE = 128  # > len(VOCAB): the tail ids exist in the model but never deco
 KINDS = ("llama", "qwen2", "qwen2_moe", "mixtral")
 
 
-def build_tokenizer(path: Path) -> Any:
+def build_tokenizer(path: str | Path, vocab_size: int = VOCAB_SIZE) -> Any:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(VOCAB)}
-    for i in range(len(VOCAB), VOCAB_SIZE):
+    for i in range(len(VOCAB), vocab_size):
         vocab[f"<extra_{i}>"] = i
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
@@ -113,3 +113,56 @@ def encode(path: str | Path, text: str) -> list[int]:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path)).encode(text, add_special_tokens=False)
+
+
+def llama_3_2_1b_config(**overrides: Any) -> Any:
+    """A Llama-3.2-1B-shaped config (random weights are filled in by the caller)."""
+    import transformers as tf
+
+    params: dict[str, Any] = dict(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    params.update(overrides)
+    return tf.LlamaConfig(**params)
+
+
+def build_on_device(config: Any, path: str | Path, *, device: str = "cuda", dtype: Any = None, seed: int = 0) -> Path:
+    """Random-weight checkpoint of ``config`` initialised on ``device`` (fast for 1B-class models)."""
+    import transformers as tf
+
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    dtype = dtype or torch.bfloat16
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = tf.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and p.dim() == 1:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02)
+    model.config.torch_dtype = str(dtype).split(".")[1]
+    model.save_pretrained(str(path), safe_serialization=True)
+    build_tokenizer(path, vocab_size=config.vocab_size)
+    return path
