@@ -18,6 +18,8 @@ from dlinfer_maca.kernels import attention, elementwise, moe, norm, quant
 
 pytestmark = pytest.mark.interpreter
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+# attention / MoE in the interpreter are slow: fp32 for those runs on GPU only (the kit covers it there)
+HEAVY_DTYPES = DTYPES if ON_GPU else [torch.float16, torch.bfloat16]
 
 
 def rnd(*shape, dtype=torch.float32, scale=1.0):
@@ -55,7 +57,7 @@ def test_dynamic_quant(dtype):
     assert q.dtype == torch.int8 and sc.shape == (3, 5)
     xf = x.float()
     assert torch.allclose(sc, xf.abs().amax(-1) / 127, rtol=1e-6)
-    assert torch.equal(q, torch.round(xf / sc[..., None]).clamp(-128, 127).to(torch.int8))
+    assert torch.equal(q, torch.round(xf / sc[..., None]).clamp(-127, 127).to(torch.int8))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -133,7 +135,7 @@ DECODE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", HEAVY_DTYPES)
 @pytest.mark.parametrize("case", DECODE_CASES)
 def test_paged_decode(dtype, case):
     B, Hq, Hkv, D, DV, BS, lens, layout, splits, maxlen = case
@@ -176,7 +178,7 @@ PREFILL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", HEAVY_DTYPES)
 @pytest.mark.parametrize("case", PREFILL_CASES)
 def test_prefill(dtype, case):
     qlens, Hq, Hkv, D, DV, causal = case
@@ -191,7 +193,7 @@ def test_prefill(dtype, case):
         assert_close(out[s], ref, dtype, factor=2)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", HEAVY_DTYPES)
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 @pytest.mark.parametrize("opt", [None, "window", "softcap", "alibi", "noncausal"])
 def test_paged_prefill(dtype, layout, opt):
@@ -234,7 +236,7 @@ def test_topk_softmax(renorm, E, k, dtype):
         assert torch.equal(ids.long(), rid)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", HEAVY_DTYPES)
 @pytest.mark.parametrize("T,E,k", [(1, 8, 2), (11, 4, 2), (6, 8, 3), (5, 3, 1)])
 def test_fused_moe(dtype, T, E, k):
     H, inter = 32, 48

@@ -57,10 +57,14 @@ def _patch_interpreter_index() -> None:
         import numpy as np
 
         def cast_impl(self, src, dst_type):  # type: ignore[no-untyped-def]
-            if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-                bits = np.ascontiguousarray(src.data, dtype=np.float32).view(np.uint32).astype(np.uint64)
+            s, d = src.dtype.scalar, dst_type.scalar
+            if d == tl.bfloat16 and s != tl.bfloat16:  # any -> fp32 -> bf16 (round to nearest even)
+                f32 = src if s == tl.float32 else cast(self, src, tl.float32)
+                bits = np.ascontiguousarray(f32.data, dtype=np.float32).view(np.uint32).astype(np.uint64)
                 rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-                return _interp.TensorHandle(rounded.reshape(np.shape(src.data)), dst_type.scalar)
+                return _interp.TensorHandle(rounded.reshape(np.shape(src.data)), d)
+            if s == tl.bfloat16 and d not in (tl.bfloat16, tl.float32):  # bf16 -> fp32 -> anything
+                return cast(self, cast(self, src, tl.float32), dst_type)
             return cast(self, src, dst_type)
 
         builder.cast_impl = cast_impl

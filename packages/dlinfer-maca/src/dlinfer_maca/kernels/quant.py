@@ -112,6 +112,9 @@ def _w4a16_kernel(
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
+    """``BLOCK_K`` divides the group size, so each K step lies in one quantisation group: the
+    integer weights ``q - z`` (exact in fp16/bf16) go through the tensor cores and the group's
+    per-column scale is applied to the fp32 partial sum, never rounding a dequantised weight."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -129,13 +132,12 @@ def _w4a16_kernel(
                     mask=mmask[:, None] & kmask[None, :], other=0.0)
         wm = kmask[:, None] & nmask[None, :]
         packed = tl.load(qw_ptr + kk.to(tl.int64)[:, None] * stride_qk + pcol[None, :], mask=wm, other=0)
-        grp = (kk // GROUP).to(tl.int64)
-        zp = tl.load(z_ptr + grp[:, None] * stride_zk + pcol[None, :], mask=wm, other=0)
-        s = tl.load(s_ptr + grp[:, None] * stride_sk + offs_n[None, :], mask=wm, other=0.0)
-        q = (packed >> shift[None, :]) & 0xF
-        z = (zp >> shift[None, :]) & 0xF
-        w = ((q - z).to(tl.float32) * s.to(tl.float32)).to(x.dtype)
-        acc += tl.dot(x, w, input_precision=DOT_PREC)
+        grp = k0 // GROUP
+        zp = tl.load(z_ptr + grp * stride_zk + pcol, mask=nmask, other=0)
+        s = tl.load(s_ptr + grp * stride_sk + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        w = ((packed >> shift[None, :]) & 0xF) - ((zp >> shift) & 0xF)[None, :]
+        part = tl.dot(x, w.to(x.dtype), input_precision=DOT_PREC)
+        acc += part * s[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
     tl.store(o_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :],
@@ -156,7 +158,11 @@ def w4a16_fwd(
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M > 0 and N > 0:
         bm, bn, bk, warps, stages = _gemm_config(M, False)
-        bk = min(bk, group_size)
+        bk = next(b for b in (bk, 64, 32, 16) if group_size % b == 0 and b <= group_size) \
+            if group_size % 16 == 0 else 0
+        if bk == 0:
+            raise NotImplementedError(f"dlinfer.ops.weight_quant_matmul: group_size={group_size} is not supported "
+                                      "by 'maca' (needs a multiple of 16)")
         _w4a16_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
             a, qweight, scales, qzeros, bias if bias is not None else a, out, M, N, K, group_size,
             a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
