@@ -17,7 +17,7 @@ python3 -c "import torch, triton; print(torch.__version__, triton.__version__, t
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv >> "$OUT/env.txt" 2>&1
 if [ "$MODE" = tests ] || [ "$MODE" = all ]; then
   python3 -m pytest -q -p no:cacheprovider -n 8 --timeout=600 packages/dlinfer-maca/tests \
-    -o addopts="" -rfE 2>&1 | tee "$OUT/tests.log" | grep -E "passed|failed|FAILED|ERROR|error" | tail -60
+    -o addopts="" -rfE ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/tests.log" | grep -E "passed|failed|FAILED|ERROR|error" | tail -60
 fi
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   python3 -m dlinfer_maca.bench --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log" | tail -80

@@ -477,6 +477,15 @@ def main(argv: list[str] | None = None) -> int:
     groups = {"norms": bench_norms, "elementwise": bench_elementwise, "decode": bench_decode,
               "prefill": bench_prefill, "moe": bench_moe, "quant": bench_quant_gemm}
     only = [g for g in args.only.split(",") if g] or list(groups)
+    lmd_version = None
+    if bm.lmd is not None:
+        import lmdeploy
+
+        lmd_version = getattr(lmdeploy, "__version__", "?")
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "lmdeploy": lmd_version, "argv": sys.argv}
+    os.makedirs(args.out, exist_ok=True)
+    md = ""
     for g in only:
         try:
             groups[g](bm, ops)
@@ -485,21 +494,14 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
             print(f"group {g} failed: {type(exc).__name__}: {exc}", flush=True)
-    lmd_version = None
-    if bm.lmd is not None:
-        import lmdeploy
-
-        lmd_version = getattr(lmdeploy, "__version__", "?")
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "lmdeploy": lmd_version, "seconds": time.time() - t0, "argv": sys.argv}
-    md = markdown(bm, meta)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(args.out, "bench.json"), "w") as f:
-        json.dump({"meta": meta, "ceilings": {"copy_GBps": bm.copy_gbs, "bf16_TFLOPs": bm.bf16_tflops,
-                                              "int8_TOPs": bm.int8_tops},
-                   "rows": [asdict(r) for r in bm.rows]}, f, indent=1)
+        meta["seconds"] = time.time() - t0
+        md = markdown(bm, meta)  # written after every group, so a cut-off run keeps what it measured
+        with open(os.path.join(args.out, "bench.md"), "w") as f:
+            f.write(md)
+        with open(os.path.join(args.out, "bench.json"), "w") as f:
+            json.dump({"meta": meta, "ceilings": {"copy_GBps": bm.copy_gbs, "bf16_TFLOPs": bm.bf16_tflops,
+                                                  "int8_TOPs": bm.int8_tops},
+                       "rows": [asdict(r) for r in bm.rows]}, f, indent=1)
     print(md)
     return 0
 
