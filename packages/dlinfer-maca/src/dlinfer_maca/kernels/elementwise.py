@@ -12,44 +12,6 @@ from ._utils import next_pow2
 
 
 @triton.jit
-def _rope_heads(
-    x_ptr, o_ptr, cos_ptr, sin_ptr, t, h0, H,
-    stride_xt, stride_xh, stride_ot, stride_oh,
-    HALF, D,
-    BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
-    INTERLEAVED: tl.constexpr, HAS_PASS: tl.constexpr,
-):
-    """Rotate heads ``[h0, h0 + BLOCK_H)`` of token ``t``; cos/sin rows already offset to ``t``."""
-    heads = h0 + tl.arange(0, BLOCK_H)
-    i = tl.arange(0, BLOCK_HALF)
-    hmask = heads < H
-    imask = i < HALF
-    if INTERLEAVED:
-        i1 = 2 * i
-        i2 = 2 * i + 1
-    else:
-        i1 = i
-        i2 = i + HALF
-    c1 = tl.load(cos_ptr + i1, mask=imask, other=0.0).to(tl.float32)[None, :]
-    c2 = tl.load(cos_ptr + i2, mask=imask, other=0.0).to(tl.float32)[None, :]
-    s1 = tl.load(sin_ptr + i1, mask=imask, other=0.0).to(tl.float32)[None, :]
-    s2 = tl.load(sin_ptr + i2, mask=imask, other=0.0).to(tl.float32)[None, :]
-    m = hmask[:, None] & imask[None, :]
-    xrow = x_ptr + t * stride_xt + heads[:, None] * stride_xh
-    orow = o_ptr + t * stride_ot + heads[:, None] * stride_oh
-    x1 = tl.load(xrow + i1[None, :], mask=m, other=0.0)
-    x2 = tl.load(xrow + i2[None, :], mask=m, other=0.0)
-    x1f = x1.to(tl.float32)
-    x2f = x2.to(tl.float32)
-    tl.store(orow + i1[None, :], (x1f * c1 - x2f * s1).to(x1.dtype), mask=m)
-    tl.store(orow + i2[None, :], (x2f * c2 + x1f * s2).to(x1.dtype), mask=m)
-    if HAS_PASS:
-        p = 2 * HALF + tl.arange(0, BLOCK_PASS)
-        pm = hmask[:, None] & (p < D)[None, :]
-        tl.store(orow + p[None, :], tl.load(xrow + p[None, :], mask=pm), mask=pm)
-
-
-@triton.jit
 def _rope_kernel(
     q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh,
@@ -59,19 +21,41 @@ def _rope_kernel(
     BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_PASS: tl.constexpr,
 ):
+    """Rows ``[hb * BLOCK_H, ...)`` of token ``t`` in the joint head space ``q heads ++ k heads``:
+    every program is full whatever Hq / Hkv are, and cos/sin are read once per program."""
     t = tl.program_id(0).to(tl.int64)
-    hb = tl.program_id(1)
-    nq = tl.cdiv(Hq, BLOCK_H)
-    cos_row = cos_ptr + t * stride_cos
-    sin_row = sin_ptr + t * stride_sin
-    if hb < nq:
-        _rope_heads(q_ptr, qo_ptr, cos_row, sin_row, t, hb * BLOCK_H, Hq,
-                    stride_qt, stride_qh, stride_qot, stride_qoh, HALF, D,
-                    BLOCK_H, BLOCK_HALF, BLOCK_PASS, INTERLEAVED, HAS_PASS)
+    rows = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    is_q = rows < Hq
+    rmask = rows < Hq + Hkv
+    kh = tl.where(is_q, 0, rows - Hq)
+    x_row = tl.where(is_q, q_ptr + t * stride_qt + rows * stride_qh, k_ptr + t * stride_kt + kh * stride_kh)
+    o_row = tl.where(is_q, qo_ptr + t * stride_qot + rows * stride_qoh, ko_ptr + t * stride_kot + kh * stride_koh)
+    x_row = x_row[:, None]
+    o_row = o_row[:, None]
+
+    i = tl.arange(0, BLOCK_HALF)
+    imask = i < HALF
+    if INTERLEAVED:
+        i1 = 2 * i
+        i2 = 2 * i + 1
     else:
-        _rope_heads(k_ptr, ko_ptr, cos_row, sin_row, t, (hb - nq) * BLOCK_H, Hkv,
-                    stride_kt, stride_kh, stride_kot, stride_koh, HALF, D,
-                    BLOCK_H, BLOCK_HALF, BLOCK_PASS, INTERLEAVED, HAS_PASS)
+        i1 = i
+        i2 = i + HALF
+    c1 = tl.load(cos_ptr + t * stride_cos + i1, mask=imask, other=0.0).to(tl.float32)[None, :]
+    c2 = tl.load(cos_ptr + t * stride_cos + i2, mask=imask, other=0.0).to(tl.float32)[None, :]
+    s1 = tl.load(sin_ptr + t * stride_sin + i1, mask=imask, other=0.0).to(tl.float32)[None, :]
+    s2 = tl.load(sin_ptr + t * stride_sin + i2, mask=imask, other=0.0).to(tl.float32)[None, :]
+    m = rmask[:, None] & imask[None, :]
+    x1 = tl.load(x_row + i1[None, :], mask=m, other=0.0)
+    x2 = tl.load(x_row + i2[None, :], mask=m, other=0.0)
+    x1f = x1.to(tl.float32)
+    x2f = x2.to(tl.float32)
+    tl.store(o_row + i1[None, :], (x1f * c1 - x2f * s1).to(x1.dtype), mask=m)
+    tl.store(o_row + i2[None, :], (x2f * c2 + x1f * s2).to(x1.dtype), mask=m)
+    if HAS_PASS:
+        p = 2 * HALF + tl.arange(0, BLOCK_PASS)
+        pm = rmask[:, None] & (p < D)[None, :]
+        tl.store(o_row + p[None, :], tl.load(x_row + p[None, :], mask=pm), mask=pm)
 
 
 def _unit_last(x: torch.Tensor) -> torch.Tensor:
@@ -93,9 +77,10 @@ def rotary_fwd(
     half = R // 2
     block_half = next_pow2(half)
     block_pass = next_pow2(D - R) if D > R else 1
-    # ~2K elements per program: enough bytes in flight without spilling
-    block_h = max(1, min(next_pow2(max(Hq, Hkv)), max(1, 2048 // (2 * block_half))))
-    grid = (T, triton.cdiv(Hq, block_h) + triton.cdiv(Hkv, block_h))
+    # 4-16 head rows of D elements per program, chosen to leave the least padding in Hq + Hkv rows
+    rows = Hq + Hkv
+    block_h = min((8, 16, 4), key=lambda b: (triton.cdiv(rows, b) * b - rows, -b))
+    grid = (T, triton.cdiv(rows, block_h))
     _rope_kernel[grid](
         q, k, qo, ko, cos, sin,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1),

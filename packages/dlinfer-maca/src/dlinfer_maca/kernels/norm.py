@@ -19,7 +19,8 @@ def _quantize_row(y, cols, mask, q_ptr, scale_ptr, row, stride_q):
     amax = tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0)
     scale = amax / 127.0
     safe = tl.where(scale == 0.0, 1.0, scale)
-    q = round_half_even(tl.math.div_rn(y, safe))  # IEEE division, as torch's x / scale
+    # y * (1 / scale) may differ from torch's y / scale by one step at exact ties (the spec allows it)
+    q = round_half_even(y * (1.0 / safe))
     q = tl.minimum(tl.maximum(q, -127.0), 127.0)
     tl.store(q_ptr + row * stride_q + cols, q.to(tl.int8), mask=mask)
     tl.store(scale_ptr + row, scale)

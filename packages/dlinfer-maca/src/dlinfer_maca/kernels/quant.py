@@ -114,34 +114,50 @@ def _w4a16_kernel(
 ):
     """``BLOCK_K`` divides the group size, so each K step lies in one quantisation group: the
     integer weights ``q - z`` (exact in fp16/bf16) go through the tensor cores and the group's
-    per-column scale is applied to the fp32 partial sum, never rounding a dequantised weight."""
+    per-column scale is applied to the fp32 partial sum, never rounding a dequantised weight.
+    Packed words are loaded once each (``[BLOCK_K, BLOCK_N / 8]`` int32) and unpacked in
+    registers: nibble i of word c is column ``8c + i`` after :func:`awq_prepare`."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    PACK: tl.constexpr = BLOCK_N // 8
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_p = pid_n * PACK + tl.arange(0, PACK)
     offs_k = tl.arange(0, BLOCK_K)
+    shifts = (tl.arange(0, 8) * 4)[None, None, :]
     mmask = offs_m < M
     nmask = offs_n < N
-    shift = (offs_n % 8) * 4
-    pcol = offs_n // 8
+    pmask = offs_p < tl.cdiv(N, 8)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + offs_k
         kmask = kk < K
         x = tl.load(x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + kk[None, :],
                     mask=mmask[:, None] & kmask[None, :], other=0.0)
-        wm = kmask[:, None] & nmask[None, :]
-        packed = tl.load(qw_ptr + kk.to(tl.int64)[:, None] * stride_qk + pcol[None, :], mask=wm, other=0)
+        packed = tl.load(qw_ptr + kk.to(tl.int64)[:, None] * stride_qk + offs_p[None, :],
+                         mask=kmask[:, None] & pmask[None, :], other=0)
         grp = k0 // GROUP
-        zp = tl.load(z_ptr + grp * stride_zk + pcol, mask=nmask, other=0)
+        zp = tl.load(z_ptr + grp * stride_zk + offs_p, mask=pmask, other=0)
         s = tl.load(s_ptr + grp * stride_sk + offs_n, mask=nmask, other=0.0).to(tl.float32)
-        w = ((packed >> shift[None, :]) & 0xF) - ((zp >> shift) & 0xF)[None, :]
-        part = tl.dot(x, w.to(x.dtype), input_precision=DOT_PREC)
+        q = tl.reshape((packed[:, :, None] >> shifts) & 0xF, (BLOCK_K, BLOCK_N))
+        z = tl.reshape((zp[None, :, None] >> shifts) & 0xF, (1, BLOCK_N))
+        part = tl.dot(x, (q - z).to(x.dtype), input_precision=DOT_PREC)
         acc += part * s[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
     tl.store(o_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :],
              acc.to(o_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+
+
+def _w4a16_config(M: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): narrow N tiles at decode sizes for more programs."""
+    if interpreting():
+        return 16, 64, 64, 4, 1
+    if M <= 16:
+        return 16, 64, 128, 4, 3
+    if M <= 64:
+        return 64, 64, 128, 4, 3
+    return 64, 128, 64, 4, 3
 
 
 def w4a16_fwd(
@@ -157,7 +173,7 @@ def w4a16_fwd(
     M = a.shape[0]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M > 0 and N > 0:
-        bm, bn, bk, warps, stages = _gemm_config(M, False)
+        bm, bn, bk, warps, stages = _w4a16_config(M)
         bk = next(b for b in (bk, 64, 32, 16) if group_size % b == 0 and b <= group_size) \
             if group_size % 16 == 0 else 0
         if bk == 0:
