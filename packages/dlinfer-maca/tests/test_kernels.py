@@ -135,6 +135,7 @@ DECODE_CASES = [
     (2, 8, 4, 64, 32, 8, [33, 1], "HND", None, None),
     (2, 2, 2, 16, 16, 16, [150, 9], "NHD", 3, None),  # multi-split merge
     (2, 4, 2, 32, 32, 16, [150, 70], "NHD", 2, 64),  # max_seqlen_kv too small: the last split takes the tail
+    (2, 4, 4, 32, 32, 64, [150, 70], "HND", 2, None),  # one page per key block
 ]
 
 
@@ -199,8 +200,9 @@ def test_prefill(dtype, case):
 @pytest.mark.parametrize("dtype", HEAVY_DTYPES)
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 @pytest.mark.parametrize("opt", [None, "window", "softcap", "alibi", "noncausal"])
-def test_paged_prefill(dtype, layout, opt):
-    qlens, kvlens, Hq, Hkv, D, BS = [5, 17, 1], [21, 17, 40], 4, 2, 32, 16
+@pytest.mark.parametrize("BS", [16, 64])
+def test_paged_prefill(dtype, layout, opt, BS):
+    qlens, kvlens, Hq, Hkv, D = [5, 17, 1], [21, 17, 140], 4, 2, 32
     ks = [rnd(n, Hkv, D, dtype=dtype) for n in kvlens]
     vs = [rnd(n, Hkv, D, dtype=dtype) for n in kvlens]
     kc, vc, table = _paged(ks, vs, BS, layout)

@@ -104,17 +104,20 @@ def _decode_split_kernel(
     for n0 in range((start // BLOCK_N) * BLOCK_N, end, BLOCK_N):
         offs = n0 + tl.arange(0, BLOCK_N)
         nmask = (offs >= start) & (offs < end)
-        page = tl.load(bt_row + offs // PAGE, mask=nmask, other=0).to(tl.int64)
+        if PAGE % BLOCK_N == 0:  # the whole key block sits in one page: one table read
+            page = tl.load(bt_row + n0 // PAGE).to(tl.int64)
+        else:
+            page = tl.load(bt_row + offs // PAGE, mask=nmask, other=0).to(tl.int64)
         slot = offs % PAGE
-        k = tl.load(k_base + page[:, None] * stride_kb + slot[:, None] * stride_ks + d[None, :],
-                    mask=nmask[:, None] & dmask[None, :], other=0.0)
+        krow = page * stride_kb + slot * stride_ks
+        vrow = page * stride_vb + slot * stride_vs
+        k = tl.load(k_base + krow[:, None] + d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
         s = _transform_scores(s, scale, softcap, slope, (offs - pos).to(tl.float32)[None, :],
                               USE_SOFTCAP, USE_ALIBI)
         s = tl.where(nmask[None, :], s, float("-inf"))
         p, m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc)
-        v = tl.load(v_base + page[:, None] * stride_vb + slot[:, None] * stride_vs + dv[None, :],
-                    mask=nmask[:, None] & dvmask[None, :], other=0.0)
+        v = tl.load(v_base + vrow[:, None] + dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
         acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -237,7 +240,10 @@ def _prefill_inner(
         offs = n0 + tl.arange(0, BLOCK_N)
         nmask = offs < kv_len
         if PAGED:
-            page = tl.load(bt_row + offs // PAGE, mask=nmask, other=0).to(tl.int64)
+            if PAGE % BLOCK_N == 0:  # the whole key block sits in one page: one table read
+                page = tl.load(bt_row + n0 // PAGE).to(tl.int64)
+            else:
+                page = tl.load(bt_row + offs // PAGE, mask=nmask, other=0).to(tl.int64)
             krow = page * stride_kb + (offs % PAGE) * stride_ks
             vrow = page * stride_vb + (offs % PAGE) * stride_vs
         else:
