@@ -280,14 +280,15 @@ def _awq_pack(q: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_w4a16(dtype):
-    M, K, N, g = 3, 64, 32, 32
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_w4a16(dtype, split_k):
+    M, K, N, g = 3, 192, 72, 32
     q = torch.randint(0, 16, (K, N), device=DEVICE)
     z = torch.randint(0, 16, (K // g, N), device=DEVICE)
     s = (torch.rand(K // g, N, device=DEVICE) / 10 + 0.01).to(dtype)
     qw, sc, qz = quant.awq_prepare(_awq_pack(q), s, _awq_pack(z), g)
     x = rnd(M, K, dtype=dtype)
-    out = quant.w4a16_fwd(x, qw, sc, qz, None, g)
+    out = quant.w4a16_fwd(x, qw, sc, qz, None, g, split_k=split_k)
     W = (q - z.repeat_interleave(g, 0)).double() * s.double().repeat_interleave(g, 0)
     assert_close(out, x.double() @ W, dtype, factor=2)
 

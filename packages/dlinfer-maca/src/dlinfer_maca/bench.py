@@ -149,8 +149,12 @@ def _ceilings(dev: torch.device) -> tuple[float, float, float]:
     n = 1 << 30  # 1 GiB
     src = torch.randn(n // 4, device=dev)
     dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src))
-    copy_gbs = 2 * n / ms / 1e6
+    ms_torch = time_ms(lambda: dst.copy_(src))
+    ms_triton = time_ms(lambda: _triton_copy(src, dst))
+    assert torch.equal(src, dst)
+    copy_gbs = 2 * n / min(ms_torch, ms_triton) / 1e6
+    print(f"copy 1 GiB: torch copy_ {2 * n / ms_torch / 1e6:.0f} GB/s, plain Triton copy "
+          f"{2 * n / ms_triton / 1e6:.0f} GB/s (the faster is the ceiling)", flush=True)
     a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
     ms = time_ms(lambda: a @ b)
@@ -166,6 +170,28 @@ def _ceilings(dev: torch.device) -> tuple[float, float, float]:
     print(f"ceilings (this reading): D2D copy {copy_gbs:.0f} GB/s (read+write), bf16 matmul {bf16:.0f} TFLOP/s, "
           f"int8 matmul {int8:.0f} TOP/s", flush=True)
     return copy_gbs, bf16, int8
+
+
+def _triton_copy(src: torch.Tensor, dst: torch.Tensor) -> None:
+    import triton
+
+    n = src.numel()
+    _copy_kernel[(triton.cdiv(n, 8192),)](src, dst, n, BLOCK=8192, num_warps=8)
+
+
+def _make_copy_kernel() -> Any:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(src, dst, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(dst + offs, tl.load(src + offs, mask=offs < n), mask=offs < n)
+
+    return kernel
+
+
+_copy_kernel = _make_copy_kernel() if torch.cuda.is_available() else None
 
 
 def explore_decode_splits(bm: Bench) -> None:

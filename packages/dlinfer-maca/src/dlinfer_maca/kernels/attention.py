@@ -155,10 +155,12 @@ def _decode_merge_kernel(
 
 
 def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_kv: int, block_n: int, sms: int) -> tuple[int, int]:
-    """(splits, tokens per split): about four programs per SM (enough loads in flight to saturate HBM),
-    never less than one key block per split."""
+    """(splits, tokens per split). With at least one (sequence, KV head) program per SM the context is
+    not split (the merge pass would cost more than it gains: measured on H100); below that, about
+    four programs per SM, never less than one key block per split."""
     n_blocks = max(1, triton.cdiv(max_seqlen_kv, block_n))
-    want = triton.cdiv(4 * sms, max(batch * num_kv_heads, 1))
+    programs = max(batch * num_kv_heads, 1)
+    want = 1 if programs >= sms else triton.cdiv(4 * sms, programs)
     splits = max(1, min(want, n_blocks, 64))
     chunk = triton.cdiv(n_blocks, splits) * block_n
     return max(1, triton.cdiv(max(max_seqlen_kv, 1), chunk)), chunk

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import interpreting
+from ._utils import interpreting, num_sms
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 
@@ -107,18 +107,21 @@ def awq_prepare(
 
 @triton.jit
 def _w4a16_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, M, N, K, GROUP,
+    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, part_ptr, M, N, K, GROUP, K_PER_SPLIT,
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
     """``BLOCK_K`` divides the group size, so each K step lies in one quantisation group: the
     integer weights ``q - z`` (exact in fp16/bf16) go through the tensor cores and the group's
     per-column scale is applied to the fp32 partial sum, never rounding a dequantised weight.
     Packed words are loaded once each (``[BLOCK_K, BLOCK_N / 8]`` int32) and unpacked in
-    registers: nibble i of word c is column ``8c + i`` after :func:`awq_prepare`."""
+    registers: nibble i of word c is column ``8c + i`` after :func:`awq_prepare`. With
+    ``SPLIT_K > 1`` program ``(m, n, s)`` covers ``K_PER_SPLIT`` rows of K and writes an fp32
+    partial tile (decode-sized M needs the extra programs to keep enough loads in flight)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     PACK: tl.constexpr = BLOCK_N // 8
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -129,7 +132,8 @@ def _w4a16_kernel(
     nmask = offs_n < N
     pmask = offs_p < tl.cdiv(N, 8)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_lo = pid_k * K_PER_SPLIT
+    for k0 in range(k_lo, tl.minimum(k_lo + K_PER_SPLIT, K), BLOCK_K):
         kk = k0 + offs_k
         kmask = kk < K
         x = tl.load(x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + kk[None, :],
@@ -143,10 +147,14 @@ def _w4a16_kernel(
         z = tl.reshape((zp[None, :, None] >> shifts) & 0xF, (1, BLOCK_N))
         part = tl.dot(x, (q - z).to(x.dtype), input_precision=DOT_PREC)
         acc += part * s[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    tl.store(o_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :],
-             acc.to(o_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+    omask = mmask[:, None] & nmask[None, :]
+    if SPLIT_K > 1:
+        tl.store(part_ptr + (pid_k * M + offs_m.to(tl.int64))[:, None] * N + offs_n[None, :], acc, mask=omask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        tl.store(o_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :],
+                 acc.to(o_ptr.dtype.element_ty), mask=omask)
 
 
 def _w4a16_config(M: int) -> tuple[int, int, int, int, int]:
@@ -162,7 +170,7 @@ def _w4a16_config(M: int) -> tuple[int, int, int, int, int]:
 
 def w4a16_fwd(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor,
-    bias: torch.Tensor | None, group_size: int,
+    bias: torch.Tensor | None, group_size: int, split_k: int | None = None,
 ) -> torch.Tensor:
     """``x [..., IN] @ dequant(W)`` with W from :func:`awq_prepare`'s layout -> ``[..., OUT]``."""
     K = x.shape[-1]
@@ -172,17 +180,30 @@ def w4a16_fwd(
     a = a if a.stride(-1) == 1 else a.contiguous()
     M = a.shape[0]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if M > 0 and N > 0:
-        bm, bn, bk, warps, stages = _w4a16_config(M)
-        bk = next(b for b in (bk, 64, 32, 16) if group_size % b == 0 and b <= group_size) \
-            if group_size % 16 == 0 else 0
-        if bk == 0:
-            raise NotImplementedError(f"dlinfer.ops.weight_quant_matmul: group_size={group_size} is not supported "
-                                      "by 'maca' (needs a multiple of 16)")
-        _w4a16_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
-            a, qweight, scales, qzeros, bias if bias is not None else a, out, M, N, K, group_size,
-            a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
-            HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-            DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps, num_stages=stages,
-        )
+    if M == 0 or N == 0:
+        return out.view(*lead, N)
+    bm, bn, bk, warps, stages = _w4a16_config(M)
+    bk = next((b for b in (bk, 64, 32, 16) if b <= group_size and group_size % b == 0), 0)
+    if bk == 0:
+        raise NotImplementedError(f"dlinfer.ops.weight_quant_matmul: group_size={group_size} is not supported "
+                                  "by 'maca' (needs a multiple of 16)")
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    k_iters = triton.cdiv(K, bk)
+    if split_k is None:  # about 8 programs per SM, at least 2 K steps each
+        split_k = max(1, min(triton.cdiv(8 * num_sms(x.device), tiles), k_iters // 2))
+    split_k = max(1, min(split_k, k_iters))
+    k_per_split = triton.cdiv(k_iters, split_k) * bk
+    split_k = triton.cdiv(K, k_per_split)
+    part = torch.empty((split_k, M, N), dtype=torch.float32, device=x.device) if split_k > 1 else out
+    _w4a16_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), split_k)](
+        a, qweight, scales, qzeros, bias if bias is not None else a, out, part, M, N, K, group_size, k_per_split,
+        a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
+        SPLIT_K=split_k, HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps, num_stages=stages,
+    )
+    if split_k > 1:
+        acc = part.sum(dim=0)
+        if bias is not None:
+            acc += bias.float()
+        out = acc.to(x.dtype)
     return out.view(*lead, N)
