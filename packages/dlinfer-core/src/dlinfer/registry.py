@@ -9,10 +9,12 @@ Environment variables:
     DLINFER_BACKEND            pick a backend by name (its load errors are raised)
     DLINFER_DISABLE_PLUGINS    comma-separated plugin/backend names to skip
     DLINFER_STRICT=1           refuse a backend that lacks ops instead of falling back
+    DLINFER_PLUGINS            comma-separated plugin modules to register besides the entry points
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
 import inspect
 import os
@@ -46,6 +48,12 @@ class PluginRecord:
 
     def fail(self, reason: str) -> PluginError:
         return PluginError(self.plugin, self.dist, self.version, reason)
+
+
+def _extra_modules() -> list[str]:
+    """Plugin modules named in DLINFER_PLUGINS (for environments without installed metadata, e.g. a
+    source checkout on a device image); they are registered exactly like entry points."""
+    return [m.strip() for m in os.environ.get("DLINFER_PLUGINS", "").split(",") if m.strip()]
 
 
 def _disabled() -> set[str]:
@@ -148,6 +156,18 @@ class Registry:
                 self.load_errors.append(rec)
                 continue
             self._register(obj, rec)
+        for module in _extra_modules():
+            if module in disabled:
+                continue
+            rec = PluginRecord(module, "DLINFER_PLUGINS", "-")
+            try:
+                obj = importlib.import_module(module)
+            except Exception as exc:  # noqa: BLE001
+                rec.error = f"import of '{module}' failed: {type(exc).__name__}: {exc}"
+                self.load_errors.append(rec)
+                continue
+            if not self.pm.is_registered(obj):  # already found through its entry point
+                self._register(obj, rec)
         self._discovered = True
 
     def _register(self, obj: object, rec: PluginRecord) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 _KIT_MODULE = Path(__file__).with_name("conformance_tests.py")
 
@@ -26,6 +27,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--dlinfer-size", default="small", choices=("small", "large"), help="case sizes")
     group.addoption("--dlinfer-device", default=None, help="torch device to run on (default: the backend's)")
     group.addoption("--dlinfer-op", action="append", default=None, help="only this op (repeatable)")
+    group.addoption("--dlinfer-dtype", action="append", default=None,
+                    help="only this dtype, e.g. bfloat16 (repeatable; default: the backend's declared dtypes)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,7 +47,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     from dlinfer.testing.runner import plan
 
     config = metafunc.config
-    runs = plan(backend, ops=config.getoption("--dlinfer-op"), size=config.getoption("--dlinfer-size"))
+    dtypes = config.getoption("--dlinfer-dtype")
+    runs = plan(backend, ops=config.getoption("--dlinfer-op"), size=config.getoption("--dlinfer-size"),
+                dtypes=[getattr(torch, d) for d in dtypes] if dtypes else None)
     ids = [f"{c.op}-{c.name}-{str(dt).replace('torch.', '')}-{lay}" for c, dt, lay in runs]
     metafunc.parametrize("dlinfer_run", runs, ids=ids)
 
