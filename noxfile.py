@@ -90,12 +90,20 @@ def build(session: nox.Session) -> None:
     session.run("python", str(ROOT / ".ci" / "check_entry_points.py"), *[n for n in _existing(PACKAGES)])
 
 
+def _source_env(package: str) -> dict[str, str]:
+    """Run from the source tree without installing: vendor images are often offline and must keep their torch."""
+    module = package.replace("-", "_")
+    paths = [str(ROOT / "packages" / p / "src") for p in ("dlinfer-core", package)]
+    return {"PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]),
+            "DLINFER_PLUGINS": f"{module}.plugin", "DLINFER_HARDWARE": "1"}
+
+
 def _vendor_session(session: nox.Session, package: str, backend: str, size: str) -> None:
-    session.run("python", "-m", "pip", "install", "--no-deps", "-e", _pkg("dlinfer-core"), "-e", _pkg(package),
-                external=True)
-    session.run("python", "-m", "pytest", "-q", str(ROOT / "packages" / package / "tests"),
-                f"--dlinfer-backend={backend}", f"--dlinfer-size={size}", external=True,
-                env={"DLINFER_HARDWARE": "1"})
+    env = _source_env(package)
+    session.run("python", "-m", "dlinfer", "info", external=True, env=env)
+    session.run("python", "-m", "pytest", "-q", "-p", "dlinfer.testing.pytest_plugin", "-p", "no:cacheprovider",
+                str(ROOT / "packages" / package / "tests"), f"--dlinfer-backend={backend}", f"--dlinfer-size={size}",
+                *session.posargs, external=True, env=env)
 
 
 @nox.session(name="tests-maca", venv_backend="none")
@@ -106,9 +114,7 @@ def tests_maca(session: nox.Session) -> None:
 
 @nox.session(name="bench-maca", venv_backend="none")
 def bench_maca(session: nox.Session) -> None:
-    session.run("python", "-m", "pip", "install", "--no-deps", "-e", _pkg("dlinfer-core"), "-e", _pkg("dlinfer-maca"),
-                external=True)
-    session.run("python", "-m", "dlinfer_maca.bench", *session.posargs, external=True)
+    session.run("python", "-m", "dlinfer_maca.bench", *session.posargs, external=True, env=_source_env("dlinfer-maca"))
 
 
 @nox.session(name="tests-ascend", venv_backend="none")
