@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -97,31 +97,56 @@ def _mem_get_info(device: Any = None) -> tuple[int, int]:
     return int(vm.available), int(vm.total)
 
 
-@contextlib.contextmanager
-def _null_context(*args: Any, **kwargs: Any) -> Iterator[None]:
-    yield
+def _noop(name: str) -> Callable[..., None]:
+    """A distinct no-op per replaced name (torch._dynamo keys its trace rules by function object)."""
+
+    def noop(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    noop.__name__ = noop.__qualname__ = f"host_{name}"
+    return noop
 
 
-def _noop(*args: Any, **kwargs: Any) -> None:
-    return None
+def _zero(name: str) -> Callable[..., int]:
+    def zero(*args: Any, **kwargs: Any) -> int:
+        return 0
+
+    zero.__name__ = zero.__qualname__ = f"host_{name}"
+    return zero
+
+
+def _current_stream(device: Any = None) -> _HostStream:
+    return _CURRENT_STREAM
+
+
+def _default_stream(device: Any = None) -> _HostStream:
+    return _CURRENT_STREAM
+
+
+def _stream(stream: Any = None) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def _device(device: Any = None) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 _SHIM: dict[str, Any] = {
     "Stream": _HostStream,
     "Event": _HostEvent,
-    "current_stream": lambda device=None: _CURRENT_STREAM,
-    "default_stream": lambda device=None: _CURRENT_STREAM,
-    "stream": _null_context,
-    "synchronize": _noop,
-    "empty_cache": _noop,
-    "set_device": _noop,
-    "current_device": lambda: 0,
-    "device": _null_context,
+    "current_stream": _current_stream,
+    "default_stream": _default_stream,
+    "stream": _stream,
+    "synchronize": _noop("synchronize"),
+    "empty_cache": _noop("empty_cache"),
+    "set_device": _noop("set_device"),
+    "current_device": _zero("current_device"),
+    "device": _device,
     "mem_get_info": _mem_get_info,
-    "memory_allocated": lambda device=None: 0,
-    "memory_reserved": lambda device=None: 0,
-    "max_memory_allocated": lambda device=None: 0,
-    "reset_peak_memory_stats": _noop,
+    "memory_allocated": _zero("memory_allocated"),
+    "memory_reserved": _zero("memory_reserved"),
+    "max_memory_allocated": _zero("max_memory_allocated"),
+    "reset_peak_memory_stats": _noop("reset_peak_memory_stats"),
 }
 """``torch.cuda`` attributes replaced while the CPU device is active."""
 
@@ -195,7 +220,7 @@ def activate() -> None:
             _STATE.saved_cuda[name] = getattr(torch.cuda, name, None)
             setattr(torch.cuda, name, value)
         _STATE.saved_clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
-        torch._C._cuda_clearCublasWorkspaces = _noop  # type: ignore[attr-defined]
+        torch._C._cuda_clearCublasWorkspaces = _noop("clear_cublas_workspaces")  # type: ignore[attr-defined]
 
         original = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
         _STATE.saved_bootstrap = original

@@ -131,3 +131,18 @@ def _build_executor(original: Callable[..., Any]) -> Callable[..., Any]:
         return original(*args, **kwargs)
 
     return build_executor
+
+
+@replacement("worker-process-group")
+def _worker_process_group(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def init_process_group(self: Any, rank: int, master_addr: str | None = None, master_port: str | None = None) -> Any:
+        if not devices.is_dlinfer_device(self.device_type):
+            return original(self, rank, master_addr, master_port)
+        from lmdeploy.pytorch.devices import DeviceContext, get_device_manager
+
+        devices.activate(self.device_type)
+        with get_device_manager().context(DeviceContext(device_type=self.device_type)):
+            return original(self, rank, master_addr, master_port)
+
+    return init_process_group

@@ -177,6 +177,18 @@ PATCHES: tuple[Patch, ...] = (
         versions=SUPPORTED_LMDEPLOY,
         also_bound_in=("lmdeploy.pytorch.engine.engine",),
     ),
+    Patch(
+        name="worker-process-group",
+        target="lmdeploy.pytorch.engine.executor.base_worker:WorkerWrapperBase.init_process_group",
+        why=(
+            "Tensor-parallel workers call dist.init_process_group with get_backend().ccl_backend() outside any "
+            "device context, i.e. with the default 'cuda' backend's 'nccl'. The wrapper runs it inside the "
+            "worker's own device context, so the plugin's collective backend (gloo, hccl, ...) is used."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("self", "rank", "master_addr", "master_port"),
+        contains=("init_process_group(rank, self.world_size)", "get_backend(self.device_type)"),
+    ),
 )
 
 STDLIB_PATCHES: tuple[Patch, ...] = (
