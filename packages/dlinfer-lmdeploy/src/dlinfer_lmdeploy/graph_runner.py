@@ -33,6 +33,16 @@ def _parameters(fn: Any) -> tuple[str, ...]:
         return ()
 
 
+def _first_tokens(output: Any, n: int, clone: bool = False) -> Any:
+    """The rows of the real tokens of a padded forward output (a tensor ``[1, T, ...]`` or a dict of them)."""
+    if isinstance(output, dict):
+        return {k: _first_tokens(v, n, clone) for k, v in output.items()}
+    if isinstance(output, torch.Tensor) and output.dim() >= 2:
+        part = output[:, :n]
+        return part.clone() if clone else part
+    return output
+
+
 @dataclass
 class _Captured:
     batch: int
@@ -108,7 +118,7 @@ class DlinferGraphRunner(GraphRunner):
         else:
             entry.graph.replay()
         assert entry.output is not None
-        return entry.output[:, : kwargs["input_ids"].shape[-1]]
+        return _first_tokens(entry.output, kwargs["input_ids"].shape[-1])
 
     # -- buffers -----------------------------------------------------------------------------
     def _new_entry(self, bucket: int, like: DlinferAttentionMetadata, input_ids: torch.Tensor) -> _Captured:
@@ -186,7 +196,7 @@ class DlinferGraphRunner(GraphRunner):
         self._fill(entry, kwargs)
         graph_kwargs = self._graph_kwargs(entry, kwargs)
         warmup = self.model(**graph_kwargs)  # also the result of this step
-        result = warmup[:, : kwargs["input_ids"].shape[-1]].clone()
+        result = _first_tokens(warmup, kwargs["input_ids"].shape[-1], clone=True)
         graph = self.graph_decl.graph_factory()
         capture_kwargs: dict[str, Any] = {}
         if self.pool is not None:
