@@ -7,7 +7,7 @@ target still exists and still looks the way the patch expects, and raises
 patch is never applied blindly to something that moved.
 
 Apply them with :func:`apply_all` (done by :func:`dlinfer_lmdeploy.install`); list them with
-``python -m dlinfer_lmdeploy.inventory``.
+``python -m dlinfer_lmdeploy``.
 """
 
 from __future__ import annotations
@@ -279,9 +279,3 @@ def describe() -> str:
         if p.also_bound_in:
             lines.append(f"  also in:  {', '.join(p.also_bound_in)}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(describe())
-    issues = probe_all()
-    print("\nprobe: " + ("all targets in place" if not issues else "\n".join(issues)))
