@@ -123,8 +123,8 @@ def test_unknown_backend_is_an_error_message_not_a_traceback(command, capsys):
 def test_bench_prints_dispatch_overhead(runs):
     proc = runs["bench"]
     assert proc.returncode == 0, _show(proc)
-    m = re.search(r"dispatch overhead \(goodcpu, rms_norm on \[1, 8\]\): direct ([\d.]+) µs, "
-                  r"dlinfer\.ops ([\d.]+) µs", proc.stdout)
+    m = re.search(r"dispatch overhead \(goodcpu, rms_norm on \[1, 8\]\): [+-][\d.]+ µs per call "
+                  r"\(no-op implementation: direct ([\d.]+) µs, via dlinfer\.ops ([\d.]+) µs\)", proc.stdout)
     assert m, proc.stdout
     assert float(m.group(1)) > 0 and float(m.group(2)) > 0
     body = [line.split()[0] for line in proc.stdout.split("speedup")[1].splitlines() if line.strip()]
