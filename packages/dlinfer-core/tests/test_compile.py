@@ -49,7 +49,7 @@ class Recorder:
 
 # --------------------------------------------------------------------------- a small decoder layer
 
-H, HQ, HKV, D, I, BS = 32, 4, 2, 8, 16, 16
+H, HQ, HKV, D, I, BS = 32, 4, 2, 8, 16, 16  # noqa: E741
 
 
 def _weights():

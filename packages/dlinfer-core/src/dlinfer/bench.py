@@ -121,8 +121,9 @@ def run_bench(backend: str | None, *, ops: Iterable[str] | None = None, device: 
                 args["qweight"], args["scales"], args["qzeros"], group_size=args["group_size"])
         else:
             mine = args
-        t_be = time_call(lambda: call(spec, impl[case.op], mine), dev, repeat=3)
-        t_ref = time_call(lambda: call(spec, reference[case.op], args), dev, repeat=3)
+        fn_be, fn_ref = impl[case.op], reference[case.op]
+        t_be = time_call(lambda s=spec, f=fn_be, a=mine: call(s, f, a), dev, repeat=3)
+        t_ref = time_call(lambda s=spec, f=fn_ref, a=args: call(s, f, a), dev, repeat=3)
         print(f"{case.op:26} {case.name[:40]:40} {str(dt)[6:]:9} {t_be * 1e6:11.1f} {t_ref * 1e6:13.1f} "
               f"{t_ref / t_be:7.2f}x", flush=True)
         print(f"  {i + 1}/{len(todo)}", file=sys.stderr, end="\r" if sys.stderr.isatty() else "\n")

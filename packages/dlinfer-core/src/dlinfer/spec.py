@@ -102,7 +102,8 @@ def _kw(name: str, kind: Kind, default=None, optional=False, doc="") -> Param:
 _EPS = _kw("eps", "float", 1e-6, doc="variance epsilon")
 _ATTN_OPTIONS = (
     _kw("scale", "float", optional=True, doc="softmax scale; None means 1/sqrt(D)"),
-    _kw("window", "int", optional=True, doc="left window size: key j is visible to query position p iff p - window < j <= p"),
+    _kw("window", "int", optional=True,
+        doc="left window size: key j is visible to query position p iff p - window < j <= p"),
     _kw("softcap", "float", optional=True, doc="scores become softcap * tanh(scores / softcap)"),
     Param("alibi_slopes", "tensor", ("Hq",), (torch.float32,), optional=True, keyword_only=True,
           doc="per-head ALiBi slopes; adds slope * (j - p) to the scores"),

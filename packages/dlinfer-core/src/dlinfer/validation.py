@@ -23,7 +23,7 @@ from dlinfer.spec import KV_LAYOUTS, OpSpec, Param
 _SYMBOL = re.compile(r"^(\d*)([A-Za-z_][A-Za-z_0-9]*)(?:\+(\d+))?$")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parse(sym: str) -> tuple[int, str, int]:
     m = _SYMBOL.match(sym)
     if m is None:

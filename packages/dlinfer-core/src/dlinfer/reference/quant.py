@@ -12,7 +12,9 @@ _INT8_MAX = 127.0
 def dynamic_quant(x: torch.Tensor, *, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-token: scale = max|x| / 127 (fp32 [...]); x_q = round(x / scale) (int8 [..., H])."""
     if dtype != torch.int8:
-        raise NotImplementedError(f"dlinfer.ops.dynamic_quant: dtype={dtype} is not supported by 'reference' (int8 only)")
+        raise NotImplementedError(
+            f"dlinfer.ops.dynamic_quant: dtype={dtype} is not supported by 'reference' (int8 only)"
+        )
     x32 = x.float()
     scale = x32.abs().amax(-1) / _INT8_MAX
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))

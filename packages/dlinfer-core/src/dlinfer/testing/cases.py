@@ -239,7 +239,8 @@ def _moe(t: int, e: int, k: int, h: int, i: int) -> Builder:
     return build
 
 
-for _size, _geo in (("small", [(7, 8, 2), (1, 4, 1), (16, 16, 4)]), ("large", [(512, 64, 8), (1, 8, 2), (4096, 60, 4)])):
+for _size, _geo in (("small", [(7, 8, 2), (1, 4, 1), (16, 16, 4)]),
+                    ("large", [(512, 64, 8), (1, 8, 2), (4096, 60, 4)])):
     for _t, _e, _k in _geo:
         for _rn in (False, True):
             _case("moe_gating_topk_softmax", f"T{_t}-E{_e}-top{_k}" + ("-renorm" if _rn else ""),

@@ -120,9 +120,9 @@ def run_case(
     diffs: list[Diff] = [compare_tensor(n, g, w, tol) for (n, g), (_, w) in zip(got_outs, want_outs)]
     if case.op != "weight_quant_matmul":
         for p in spec.params:  # inputs not declared as mutated must be left untouched
-            if p.kind == "tensor" and not p.mutated and isinstance(base.get(p.name), torch.Tensor):
-                if not torch.equal(mine[p.name], base[p.name]):
-                    diffs.append(Diff(False, 0.0, 0.0, f"input '{p.name}' was modified"))
+            checked = p.kind == "tensor" and not p.mutated and isinstance(base.get(p.name), torch.Tensor)
+            if checked and not torch.equal(mine[p.name], base[p.name]):
+                diffs.append(Diff(False, 0.0, 0.0, f"input '{p.name}' was modified"))
     d = merge(diffs)
     res.status = "pass" if d.ok else "fail"
     res.max_abs, res.max_rel, res.detail = d.max_abs, d.max_rel, d.detail
@@ -194,7 +194,7 @@ def format_table(results: list[CaseResult], *, only_failures: bool = False) -> s
     for r in results:
         by_op.setdefault(r.op, []).append(r)
     for op, rs in by_op.items():
-        count = lambda s: sum(r.status == s for r in rs)  # noqa: E731
+        count = lambda s, rs=rs: sum(r.status == s for r in rs)  # noqa: E731
         done = [r for r in rs if r.status in ("pass", "fail")]
         lines.append(
             f"{op:26} {len(rs):5d} {count('pass'):5d} {count('unsupported'):5d} "
