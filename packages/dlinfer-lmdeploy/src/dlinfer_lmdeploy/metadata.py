@@ -81,8 +81,12 @@ def build(step_context: object, backend: Backend) -> DlinferAttentionMetadata:
     block_table = ctx.block_offsets.to(torch.int32)
     num_tokens = int(ctx.input_ids.numel())
     is_decoding = bool(ctx.is_decoding)
-    cu_seqlens_q = torch.zeros(q_seqlens.numel() + 1, dtype=torch.int32, device=q_seqlens.device)
-    torch.cumsum(q_seqlens, 0, out=cu_seqlens_q[1:])
+    batch = q_seqlens.numel()
+    if is_decoding and num_tokens == batch:  # one token per sequence: offsets 0..B without a scan
+        cu_seqlens_q = torch.arange(batch + 1, dtype=torch.int32, device=q_seqlens.device)
+    else:
+        cu_seqlens_q = torch.zeros(batch + 1, dtype=torch.int32, device=q_seqlens.device)
+        torch.cumsum(q_seqlens, 0, out=cu_seqlens_q[1:])
     max_q = 1 if is_decoding else int(ctx.max_q_seqlen or num_tokens)
     max_kv = ctx.max_kv_seqlen
     if max_kv is None:
@@ -96,8 +100,10 @@ def build(step_context: object, backend: Backend) -> DlinferAttentionMetadata:
         kv_seqlens=kv_seqlens,
         cu_seqlens_q=cu_seqlens_q,
         quant_policy=ctx.kv_quant_policy,
+        # from LMDeploy's own tensors (int64 on non-CUDA devices): no int32 -> int64 round trip
         slot_mapping=slot_mapping(
-            block_table, q_seqlens, kv_seqlens, q_start_loc, num_tokens, block_size, is_decoding, backend.slot_dtype
+            ctx.block_offsets, q_seqlens, ctx.kv_seqlens, q_start_loc, num_tokens, block_size, is_decoding,
+            backend.slot_dtype,
         ),
         max_q_seqlen=max_q,
         max_kv_seqlen=int(max_kv),

@@ -104,8 +104,7 @@ class DlinferPagedAttentionImpl(AttentionImpl[DlinferAttentionMetadata]):
                 cu_seqlens_q_cpu=md.cu_seqlens_q_cpu,
                 seqlens_kv_cpu=md.seqlens_kv_cpu,
             )
-        if inplace:
-            target = query[..., : self.v_head_size]
-            target.copy_(out)
-            return target
+        # ``inplace`` is only a hint: LMDeploy 0.18's own CUDA attention ignores it as well (it returns a new tensor
+        # and every model uses the returned output). Copying ``out`` back into ``query`` cost one device copy per
+        # layer: little GPU time, but host launch time in eager decode.
         return out
