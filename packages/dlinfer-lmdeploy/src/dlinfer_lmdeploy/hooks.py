@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable
+import pickle
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from dlinfer_lmdeploy import devices
@@ -146,3 +149,48 @@ def _worker_process_group(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(self, rank, master_addr, master_port)
 
     return init_process_group
+
+
+@replacement("mp-notifier-wait-async")
+def _notifier_wait_async(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    from lmdeploy.pytorch.engine.executor import mp_executor
+
+    @contextlib.asynccontextmanager
+    async def wait_async(self: Any) -> AsyncIterator[None]:
+        if devices.active() is None:
+            async with original(self):
+                yield
+            return
+        # LMDeploy's protocol unchanged; only the blocking waits leave the event loop thread.
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.events[self._event_id].wait)
+        yield
+        if self._event_id == mp_executor.NUM_SHARED_BLOCK - 1:
+            await loop.run_in_executor(None, self.bar.wait)
+            await loop.run_in_executor(None, self.bar.wait)
+        self._update_event_id()
+
+    functools.update_wrapper(wait_async, original)
+    return wait_async
+
+
+@replacement("mp-receive-async")
+def _receive_async(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    from lmdeploy.pytorch.engine.executor import mp_executor
+
+    @functools.wraps(original)
+    async def receive_async(self: Any) -> Any:
+        if devices.active() is None:
+            return await original(self)
+        async with self.notifier.wait_async():
+            dumped_data, is_receiver, remain_size = self._receive_step0()
+        while remain_size > 0:  # LMDeploy's _receive_step1, with asynchronous waits
+            async with self.notifier.wait_async():
+                with self.acquire_buf() as buf:
+                    pac_size = min(remain_size, mp_executor.SHARED_BLOCK_SIZE)
+                    remain_size -= pac_size
+                    if is_receiver:
+                        dumped_data += buf[mp_executor.HEAD_SIZE : mp_executor.HEAD_SIZE + pac_size]
+        return pickle.loads(dumped_data) if is_receiver else None
+
+    return receive_async

@@ -189,6 +189,37 @@ PATCHES: tuple[Patch, ...] = (
         expect_params=("self", "rank", "master_addr", "master_port"),
         contains=("init_process_group(rank, self.world_size)", "get_backend(self.device_type)"),
     ),
+    Patch(
+        name="mp-notifier-wait-async",
+        target="lmdeploy.pytorch.engine.executor.mp_executor:Notifier.wait_async",
+        why=(
+            "tp>1 deadlock on host devices. Every 32 shared-memory messages the mp executor's Notifier meets the "
+            "engine and all workers at a multiprocessing Barrier; wait_async waits on it synchronously, blocking "
+            "the worker's asyncio loop, the same thread that runs the model forward. On CUDA a forward only "
+            "enqueues NCCL work, but gloo all_reduce blocks the host thread until the peer rank joins. When one "
+            "worker was already in forward step N (all_reduce) while the other read message 31 first, the latter "
+            "blocked in the Barrier waiting for the former, which waited in all_reduce for the latter: a "
+            "three-way deadlock (~1 in 10 CPU tp=2 runs). With a dlinfer device active, the replacement waits on "
+            "the Barrier in the loop's default executor, so the loop keeps running the forward; otherwise it is "
+            "the original."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("self",),
+        contains=("self.events[self._event_id].wait", "self.bar.wait()", "self._update_event_id()"),
+    ),
+    Patch(
+        name="mp-receive-async",
+        target="lmdeploy.pytorch.engine.executor.mp_executor:SharedBuffer.receive_async",
+        why=(
+            "Same deadlock as mp-notifier-wait-async for messages over one 1 MiB shared block: receive_async reads "
+            "the remaining blocks with the synchronous Notifier.wait (event and Barrier waits on the event loop "
+            "thread). With a dlinfer device active, the replacement reads them through Notifier.wait_async; "
+            "otherwise it is the original."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("self",),
+        contains=("self.notifier.wait_async()", "self._receive_step0()", "self._receive_step1("),
+    ),
 )
 
 STDLIB_PATCHES: tuple[Patch, ...] = (
