@@ -8,7 +8,12 @@ for device_type in (maca, cuda) x mode in (eager, graph):
   * throughput: 64 prompts of 128 tokens, 256 new tokens each, ignore_eos, greedy -> output tok/s
   * batch 1: one 128-token prompt, 256 new tokens, streamed -> mean time per output token
     (first token excluded).
-Prints a markdown table with the maca/cuda ratio per mode and writes all figures as JSON.
+Repetition against host noise (the lent machines' host speed varies by up to 1.5x between runs): with
+``--rounds N`` every (device_type, mode) process runs N times, interleaved (ABBA order per round pair), each
+process streams ``--streams`` batch-1 requests and reports their median, and each process times a fixed
+host-side probe (Python + small torch CPU ops) before and after, so that a slow host shows in the figures.
+Prints per-run rows and, per mode, the median of each metric over rounds and the maca/cuda ratio of those
+medians; writes all figures as JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +41,24 @@ def _prompts(n: int, length: int, seed: int = 0) -> list[str]:
     return ["".join(rng.choice(letters) for _ in range(length)) for _ in range(n)]
 
 
-def run_one(model_dir: str, device: str, mode: str, block_size: int) -> dict[str, object]:
+def host_probe_ms() -> float:
+    """Median of 5 timings of a fixed host workload (Python calls + small CPU torch ops), in ms."""
+    import torch
+
+    x = torch.ones(8)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        acc = 0
+        for i in range(20000):
+            acc += len(str(i))
+        for _ in range(2000):
+            x = torch.add(x, 1.0).mul_(0.5)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return round(statistics.median(times), 2)
+
+
+def run_one(model_dir: str, device: str, mode: str, block_size: int, streams: int = 1) -> dict[str, object]:
     import torch
     from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 
@@ -49,6 +72,7 @@ def run_one(model_dir: str, device: str, mode: str, block_size: int) -> dict[str
         cache_max_entry_count=0.5,
         block_size=block_size,
     )
+    probe_before = host_probe_ms()
     t0 = time.perf_counter()
     pipe = pipeline(model_dir, backend_config=cfg, log_level="ERROR")
     startup = time.perf_counter() - t0
@@ -64,14 +88,19 @@ def run_one(model_dir: str, device: str, mode: str, block_size: int) -> dict[str
         elapsed = time.perf_counter() - t0
         n_out = sum(len(o.token_ids) for o in outs)
 
-        stamps: list[float] = []
-        count = 0
-        for out in pipe.stream_infer(_prompts(1, PROMPT_TOKENS, seed=1), gen_config=gen, do_preprocess=False):
-            k = len(out.token_ids or [])
-            if k:
-                stamps.append(time.perf_counter())
-                count += k
-        tpot = (stamps[-1] - stamps[0]) / max(count - 1, 1) if len(stamps) > 1 else float("nan")
+        per_stream = []
+        for k in range(streams):
+            stamps: list[float] = []
+            count = 0
+            prompt = _prompts(1, PROMPT_TOKENS, seed=1 + k)
+            for out in pipe.stream_infer(prompt, gen_config=gen, do_preprocess=False):
+                n = len(out.token_ids or [])
+                if n:
+                    stamps.append(time.perf_counter())
+                    count += n
+            if len(stamps) > 1:
+                per_stream.append((stamps[-1] - stamps[0]) / max(count - 1, 1))
+        tpot = statistics.median(per_stream) if per_stream else float("nan")
         first_tokens = [list(o.token_ids[:32]) for o in outs[:4]]
     finally:
         pipe.close()
@@ -87,6 +116,8 @@ def run_one(model_dir: str, device: str, mode: str, block_size: int) -> dict[str
         "output_tok_per_s": round(n_out / elapsed, 1),
         "batch1_tokens": count,
         "batch1_ms_per_token": round(tpot * 1e3, 3),
+        "batch1_streams_ms": [round(t * 1e3, 3) for t in per_stream],
+        "host_probe_ms": [probe_before, host_probe_ms()],
         "first_tokens": first_tokens,
     }
 
@@ -100,11 +131,84 @@ def build_model(model_dir: Path) -> None:
     torch.cuda.empty_cache()
 
 
+def _run_process(args: argparse.Namespace, device: str, mode: str) -> dict[str, object]:
+    cmd = [sys.executable, __file__, "--one", device, mode, "--model-dir", str(args.model_dir)]
+    cmd += ["--block-size", str(args.block_size), "--streams", str(args.streams)]
+    t1 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"device_type": device, "mode": mode, "error": f"timeout after {args.timeout}s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout)[-3000:]
+        print(f"[{device}/{mode}] FAILED\n{tail}", file=sys.stderr)
+        return {"device_type": device, "mode": mode, "error": f"rc={proc.returncode}: {tail}"}
+    res = json.loads(lines[-1][len("RESULT ") :])
+    res["wall_s"] = round(time.perf_counter() - t1, 1)
+    print(
+        f"[{device}/{mode}] {res['output_tok_per_s']} tok/s, {res['batch1_ms_per_token']} ms/token "
+        f"(streams {res['batch1_streams_ms']}), host probe {res['host_probe_ms']} ms, {res['wall_s']} s",
+        file=sys.stderr,
+    )
+    return res
+
+
+def schedule(devices: list[str], rounds: int) -> list[str]:
+    """Interleaved order: A B, B A, A B, ... so that a drift of the host over time hits both alike."""
+    order: list[str] = []
+    for r in range(rounds):
+        order += devices if r % 2 == 0 else devices[::-1]
+    return order
+
+
+def summarize(results: list[dict[str, object]], modes: list[str]) -> list[str]:
+    """Markdown: one row per run, then per mode the medians over rounds and the maca/cuda ratio of medians."""
+    lines = [
+        "| mode | device_type | output tok/s | batch-1 ms/token | host probe ms (before, after) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['mode']} | {r['device_type']} | error | | |")
+            continue
+        lines.append(
+            f"| {r['mode']} | {r['device_type']} | {r['output_tok_per_s']} | {r['batch1_ms_per_token']} "
+            f"| {r['host_probe_ms'][0]}, {r['host_probe_ms'][1]} |"  # type: ignore[index]
+        )
+    lines += [
+        "",
+        "| mode | runs (maca, cuda) | median tok/s maca / cuda | ratio | median batch-1 ms maca / cuda "
+        "| batch-1 speed ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode in modes:
+        ok = {
+            d: [r for r in results if r["mode"] == mode and r["device_type"] == d and "error" not in r]
+            for d in ("maca", "cuda")
+        }
+        if not ok["maca"] or not ok["cuda"]:
+            continue
+        tps = {d: statistics.median(float(r["output_tok_per_s"]) for r in ok[d]) for d in ok}  # type: ignore[arg-type]
+        ms = {d: statistics.median(float(r["batch1_ms_per_token"]) for r in ok[d]) for d in ok}  # type: ignore[arg-type]
+        lines.append(
+            f"| {mode} | {len(ok['maca'])}, {len(ok['cuda'])} | {tps['maca']:.1f} / {tps['cuda']:.1f} "
+            f"| **{tps['maca'] / tps['cuda']:.3f}** | {ms['maca']:.3f} / {ms['cuda']:.3f} "
+            f"| **{ms['cuda'] / ms['maca']:.3f}** |"
+        )
+        a, b = ok["maca"][0], ok["cuda"][0]
+        same = sum(x == y for x, y in zip(a["first_tokens"], b["first_tokens"], strict=False))  # type: ignore[call-overload]
+        lines.append(f"<!-- {mode}: first 32 tokens identical maca vs cuda for {same}/4 prompts -->")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "llama-3.2-1b-rand")
     parser.add_argument("--devices", default="maca,cuda")
     parser.add_argument("--modes", default="eager,graph")
+    parser.add_argument("--rounds", type=int, default=1, help="processes per (device_type, mode), interleaved")
+    parser.add_argument("--streams", type=int, default=1, help="batch-1 streams per process (median reported)")
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--timeout", type=int, default=240, help="seconds per (device, mode) run")
@@ -112,56 +216,21 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.one:
-        print("RESULT " + json.dumps(run_one(str(args.model_dir), args.one[0], args.one[1], args.block_size)))
+        res = run_one(str(args.model_dir), args.one[0], args.one[1], args.block_size, args.streams)
+        print("RESULT " + json.dumps(res))
         return 0
 
     t0 = time.perf_counter()
     build_model(args.model_dir)
     print(f"model ready in {time.perf_counter() - t0:.1f}s at {args.model_dir}", file=sys.stderr)
+    modes = args.modes.split(",")
     results: list[dict[str, object]] = []
-    for mode in args.modes.split(","):
-        for device in args.devices.split(","):
-            cmd = [sys.executable, __file__, "--one", device, mode, "--model-dir", str(args.model_dir)]
-            cmd += ["--block-size", str(args.block_size)]
-            t1 = time.perf_counter()
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                results.append({"device_type": device, "mode": mode, "error": f"timeout after {args.timeout}s"})
-                continue
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                tail = (proc.stderr or proc.stdout)[-3000:]
-                results.append({"device_type": device, "mode": mode, "error": f"rc={proc.returncode}: {tail}"})
-                print(f"[{device}/{mode}] FAILED\n{tail}", file=sys.stderr)
-                continue
-            res = json.loads(lines[-1][len("RESULT ") :])
-            res["wall_s"] = round(time.perf_counter() - t1, 1)
-            results.append(res)
-            print(
-                f"[{device}/{mode}] {res['output_tok_per_s']} tok/s, {res['batch1_ms_per_token']} ms/token",
-                file=sys.stderr,
-            )
-
-    print("| mode | device_type | output tok/s | batch-1 ms/token | tok/s vs cuda | ms/token vs cuda |")
-    print("|---|---|---|---|---|---|")
-    by_key = {(r["device_type"], r["mode"]): r for r in results if "error" not in r}
-    for r in results:
-        if "error" in r:
-            print(f"| {r['mode']} | {r['device_type']} | error | | | |")
-            continue
-        ref = by_key.get(("cuda", r["mode"]))
-        ratio = f"{r['output_tok_per_s'] / ref['output_tok_per_s']:.3f}" if ref else "-"
-        lat = f"{ref['batch1_ms_per_token'] / r['batch1_ms_per_token']:.3f}" if ref else "-"
-        cells = [r["mode"], r["device_type"], r["output_tok_per_s"], r["batch1_ms_per_token"], ratio, lat]
-        print("| " + " | ".join(str(c) for c in cells) + " |")
-    for mode in args.modes.split(","):
-        a, b = by_key.get(("maca", mode)), by_key.get(("cuda", mode))
-        if a and b:
-            same = sum(x == y for x, y in zip(a["first_tokens"], b["first_tokens"], strict=False))
-            print(f"{mode}: first 32 tokens identical maca vs cuda for {same}/4 prompts (bf16: near-ties may differ)")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+    for mode in modes:
+        for device in schedule(args.devices.split(","), args.rounds):
+            results.append(_run_process(args, device, mode))
+            if args.out:  # partial results survive a time limit
+                args.out.write_text(json.dumps(results, indent=2))
+    print("\n".join(summarize(results, modes)))
     return 0 if all("error" not in r for r in results) else 1
 
 

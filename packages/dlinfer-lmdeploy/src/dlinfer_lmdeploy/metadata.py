@@ -102,7 +102,13 @@ def build(step_context: object, backend: Backend) -> DlinferAttentionMetadata:
         quant_policy=ctx.kv_quant_policy,
         # from LMDeploy's own tensors (int64 on non-CUDA devices): no int32 -> int64 round trip
         slot_mapping=slot_mapping(
-            ctx.block_offsets, q_seqlens, ctx.kv_seqlens, q_start_loc, num_tokens, block_size, is_decoding,
+            ctx.block_offsets,
+            q_seqlens,
+            ctx.kv_seqlens,
+            q_start_loc,
+            num_tokens,
+            block_size,
+            is_decoding,
             backend.slot_dtype,
         ),
         max_q_seqlen=max_q,

@@ -32,3 +32,40 @@ def greedy(path: str | Path, prompts: list[list[int]], max_new_tokens: int) -> l
             )
             outs.append(y[0, len(ids) :].tolist())
     return outs
+
+
+def teacher_forced(
+    path: str | Path,
+    runs: list[tuple[list[int], list[int]]],
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[tuple[list[float], list[float]]]:
+    """Hugging Face's verdict on tokens generated elsewhere (e.g. by LMDeploy in bf16).
+
+    For each ``(prompt_ids, generated_ids)``, one forward pass over ``prompt + generated`` gives the
+    logits that predict every generated token from exactly the prefix the other engine had. Returns,
+    per run, ``(deficits, gaps)``: ``deficits[i]`` = HF's best logit minus the logit of the token
+    chosen at step i (0 when it is HF's argmax), ``gaps[i]`` = HF's top-1 minus top-2 logit (small
+    gaps are near-ties, where low-precision arithmetic may legitimately pick the other token).
+    EOS is banned, as LMDeploy does under ``ignore_eos``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+    eos = model.config.eos_token_id
+    banned = [eos] if isinstance(eos, int) else list(eos or [])
+    out = []
+    with torch.no_grad():
+        for prompt, generated in runs:
+            if not generated:
+                out.append(([], []))
+                continue
+            x = torch.tensor([prompt + generated], device=device)
+            logits = model(x).logits[0, len(prompt) - 1 : len(prompt) - 1 + len(generated)].float()
+            logits[:, banned] = float("-inf")
+            top2 = logits.topk(2, dim=-1).values
+            chosen = logits.gather(1, torch.tensor(generated, device=device)[:, None])[:, 0]
+            out.append(((top2[:, 0] - chosen).tolist(), (top2[:, 0] - top2[:, 1]).tolist()))
+    del model
+    return out

@@ -1,0 +1,31 @@
+"""The teacher-forced HF oracle used by the GPU tests: it must accept HF's own greedy tokens and reject others."""
+
+from __future__ import annotations
+
+from dlinfer_lmdeploy.testing import hf_oracle, tiny_models
+
+
+def test_teacher_forced_accepts_greedy_and_flags_a_wrong_token(tiny_model):  # type: ignore[no-untyped-def]
+    path = tiny_model("llama")
+    prompts = [tiny_models.encode(path, "Hello world"), tiny_models.encode(path, "The quick brown fox")]
+    greedy = hf_oracle.greedy(path, prompts, 10)
+    verdicts = hf_oracle.teacher_forced(path, list(zip(prompts, greedy, strict=True)))
+    for deficits, gaps in verdicts:
+        assert len(deficits) == len(gaps) == 10
+        assert max(deficits) < 1e-4  # HF's own greedy choice is its argmax at every step
+        assert min(gaps) >= 0.0
+    # replace one token by HF's second choice: the deficit there equals the top-2 gap (> 0)
+    wrong = list(greedy[0])
+    deficits, gaps = verdicts[0]
+    i = 4
+    ids = list(prompts[0]) + wrong[:i]
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    logits[model.config.eos_token_id] = float("-inf")
+    wrong[i] = int(logits.topk(2).indices[1])
+    ((bad, _),) = hf_oracle.teacher_forced(path, [(prompts[0], wrong[: i + 1])])
+    assert abs(bad[i] - gaps[i]) < 1e-3 and bad[i] > 0
