@@ -9,7 +9,8 @@ def test_teacher_forced_accepts_greedy_and_flags_a_wrong_token(tiny_model):  # t
     path = tiny_model("llama")
     prompts = [tiny_models.encode(path, "Hello world"), tiny_models.encode(path, "The quick brown fox")]
     greedy = hf_oracle.greedy(path, prompts, 10)
-    verdicts = hf_oracle.teacher_forced(path, list(zip(prompts, greedy, strict=True)))
+    logits = hf_oracle.teacher_forced(path, list(zip(prompts, greedy, strict=True)))
+    verdicts = [hf_oracle.deficits_and_gaps(lg, g) for lg, g in zip(logits, greedy, strict=True)]
     for deficits, gaps in verdicts:
         assert len(deficits) == len(gaps) == 10
         assert max(deficits) < 1e-4  # HF's own greedy choice is its argmax at every step
@@ -27,5 +28,6 @@ def test_teacher_forced_accepts_greedy_and_flags_a_wrong_token(tiny_model):  # t
         logits = model(torch.tensor([ids])).logits[0, -1]
     logits[model.config.eos_token_id] = float("-inf")
     wrong[i] = int(logits.topk(2).indices[1])
-    ((bad, _),) = hf_oracle.teacher_forced(path, [(prompts[0], wrong[: i + 1])])
+    (bad_logits,) = hf_oracle.teacher_forced(path, [(prompts[0], wrong[: i + 1])])
+    bad, _ = hf_oracle.deficits_and_gaps(bad_logits, wrong[: i + 1])
     assert abs(bad[i] - gaps[i]) < 1e-3 and bad[i] > 0

@@ -40,15 +40,13 @@ def teacher_forced(
     *,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> list[tuple[list[float], list[float]]]:
-    """Hugging Face's verdict on tokens generated elsewhere (e.g. by LMDeploy in bf16).
+) -> list[torch.Tensor]:
+    """Hugging Face's logits for tokens generated elsewhere (e.g. by LMDeploy in bf16).
 
     For each ``(prompt_ids, generated_ids)``, one forward pass over ``prompt + generated`` gives the
-    logits that predict every generated token from exactly the prefix the other engine had. Returns,
-    per run, ``(deficits, gaps)``: ``deficits[i]`` = HF's best logit minus the logit of the token
-    chosen at step i (0 when it is HF's argmax), ``gaps[i]`` = HF's top-1 minus top-2 logit (small
-    gaps are near-ties, where low-precision arithmetic may legitimately pick the other token).
-    EOS is banned, as LMDeploy does under ``ignore_eos``.
+    logits that predicted every generated token from exactly the prefix the other engine had:
+    fp32 ``[len(generated), V]`` on ``device``, computed in ``dtype``. EOS is set to -inf, as LMDeploy
+    bans it under ``ignore_eos``.
     """
     from transformers import AutoModelForCausalLM
 
@@ -58,14 +56,17 @@ def teacher_forced(
     out = []
     with torch.no_grad():
         for prompt, generated in runs:
-            if not generated:
-                out.append(([], []))
-                continue
             x = torch.tensor([prompt + generated], device=device)
             logits = model(x).logits[0, len(prompt) - 1 : len(prompt) - 1 + len(generated)].float()
             logits[:, banned] = float("-inf")
-            top2 = logits.topk(2, dim=-1).values
-            chosen = logits.gather(1, torch.tensor(generated, device=device)[:, None])[:, 0]
-            out.append(((top2[:, 0] - chosen).tolist(), (top2[:, 0] - top2[:, 1]).tolist()))
+            out.append(logits)
     del model
     return out
+
+
+def deficits_and_gaps(logits: torch.Tensor, chosen: list[int]) -> tuple[list[float], list[float]]:
+    """Per step: best logit minus the chosen token's logit (0 for the argmax), and the top-1 minus top-2 gap
+    (small gaps are near-ties, where low-precision arithmetic may legitimately pick the other token)."""
+    top2 = logits.topk(2, dim=-1).values
+    picked = logits.gather(1, torch.tensor(chosen, device=logits.device)[:, None])[:, 0]
+    return (top2[:, 0] - picked).tolist(), (top2[:, 0] - top2[:, 1]).tolist()

@@ -47,3 +47,15 @@ def generate(pipe: Any, prompts: Sequence[str], max_new_tokens: int) -> list[lis
     gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, top_k=1, ignore_eos=True)
     outs = pipe(list(prompts), gen_config=gen, do_preprocess=False)
     return [list(o.token_ids) for o in outs]
+
+
+def generate_with_logits(
+    pipe: Any, prompts: Sequence[str], max_new_tokens: int, topk: int = 5
+) -> list[tuple[list[int], list[dict[int, float]]]]:
+    """Like :func:`generate`, plus the engine's raw logits of its ``topk`` best tokens at every step
+    (the engine must be configured with ``logprobs_mode="raw_logits"``)."""
+    from lmdeploy import GenerationConfig
+
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, top_k=1, ignore_eos=True, logprobs=topk)
+    outs = pipe(list(prompts), gen_config=gen, do_preprocess=False)
+    return [(list(o.token_ids), [dict(step) for step in (o.logprobs or [])]) for o in outs]
