@@ -37,12 +37,70 @@ class CaseResult:
         return self.status in ("pass", "unsupported")
 
 
+def _buffer(t: torch.Tensor) -> torch.Tensor | None:
+    """The dense tensor ``t`` is a view of (e.g. the fused qkv output q and k are sliced from), else None."""
+    base = t._base
+    if base is None or not base.is_contiguous() or base.storage_offset() != 0:
+        return None
+    return base
+
+
+def _rebuild(args: dict[str, Any], fn: Callable[[torch.Tensor], torch.Tensor], *, skip_cpu: bool = False
+             ) -> dict[str, Any]:
+    """Apply ``fn`` (a copy or a device move) to every tensor argument, keeping views as views.
+
+    Arguments that are views of one buffer become views, with the same sizes, strides and offsets, of one
+    ``fn(buffer)``: a strided q and k stay strided slices of a single qkv copy, as a framework passes them.
+    """
+    done: dict[int, torch.Tensor] = {}
+    out: dict[str, Any] = {}
+    for name, v in args.items():
+        if not isinstance(v, torch.Tensor) or (skip_cpu and name.endswith("_cpu")):
+            out[name] = v
+            continue
+        base = _buffer(v)
+        if base is None:
+            out[name] = fn(v)
+            continue
+        key = base.untyped_storage().data_ptr()
+        if key not in done:
+            done[key] = fn(base)
+        out[name] = done[key].as_strided(v.shape, v.stride(), v.storage_offset())
+    return out
+
+
 def _to(args: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) and not k.endswith("_cpu") else v for k, v in args.items()}
+    return _rebuild(args, lambda t: t.to(device), skip_cpu=True)
 
 
 def _clone(args: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    return _rebuild(args, lambda t: t.clone())
+
+
+def _untouched_outside(spec: OpSpec, got: Mapping[str, Any], before: Mapping[str, Any]) -> list[Diff]:
+    """A mutated argument that is a view of a larger buffer: nothing outside the mutated views may change."""
+    diffs: list[Diff] = []
+    groups: dict[int, list[str]] = {}
+    for name in spec.mutated:
+        v = got.get(name)
+        if isinstance(v, torch.Tensor) and _buffer(v) is not None:
+            groups.setdefault(v.untyped_storage().data_ptr(), []).append(name)
+    for names in groups.values():
+        buf = _buffer(got[names[0]])
+        ref = _buffer(before[names[0]])
+        assert buf is not None
+        if ref is None or ref.shape != buf.shape:
+            continue
+        written = torch.zeros(buf.numel(), dtype=torch.bool, device=buf.device)
+        for name in names:
+            v = got[name]
+            written.as_strided(v.shape, v.stride(), v.storage_offset()).fill_(True)
+        keep = ~written
+        if not torch.equal(buf.reshape(-1)[keep], ref.reshape(-1)[keep]):
+            bad = int((buf.reshape(-1)[keep] != ref.reshape(-1)[keep]).sum())
+            diffs.append(Diff(False, 0.0, 0.0, f"{bad} elements of the buffer that {', '.join(names)} view "
+                                               "were modified outside those views"))
+    return diffs
 
 
 def call(spec: OpSpec, fn: Callable[..., Any], args: Mapping[str, Any]) -> Any:
@@ -123,6 +181,7 @@ def run_case(
             checked = p.kind == "tensor" and not p.mutated and isinstance(base.get(p.name), torch.Tensor)
             if checked and not torch.equal(mine[p.name], base[p.name]):
                 diffs.append(Diff(False, 0.0, 0.0, f"input '{p.name}' was modified"))
+        diffs += _untouched_outside(spec, mine, base)
     d = merge(diffs)
     res.status = "pass" if d.ok else "fail"
     res.max_abs, res.max_rel, res.detail = d.max_abs, d.max_rel, d.detail
