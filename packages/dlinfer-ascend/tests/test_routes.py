@@ -115,6 +115,70 @@ def test_rotary_fused_kernel_on_a_partial_head(dtype: torch.dtype) -> None:
     run("apply_rotary_pos_emb", build, dtype, accumulating=False)
 
 
+def _rope_tables(t: int, r: int, dt: torch.dtype, interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    ang = torch.rand(t, r // 2) * 6
+    ang = ang.repeat_interleave(2, -1) if interleaved else torch.cat((ang, ang), -1)
+    return ang.cos().to(dt), ang.sin().to(dt)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("fused_qkv", [False, True], ids=["dense", "qkv"])
+@pytest.mark.parametrize("t", [1, 6])
+def test_rotary_inplace_kernel_routes(ops: dict, t: int, fused_qkv: bool, dtype: torch.dtype,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dense q/k (a one-token slice of a qkv buffer is dense too) go to the in-place kernel as views of
+    themselves; strided ones through a contiguous copy; v is never written."""
+    from dlinfer_ascend.ops._kernels import K
+
+    hq, hkv, d = 4, 2, 128
+    seen: list[tuple[bool, bool]] = []
+    real = K.npu.npu_apply_rotary_pos_emb
+
+    def spy(query, key, *rest):  # noqa: ANN001, ANN202
+        seen.append((query.data_ptr() == q.data_ptr(), key.data_ptr() == k.data_ptr()))
+        return real(query, key, *rest)
+
+    monkeypatch.setattr(K.npu, "npu_apply_rotary_pos_emb", spy)
+    if fused_qkv:
+        buf = torch.randn(t, (hq + 2 * hkv) * d).to(dtype)
+        q, k = buf[:, : hq * d].view(t, hq, d), buf[:, hq * d : (hq + hkv) * d].view(t, hkv, d)
+    else:
+        buf = None
+        q, k = torch.randn(t, hq, d).to(dtype), torch.randn(t, hkv, d).to(dtype)
+    before = (q.clone(), k.clone(), None if buf is None else buf.clone())
+    cos, sin = _rope_tables(t, d, dtype)
+    want_q, want_k = REGISTRY.load_ops(REFERENCE)["apply_rotary_pos_emb"](before[0], before[1], cos, sin,
+                                                                          interleaved=False)
+    assert ops["apply_rotary_pos_emb_inplace"](q, k, cos, sin, interleaved=False) is None
+    direct = not fused_qkv or t == 1
+    assert seen == [(direct, direct)]
+    torch.testing.assert_close(q, want_q, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(k, want_k, rtol=2e-2, atol=2e-2)
+    if buf is not None:
+        assert torch.equal(buf[:, (hq + hkv) * d :], before[2][:, (hq + hkv) * d :])
+
+
+def test_rotary_inplace_serves_a_strided_last_dim(ops: dict) -> None:
+    t, d = 3, 64
+    q, k = torch.randn(t, 2, 2 * d).half()[..., ::2], torch.randn(t, 1, 2 * d).half()[..., 1::2]
+    cos, sin = _rope_tables(t, d, torch.float16)
+    want = REGISTRY.load_ops(REFERENCE)["apply_rotary_pos_emb"](q.clone(), k.clone(), cos, sin, interleaved=False)
+    ops["apply_rotary_pos_emb_inplace"](q, k, cos, sin, interleaved=False)
+    torch.testing.assert_close((q, k), want, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rotary_inplace_partial_head_on_the_fused_kernel(dtype: torch.dtype) -> None:
+    def build(g: torch.Generator, dt: torch.dtype, _l: str) -> dict:
+        t, hq, hkv, d, r = 6, 4, 2, 192, 128
+        qkv = randn(g, t, (hq + 2 * hkv) * d, dtype=dt)
+        cos, sin = _rope_tables(t, r, dt)
+        return {"q": qkv[:, : hq * d].view(t, hq, d), "k": qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d),
+                "cos": cos, "sin": sin, "interleaved": False}
+
+    run("apply_rotary_pos_emb_inplace", build, dtype, accumulating=False)
+
+
 @pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 def test_linear_w8a8_output_dtypes_with_bias(out_dtype: torch.dtype) -> None:
     def build(g: torch.Generator, dt: torch.dtype, _l: str) -> dict:

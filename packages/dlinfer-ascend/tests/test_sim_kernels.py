@@ -83,6 +83,10 @@ def test_apply_rotary_pos_emb_contract() -> None:
         rotary.npu_apply_rotary_pos_emb(q.half(), k.half(), c, c)
     with pytest.raises(NpuContractError, match="cos/sin must be"):
         rotary.npu_apply_rotary_pos_emb(q, k, rnd(1, 3, 2, 64), rnd(1, 3, 2, 64))
+    qkv = rnd(1, 3, 6 * 64)  # q and k sliced from a fused qkv buffer: strided, undocumented for in-place writes
+    qs, ks = qkv[..., : 2 * 64].view(1, 3, 2, 64), qkv[..., 2 * 64 : 4 * 64].view(1, 3, 2, 64)
+    with pytest.raises(Unconfirmed, match="strided view"):
+        rotary.npu_apply_rotary_pos_emb(qs, ks, c, c)
 
 
 @pytest.mark.parametrize("interleaved", [False, True])

@@ -20,6 +20,7 @@ EXPECTED = {  # op -> tmo kernels it must call (vendor-apis.md §6)
     "rms_norm_w8a8": {"fused_rms_norm", "per_token_smooth_quantize"},
     "add_rms_norm_w8a8": {"fused_rms_norm", "per_token_smooth_quantize"},
     "apply_rotary_pos_emb": {"apply_rotary"},
+    "apply_rotary_pos_emb_inplace": {"apply_rotary"},
     "silu_and_mul": {"active"},
     "fill_kv_cache": {"reshape_paged_cache"},
     "prefill_attention": {"flash_attention"},

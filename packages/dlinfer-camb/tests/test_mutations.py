@@ -26,6 +26,21 @@ def test_cos_sin_swapped_is_caught(camb_ops: dict) -> None:
     assert set(_status("apply_rotary_pos_emb", broken)) == {"fail"}
 
 
+def test_inplace_rotary_of_a_copy_is_caught(camb_ops: dict) -> None:
+    """Rotating a contiguous copy of strided q/k (slices of a fused qkv buffer) without writing it back."""
+    def broken(q, k, cos, sin, *, interleaved):
+        for x in (q, k):
+            K.tmo.apply_rotary(x.contiguous().unsqueeze(0), sin.to(x.dtype), cos.to(x.dtype), None, None,
+                               interleaved, False, False, x.shape[0])
+
+    strided = [c for c in cases_for("apply_rotary_pos_emb_inplace") if c.name.endswith("-qkv") and
+               not c.name.startswith("T1-")]
+    statuses = [run_case(c, torch.float16, {"apply_rotary_pos_emb_inplace": broken}, REGISTRY.load_ops(REFERENCE),
+                         layout="HND", seed=7).status for c in strided]
+    assert strided and set(statuses) == {"fail"}
+    assert set(_status("apply_rotary_pos_emb_inplace", camb_ops["apply_rotary_pos_emb_inplace"], "-qkv")) == {"pass"}
+
+
 def test_window_off_by_one_is_caught(camb_ops: dict, monkeypatch) -> None:
     monkeypatch.setattr(attention, "window_left", lambda op, w: -1 if w is None else w)
     assert "fail" in _status("prefill_attention", camb_ops["prefill_attention"], "win")  # cases with q_len > window

@@ -40,6 +40,9 @@ def test_apply_rotary_contract_and_order() -> None:
         rotary.apply_rotary(x, tab[:2], tab[:2], None, None, False, False, False, 4)
     with pytest.raises(MluContractError, match="'max_seqlen'"):
         rotary.apply_rotary(x, tab, tab, None, None, False, False, False, 2)
+    qkv = _r(1, 4, 6 * 8)  # q sliced from a fused qkv buffer: a strided view
+    with pytest.raises(MluContractError, match="'input': a strided view"):
+        rotary.apply_rotary(qkv[..., :16].view(1, 4, 2, 8), tab, tab, None, None, False, False, False, 4)
     # sin comes first: sin=0, cos=1 is the identity; in place, returns its input
     y = x.clone()
     out = rotary.apply_rotary(y, torch.zeros(4, 8, dtype=H16), torch.ones(4, 8, dtype=H16), None, None, False, False,

@@ -153,6 +153,33 @@ def test_aot_eager_same_result_and_single_nodes_after_functionalization():
     assert functionalized[0].args[0] is CUSTOM_OPS["fill_kv_cache"]
 
 
+def _rotate_fused_qkv(qkv, cos, sin):
+    """LMDeploy's pattern: q and k are views of the fused projection output, rotated in place."""
+    t = qkv.shape[0]
+    q = qkv[:, : HQ * D].view(t, HQ, D)
+    k = qkv[:, HQ * D : (HQ + HKV) * D].view(t, HKV, D)
+    ops.apply_rotary_pos_emb_inplace(q, k, cos, sin)
+    return ops.rms_norm(qkv, torch.ones(qkv.shape[-1]))
+
+
+@pytest.mark.parametrize("backend", ["recorder", "aot_eager"])
+def test_inplace_rotary_on_views_under_compile(backend):
+    """One node for the in-place op; the caller's buffer is mutated exactly as in eager mode (v untouched)."""
+    _, _, cos, sin, *_ = _layer_inputs()
+    qkv = torch.randn(cos.shape[0], (HQ + 2 * HKV) * D)
+    eager_buf, compiled_buf = qkv.clone(), qkv.clone()
+    want = _rotate_fused_qkv(eager_buf, cos, sin)
+    rec = Recorder()
+    fn = torch.compile(_rotate_fused_qkv, backend=rec if backend == "recorder" else "aot_eager", fullgraph=True)
+    got = fn(compiled_buf, cos, sin)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled_buf, eager_buf, rtol=0, atol=0)
+    assert not torch.equal(compiled_buf[:, : (HQ + HKV) * D], qkv[:, : (HQ + HKV) * D])
+    assert torch.equal(compiled_buf[:, (HQ + HKV) * D :], qkv[:, (HQ + HKV) * D :])
+    if backend == "recorder":
+        assert _dlinfer_nodes(rec.graphs[0]) == ["apply_rotary_pos_emb_inplace", "rms_norm"]
+
+
 def test_aot_eager_backend_string():
     x, r, wt = torch.randn(4, 32), torch.randn(4, 32), torch.randn(32)
 

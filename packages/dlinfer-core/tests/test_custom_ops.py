@@ -53,6 +53,12 @@ def cases(name: str, dtype: torch.dtype, layout: str):
     if name == "apply_rotary_pos_emb":
         return [((_r(5, hq, 32, dtype=dtype), _r(5, 2, 32, dtype=dtype), _r(5, r, dtype=dtype), _r(5, r, dtype=dtype)),
                  {"interleaved": inter}) for r, inter in ((32, False), (16, True))]
+    if name == "apply_rotary_pos_emb_inplace":  # q and k sliced from one fused qkv buffer, and dense ones
+        qkv = _r(5, (hq + 4) * 32, dtype=dtype)
+        q, k = qkv[:, : hq * 32].view(5, hq, 32), qkv[:, hq * 32 : (hq + 2) * 32].view(5, 2, 32)
+        return [((q, k, _r(5, 32, dtype=dtype), _r(5, 32, dtype=dtype)), {"interleaved": False}),
+                ((_r(5, hq, 32, dtype=dtype), _r(5, 2, 32, dtype=dtype), _r(5, 16, dtype=dtype),
+                  _r(5, 16, dtype=dtype)), {"interleaved": True})]
     if name == "silu_and_mul":
         return [((_r(2, 3, 48, dtype=dtype),), {})]
     if name == "fill_kv_cache":
@@ -122,13 +128,15 @@ def test_every_graph_op_is_registered():
     assert "weight_quant_prepare" not in CUSTOM_OPS  # load-time helper, never traced
 
 
-def test_mutation_is_declared_only_for_fill_kv_cache():
+def test_mutation_is_declared_only_for_the_mutating_ops():
     for name in GRAPH_OPS:
         schema = CUSTOM_OPS[name]._schema
         written = {a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write}
         assert written == set(SPECS[name].mutated), name
-    assert set(SPECS["fill_kv_cache"].mutated) == {"key_cache", "value_cache"}
-    assert len(CUSTOM_OPS["fill_kv_cache"]._schema.returns) == 0
+    mutating = {name: set(SPECS[name].mutated) for name in GRAPH_OPS if SPECS[name].mutated}
+    assert mutating == {"fill_kv_cache": {"key_cache", "value_cache"}, "apply_rotary_pos_emb_inplace": {"q", "k"}}
+    for name in mutating:
+        assert len(CUSTOM_OPS[name]._schema.returns) == 0, name
 
 
 # The AOT-dispatch check compiles, which costs about a second per call: run it on one case per op;
@@ -150,8 +158,9 @@ def test_opcheck_hnd_layout(name):
         torch.library.opcheck(CUSTOM_OPS[name], args, kwargs, test_utils=QUICK)
 
 
-@pytest.mark.parametrize("name", ["rms_norm", "apply_rotary_pos_emb", "prefill_attention", "fused_moe",
-                                  "dynamic_quant", "linear_w8a8", "add_rms_norm_w8a8", "weight_quant_matmul"])
+@pytest.mark.parametrize("name", ["rms_norm", "apply_rotary_pos_emb", "apply_rotary_pos_emb_inplace",
+                                  "prefill_attention", "fused_moe", "dynamic_quant", "linear_w8a8",
+                                  "add_rms_norm_w8a8", "weight_quant_matmul"])
 def test_opcheck_half(name):
     for args, kwargs in cases(name, torch.bfloat16, "NHD"):
         torch.library.opcheck(CUSTOM_OPS[name], args, kwargs, test_utils=QUICK)

@@ -148,6 +148,36 @@ def test_apply_rotary_pos_emb(hq, hkv, d, rot, interleaved, dtype):
     assert torch.equal(q, q_before) and torch.equal(k, k_before)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+@pytest.mark.parametrize(("t", "hq", "hkv", "d", "rot"), [(6, 4, 2, 16, 16), (1, 4, 1, 32, 16), (3, 2, 2, 24, 8)],
+                         ids=["full", "decode-partial", "partial-third"])
+def test_apply_rotary_pos_emb_inplace_on_fused_qkv_views(t, hq, hkv, d, rot, interleaved, dtype):
+    """q and k are column slices of one [T, (Hq + 2*Hkv)*D] buffer: rotated in place, v and dims >= R untouched."""
+    qkv = _rand(t, (hq + 2 * hkv) * d, dtype=dtype)
+    before = qkv.clone()
+    q, k = qkv[:, : hq * d].view(t, hq, d), qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d)
+    assert not q.is_contiguous() or t == 1
+    theta = _angles(t, rot)
+    rep = (lambda x: x.repeat_interleave(2, -1)) if interleaved else (lambda x: x.repeat(1, 2))
+    cos, sin = rep(torch.cos(theta)).to(dtype), rep(torch.sin(theta)).to(dtype)
+    theta_in = torch.atan2(sin.double(), cos.double())[:, 0::2] if interleaved else \
+        torch.atan2(sin.double(), cos.double())[:, : rot // 2]
+    expected = _gptj_expected if interleaved else _neox_expected
+    want_q, want_k = expected(q, theta_in), expected(k, theta_in)
+    q_ptr, k_ptr = q.data_ptr(), k.data_ptr()
+    assert ops.apply_rotary_pos_emb_inplace(q, k, cos, sin, interleaved=interleaved) is None
+    assert (q.data_ptr(), k.data_ptr()) == (q_ptr, k_ptr)
+    _close(qkv[:, : hq * d].view(t, hq, d), want_q, dtype)
+    _close(qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d), want_k, dtype)
+    assert torch.equal(qkv[:, (hq + hkv) * d :], before[:, (hq + hkv) * d :])  # v
+    qb, kb = before[:, : hq * d].view(t, hq, d), before[:, hq * d : (hq + hkv) * d].view(t, hkv, d)
+    assert torch.equal(q[..., rot:], qb[..., rot:]) and torch.equal(k[..., rot:], kb[..., rot:])
+    # bit-identical to the out-of-place op on the same input
+    q_out, k_out = ops.apply_rotary_pos_emb(qb, kb, cos, sin, interleaved=interleaved)
+    assert torch.equal(q, q_out) and torch.equal(k, k_out)
+
+
 def test_rotary_layouts_differ():
     """Guards the tests above: NeoX and GPT-J give different results on the same input."""
     q, k = _rand(3, 2, 8), _rand(3, 2, 8)

@@ -117,6 +117,10 @@ CASES = {
     "shape/rotary-odd": Case("apply_rotary_pos_emb",
                              lambda: ops.apply_rotary_pos_emb(_r(3, 2, 8), _r(3, 2, 8), _r(3, 5), _r(3, 5)),
                              "cos", "even rotary width", "5", False),
+    "shape/rotary-inplace-too-wide": Case("apply_rotary_pos_emb_inplace", lambda: ops.apply_rotary_pos_emb_inplace(
+        _r(3, 2, 8), _r(3, 2, 8), _r(3, 10), _r(3, 10)), "cos", "even rotary width <= head size 8", "10", True),
+    "shape/rotary-inplace-k-heads-dim": Case("apply_rotary_pos_emb_inplace", lambda: ops.apply_rotary_pos_emb_inplace(
+        _r(3, 2, 8), _r(3, 2, 6), _r(3, 8), _r(3, 8)), "k", "D = 8", "[3, 2, 6]", True),
     "shape/w8a8-in": Case("linear_w8a8", lambda: ops.linear_w8a8(
         torch.randint(-9, 9, (3, 8), dtype=torch.int8), torch.randint(-9, 9, (4, 9), dtype=torch.int8),
         torch.rand(3), torch.rand(4)), "w_q", "IN = 8", "[4, 9]", True),

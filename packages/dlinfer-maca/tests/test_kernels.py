@@ -78,6 +78,42 @@ def test_rotary(dtype, interleaved, R):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("T,Hq,Hkv,D,R", [(5, 4, 2, 32, 32), (3, 6, 2, 48, 16), (1, 8, 1, 64, 64)])
+def test_rotary_inplace_on_fused_qkv(dtype, interleaved, T, Hq, Hkv, D, R):
+    """q / k sliced from one [T, (Hq + 2*Hkv)*D] buffer: rotated where they are, bit-identical to the
+    out-of-place kernel; v and the dims >= R are left alone."""
+    qkv = rnd(T, (Hq + 2 * Hkv) * D, dtype=dtype)
+    before = qkv.clone()
+    q, k = qkv[:, : Hq * D].view(T, Hq, D), qkv[:, Hq * D : (Hq + Hkv) * D].view(T, Hkv, D)
+    ang = torch.rand(T, R // 2, device=DEVICE) * 6
+    ang = ang.repeat_interleave(2, -1) if interleaved else torch.cat((ang, ang), -1)
+    cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+    qb, kb = before[:, : Hq * D].view(T, Hq, D), before[:, Hq * D : (Hq + Hkv) * D].view(T, Hkv, D)
+    qo, ko = elementwise.rotary_fwd(qb, kb, cos, sin, interleaved)
+    elementwise.rotary_inplace(q, k, cos, sin, interleaved)
+    assert torch.equal(q, qo) and torch.equal(k, ko)
+    assert_close(q, rotary_ref(qb, cos, sin, interleaved), dtype)
+    assert torch.equal(qkv[:, (Hq + Hkv) * D :], before[:, (Hq + Hkv) * D :])
+    assert torch.equal(q[..., R:], qb[..., R:]) and torch.equal(k[..., R:], kb[..., R:])
+
+
+def test_rotary_inplace_refuses_a_strided_last_dim_and_serves_empty():
+    from dlinfer_maca import ops
+
+    cos, sin = rnd(3, 8), rnd(3, 8)
+    q = rnd(3, 2, 16)[..., ::2]  # last-dim stride 2
+    k = rnd(3, 1, 8)
+    msg = r"apply_rotary_pos_emb_inplace: argument 'q': expected unit stride.*strides \[32, 16, 2\]"
+    with pytest.raises(ValueError, match=msg):
+        ops.apply_rotary_pos_emb_inplace(q, k, cos, sin)
+    with pytest.raises(ValueError, match="argument 'k': expected unit stride"):
+        ops.apply_rotary_pos_emb_inplace(k.clone(), rnd(3, 1, 16)[..., ::2], cos, sin)
+    e = rnd(0, 2, 8)
+    assert ops.apply_rotary_pos_emb_inplace(e, rnd(0, 1, 8), rnd(0, 8), rnd(0, 8)) is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_and_mul(dtype):
     x = rnd(3, 2, 96, dtype=dtype)
     ref = torch.nn.functional.silu(x[..., :48].double()) * x[..., 48:].double()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._contract import FLOAT_DTYPES, check, device_tensor
+from ._contract import FLOAT_DTYPES, Unconfirmed, check, device_tensor
 
 
 def _rot_half(x: torch.Tensor) -> torch.Tensor:
@@ -24,6 +24,8 @@ def npu_apply_rotary_pos_emb(query: torch.Tensor, key: torch.Tensor, cos: torch.
 
     In place on query/key (returns them). A2/A3: layout BSND or TND, rotary_mode 'half' only,
     D in {64, 128}, cos/sin D == q D (whole last dim rotated), one dtype for all four, no empties.
+    Whether the in-place result is written through a non-contiguous (strided) query/key is not documented
+    (§2.3 is silent on strides): such inputs raise Unconfirmed rather than guess either way.
     """
     fn = "npu_apply_rotary_pos_emb"
     check(layout in ("BSND", "TND"), fn, f"layout {layout!r} not supported on A2/A3 (BSND, TND)")
@@ -33,6 +35,10 @@ def npu_apply_rotary_pos_emb(query: torch.Tensor, key: torch.Tensor, cos: torch.
         device_tensor(fn, name, t, dtypes=FLOAT_DTYPES, dim=rank)
         check(t.numel() > 0, fn, f"{name} must not be empty")
         check(t.dtype == query.dtype, fn, f"{name} dtype {t.dtype} != query dtype {query.dtype}")
+    for name, t in (("query", query), ("key", key)):
+        if not t.is_contiguous():
+            raise Unconfirmed(f"{fn}: {name} is a strided view (strides {tuple(t.stride())}); in-place writes "
+                              "through strided views are not documented (vendor-apis.md §2.3)")
     d = query.shape[-1]
     check(d in (64, 128), fn, f"head dim {d} unsupported on A2/A3 (64 or 128)")
     check(key.shape[-1] == d and cos.shape[-1] == d and sin.shape[-1] == d, fn,

@@ -34,10 +34,18 @@ def apply_rotary(
     Modelled: pad mode input [batch, seq, heads, head_size] half/bf16 with position_ids None,
     cu_seqlens None, discrete False, dynamic_ntk False -> token s of every sequence uses table row s.
     Tables [rope_seqlen, rotary_dim], full width for both modes; rotary_dim even, <= head_size;
-    head_size 2..256. Note the order: sin before cos.
+    head_size 2..256. Note the order: sin before cos. A non-contiguous input is refused: §3.2 does not say
+    whether the in-place result is written through a strided view.
     """
     fn = "apply_rotary"
     tensor(fn, "input", input, ndim=(3, 4), dtypes=HALF)
+    if not input.is_contiguous():  # §3.2 says nothing about strides: do not guess how a strided input is written
+        raise fail(
+            fn,
+            "input",
+            f"a strided view (strides {list(input.stride())}): in-place writes through "
+            "non-contiguous input are not documented",
+        )
     if input.dim() == 3 or cu_seqlens is not None or position_ids is not None or discrete or dynamic_ntk:
         raise NotModelled(f"torch_mlu_ops.{fn}: only pad mode with implicit positions (0..seq-1) is modelled")
     for name, tab in (("sin_cache", sin_cache), ("cos_cache", cos_cache)):

@@ -143,6 +143,18 @@ _add(OpSpec(
     "rot is rotate-half (NeoX) or pairwise (GPT-J, interleaved=True).",
 ))
 _add(OpSpec(
+    "apply_rotary_pos_emb_inplace",
+    (_t("q", ("T", "Hq", "D"), mutated=True), _t("k", ("T", "Hkv", "D"), "same:q", mutated=True),
+     _t("cos", ("T", "R")), _t("sin", ("T", "R"), "same:cos"),
+     _kw("interleaved", "bool", False, doc="GPT-J pairwise rotation instead of NeoX rotate-half")),
+    (),
+    "apply_rotary_pos_emb written into q and k (dims >= R untouched); nothing is returned. q and k may be "
+    "strided views that do not overlap, e.g. column slices of a fused [T, (Hq+2*Hkv)*D] qkv buffer (token "
+    "stride > heads*D), with unit stride in the last dim; only their elements may be written. A backend whose "
+    "kernel needs dense rows rotates a contiguous copy and writes it back; one that cannot serve a last-dim "
+    "stride != 1 raises ValueError naming the op, the argument, the expected and the actual strides.",
+))
+_add(OpSpec(
     "silu_and_mul",
     (_t("x", ("...", "2I")),),
     (Output("out", ("...", "I"), "same:x"),),

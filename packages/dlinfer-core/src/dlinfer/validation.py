@@ -135,7 +135,8 @@ def check_args(spec: OpSpec, values: Mapping[str, Any]) -> Binding:
     hq, hkv = b.sizes.get("Hq"), b.sizes.get("Hkv")
     if hq is not None and hkv and hq % hkv:
         b.fail("q", f"a head count divisible by the KV heads ({hkv})", f"{hq}")
-    if spec.name == "apply_rotary_pos_emb" and (b.sizes["R"] > b.sizes["D"] or b.sizes["R"] % 2):
+    rotary = spec.name in ("apply_rotary_pos_emb", "apply_rotary_pos_emb_inplace")
+    if rotary and (b.sizes["R"] > b.sizes["D"] or b.sizes["R"] % 2):
         b.fail("cos", f"an even rotary width <= head size {b.sizes['D']}", f"{b.sizes['R']}")
     if spec.name == "weight_quant_matmul" and b.sizes["G"] * values["group_size"] != b.sizes["IN"]:
         b.fail("scales", f"IN / group_size = {b.sizes['IN']} / {values['group_size']} groups in [G, OUT]",

@@ -84,6 +84,22 @@ def apply_rotary_pos_emb(
     return elementwise.rotary_fwd(q, k, cos, sin, interleaved)
 
 
+def apply_rotary_pos_emb_inplace(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool = False
+) -> None:
+    """Rotates q [T, Hq, D] and k [T, Hkv, D] in place (strided views served, one launch); returns None."""
+    _check_device("apply_rotary_pos_emb_inplace", q)
+    R = cos.shape[-1]
+    if R % 2 or q.shape[-1] < R:
+        raise ValueError(f"apply_rotary_pos_emb_inplace: rotary width R={R} must be even and <= D={q.shape[-1]}")
+    if q.stride(-1) != 1 or k.stride(-1) != 1:
+        name, x = ("q", q) if q.stride(-1) != 1 else ("k", k)
+        raise ValueError(f"apply_rotary_pos_emb_inplace: argument '{name}': expected unit stride in the last dim "
+                         f"(backend '{BACKEND}' rotates it where it is, never through a copy), got shape "
+                         f"{list(x.shape)} with strides {list(x.stride())}")
+    elementwise.rotary_inplace(q, k, cos, sin, interleaved)
+
+
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x [..., 2I] -> silu(x[..., :I]) * x[..., I:]."""
     _check_device("silu_and_mul", x)
@@ -208,6 +224,7 @@ OPS: Mapping[str, Callable[..., Any]] = {
     "rms_norm": rms_norm,
     "add_rms_norm": add_rms_norm,
     "apply_rotary_pos_emb": apply_rotary_pos_emb,
+    "apply_rotary_pos_emb_inplace": apply_rotary_pos_emb_inplace,
     "silu_and_mul": silu_and_mul,
     "fill_kv_cache": fill_kv_cache,
     "prefill_attention": prefill_attention,

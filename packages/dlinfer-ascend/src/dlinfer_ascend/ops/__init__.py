@@ -14,6 +14,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "rms_norm_w8a8": norm.rms_norm_w8a8,
     "add_rms_norm_w8a8": norm.add_rms_norm_w8a8,
     "apply_rotary_pos_emb": elementwise.apply_rotary_pos_emb,
+    "apply_rotary_pos_emb_inplace": elementwise.apply_rotary_pos_emb_inplace,
     "silu_and_mul": elementwise.silu_and_mul,
     "linear": elementwise.linear,
     "fill_kv_cache": cache.fill_kv_cache,

@@ -10,26 +10,55 @@ from dlinfer_camb.ops._common import K, require_half, unsupported
 MAX_ROTARY_HEAD = 256
 
 
+def _apply_rotary(x4: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """apply_rotary on a dense pad-mode [1, T, H, D] tensor, which it rotates in place and returns: sin before
+    cos; no position_ids / cu_seqlens and discrete=False, so token t uses table row t."""
+    return K.tmo.apply_rotary(x4, sin, cos, None, None, interleaved, False, False, x4.shape[1])
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
-    """x [T, H, D] -> rotated copy; apply_rotary works in place on a [1, T, H, D] pad-mode view."""
-    t = x.shape[0]
+    """x [T, H, D] -> rotated copy."""
     buf = x.clone(memory_format=torch.contiguous_format).unsqueeze(0)  # the kernel mutates its input
-    # sin before cos; no position_ids / cu_seqlens and discrete=False: token t uses table row t.
-    out = K.tmo.apply_rotary(buf, sin, cos, None, None, interleaved, False, False, t)
-    return out.view(x.shape)
+    return _apply_rotary(buf, cos, sin, interleaved).view(x.shape)
+
+
+def _rotate_inplace(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> None:
+    """Rotates x [T, H, D] where it is: dense x directly; a strided view (e.g. a slice of a fused qkv buffer)
+    through a contiguous copy written back, since apply_rotary's handling of strided input is undocumented."""
+    if x.is_contiguous():
+        _apply_rotary(x.unsqueeze(0), cos, sin, interleaved)
+    else:
+        x.copy_(_rotate(x, cos, sin, interleaved))
+
+
+def _tables(
+    op: str, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    require_half(op, q, k)
+    if q.shape[-1] > MAX_ROTARY_HEAD:
+        raise unsupported(op, f"head size {q.shape[-1]}", "apply_rotary serves head sizes <= 256")
+    return cos.to(q.dtype).contiguous(), sin.to(q.dtype).contiguous()
 
 
 def apply_rotary_pos_emb(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q [T, Hq, D], k [T, Hkv, D], cos/sin [T, R] full-width tables -> (q', k'); inputs are not modified."""
-    require_half("apply_rotary_pos_emb", q, k)
-    if q.shape[-1] > MAX_ROTARY_HEAD:
-        raise unsupported("apply_rotary_pos_emb", f"head size {q.shape[-1]}", "apply_rotary serves head sizes <= 256")
+    cos, sin = _tables("apply_rotary_pos_emb", q, k, cos, sin)
     if q.shape[0] == 0:
         return q.clone(), k.clone()
-    cos, sin = cos.to(q.dtype).contiguous(), sin.to(q.dtype).contiguous()
     return _rotate(q, cos, sin, interleaved), _rotate(k, cos, sin, interleaved)
+
+
+def apply_rotary_pos_emb_inplace(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool
+) -> None:
+    """Rotates q [T, Hq, D] and k [T, Hkv, D] in place with apply_rotary (itself in place); returns None."""
+    cos, sin = _tables("apply_rotary_pos_emb_inplace", q, k, cos, sin)
+    if q.shape[0] == 0:
+        return
+    _rotate_inplace(q, cos, sin, interleaved)
+    _rotate_inplace(k, cos, sin, interleaved)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,17 @@ def apply_rotary_pos_emb(
     return _rope_one(q, c, s, interleaved), _rope_one(k, c, s, interleaved)
 
 
+def apply_rotary_pos_emb_inplace(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool
+) -> None:
+    """The out-of-place math on the first R dims, copied into q and k (copy_ writes through any strided view)."""
+    r = cos.shape[-1]
+    q_head, k_head = q[..., :r], k[..., :r]
+    q_out, k_out = apply_rotary_pos_emb(q_head, k_head, cos, sin, interleaved=interleaved)
+    q_head.copy_(q_out)
+    k_head.copy_(k_out)
+
+
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x [..., 2I] -> silu(x[..., :I]) * x[..., I:] in x.dtype (fp32 compute)."""
     gate, up = x.float().chunk(2, dim=-1)

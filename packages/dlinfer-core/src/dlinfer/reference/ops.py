@@ -11,6 +11,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "rms_norm": norm.rms_norm,
     "add_rms_norm": norm.add_rms_norm,
     "apply_rotary_pos_emb": elementwise.apply_rotary_pos_emb,
+    "apply_rotary_pos_emb_inplace": elementwise.apply_rotary_pos_emb_inplace,
     "silu_and_mul": elementwise.silu_and_mul,
     "fill_kv_cache": cache.fill_kv_cache,
     "prefill_attention": attention.prefill_attention,

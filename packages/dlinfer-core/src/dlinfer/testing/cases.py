@@ -66,14 +66,22 @@ for _size, _shapes in (("small", [(1, 128), (9, 2 * 96)]), ("large", [(1, 2 * 14
         _case("silu_and_mul", "x".join(map(str, _shape)), _silu(_shape), size=_size)
 
 
-def _rotary(t: int, hq: int, hkv: int, d: int, r: int, interleaved: bool) -> Builder:
+def _rotary(t: int, hq: int, hkv: int, d: int, r: int, interleaved: bool, fused_qkv: bool = False) -> Builder:
+    """``fused_qkv``: q and k are column slices of one [T, (Hq + 2*Hkv)*D] projection output, as LMDeploy
+    passes them (token stride (Hq + 2*Hkv)*D, unit last stride); the v columns must stay untouched."""
+
     def build(g: torch.Generator, dt: torch.dtype, _layout: str) -> dict[str, Any]:
         pos = torch.randint(0, 4096, (t,), generator=g).float()
         inv = 10000.0 ** (-torch.arange(0, r, 2).float() / r)
         ang = pos[:, None] * inv[None]
         ang = ang.repeat_interleave(2, -1) if interleaved else torch.cat((ang, ang), -1)
-        return {"q": randn(g, t, hq, d, dtype=dt), "k": randn(g, t, hkv, d, dtype=dt),
-                "cos": ang.cos().to(dt), "sin": ang.sin().to(dt), "interleaved": interleaved}
+        if fused_qkv:
+            qkv = randn(g, t, (hq + 2 * hkv) * d, dtype=dt)
+            q = qkv[:, : hq * d].view(t, hq, d)
+            k = qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d)
+        else:
+            q, k = randn(g, t, hq, d, dtype=dt), randn(g, t, hkv, d, dtype=dt)
+        return {"q": q, "k": k, "cos": ang.cos().to(dt), "sin": ang.sin().to(dt), "interleaved": interleaved}
 
     return build
 
@@ -85,6 +93,19 @@ for _size, _geo in (("small", [(5, 4, 2, 64, 64), (3, 4, 1, 96, 96), (4, 2, 2, 6
             _name = f"T{_t}-h{_hq}/{_hkv}-d{_d}-r{_r}" + ("-interleaved" if _il else "")
             _case("apply_rotary_pos_emb", _name, _rotary(_t, _hq, _hkv, _d, _r, _il), size=_size,
                   option="interleaved" if _il else None)
+
+# in place: the geometry above plus a decode step (T=1) and a partial rotary over a 64-wide head part; each
+# with dense q/k and with q/k sliced from one fused qkv buffer
+for _size, _geo in (("small", [(5, 4, 2, 64, 64), (3, 4, 1, 96, 96), (4, 2, 2, 64, 32), (1, 8, 2, 128, 128),
+                               (2, 4, 2, 128, 64)]),
+                    ("large", [(1, 32, 8, 128, 128), (4096, 32, 8, 128, 128), (512, 28, 4, 128, 64)])):
+    for _t, _hq, _hkv, _d, _r in _geo:
+        for _il in (False, True):
+            for _fused in (False, True):
+                _name = f"T{_t}-h{_hq}/{_hkv}-d{_d}-r{_r}" + ("-interleaved" if _il else "")
+                _name += "-qkv" if _fused else ""
+                _case("apply_rotary_pos_emb_inplace", _name, _rotary(_t, _hq, _hkv, _d, _r, _il, _fused), size=_size,
+                      option="interleaved" if _il else None)
 
 
 def _linear(t: int, n_in: int, n_out: int, bias: bool) -> Builder:

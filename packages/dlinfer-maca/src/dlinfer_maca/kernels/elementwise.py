@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -9,6 +11,35 @@ import triton.language as tl
 from ._utils import next_pow2
 
 # ----------------------------------------------------------------------------- rotary
+
+
+@triton.jit
+def _rope_rows(
+    x_row, o_row, c_row, s_row, rmask, HALF,
+    BLOCK_HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
+):
+    """Rotates the first ``2 * HALF`` dims of the ``[BLOCK_H, 1]`` head rows at ``x_row`` into ``o_row``.
+
+    Every element is loaded before any is stored, so ``o_row`` may be ``x_row`` (in place)."""
+    i = tl.arange(0, BLOCK_HALF)
+    imask = i < HALF
+    if INTERLEAVED:
+        i1 = 2 * i
+        i2 = 2 * i + 1
+    else:
+        i1 = i
+        i2 = i + HALF
+    c1 = tl.load(c_row + i1, mask=imask, other=0.0).to(tl.float32)[None, :]
+    c2 = tl.load(c_row + i2, mask=imask, other=0.0).to(tl.float32)[None, :]
+    s1 = tl.load(s_row + i1, mask=imask, other=0.0).to(tl.float32)[None, :]
+    s2 = tl.load(s_row + i2, mask=imask, other=0.0).to(tl.float32)[None, :]
+    m = rmask[:, None] & imask[None, :]
+    x1 = tl.load(x_row + i1[None, :], mask=m, other=0.0)
+    x2 = tl.load(x_row + i2[None, :], mask=m, other=0.0)
+    x1f = x1.to(tl.float32)
+    x2f = x2.to(tl.float32)
+    tl.store(o_row + i1[None, :], (x1f * c1 - x2f * s1).to(x1.dtype), mask=m)
+    tl.store(o_row + i2[None, :], (x2f * c2 + x1f * s2).to(x1.dtype), mask=m)
 
 
 @triton.jit
@@ -32,34 +63,42 @@ def _rope_kernel(
     o_row = tl.where(is_q, qo_ptr + t * stride_qot + rows * stride_qoh, ko_ptr + t * stride_kot + kh * stride_koh)
     x_row = x_row[:, None]
     o_row = o_row[:, None]
-
-    i = tl.arange(0, BLOCK_HALF)
-    imask = i < HALF
-    if INTERLEAVED:
-        i1 = 2 * i
-        i2 = 2 * i + 1
-    else:
-        i1 = i
-        i2 = i + HALF
-    c1 = tl.load(cos_ptr + t * stride_cos + i1, mask=imask, other=0.0).to(tl.float32)[None, :]
-    c2 = tl.load(cos_ptr + t * stride_cos + i2, mask=imask, other=0.0).to(tl.float32)[None, :]
-    s1 = tl.load(sin_ptr + t * stride_sin + i1, mask=imask, other=0.0).to(tl.float32)[None, :]
-    s2 = tl.load(sin_ptr + t * stride_sin + i2, mask=imask, other=0.0).to(tl.float32)[None, :]
-    m = rmask[:, None] & imask[None, :]
-    x1 = tl.load(x_row + i1[None, :], mask=m, other=0.0)
-    x2 = tl.load(x_row + i2[None, :], mask=m, other=0.0)
-    x1f = x1.to(tl.float32)
-    x2f = x2.to(tl.float32)
-    tl.store(o_row + i1[None, :], (x1f * c1 - x2f * s1).to(x1.dtype), mask=m)
-    tl.store(o_row + i2[None, :], (x2f * c2 + x1f * s2).to(x1.dtype), mask=m)
+    _rope_rows(x_row, o_row, cos_ptr + t * stride_cos, sin_ptr + t * stride_sin, rmask, HALF,
+               BLOCK_HALF, INTERLEAVED)
     if HAS_PASS:
         p = 2 * HALF + tl.arange(0, BLOCK_PASS)
         pm = rmask[:, None] & (p < D)[None, :]
         tl.store(o_row + p[None, :], tl.load(x_row + p[None, :], mask=pm), mask=pm)
 
 
+@triton.jit
+def _rope_inplace_kernel(
+    q_ptr, k_ptr, cos_ptr, sin_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_cs,
+    Hq, Hkv, HALF,
+    BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
+):
+    """``_rope_kernel`` writing back where it read: no output pointers, no pass-through copy (dims >= R are
+    already in place), one cos/sin stride. q / k may be strided views (e.g. slices of a fused qkv buffer)."""
+    t = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    is_q = rows < Hq
+    rmask = rows < Hq + Hkv
+    kh = tl.where(is_q, 0, rows - Hq)
+    x_row = tl.where(is_q, q_ptr + t * stride_qt + rows * stride_qh, k_ptr + t * stride_kt + kh * stride_kh)
+    x_row = x_row[:, None]
+    _rope_rows(x_row, x_row, cos_ptr + t * stride_cs, sin_ptr + t * stride_cs, rmask, HALF, BLOCK_HALF,
+               INTERLEAVED)
+
+
 def _unit_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
+
+
+@functools.cache
+def _rope_block_h(rows: int) -> int:
+    """4-16 head rows of D elements per program, chosen to leave the least padding in Hq + Hkv rows."""
+    return min((8, 16, 4), key=lambda b: (triton.cdiv(rows, b) * b - rows, -b))
 
 
 def rotary_fwd(
@@ -77,9 +116,8 @@ def rotary_fwd(
     half = R // 2
     block_half = next_pow2(half)
     block_pass = next_pow2(D - R) if D > R else 1
-    # 4-16 head rows of D elements per program, chosen to leave the least padding in Hq + Hkv rows
     rows = Hq + Hkv
-    block_h = min((8, 16, 4), key=lambda b: (triton.cdiv(rows, b) * b - rows, -b))
+    block_h = _rope_block_h(rows)
     grid = (T, triton.cdiv(rows, block_h))
     _rope_kernel[grid](
         q, k, qo, ko, cos, sin,
@@ -91,6 +129,28 @@ def rotary_fwd(
         INTERLEAVED=interleaved, HAS_PASS=D > R, num_warps=4,
     )
     return qo, ko
+
+
+def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> None:
+    """Rotates q ``[T, Hq, D]`` and k ``[T, Hkv, D]`` where they are, in one launch.
+
+    q / k must have a unit last stride (the caller checks); any token / head strides are served. cos and
+    sin share one row stride (made contiguous if they do not: [T, R] is small)."""
+    T, Hq, _ = q.shape
+    if T == 0:
+        return
+    Hkv = k.shape[1]
+    if cos.stride(-1) != 1 or sin.stride(-1) != 1 or cos.stride(0) != sin.stride(0):
+        cos, sin = cos.contiguous(), sin.contiguous()
+    half = cos.shape[-1] // 2
+    rows = Hq + Hkv
+    block_h = _rope_block_h(rows)
+    _rope_inplace_kernel[(T, triton.cdiv(rows, block_h))](
+        q, k, cos, sin,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0),
+        Hq, Hkv, half,
+        BLOCK_H=block_h, BLOCK_HALF=next_pow2(half), INTERLEAVED=interleaved, num_warps=4,
+    )
 
 
 # ----------------------------------------------------------------------------- silu_and_mul
