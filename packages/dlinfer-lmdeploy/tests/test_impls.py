@@ -77,6 +77,32 @@ def test_rotary_complex_mode_matches_lmdeploy_default() -> None:
         assert got[0] is qi  # in place, as LMDeploy asks
 
 
+def test_rotary_inplace_on_qkv_slices(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """LMDeploy's layout: q/k are column slices of one fused qkv output; rotated where they lie, v untouched."""
+    import dlinfer.ops
+    from lmdeploy.pytorch.backends.default.apply_rotary_emb import DefaultApplyRotaryEmbImpl
+
+    from dlinfer_lmdeploy.impls.dense import DlinferApplyRotaryEmbImpl
+
+    calls: list[str] = []
+    for name in ("apply_rotary_pos_emb", "apply_rotary_pos_emb_inplace"):
+        fn = getattr(dlinfer.ops, name)
+        monkeypatch.setattr(dlinfer.ops, name, lambda *a, __f=fn, __n=name, **kw: (calls.append(__n), __f(*a, **kw))[1])
+    torch.manual_seed(1)
+    T, Hq, Hkv, D = 5, 4, 2, 16
+    qkv = torch.randn(T, (Hq + 2 * Hkv) * D)
+    before = qkv.clone()
+    q, k, v = qkv.view(T, Hq + 2 * Hkv, D).split([Hq, Hkv, Hkv], dim=1)
+    cos, sin = torch.randn(T, D), torch.randn(T, D)
+    want_q, want_k = DefaultApplyRotaryEmbImpl().forward(q.clone(), k.clone(), cos, sin, False, False)
+    got_q, got_k = DlinferApplyRotaryEmbImpl().forward(q, k, cos, sin, True, False)
+    assert calls == ["apply_rotary_pos_emb_inplace"]
+    assert got_q is q and got_k is k
+    torch.testing.assert_close(q, want_q)
+    torch.testing.assert_close(k, want_k)
+    torch.testing.assert_close(v, before.view(T, Hq + 2 * Hkv, D)[:, Hq + Hkv :])
+
+
 def test_vision_flash_attention_non_causal() -> None:
     from dlinfer_lmdeploy.impls.flash_attention import DlinferFlashAttentionImpl
 

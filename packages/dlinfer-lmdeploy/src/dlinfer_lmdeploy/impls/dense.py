@@ -38,8 +38,24 @@ def _full_width(table: torch.Tensor, head_dim: int) -> torch.Tensor:
     return table
 
 
+def _tokens_heads_view(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` as ``[T, H, D]`` sharing its storage (unit last stride), or None where no such view exists."""
+    if x.stride(-1) != 1:
+        return None
+    if x.dim() == 3:
+        return x
+    try:
+        return x.view(-1, x.shape[-2], x.shape[-1])
+    except RuntimeError:
+        return None
+
+
 class DlinferApplyRotaryEmbImpl(ApplyRotaryEmbImpl):
-    """Rotary embedding on q and k: rotate-half (NeoX) or, in ``complex_mode``, pairwise (GPT-J)."""
+    """Rotary embedding on q and k: rotate-half (NeoX) or, in ``complex_mode``, pairwise (GPT-J).
+
+    ``inplace=True`` (what LMDeploy's models pass) rotates ``query``/``key`` where they lie with the in-place
+    op, without write-back copies; they are usually column slices of the fused qkv output.
+    """
 
     def forward(
         self,
@@ -51,12 +67,17 @@ class DlinferApplyRotaryEmbImpl(ApplyRotaryEmbImpl):
         complex_mode: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         head_dim = query.shape[-1]
-        q = query.reshape(-1, query.shape[-2], head_dim)
-        k = key.reshape(-1, key.shape[-2], key.shape[-1])
         cos2 = cos.reshape(-1, cos.shape[-1])
         sin2 = sin.reshape(-1, sin.shape[-1])
         if complex_mode:
             cos2, sin2 = _full_width(cos2, head_dim), _full_width(sin2, head_dim)
+        if inplace:
+            q, k = _tokens_heads_view(query), _tokens_heads_view(key)
+            if q is not None and k is not None:
+                ops.apply_rotary_pos_emb_inplace(q, k, cos2, sin2, interleaved=complex_mode)
+                return query, key
+        q = query.reshape(-1, query.shape[-2], head_dim)
+        k = key.reshape(-1, key.shape[-2], key.shape[-1])
         q_out, k_out = ops.apply_rotary_pos_emb(q, k, cos2, sin2, interleaved=complex_mode)
         q_out = q_out.view(query.shape)
         k_out = k_out.view(key.shape)
