@@ -41,13 +41,13 @@ def _prompts(n: int, length: int, seed: int = 0) -> list[str]:
     return ["".join(rng.choice(letters) for _ in range(length)) for _ in range(n)]
 
 
-def host_probe_ms() -> float:
-    """Median of 5 timings of a fixed host workload (Python calls + small CPU torch ops), in ms."""
+def host_probe_ms(repeats: int = 5) -> float:
+    """Median of ``repeats`` timings of a fixed host workload (Python calls + small CPU torch ops), in ms."""
     import torch
 
     x = torch.ones(8)
     times = []
-    for _ in range(5):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         acc = 0
         for i in range(20000):
@@ -89,7 +89,9 @@ def run_one(model_dir: str, device: str, mode: str, block_size: int, streams: in
         n_out = sum(len(o.token_ids) for o in outs)
 
         per_stream = []
+        probes = []
         for k in range(streams):
+            probe = host_probe_ms(3)
             stamps: list[float] = []
             count = 0
             prompt = _prompts(1, PROMPT_TOKENS, seed=1 + k)
@@ -100,6 +102,7 @@ def run_one(model_dir: str, device: str, mode: str, block_size: int, streams: in
                     count += n
             if len(stamps) > 1:
                 per_stream.append((stamps[-1] - stamps[0]) / max(count - 1, 1))
+                probes.append(round((probe + host_probe_ms(3)) / 2, 2))
         tpot = statistics.median(per_stream) if per_stream else float("nan")
         first_tokens = [list(o.token_ids[:32]) for o in outs[:4]]
     finally:
@@ -117,6 +120,7 @@ def run_one(model_dir: str, device: str, mode: str, block_size: int, streams: in
         "batch1_tokens": count,
         "batch1_ms_per_token": round(tpot * 1e3, 3),
         "batch1_streams_ms": [round(t * 1e3, 3) for t in per_stream],
+        "batch1_streams_probe_ms": probes,
         "host_probe_ms": [probe_before, host_probe_ms()],
         "first_tokens": first_tokens,
     }
@@ -178,23 +182,40 @@ def summarize(results: list[dict[str, object]], modes: list[str]) -> list[str]:
         )
     lines += [
         "",
-        "| mode | runs (maca, cuda) | median tok/s maca / cuda | ratio | median batch-1 ms maca / cuda "
-        "| batch-1 speed ratio |",
-        "|---|---|---|---|---|---|",
+        "Per mode over all runs: throughput median and best; batch-1 ms/token over every stream of every run: "
+        "median, minimum (host noise only adds time), and median of ms/token x (mean host probe / the stream's "
+        "probe), i.e. rescaled to the typical host speed. Ratios are maca vs cuda, > 1 means dlinfer is faster.",
+        "",
+        "| mode | runs | tok/s median maca / cuda (ratio) | tok/s best (ratio) | batch-1 ms median (ratio) "
+        "| batch-1 ms min (ratio) | batch-1 ms host-rescaled (ratio) |",
+        "|---|---|---|---|---|---|---|",
     ]
+
+    def cell(x: dict[str, float], higher_better: bool) -> str:
+        if higher_better:
+            return f"{x['maca']:.1f} / {x['cuda']:.1f} (**{x['maca'] / x['cuda']:.3f}**)"
+        return f"{x['maca']:.2f} / {x['cuda']:.2f} (**{x['cuda'] / x['maca']:.3f}**)"
+
     for mode in modes:
-        ok = {
-            d: [r for r in results if r["mode"] == mode and r["device_type"] == d and "error" not in r]
-            for d in ("maca", "cuda")
-        }
+        ok = {d: [r for r in results if r["mode"] == mode and r["device_type"] == d and "error" not in r]
+              for d in ("maca", "cuda")}  # fmt: skip
         if not ok["maca"] or not ok["cuda"]:
             continue
-        tps = {d: statistics.median(float(r["output_tok_per_s"]) for r in ok[d]) for d in ok}  # type: ignore[arg-type]
-        ms = {d: statistics.median(float(r["batch1_ms_per_token"]) for r in ok[d]) for d in ok}  # type: ignore[arg-type]
+        tps = {d: [float(r["output_tok_per_s"]) for r in ok[d]] for d in ok}  # type: ignore[arg-type]
+        streams: dict[str, list[tuple[float, float]]] = {d: [] for d in ok}
+        for d in ok:
+            for r in ok[d]:
+                pairs = zip(r["batch1_streams_ms"], r["batch1_streams_probe_ms"], strict=True)  # type: ignore[call-overload]
+                streams[d] += [(float(t), float(p)) for t, p in pairs]
+        typical = statistics.mean(p for d in ok for _, p in streams[d])
+        ms_med = {d: statistics.median(t for t, _ in streams[d]) for d in ok}
+        ms_min = {d: min(t for t, _ in streams[d]) for d in ok}
+        ms_resc = {d: statistics.median(t * typical / p for t, p in streams[d]) for d in ok}
+        tp_med = {d: statistics.median(tps[d]) for d in ok}
+        tp_max = {d: max(tps[d]) for d in ok}
         lines.append(
-            f"| {mode} | {len(ok['maca'])}, {len(ok['cuda'])} | {tps['maca']:.1f} / {tps['cuda']:.1f} "
-            f"| **{tps['maca'] / tps['cuda']:.3f}** | {ms['maca']:.3f} / {ms['cuda']:.3f} "
-            f"| **{ms['cuda'] / ms['maca']:.3f}** |"
+            f"| {mode} | {len(ok['maca'])}, {len(ok['cuda'])} | {cell(tp_med, True)} | {cell(tp_max, True)} "
+            f"| {cell(ms_med, False)} | {cell(ms_min, False)} | {cell(ms_resc, False)} |"
         )
         a, b = ok["maca"][0], ok["cuda"][0]
         same = sum(x == y for x, y in zip(a["first_tokens"], b["first_tokens"], strict=False))  # type: ignore[call-overload]
