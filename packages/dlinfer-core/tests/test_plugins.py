@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from plugin_fixtures import BROKEN_AT_DISCOVERY, BROKEN_OP_TABLE, PLUGINS, dist_name, plugin_env, register_scenarios
 
+from dlinfer.spec import API_VERSION
+
 ACTIVATE = "result = dlinfer.activate().name"
 
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -64,9 +66,9 @@ def test_good_plugin_is_auto_selected_over_reference_despite_broken_plugins(outc
 EXPECTED_LOAD_ERRORS = {
     "importerr": ["import of 'dlinfer_test_importerr' failed", "ImportError",
                   "libfakevendor.so: cannot open shared object file"],
-    "badapi": ["supports dlinfer API >=2.0,<3", "implements API 1.0",
+    "badapi": ["supports dlinfer API >=2.0,<3", f"implements API {API_VERSION}",
                "install a dlinfer-core whose API version satisfies >=2.0,<3",
-               "or a version of dlinfer-test-badapi written for API 1.0"],
+               f"or a version of dlinfer-test-badapi written for API {API_VERSION}"],
     "notbackend": ["dlinfer_backend() returned dict, expected dlinfer.plugin.Backend"],
     "hookraises": ["dlinfer_backend() raised RuntimeError: vendor SDK too old: need SDK 8"],
     "dupref": ["backend name 'reference' is already registered by dlinfer-core"],

@@ -18,8 +18,9 @@ from typing import Literal
 
 import torch
 
-API_VERSION = "1.0"
-"""Version of the op/plugin API that dlinfer-core implements (plugins declare a range)."""
+API_VERSION = "1.1"
+"""Version of the op/plugin API that dlinfer-core implements (plugins declare a range).
+1.1 added ``apply_rotary_pos_emb_inplace``; a 1.0 plugin still loads and falls back to the reference for it."""
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INDEX_DTYPES = (torch.int32, torch.int64)
