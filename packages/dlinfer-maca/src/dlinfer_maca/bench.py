@@ -290,6 +290,25 @@ def bench_elementwise(bm: Bench, ops: Any) -> None:
                       "compile": (lambda: c_rope(q, k, cos, sin)) if c_rope else None,
                       "lmdeploy": (lambda: bm.lmd.apply_rotary_pos_emb(q, k, cos, sin)) if bm.lmd else None})
 
+    def copy_back_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """The adaptor's pattern before the in-place op: out-of-place rotary, then two write-back copies."""
+        q_out, k_out = ops.apply_rotary_pos_emb(q, k, cos, sin)
+        q.copy_(q_out)
+        k.copy_(k_out)
+
+    for T in (1, 32, 4096, 16384):  # LMDeploy's layout: q and k are column slices of one fused qkv output
+        Hq, Hkv, D = 32, 8, 128
+        qkv = torch.randn(T, Hq + 2 * Hkv, D, device=bm.dev, dtype=dt)
+        q, k = qkv[:, :Hq], qkv[:, Hq : Hq + Hkv]
+        ang = torch.rand(T, D // 2, device=bm.dev) * 100
+        cos, sin = torch.cat((ang, ang), -1).cos().to(dt), torch.cat((ang, ang), -1).sin().to(dt)
+        nbytes = 2 * T * (Hq + Hkv) * D * 2 + 2 * T * D * 2
+        bm.add("apply_rotary_pos_emb_inplace", f"T{T} h32/8 d128 bf16 qkv slices",
+               lambda: ops.apply_rotary_pos_emb_inplace(q, k, cos, sin), nbytes=nbytes,
+               peers={"copy-back": lambda: copy_back_rope(q, k, cos, sin),
+                      "lmdeploy": (lambda: bm.lmd.apply_rotary_pos_emb(q, k, cos, sin, q_embed=q, k_embed=k)
+                                   and None) if bm.lmd else None})
+
     for T, bs in ((32, 64), (4096, 64), (16384, 16)):
         Hkv, D = 8, 128
         nb = T // bs + 8
