@@ -35,9 +35,12 @@ Run = tuple[list[int], list[int], list[dict[int, float]]]
 """prompt ids, generated ids, the engine's top-k raw logits per step"""
 
 
-def _errors(top: list[dict[int, float]], ref: torch.Tensor) -> list[float]:
-    """Per step: the largest |logit - ref| over the engine's top-k tokens."""
-    return [max(abs(v - float(ref[i, t])) for t, v in step.items()) for i, step in enumerate(top)]
+def _errors(top: list[dict[int, float]], ref: torch.Tensor, other: torch.Tensor | None = None) -> list[float]:
+    """Per step: the largest |logit - ref| over the engine's top-k tokens, the logits being the engine's own
+    or, with ``other`` ([steps, V]), those of ``other`` at the same tokens. ``ref``/``other`` on the host."""
+    if other is None:
+        return [max(abs(v - float(ref[i, t])) for t, v in step.items()) for i, step in enumerate(top)]
+    return [max(abs(float(other[i, t] - ref[i, t])) for t in step) for i, step in enumerate(top)]
 
 
 def check_against_hf(
@@ -66,8 +69,9 @@ def check_against_hf(
             ]
             if not_top1:
                 failures.append(f"{where}: at steps {not_top1[:5]} the token is not the engine's own top-1")
-            err = [max(abs(v - float(f32[i, t])) for t, v in st.items()) for i, st in enumerate(top)]
-            hf_err = [max(abs(float(b16[i, t] - f32[i, t])) for t in st) for i, st in enumerate(top)]
+            f32_host, b16_host = f32.cpu(), b16.cpu()  # one transfer instead of one sync per element
+            err = _errors(top, f32_host)
+            hf_err = _errors(top, f32_host, b16_host)  # HF's own bf16 error on the same tokens
             deficits, gaps = hf_oracle.deficits_and_gaps(f32, generated)
             best = f32.argmax(-1)
             agree = sum(int(best[i]) == t for i, t in enumerate(generated)) / len(generated)
