@@ -356,3 +356,79 @@ def test_fill_then_paged_prefill_and_decode(layout):
         for b in range(2)
     ])
     _close(got, want, torch.float32)
+
+
+# --------------------------------------------------------------------------- non-finite inputs, degenerate metadata
+
+NONFINITE = {
+    # id: (causal, window, where the non-finite values go: (tensor, index, value))
+    "nan-q-row": (True, None, [("q", (2, 1), float("nan"))]),
+    "nan-k-propagates-to-later-queries": (True, None, [("k", (3, 0), float("nan"))]),
+    "nan-v-causally-masked": (True, None, [("v", (5, 1), float("nan"))]),
+    "nan-v-outside-window": (True, 2, [("v", (0, 0), float("nan")), ("k", (1, 1), float("nan"))]),
+    "inf-v": (True, None, [("v", (2, 0, 1), float("inf")), ("v", (4, 0, 2), float("-inf")),
+                           ("v", (3, 0, 2), float("inf"))]),
+    "nan-noncausal": (False, None, [("v", (4, 1, 0), float("nan"))]),
+}
+
+
+@pytest.mark.parametrize("case", list(NONFINITE), ids=list(NONFINITE))
+def test_prefill_attention_nonfinite_inputs_follow_the_math(case):
+    """A NaN in q or a visible k/v reaches the output; a masked-out k/v never does (float64 oracle)."""
+    causal, window, poison = NONFINITE[case]
+    lens, hq, hkv, d = [6, 3], 4, 2, 8
+    t = sum(lens)
+    x = {"q": _rand(t, hq, d), "k": _rand(t, hkv, d), "v": _rand(t, hkv, d)}
+    for name, index, value in poison:
+        x[name][index] = value
+    cu = _cu(lens)
+    got = ops.prefill_attention(x["q"], x["k"], x["v"], cu, max_seqlen_q=6, causal=causal, window=window,
+                                softcap=None, scale=None, alibi_slopes=None)
+    want = torch.cat([dense_attention(x["q"][s:e], x["k"][s:e], x["v"][s:e], list(range(e - s)), causal=causal,
+                                      scale=None, window=window, softcap=None, alibi=None)
+                      for s, e in zip(cu.tolist(), cu.tolist()[1:])])
+    assert want.isnan().any() or want.isinf().any(), "the case must poison some outputs"
+    assert torch.isfinite(want).any(), "and leave others finite"
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_paged_decode_nan_value_outside_window_does_not_leak():
+    ctx, hq, hkv, d, window = [20, 9], 4, 2, 8, 5
+    ctx_k = [_rand(n, hkv, d) for n in ctx]
+    ctx_v = [_rand(n, hkv, d) for n in ctx]
+    ctx_v[0][3] = float("nan")  # outside the window of the decode query at position 19
+    ctx_v[1][8, 1] = float("nan")  # inside the window: reaches heads 2 and 3 of sequence 1
+    kc, vc, table = build_paged(ctx_k, ctx_v, 16, "NHD", torch.float32)
+    q = _rand(2, hq, d)
+    got = ops.paged_decode_attention(q, kc, vc, table, torch.tensor(ctx, dtype=torch.int32), max_seqlen_kv=20,
+                                     window=window, scale=None, softcap=None, alibi_slopes=None, kv_layout="NHD")
+    want = torch.cat([dense_attention(q[b:b + 1], ctx_k[b], ctx_v[b], [ctx[b] - 1], causal=True, scale=None,
+                                      window=window, softcap=None, alibi=None) for b in range(2)])
+    assert torch.isfinite(want[0]).all() and want[1, 2:].isnan().all() and torch.isfinite(want[1, :2]).all()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+BAD_OFFSETS = {
+    "starts-above-0": [1, 3, 5],
+    "ends-before-T": [0, 2, 4],
+    "decreasing": [0, 4, 2, 5],
+    "empty": [],
+    "2-d": [[0, 3, 5]],
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OFFSETS), ids=list(BAD_OFFSETS))
+def test_reference_kernels_refuse_offsets_that_leave_rows_unwritten(case):
+    """Called directly (no validation in front), the reference never returns uninitialised rows."""
+    from dlinfer.reference import attention as ref
+
+    cu = torch.tensor(BAD_OFFSETS[case], dtype=torch.int32)
+    q, k, v = _rand(5, 4, 8), _rand(5, 2, 8), _rand(5, 2, 8)
+    opts = {"scale": None, "window": None, "softcap": None, "alibi_slopes": None}
+    with pytest.raises(ValueError, match="prefill_attention: cu_seqlens_q must"):
+        ref.prefill_attention(q, k, v, cu, max_seqlen_q=5, causal=True, cu_seqlens_q_cpu=None, **opts)
+    kc, vc, table = build_paged([k[:3], k[3:]], [v[:3], v[3:]], 16, "NHD", torch.float32)
+    with pytest.raises(ValueError, match="paged_prefill_attention: cu_seqlens_q must"):
+        ref.paged_prefill_attention(q, kc, vc, table, cu, torch.tensor([3, 2], dtype=torch.int32), max_seqlen_q=5,
+                                    max_seqlen_kv=5, causal=True, kv_layout="NHD", cu_seqlens_q_cpu=None,
+                                    seqlens_kv_cpu=None, **opts)

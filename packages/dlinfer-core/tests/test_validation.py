@@ -157,11 +157,26 @@ CASES = {
                                    "seqlens_kv_cpu", "host (cpu)", "device meta", False),
     # ---- malformed metadata
     "meta/cu-not-from-0": Case("prefill_attention", lambda: _prefill(cu=_i32([1, 3, 5])), "cu_seqlens_q",
-                               "cu_seqlens_q[0] == 0", "1", False),
+                               "cu_seqlens_q[0] == 0", "1", True),
+    "meta/cu-empty": Case("prefill_attention", lambda: _prefill(cu=_i32([])), "cu_seqlens_q",
+                          "dim B+1 >= 1", "shape [0]", True),
+    "rank/cu-2d": Case("prefill_attention", lambda: _prefill(cu=_i32([[0, 3, 5]])), "cu_seqlens_q",
+                       "1-d tensor [B+1]", "2-d shape [1, 3]", True),
+    "meta/paged-cu-not-from-0": Case("paged_prefill_attention", lambda: _paged_prefill(cu=_i32([1, 2, 5])),
+                                     "cu_seqlens_q", "cu_seqlens_q[0] == 0", "1", True),
+    "meta/paged-cu-ends-early": Case("paged_prefill_attention", lambda: _paged_prefill(cu=_i32([0, 2, 4])),
+                                     "cu_seqlens_q", "last offset == number of query tokens (5)", "4", True),
+    "meta/paged-cu-empty": Case("paged_prefill_attention", lambda: _paged_prefill(cu=_i32([])),
+                                "cu_seqlens_q", "dim B+1 >= 1", "shape [0]", True),
+    "meta/cu-mirror-differs": Case("prefill_attention", lambda: _prefill(cu_seqlens_q_cpu=_i32([0, 2, 5])),
+                                   "cu_seqlens_q_cpu", "same values as cu_seqlens_q", "[0, 2, 5]", False),
+    "meta/paged-cu-mirror-differs": Case("paged_prefill_attention",
+                                         lambda: _paged_prefill(cu_seqlens_q_cpu=_i32([0, 3, 5])),
+                                         "cu_seqlens_q_cpu", "same values as cu_seqlens_q", "[0, 3, 5]", False),
     "meta/cu-decreasing": Case("prefill_attention", lambda: _prefill(cu=_i32([0, 4, 2, 5])), "cu_seqlens_q",
                                "non-decreasing", "[0, 4, 2, 5]", True),
     "meta/cu-last": Case("prefill_attention", lambda: _prefill(cu=_i32([0, 2, 4])), "cu_seqlens_q",
-                         "last offset == number of query tokens (5)", "4", False),
+                         "last offset == number of query tokens (5)", "4", True),
     "meta/max_seqlen_q-small": Case("prefill_attention", lambda: _prefill(max_seqlen_q=2), "max_seqlen_q",
                                     ">= the longest query (3)", "2", False),
     "meta/block-id-out-of-range": Case("paged_decode_attention", lambda: _decode(table=_i32([[0, 7], [2, 0]])),
@@ -232,14 +247,14 @@ def test_shapes_mode_checks_shapes_but_not_metadata_values():
     with pytest.raises(DlinferArgumentError) as info:
         CASES["shape/add_rms_norm-residual"].call()
     assert info.value.__context__ is None
-    out = _prefill(cu=_i32([1, 3, 5]))  # metadata values are not read in "shapes" mode
+    out = _prefill(max_seqlen_q=2)  # metadata values are not read in "shapes" mode (the reference ignores this one)
     assert out.shape == (5, 4, 8)
 
 
 def test_valid_calls_pass_in_every_mode():
     for mode in ("off", "shapes", "full"):
         dlinfer.set_validation(mode)
-        assert _prefill().shape == (5, 4, 8)
+        assert _prefill(cu_seqlens_q_cpu=_i32([0, 3, 5])).shape == (5, 4, 8)
         assert _decode(seqlens_kv_cpu=_i32([20, 5])).shape == (2, 4, 8)
         assert _paged_prefill().shape == (5, 4, 8)
         assert _fill(torch.tensor([0, -1, 47, 16])) is None

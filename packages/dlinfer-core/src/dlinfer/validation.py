@@ -75,6 +75,8 @@ class Binding:
             if self.check and (size - off) % coef != 0:
                 self.fail(arg, f"dim {sym} to be a multiple of {coef}", f"shape {full}")
             value = (size - off) // coef
+            if self.check and value < 0:
+                self.fail(arg, f"dim {sym} >= {off}", f"shape {full}")
             if name not in self.sizes:
                 self.sizes[name] = value
             elif self.check and self.sizes[name] != value:
@@ -154,6 +156,8 @@ def check_metadata(spec: OpSpec, values: Mapping[str, Any], b: Binding) -> None:
     name = spec.name
     if "cu_seqlens_q" in values:
         cu = _ints(values["cu_seqlens_q"])
+        if not cu:
+            fail("cu_seqlens_q", "at least one offset [B+1]", "an empty tensor")
         if cu[0] != 0:
             fail("cu_seqlens_q", "cu_seqlens_q[0] == 0", f"{cu[0]}")
         if any(b2 < a for a, b2 in zip(cu, cu[1:])):
@@ -190,9 +194,9 @@ def check_metadata(spec: OpSpec, values: Mapping[str, Any], b: Binding) -> None:
             bad = [x for x in ids if not 0 <= x < nb]
             if bad:
                 fail("block_table", f"block ids in [0, {nb}) for sequence {i}", f"{bad}")
-        for mirror, ref in (("seqlens_kv_cpu", "seqlens_kv"), ("cu_seqlens_q_cpu", "cu_seqlens_q")):
-            if values.get(mirror) is not None and _ints(values[mirror]) != _ints(values[ref]):
-                fail(mirror, f"the same values as {ref}", f"{_ints(values[mirror])}")
+    for mirror, ref in (("seqlens_kv_cpu", "seqlens_kv"), ("cu_seqlens_q_cpu", "cu_seqlens_q")):
+        if values.get(mirror) is not None and _ints(values[mirror]) != _ints(values[ref]):
+            fail(mirror, f"the same values as {ref}", f"{_ints(values[mirror])}")
     if "slot_mapping" in values:
         layout = values.get("kv_layout") or "NHD"
         cache = values["key_cache"]

@@ -45,9 +45,39 @@ def attend(
     if window is not None:
         visible &= rel > -window
     s = s.masked_fill(~visible, float("-inf"))
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a query that sees nothing gets zeros
-    out = torch.matmul(p, vf)  # [Hkv, G, n, Dv]
+    p = torch.softmax(s, dim=-1)  # a NaN score (from q or a visible k) makes its row NaN, as in the math
+    p = p.masked_fill(~visible.any(-1, keepdim=True), 0.0)  # a query that sees nothing gets zeros
+    finite = torch.isfinite(vf)
+    if bool(finite.all()):
+        out = torch.matmul(p, vf)  # [Hkv, G, n, Dv]
+    else:
+        out = _nonfinite_values(p, vf, finite, visible)
     return out.permute(2, 0, 1, 3).reshape(n, hq, -1).to(q.dtype)
+
+
+def _nonfinite_values(p: torch.Tensor, vf: torch.Tensor, finite: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """p @ v where v holds NaN/inf: only visible keys contribute, as in the math (a plain matmul would leak
+    0 * NaN from masked keys); a visible key's weight is positive, so its inf gives inf, +inf and -inf give NaN.
+    p [Hkv, G, n, L], vf [Hkv, 1, L, Dv], visible [n, L] -> [Hkv, G, n, Dv]."""
+    out = torch.matmul(p, torch.where(finite, vf, 0.0))
+    seen = visible.float() @ torch.stack((torch.isnan(vf), vf == float("inf"), vf == float("-inf"))).float()
+    nan, pos, neg = (seen > 0).unbind(0)  # each [Hkv, 1, n, Dv]
+    nan = nan | (pos & neg) | torch.isnan(out)  # isnan(out): a NaN weight (from q or k)
+    out = torch.where(pos, float("inf"), torch.where(neg, float("-inf"), out))
+    return torch.where(nan, float("nan"), out)
+
+
+def _offsets(op: str, cu_seqlens_q: torch.Tensor, total: int) -> list[int]:
+    """cu_seqlens_q as a list, refused unless it is 1-d, starts at 0, never decreases and ends at ``total``
+    (otherwise some output rows would never be written)."""
+    if cu_seqlens_q.dim() != 1 or cu_seqlens_q.numel() == 0:
+        raise ValueError(f"{op}: cu_seqlens_q must be a non-empty 1-d tensor [B+1], got shape "
+                         f"{list(cu_seqlens_q.shape)}")
+    cu = cu_seqlens_q.tolist()
+    if cu[0] != 0 or cu[-1] != total or any(b < a for a, b in zip(cu, cu[1:])):
+        raise ValueError(f"{op}: cu_seqlens_q must rise from 0 to the number of query tokens ({total}), "
+                         f"got {cu}")
+    return cu
 
 
 def prefill_attention(
@@ -66,7 +96,7 @@ def prefill_attention(
 ) -> torch.Tensor:
     """Varlen attention of q [T, Hq, D] over k [T, Hkv, D] / v [T, Hkv, Dv] -> [T, Hq, Dv]."""
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
-    cu = cu_seqlens_q.tolist()
+    cu = _offsets("prefill_attention", cu_seqlens_q, q.shape[0])
     for start, end in zip(cu, cu[1:]):
         if end == start:
             continue
@@ -100,7 +130,10 @@ def paged_prefill_attention(
     dv = value_cache.shape[-1]
     out = q.new_empty(q.shape[0], q.shape[1], dv)
     bs = block_size(key_cache, layout)
-    cu = cu_seqlens_q.tolist()
+    cu = _offsets("paged_prefill_attention", cu_seqlens_q, q.shape[0])
+    if seqlens_kv.shape != (len(cu) - 1,):
+        raise ValueError(f"paged_prefill_attention: seqlens_kv must have one length per sequence ({len(cu) - 1}), "
+                         f"got shape {list(seqlens_kv.shape)}")
     for b, (start, end, ctx) in enumerate(zip(cu, cu[1:], seqlens_kv.tolist())):
         if end == start:
             continue
