@@ -4,15 +4,47 @@
 runner. Decode steps of up to the largest capture size are padded to a capture bucket
 (powers of two up to ``max_batch_size``, or ``cudagraph_capture_batch_sizes``), run from
 fixed buffers and replayed; padding rows write nothing (slot ``-1``) and read one cached
-position. Prefill steps, and anything else this runner does not know how to hold in fixed
-buffers (input embeddings, extra model inputs), run eagerly.
+position.
+
+What a captured decode step holds (as LMDeploy's ``CudaGraphMixin`` does for its CUDA graphs):
+
+- ``input_ids``, ``position_ids`` ``[1, bucket]`` and the attention metadata: fixed buffers,
+  copied before every replay;
+- decode-shaped extra tensors: ``mrope_position_ids [3, bucket]`` (Qwen2-VL family) and
+  ``inputs_embeds [1, bucket, hidden]``, fixed buffers copied like ``position_ids`` (padding
+  zeroed); their dtype and non-token dimensions are part of the capture key;
+- extra keyword arguments that are ``None`` (every VLM's ``pixel_values``, ``image_mask``,
+  ``vis_cu_seqlens``, ``images``, ``lang_ids`` ... in decode) or immutable constants
+  (``bool/int/float/str/bytes``, dtypes, devices: e.g. InternVL's ``image_token_id``): part of the
+  capture key, so a step whose values differ never replays a graph captured with others;
+- InternVL's ``context=`` (the step context itself): passed through.
+
+Anything else makes the step run eagerly, **counted and reported**: a one-time warning per
+reason names it (e.g. ``kwarg pixel_values``), and the counters below record it. Prefill runs
+eagerly by design and is counted under :data:`PREFILL`, apart from decode fallbacks.
+
+Counting API (for tests; the GPU tests assert "no eager decode step in graph mode"):
+
+- ``runner.eager_steps: Counter[str]`` (reason -> steps run eagerly, including ``"prefill"``),
+  ``runner.graphed_steps: int`` (decode steps captured or replayed), ``runner.eager_decode_steps``;
+- :func:`live_runners` -> the graph runners of this process's live engines;
+- :func:`step_counts` -> a :class:`StepCounts` copy of this process's totals over all runners;
+- ``with counting() as counts: ...`` -> the :class:`StepCounts` of the steps run inside the block
+  (filled when it exits): ``assert counts.eager_decode == 0, counts.eager``.
+
+Counts are per process: with ``tp > 1`` the engines run in worker processes and their counts are
+not visible to the caller.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass
+import weakref
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,7 +55,65 @@ from dlinfer_lmdeploy.metadata import DlinferAttentionMetadata
 
 logger = logging.getLogger("dlinfer_lmdeploy")
 
-_GRAPH_INPUTS = frozenset({"input_ids", "position_ids", "past_key_values", "attn_metadata", "inputs_embeds"})
+PREFILL = "prefill"
+"""The eager-step reason of prefill steps (eager by design, not a fallback)."""
+
+_IDS = ("input_ids", "position_ids")
+_FRAME = frozenset({"input_ids", "position_ids", "past_key_values", "attn_metadata"})
+_TOKEN_AXIS: dict[str, int] = {"mrope_position_ids": 1, "inputs_embeds": 1}
+"""Decode-shaped extra inputs held in fixed buffers: name -> token axis."""
+_CONSTANT_TYPES = (bool, int, float, str, bytes, torch.dtype, torch.device)
+
+
+@dataclass
+class StepCounts:
+    """Forward steps of graph runners: decode steps graphed, and steps run eagerly by reason."""
+
+    graphed: int = 0
+    eager: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def prefill(self) -> int:
+        return self.eager[PREFILL]
+
+    @property
+    def eager_decode(self) -> int:
+        """Decode (non-prefill) steps that ran eagerly in graph mode."""
+        return sum(n for reason, n in self.eager.items() if reason != PREFILL)
+
+    def copy(self) -> StepCounts:
+        return StepCounts(self.graphed, Counter(self.eager))
+
+    def since(self, before: StepCounts) -> StepCounts:
+        eager = Counter(self.eager)
+        eager.subtract(before.eager)
+        return StepCounts(self.graphed - before.graphed, +eager)
+
+
+_TOTALS = StepCounts()
+_RUNNERS: weakref.WeakSet[DlinferGraphRunner] = weakref.WeakSet()
+
+
+def step_counts() -> StepCounts:
+    """A copy of this process's step counts over every graph runner built so far."""
+    return _TOTALS.copy()
+
+
+@contextmanager
+def counting() -> Iterator[StepCounts]:
+    """``with counting() as c:`` -> ``c`` holds the steps run inside the block once it exits."""
+    before = _TOTALS.copy()
+    result = StepCounts()
+    try:
+        yield result
+    finally:
+        delta = _TOTALS.since(before)
+        result.graphed, result.eager = delta.graphed, delta.eager
+
+
+def live_runners() -> list[DlinferGraphRunner]:
+    """The graph runners of this process's live engines."""
+    return list(_RUNNERS)
 
 
 def _parameters(fn: Any) -> tuple[str, ...]:
@@ -43,12 +133,22 @@ def _first_tokens(output: Any, n: int, clone: bool = False) -> Any:
     return output
 
 
+def _overrides(model: torch.nn.Module, name: str) -> bool:
+    """True when the model defines ``name`` itself rather than inheriting LMDeploy's CudaGraphMixin default."""
+    from lmdeploy.pytorch.models.utils.cudagraph import CudaGraphMixin
+
+    mine = getattr(type(model), name, None)
+    return mine is not None and mine is not getattr(CudaGraphMixin, name, None)
+
+
 @dataclass
 class _Captured:
     batch: int
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
+    buffers: dict[str, torch.Tensor]
+    """input_ids, position_ids and the decode-shaped extras: fixed ``bucket``-token buffers."""
     meta: DlinferAttentionMetadata
+    kwargs: dict[str, Any]
+    """The forward's keyword arguments: the buffers, the metadata, constants (incl. None)."""
     graph: Any = None
     output: torch.Tensor | None = None
 
@@ -68,10 +168,12 @@ class DlinferGraphRunner(GraphRunner):
         super().__init__(model, model_config, cache_config, backend_config, device)
         if plugin.graph is None:
             raise ValueError(f"dlinfer backend '{plugin.name}' declares no device graph")
+        from lmdeploy.pytorch.models.utils.cudagraph import CudaGraphMixin
+
         self.plugin = plugin
         self.graph_decl = plugin.graph
         self.pool = self.graph_decl.pool_factory() if self.graph_decl.pool_factory is not None else None
-        self.captured: dict[int, _Captured] = {}
+        self.captured: dict[tuple[Any, ...], _Captured] = {}
         self.capture_sizes = sorted(self.get_capture_batch_sizes())
         block_size = cache_config.kernel_block_size or cache_config.block_size
         max_pos = getattr(getattr(model_config, "hf_config", None), "max_position_embeddings", None)
@@ -80,6 +182,21 @@ class DlinferGraphRunner(GraphRunner):
             blocks = min(blocks, -(-int(max_pos) // block_size))
         self.max_blocks = max(blocks, 1)
         self.block_size = block_size
+        # LMDeploy graphs only models with its CUDA-graph mixin; a model may decline per step.
+        self._mixin = isinstance(model, CudaGraphMixin)
+        self._support = model.support_cuda_graph if self._mixin and _overrides(model, "support_cuda_graph") else None
+        self._extra_key = (
+            model.get_cudagraph_extra_key if self._mixin and _overrides(model, "get_cudagraph_extra_key") else None
+        )
+        self.eager_steps: Counter[str] = Counter()
+        self.graphed_steps = 0
+        self._warned: set[str] = set()
+        _RUNNERS.add(self)
+
+    @property
+    def eager_decode_steps(self) -> int:
+        """Decode steps this runner ran eagerly (fallbacks; prefill excluded)."""
+        return sum(n for reason, n in self.eager_steps.items() if reason != PREFILL)
 
     # -- selection ---------------------------------------------------------------------------
     def _bucket(self, batch: int) -> int | None:
@@ -88,40 +205,94 @@ class DlinferGraphRunner(GraphRunner):
                 return size
         return None
 
-    def _graphable(self, kwargs: dict[str, Any]) -> int | None:
+    def _plan(self, kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], None] | tuple[None, tuple[str, str]]:
+        """``(capture key, None)`` for a step this runner graphs, else ``(None, (reason, detail))``."""
         meta = kwargs.get("attn_metadata")
-        if not isinstance(meta, DlinferAttentionMetadata) or not meta.is_decoding:
-            return None
-        if kwargs.get("inputs_embeds") is not None or set(kwargs) - _GRAPH_INPUTS:
-            return None
-        context = self.ctx_mgr.current_context()
-        if not context.global_is_decoding():
-            return None
+        if not isinstance(meta, DlinferAttentionMetadata):
+            return None, ("attn_metadata", f"attn_metadata is {type(meta).__name__}, not DlinferAttentionMetadata")
+        if not meta.is_decoding:
+            return None, (PREFILL, "")
+        if not self._mixin:
+            return None, ("model", f"{type(self.model).__name__} has no LMDeploy CudaGraphMixin")
+        if not self.ctx_mgr.current_context().global_is_decoding():
+            return None, ("rank not decoding", "another rank runs a prefill in this step")
         batch = int(meta.block_offsets.shape[0])
-        if int(kwargs["input_ids"].numel()) != batch or meta.block_offsets.shape[1] > self.max_blocks:
-            return None
-        return self._bucket(batch)
+        tokens = int(kwargs["input_ids"].numel())
+        if tokens != batch:
+            return None, ("tokens per sequence", f"{tokens} tokens for {batch} sequences (expected one each)")
+        if meta.block_offsets.shape[1] > self.max_blocks:
+            return None, (
+                "block table",
+                f"block table of {meta.block_offsets.shape[1]} blocks, captured graphs hold {self.max_blocks}",
+            )
+        bucket = self._bucket(batch)
+        if bucket is None:
+            return None, ("batch size", f"batch {batch} above the largest capture size {self.capture_sizes[-1]}")
+        signature: list[tuple[Any, ...]] = []
+        extras: dict[str, Any] = {}
+        for name, value in kwargs.items():
+            if name in _FRAME:
+                continue
+            if value is None or isinstance(value, _CONSTANT_TYPES):
+                signature.append((name, value))
+            elif name in _TOKEN_AXIS and isinstance(value, torch.Tensor):
+                axis = _TOKEN_AXIS[name]
+                if value.dim() <= axis or value.shape[axis] != tokens:
+                    return None, (
+                        f"kwarg {name}",
+                        f"{name} of shape {tuple(value.shape)}: expected {tokens} tokens on axis {axis}",
+                    )
+                signature.append((name, value.dtype, value.shape[:axis], value.shape[axis + 1 :]))
+            elif name == "context" and value is self.ctx_mgr.current_context():
+                signature.append((name,))
+            else:
+                return None, (f"kwarg {name}", f"{name} = {type(value).__name__} cannot be held in a graph")
+            extras[name] = value
+        if self._support is not None and not self._support(**kwargs):
+            return None, ("model", f"{type(self.model).__name__}.support_cuda_graph() declined the step")
+        key: tuple[Any, ...] = (bucket, tuple(signature))
+        if self._extra_key is not None:
+            key += tuple(self._extra_key(**extras))
+        return key, None
+
+    def _eager(self, reason: str, detail: str, kwargs: dict[str, Any]) -> Any:
+        self.eager_steps[reason] += 1
+        _TOTALS.eager[reason] += 1
+        if reason != PREFILL and reason not in self._warned:
+            self._warned.add(reason)
+            logger.warning(
+                "%s graph mode: a decode step runs eagerly (%s); later steps for the same reason are only "
+                "counted (dlinfer_lmdeploy.graph_runner.step_counts())",
+                self.plugin.name,
+                detail,
+            )
+        return self.model(**kwargs)
 
     def __call__(self, **kwargs: Any) -> Any:
-        bucket = self._graphable(kwargs)
-        if bucket is None:
-            return self.model(**kwargs)
-        entry = self.captured.get(bucket)
+        key, why = self._plan(kwargs)
+        if key is None:
+            assert why is not None
+            return self._eager(*why, kwargs)
+        self.graphed_steps += 1
+        _TOTALS.graphed += 1
+        entry = self.captured.get(key)
         if entry is None:
-            return self._capture(bucket, kwargs)
+            return self._capture(key, kwargs)
         self._fill(entry, kwargs)
         if self.graph_decl.update_before_replay is not None:
             self.graph_decl.update_before_replay(entry.graph, self._host_args(entry))
         if getattr(entry.graph, "rerun_instead_of_replay", False):
             # Host-side stand-in graphs (tests on CPU): run the forward again from the fixed buffers.
-            entry.output = self.model(**self._graph_kwargs(entry, kwargs))
+            entry.output = self.model(**self._live_kwargs(entry, kwargs))
         else:
             entry.graph.replay()
         assert entry.output is not None
         return _first_tokens(entry.output, kwargs["input_ids"].shape[-1])
 
     # -- buffers -----------------------------------------------------------------------------
-    def _new_entry(self, bucket: int, like: DlinferAttentionMetadata, input_ids: torch.Tensor) -> _Captured:
+    def _new_entry(self, bucket: int, kwargs: dict[str, Any]) -> _Captured:
+        like: DlinferAttentionMetadata = kwargs["attn_metadata"]
+        input_ids: torch.Tensor = kwargs["input_ids"]
         device = input_ids.device
         i32 = dict(dtype=torch.int32, device=device)
         meta = DlinferAttentionMetadata(
@@ -142,22 +313,36 @@ class DlinferGraphRunner(GraphRunner):
         if self.plugin.host_seqlens:
             meta.cu_seqlens_q_cpu = torch.arange(bucket + 1, dtype=torch.int32)
             meta.seqlens_kv_cpu = torch.ones(bucket, dtype=torch.int32)
-        return _Captured(
-            batch=bucket,
-            input_ids=torch.zeros(1, bucket, dtype=input_ids.dtype, device=device),
-            position_ids=torch.zeros(1, bucket, dtype=torch.long, device=device),
-            meta=meta,
-        )
+        buffers = {
+            "input_ids": torch.zeros(1, bucket, dtype=input_ids.dtype, device=device),
+            "position_ids": torch.zeros(1, bucket, dtype=torch.long, device=device),
+        }
+        forward_kwargs: dict[str, Any] = {}
+        for name, value in kwargs.items():
+            if name in _FRAME:
+                continue
+            if isinstance(value, torch.Tensor):  # a decode-shaped extra (checked by _plan)
+                shape = list(value.shape)
+                shape[_TOKEN_AXIS[name]] = bucket
+                buffers[name] = value.new_zeros(shape)
+            else:  # None, a constant, or the step context
+                forward_kwargs[name] = value
+        forward_kwargs.update(buffers, past_key_values=kwargs["past_key_values"], attn_metadata=meta)
+        return _Captured(batch=bucket, buffers=buffers, meta=meta, kwargs=forward_kwargs)
 
     def _fill(self, entry: _Captured, kwargs: dict[str, Any]) -> None:
         src: DlinferAttentionMetadata = kwargs["attn_metadata"]
         dst = entry.meta
         b = int(src.block_offsets.shape[0])
         width = int(src.block_offsets.shape[1])
-        entry.input_ids[:, :b].copy_(kwargs["input_ids"].view(1, -1))
-        entry.input_ids[:, b:].zero_()
-        entry.position_ids[:, :b].copy_(kwargs["position_ids"].view(1, -1))
-        entry.position_ids[:, b:].zero_()
+        for name, buf in entry.buffers.items():
+            if name in _IDS:
+                buf[:, :b].copy_(kwargs[name].view(1, -1))
+                buf[:, b:].zero_()
+            else:
+                axis = _TOKEN_AXIS[name]
+                buf.narrow(axis, 0, b).copy_(kwargs[name])
+                buf.narrow(axis, b, entry.batch - b).zero_()
         dst.block_offsets[:b, :width].copy_(src.block_offsets)
         dst.kv_seqlens[:b].copy_(src.kv_seqlens)
         dst.kv_seqlens[b:].fill_(1)  # padding rows read one cached position of whatever block they hold
@@ -173,6 +358,9 @@ class DlinferGraphRunner(GraphRunner):
         context.kv_seqlens = dst.kv_seqlens
         context.q_start_loc = dst.q_start_loc
         context.block_offsets = dst.block_offsets
+        mrope = entry.buffers.get("mrope_position_ids")
+        if mrope is not None:
+            context.mrope_position_ids = mrope
 
     def _host_args(self, entry: _Captured) -> dict[str, Any]:
         return {
@@ -181,21 +369,19 @@ class DlinferGraphRunner(GraphRunner):
             "batch_size": entry.batch,
         }
 
-    def _graph_kwargs(self, entry: _Captured, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return dict(
-            input_ids=entry.input_ids,
-            position_ids=entry.position_ids,
-            past_key_values=kwargs["past_key_values"],
-            attn_metadata=entry.meta,
-            inputs_embeds=None,
-        )
+    def _live_kwargs(self, entry: _Captured, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The captured forward's arguments with this step's cache and step context (host re-runs)."""
+        live = dict(entry.kwargs, past_key_values=kwargs["past_key_values"])
+        if "context" in live:
+            live["context"] = kwargs["context"]
+        return live
 
     # -- capture -----------------------------------------------------------------------------
-    def _capture(self, bucket: int, kwargs: dict[str, Any]) -> Any:
-        entry = self._new_entry(bucket, kwargs["attn_metadata"], kwargs["input_ids"])
+    def _capture(self, key: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        bucket = int(key[0])
+        entry = self._new_entry(bucket, kwargs)
         self._fill(entry, kwargs)
-        graph_kwargs = self._graph_kwargs(entry, kwargs)
-        warmup = self.model(**graph_kwargs)  # also the result of this step
+        warmup = self.model(**entry.kwargs)  # also the result of this step
         result = _first_tokens(warmup, kwargs["input_ids"].shape[-1], clone=True)
         graph = self.graph_decl.graph_factory()
         capture_kwargs: dict[str, Any] = {}
@@ -205,10 +391,16 @@ class DlinferGraphRunner(GraphRunner):
             # LMDeploy copies inputs from other threads while a graph may be captured.
             capture_kwargs["capture_error_mode"] = "thread_local"
         with self.graph_decl.capture(graph, **capture_kwargs):
-            entry.output = self.model(**graph_kwargs)
+            entry.output = self.model(**entry.kwargs)
         entry.graph = graph
-        self.captured[bucket] = entry
-        logger.info("captured a %s decode graph for batch %d", self.plugin.name, bucket)
+        self.captured[key] = entry
+        extras = sorted(name for name in entry.buffers if name not in _IDS)
+        logger.info(
+            "captured a %s decode graph for batch %d%s",
+            self.plugin.name,
+            bucket,
+            f" (with {', '.join(extras)})" if extras else "",
+        )
         return result
 
     def reset(self) -> None:
