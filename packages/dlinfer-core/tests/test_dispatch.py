@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from plugin_fixtures import plugin_env, register_scenarios
+from plugin_fixtures import plugin_env, register_command, register_scenarios
 
 import dlinfer.ops
 from dlinfer.spec import SPECS
@@ -19,6 +19,7 @@ GOOD_OPS = ("rms_norm", "silu_and_mul")
 
 USE_GOOD = """
 import dlinfer_test_goodcpu as good
+good.CALLS.clear()                           # other scenarios of this interpreter used goodcpu before
 from dlinfer.reference.ops import OPS as REF
 x, w = torch.randn(3, 16), torch.randn(16)
 y = ops.rms_norm(x, w)                       # the first call activates the auto-selected backend
@@ -46,6 +47,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "strict-env": {"env": {"DLINFER_STRICT": "1"}, "code": "result = dlinfer.activate().name"},
     "strict-arg": {"code": "result = dlinfer.activate(strict=True).name"},
     "strict-env-0": {"env": {"DLINFER_STRICT": "0"}, "code": "result = dlinfer.activate().name"},
+    "strict-env-false": {"env": {"DLINFER_STRICT": "False"}, "code": "result = dlinfer.activate().name"},
+    "strict-env-off": {"env": {"DLINFER_STRICT": " off "}, "code": "result = dlinfer.activate().name"},
+    "strict-env-yes": {"env": {"DLINFER_STRICT": "yes"}, "code": "result = dlinfer.activate().name"},
+    "strict-env-bogus": {"env": {"DLINFER_STRICT": "maybe"}, "code": "result = dlinfer.activate().name"},
     "strict-reference": {"env": {"DLINFER_STRICT": "1", "DLINFER_BACKEND": "reference"},
                          "code": "result = [dlinfer.activate().name, dispatch.TABLE.rms_norm.__module__]"},
     "strict-first-call": {"env": {"DLINFER_STRICT": "1"},
@@ -54,6 +59,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 
 
 register_scenarios("dispatch", SCENARIOS)
+_STATE = ["-c", "from dlinfer.dispatch import STATE; print(STATE.validate, STATE.full)"]
+register_command("validate-bogus", _STATE, {"DLINFER_VALIDATE": "everything"})
+register_command("validate-true", _STATE, {"DLINFER_VALIDATE": "true"})
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +91,7 @@ def test_missing_ops_warn_once_naming_backend_and_op(outcome):
     assert len(warns) == len(SPECS) - len(GOOD_OPS), warns
 
 
-@pytest.mark.parametrize("scenario", ["strict-env", "strict-arg", "strict-first-call"])
+@pytest.mark.parametrize("scenario", ["strict-env", "strict-arg", "strict-first-call", "strict-env-yes"])
 def test_strict_mode_refuses_backend_naming_missing_ops(outcome, scenario):
     res = outcome[scenario]
     assert res["error_type"] == "DlinferError", res
@@ -97,6 +105,37 @@ def test_strict_mode_refuses_backend_naming_missing_ops(outcome, scenario):
 def test_strict_mode_accepts_complete_backend_and_zero_means_off(outcome):
     assert outcome["strict-reference"]["result"] == ["reference", "dlinfer.reference.norm"]
     assert outcome["strict-env-0"]["result"] == "goodcpu"
+
+
+@pytest.mark.parametrize("scenario", ["strict-env-false", "strict-env-off"])
+def test_strict_off_spellings(outcome, scenario):
+    assert outcome[scenario]["error"] is None, outcome[scenario]
+    assert outcome[scenario]["result"] == "goodcpu"
+
+
+def test_strict_unknown_spelling_is_refused_naming_the_variable(outcome):
+    res = outcome["strict-env-bogus"]
+    assert res["error_type"] == "DlinferError", res
+    assert "DLINFER_STRICT='maybe' is not understood" in res["error"] and "false" in res["error"]
+
+
+VALIDATE_SPELLINGS = {"true": "full", "1": "full", "ON": "full", "full": "full", "shapes": "shapes", "Shapes": "shapes",
+                      "false": "off", "0": "off", "no": "off", "off": "off", "": "off"}
+
+
+@pytest.mark.parametrize("raw", list(VALIDATE_SPELLINGS))
+def test_validate_env_spellings(raw):
+    from dlinfer.dispatch import validation_mode
+
+    assert validation_mode(raw) == VALIDATE_SPELLINGS[raw]
+
+
+def test_validate_env_unknown_spelling_fails_at_import(tmp_path_factory):
+    proc = plugin_env(tmp_path_factory).command("validate-bogus")
+    assert proc.returncode != 0
+    assert "DLINFER_VALIDATE='everything' is not understood; use off, shapes or full" in proc.stderr, proc.stderr
+    proc = plugin_env(tmp_path_factory).command("validate-true")
+    assert proc.returncode == 0 and proc.stdout.split() == ["True", "True"], proc.stdout + proc.stderr
 
 
 # -- the public ops: real signatures and docstrings generated from the spec ------------------------------------------

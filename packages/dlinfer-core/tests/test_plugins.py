@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from plugin_fixtures import BROKEN_AT_DISCOVERY, BROKEN_OP_TABLE, PLUGINS, dist_name, plugin_env, register_scenarios
+from plugin_fixtures import (
+    BROKEN_AT_DISCOVERY,
+    BROKEN_OP_TABLE,
+    BROKEN_WHEN_SELECTED,
+    PLUGINS,
+    dist_name,
+    plugin_env,
+    register_scenarios,
+)
 
 from dlinfer.spec import API_VERSION
 
@@ -30,6 +38,30 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 for _name in BROKEN_AT_DISCOVERY + BROKEN_OP_TABLE:
     SCENARIOS[f"explicit-{_name}"] = {"env": {"DLINFER_BACKEND": _name}, "code": ACTIVATE}
+
+USE_OPS = """
+x, w = torch.randn(3, 16), torch.randn(16)
+y = ops.rms_norm(x, w)                                 # the first call selects and activates
+lin = ops.linear(torch.randn(2, 8), torch.randn(4, 8))
+from dlinfer.reference.norm import rms_norm as ref_rms_norm
+result = {"selected": dispatch.current().name, "rms_norm_ok": torch.allclose(y, ref_rms_norm(x, w, eps=1e-6)),
+          "linear_shape": list(lin.shape), "records": records()}
+"""
+for _name in BROKEN_WHEN_SELECTED:
+    SCENARIOS[f"auto-skips-{_name}"] = {"env": {"DLINFER_TEST_ENABLE": _name}, "code": USE_OPS}
+SCENARIOS["auto-skips-all-broken"] = {"env": {"DLINFER_TEST_ENABLE": ",".join(BROKEN_WHEN_SELECTED)},
+                                      "code": USE_OPS}
+SCENARIOS["explicit-opsraise"] = {"env": {"DLINFER_TEST_ENABLE": "opsraise", "DLINFER_BACKEND": "opsraise"},
+                                  "code": ACTIVATE}
+SCENARIOS["probe-raises"] = {
+    "env": {"DLINFER_TEST_ENABLE": "proberaises"},
+    "code": USE_OPS + "result['probe_error'] = REGISTRY.records['proberaises'].probe_error",
+}
+SCENARIOS["disable-reference"] = {"env": {"DLINFER_DISABLE_PLUGINS": "reference"}, "code": USE_OPS}
+SCENARIOS["disable-reference-and-good"] = {"env": {"DLINFER_DISABLE_PLUGINS": "reference,goodcpu"},
+                                           "code": USE_OPS}
+SCENARIOS["disable-reference-explicit"] = {
+    "env": {"DLINFER_DISABLE_PLUGINS": "reference,goodcpu", "DLINFER_BACKEND": "reference"}, "code": USE_OPS}
 
 
 register_scenarios("plugins", SCENARIOS)
@@ -138,3 +170,55 @@ def test_duplicate_backend_name_from_another_distribution(outcome):
     (err,) = [e for e in recs["errors"] if e["plugin"] == "impostor"]
     assert (err["dist"], err["version"]) == ("dlinfer-test-impostor", "0.9.0")
     assert err["error"] == "backend name 'goodcpu' is already registered by dlinfer-test-goodcpu 1.2.3"
+
+
+SKIP_CAUSES = {
+    "opsraise": "load_ops() failed: OSError: libvendorops.so: undefined symbol: aclnnRmsNorm",
+    "activateraises": "activate() failed: RuntimeError: device 0 is busy",
+    "badopname": "invalid op table: unknown op 'rms_norm_fast'",
+    "badsig": "invalid op table: op 'rms_norm' has parameters (x, w, eps), spec expects (x, weight, *eps)",
+}
+
+
+@pytest.mark.parametrize("plugin", BROKEN_WHEN_SELECTED)
+def test_auto_selected_plugin_that_fails_is_reported_and_skipped(outcome, plugin):
+    """An available plugin whose op table or activation fails is skipped, named with version and cause."""
+    r = _ok(outcome, f"auto-skips-{plugin}")
+    assert r["selected"] == "goodcpu" and r["rms_norm_ok"] and r["linear_shape"] == [2, 4]
+    head = f"RuntimeWarning: dlinfer backend plugin '{plugin}' ({dist_name(plugin)} {PLUGINS[plugin][0]}) skipped: "
+    assert any(w.startswith(head + SKIP_CAUSES[plugin]) for w in outcome[f"auto-skips-{plugin}"]["warnings"])
+    errors = {e["plugin"]: e["error"] for e in r["records"]["errors"]}
+    assert errors[plugin].startswith(SKIP_CAUSES[plugin])
+
+
+def test_every_broken_accelerator_skipped_the_working_one_still_serves(outcome):
+    r = _ok(outcome, "auto-skips-all-broken")
+    assert r["selected"] == "goodcpu" and r["rms_norm_ok"]
+    skipped = [w for w in outcome["auto-skips-all-broken"]["warnings"] if " skipped: " in w]
+    assert len(skipped) == len(BROKEN_WHEN_SELECTED), skipped
+
+
+def test_explicitly_requested_plugin_whose_ops_fail_still_raises(outcome):
+    msg = _error(outcome, "explicit-opsraise", "PluginError")
+    assert "plugin 'opsraise' (dlinfer-test-opsraise 0.2.1)" in msg and SKIP_CAUSES["opsraise"] in msg
+
+
+def test_availability_probe_that_raises_shows_its_cause(outcome):
+    r = _ok(outcome, "probe-raises")
+    cause = "is_available() raised RuntimeError: driver 23.0 is older than the runtime's 24.1"
+    assert r["selected"] == "goodcpu" and r["probe_error"] == cause
+    assert (f"RuntimeWarning: dlinfer backend plugin 'proberaises' (dlinfer-test-proberaises 0.2.3): {cause}; "
+            "treated as not available") in outcome["probe-raises"]["warnings"]
+
+
+def test_disabling_the_reference_keeps_its_ops_as_the_fallback(outcome):
+    r = _ok(outcome, "disable-reference")
+    assert r["selected"] == "goodcpu" and r["rms_norm_ok"] and r["linear_shape"] == [2, 4]
+
+
+def test_disabling_the_reference_with_nothing_else_available_is_a_clear_error(outcome):
+    msg = _error(outcome, "disable-reference-and-good", "BackendSelectionError")
+    assert "no dlinfer backend is available and DLINFER_DISABLE_PLUGINS blocks the reference backend" in msg
+    assert "DLINFER_BACKEND=reference" in msg
+    r = _ok(outcome, "disable-reference-explicit")
+    assert r["selected"] == "reference" and r["rms_norm_ok"]

@@ -32,7 +32,7 @@ def cmd_info(_args: argparse.Namespace) -> int:
         assert b is not None
         avail = REGISTRY.available(name)
         ops = "-"
-        notes = b.description
+        notes = rec.probe_error or b.description
         if avail:
             try:
                 implemented = REGISTRY.load_ops(name)

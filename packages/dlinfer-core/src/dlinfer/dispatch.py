@@ -13,7 +13,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from dlinfer.errors import DlinferError
+from dlinfer.errors import DlinferError, PluginError
 from dlinfer.plugin import Backend
 from dlinfer.registry import REFERENCE, REGISTRY, PluginRecord
 from dlinfer.spec import SPECS
@@ -28,9 +28,38 @@ class _State:
         self.fallbacks: tuple[str, ...] = ()
         self.warned: set[tuple[str, str]] = set()
         """(backend, op) pairs whose fallback warning was issued: once per process, not per activation."""
-        mode = os.environ.get("DLINFER_VALIDATE", "").lower()
-        self.validate = mode in ("1", "full", "shapes")
-        self.full = mode in ("1", "full")
+        mode = validation_mode(os.environ.get("DLINFER_VALIDATE", ""))
+        self.validate = mode != "off"
+        self.full = mode == "full"
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def env_flag(var: str) -> bool:
+    """A boolean environment variable: 1/true/yes/on or 0/false/no/off (any case; unset = off)."""
+    raw = os.environ.get(var, "")
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise DlinferError(f"{var}={raw!r} is not understood; use one of {', '.join(_TRUE)} (on) "
+                       f"or {', '.join(v for v in _FALSE if v)} (off)")
+
+
+def validation_mode(raw: str) -> str:
+    """``DLINFER_VALIDATE``: off (unset, 0/false/no/off), shapes, or full (full, 1/true/yes/on)."""
+    value = raw.strip().lower()
+    if value in ("off", "shapes", "full"):
+        return value
+    if value in _FALSE:
+        return "off"
+    if value in _TRUE:
+        return "full"
+    raise DlinferError(f"DLINFER_VALIDATE={raw!r} is not understood; use off, shapes or full "
+                       f"(also {', '.join(v for v in _FALSE if v)} = off, {', '.join(_TRUE)} = full)")
 
 
 STATE = _State()
@@ -60,11 +89,22 @@ def activate(name: str | None = None, *, strict: bool | None = None) -> Backend:
     Missing ops fall back to the reference implementation with a one-time warning per op,
     unless ``strict`` (or DLINFER_STRICT=1), which raises instead.
     """
-    rec = REGISTRY.select(name)
+    if strict is None:
+        strict = env_flag("DLINFER_STRICT")
+    explicit = bool(name or os.environ.get("DLINFER_BACKEND"))
+    while True:
+        rec = REGISTRY.select(name)
+        try:
+            return _activate(rec, strict)
+        except PluginError as exc:
+            if explicit or rec.plugin == REFERENCE:
+                raise
+            REGISTRY.reject(rec, exc.reason)  # auto-selected and broken: report it, try the next candidate
+
+
+def _activate(rec: PluginRecord, strict: bool) -> Backend:
     assert rec.backend is not None
     backend = rec.backend
-    if strict is None:
-        strict = os.environ.get("DLINFER_STRICT", "") not in ("", "0")
     ops = REGISTRY.load_ops(rec.backend.name)
     reference = REGISTRY.load_ops(REFERENCE)
     missing = tuple(n for n in SPECS if n not in ops)
@@ -87,7 +127,7 @@ def activate(name: str | None = None, *, strict: bool | None = None) -> Backend:
         warnings.warn(
             f"dlinfer backend '{backend.name}' does not implement '{op}'; using the reference implementation",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     STATE.record, STATE.kv_layout, STATE.fallbacks = rec, backend.kv_layout, missing
     return backend

@@ -7,8 +7,15 @@ public ops then call straight into it.
 
 Environment variables:
     DLINFER_BACKEND            pick a backend by name (its load errors are raised)
-    DLINFER_DISABLE_PLUGINS    comma-separated plugin/backend names to skip
-    DLINFER_STRICT=1           refuse a backend that lacks ops instead of falling back
+    DLINFER_DISABLE_PLUGINS    comma-separated plugin/backend names to skip; ``reference`` is never
+                               auto-selected then, but its ops stay the fallback for missing ops
+    DLINFER_STRICT=1           refuse a backend that lacks ops instead of falling back (1/true/yes/on,
+                               0/false/no/off)
+
+An auto-selected backend whose ``load_ops()`` or ``activate()`` fails, or whose op table is
+invalid, is reported (RuntimeWarning and ``load_errors``: name, distribution, version, cause)
+and skipped; the next candidate is selected. An ``is_available()`` that raises counts as
+"not available", with its cause warned and kept in ``PluginRecord.probe_error``.
     DLINFER_PLUGINS            comma-separated plugin modules to register besides the entry points
 """
 
@@ -45,6 +52,8 @@ class PluginRecord:
     error: str | None = None
     ops: dict[str, Callable[..., Any]] | None = None
     op_errors: list[str] = field(default_factory=list)
+    probe_error: str | None = None
+    """Why ``is_available()`` raised, if it did (the backend then counts as not available)."""
 
     def fail(self, reason: str) -> PluginError:
         return PluginError(self.plugin, self.dist, self.version, reason)
@@ -196,7 +205,7 @@ class Registry:
         if backend.name in self.records:
             other = self.records[backend.name]
             return reject(f"backend name '{backend.name}' is already registered by {other.dist} {other.version}")
-        if backend.name in _disabled():
+        if backend.name in _disabled() and backend.name != REFERENCE:  # the reference stays the fallback
             self.pm.unregister(obj)
             return None
         rec.backend = backend
@@ -225,8 +234,22 @@ class Registry:
         assert rec.backend is not None
         try:
             return bool(rec.backend.is_available())
-        except Exception:  # noqa: BLE001 - a probe that raises means "not available"
+        except Exception as exc:  # noqa: BLE001 - a probe that raises means "not available", with its cause
+            cause = f"is_available() raised {type(exc).__name__}: {exc}"
+            if rec.probe_error != cause:
+                rec.probe_error = cause
+                warnings.warn(f"dlinfer backend plugin '{rec.plugin}' ({rec.dist} {rec.version}): {cause}; "
+                              "treated as not available", RuntimeWarning, stacklevel=3)
             return False
+
+    def reject(self, rec: PluginRecord, reason: str) -> None:
+        """Drop an auto-selected backend that failed to load or activate: warn and record it in load_errors."""
+        assert rec.backend is not None
+        self.records.pop(rec.backend.name, None)
+        rec.error = reason
+        self.load_errors.append(rec)
+        warnings.warn(f"dlinfer backend plugin '{rec.plugin}' ({rec.dist} {rec.version}) skipped: {reason}",
+                      RuntimeWarning, stacklevel=3)
 
     # -- selection -------------------------------------------------------------------------
     def select(self, name: str | None = None) -> PluginRecord:
@@ -241,7 +264,14 @@ class Registry:
                     raise rec.fail(rec.error or "failed to load")
             known = ", ".join(sorted(self.records)) or "none"
             raise BackendSelectionError(f"no dlinfer backend named '{name}' (discovered: {known})")
-        candidates = [r for n, r in self.records.items() if n != REFERENCE and self.available(n)]
+        candidates = [r for n, r in list(self.records.items()) if n != REFERENCE and self.available(n)]
+        for rec in list(candidates):  # an op table that fails to load or validate: report, skip
+            assert rec.backend is not None
+            try:
+                self.load_ops(rec.backend.name)
+            except PluginError as exc:
+                self.reject(rec, exc.reason)
+                candidates.remove(rec)
         by_device: dict[str, list[PluginRecord]] = {}
         for rec in candidates:
             assert rec.backend is not None
@@ -258,7 +288,15 @@ class Registry:
         if len(pool) > 1:
             names = ", ".join(f"{r.plugin} ({r.backend.device_type})" for r in pool if r.backend)
             raise BackendSelectionError(f"several dlinfer backends are available: {names}; set DLINFER_BACKEND")
-        return pool[0] if pool else self.records[REFERENCE]
+        if pool:
+            return pool[0]
+        if REFERENCE in _disabled():
+            broken = "; ".join(f"{r.plugin} ({r.dist} {r.version}): {r.error}" for r in self.load_errors)
+            raise BackendSelectionError(
+                "no dlinfer backend is available and DLINFER_DISABLE_PLUGINS blocks the reference backend"
+                + (f"; plugins that failed: {broken}" if broken else "")
+                + "; set DLINFER_BACKEND=reference to run on the reference anyway")
+        return self.records[REFERENCE]
 
 
 def _own_version() -> str:
@@ -270,10 +308,3 @@ def _own_version() -> str:
 
 REGISTRY = Registry()
 
-
-def warn_fallback(backend: str, op: str) -> None:
-    warnings.warn(
-        f"dlinfer backend '{backend}' does not implement '{op}'; using the reference implementation",
-        RuntimeWarning,
-        stacklevel=3,
-    )

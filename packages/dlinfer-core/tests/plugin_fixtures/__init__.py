@@ -127,6 +127,39 @@ def dlinfer_backend():
 def dlinfer_backend():
     return _declare("reference", lambda: {"rms_norm": rms_norm}, available=lambda: False)
 '''),
+    # an accelerator plugin (preferred over goodcpu when enabled) whose op table fails to import
+    "opsraise": ("0.2.1", '''
+def _load_ops():
+    raise OSError("libvendorops.so: undefined symbol: aclnnRmsNorm")
+
+
+@hookimpl
+def dlinfer_backend():
+    return _declare("opsraise", _load_ops, device="fakedev3", available=lambda: _enabled("opsraise"))
+'''),
+    # an accelerator plugin whose device patches fail at activation
+    "activateraises": ("0.2.2", '''
+def _activate():
+    raise RuntimeError("device 0 is busy")
+
+
+@hookimpl
+def dlinfer_backend():
+    return _declare("activateraises", lambda: {"rms_norm": rms_norm}, device="fakedev4",
+                    available=lambda: _enabled("activateraises"), activate=_activate)
+'''),
+    # an accelerator plugin whose availability probe raises
+    "proberaises": ("0.2.3", '''
+def _probe():
+    if _enabled("proberaises"):
+        raise RuntimeError("driver 23.0 is older than the runtime's 24.1")
+    return False
+
+
+@hookimpl
+def dlinfer_backend():
+    return _declare("proberaises", lambda: {"rms_norm": rms_norm}, device="fakedev5", available=_probe)
+'''),
 }
 
 # installed into a second directory, later on sys.path: a different distribution claiming 'goodcpu'
@@ -140,6 +173,8 @@ def dlinfer_backend():
 
 BROKEN_AT_DISCOVERY = ("importerr", "badapi", "notbackend", "hookraises", "dupref")
 BROKEN_OP_TABLE = ("badopname", "badsig")
+BROKEN_WHEN_SELECTED = ("opsraise", "activateraises", "badopname", "badsig")
+"""Available accelerator plugins that fail only once selected (op table or activation)."""
 
 
 def dist_name(plugin: str) -> str:
