@@ -159,10 +159,13 @@ def test_plugin_graph_mode_matches_hf(toy_plugin, tiny_model, hf_greedy):  # typ
     prompts = ["Hello world", "The quick brown fox jumps over the lazy dog.", "Far away"]
     cfg = runner.engine_config("toyvendor", eager_mode=False, max_batch_size=4)
     toy_plugin.CALLS.clear()
-    with runner.open_pipeline(path, cfg) as pipe:
+    from dlinfer_lmdeploy import graph_runner
+
+    with graph_runner.counting() as steps, runner.open_pipeline(path, cfg) as pipe:
         ids = [runner.encode(pipe, p) for p in prompts]
         assert runner.generate(pipe, prompts, 10) == hf_greedy(path, ids, 10)
         assert runner.generate(pipe, prompts[:1], 10) == hf_greedy(path, ids[:1], 10)
     assert toy_plugin.PROBLEMS == []
+    assert steps.eager_decode == 0 and steps.graphed >= 9 + 9 and steps.prefill >= 2, steps
     assert toy_plugin.CALLS["graph_captured"] >= 2  # buckets 1 and 4 at least
     assert toy_plugin.CALLS["graph_created"] == toy_plugin.CALLS["graph_captured"]
