@@ -42,8 +42,20 @@ result = {
 }
 """
 
+FIRST_CALL_LAYOUT = """
+kc, vc = torch.zeros(2, 2, 4, 8), torch.zeros(2, 2, 4, 8)     # HND blocks [NB=2, Hkv=2, BS=4, D=8]
+key, value = torch.randn(3, 2, 8), torch.randn(3, 2, 8)
+slots = [5, 0, 3]
+ops.fill_kv_cache(key, value, kc, vc, torch.tensor(slots))      # the process's first op call, no kv_layout
+want_k, want_v = torch.zeros_like(kc), torch.zeros_like(vc)
+for t, s in enumerate(slots):
+    want_k[s // 4, :, s % 4], want_v[s // 4, :, s % 4] = key[t], value[t]
+result = {"selected": dispatch.current().name, "ok": torch.equal(kc, want_k) and torch.equal(vc, want_v)}
+"""
+
 SCENARIOS: dict[str, dict[str, Any]] = {
     "use-good": {"code": USE_GOOD},
+    "first-call-layout": {"code": FIRST_CALL_LAYOUT},
     "strict-env": {"env": {"DLINFER_STRICT": "1"}, "code": "result = dlinfer.activate().name"},
     "strict-arg": {"code": "result = dlinfer.activate(strict=True).name"},
     "strict-env-0": {"env": {"DLINFER_STRICT": "0"}, "code": "result = dlinfer.activate().name"},
@@ -167,3 +179,10 @@ def test_rms_norm_signature_spelled_out():
     sig = inspect.signature(dlinfer.ops.rms_norm, eval_str=True)  # annotations resolve to real types
     assert str(sig) == "(x: torch.Tensor, weight: torch.Tensor, *, eps: float = 1e-06) -> torch.Tensor"
     assert torch.is_tensor(dlinfer.ops.rms_norm(torch.randn(2, 8), torch.ones(8)))
+
+
+def test_first_cache_op_call_uses_the_backends_layout(outcome):
+    """Before any activation, kv_layout=None must resolve to the HND backend's layout, not the NHD default."""
+    res = outcome["first-call-layout"]
+    assert res["error"] is None, res
+    assert res["result"] == {"selected": "goodcpu", "ok": True}

@@ -272,3 +272,28 @@ def test_unrelated_kernel_error_is_not_masked():
 def test_set_validation_rejects_unknown_mode():
     with pytest.raises(ValueError, match="validation mode"):
         dlinfer.set_validation("everything")
+
+
+DEGENERATE = {"window=0": ("window", 0), "window=-1": ("window", -1), "softcap=0.0": ("softcap", 0.0),
+              "softcap=-2.0": ("softcap", -2.0), "softcap=nan": ("softcap", float("nan"))}
+ATTENTION_CALLS = {"prefill_attention": _prefill, "paged_prefill_attention": _paged_prefill,
+                   "paged_decode_attention": _decode}
+
+
+@pytest.mark.parametrize("mode", ["off", "full"])
+@pytest.mark.parametrize("op", list(ATTENTION_CALLS))
+@pytest.mark.parametrize("case", list(DEGENERATE))
+def test_degenerate_window_and_softcap_are_refused(case, op, mode):
+    """window <= 0 would mask every key (all-zero output), softcap = 0 divides by zero: refused in every mode."""
+    dlinfer.set_validation(mode)
+    arg, value = DEGENERATE[case]
+    with pytest.raises(DlinferArgumentError) as info:
+        ATTENTION_CALLS[op](**{arg: value})
+    err = info.value
+    assert (err.op, err.arg, err.expected, err.actual) == (op, arg, "a value > 0 or None", repr(value))
+    assert f"dlinfer.ops.{op}: argument '{arg}'" in str(err)
+
+
+@pytest.mark.parametrize("op", list(ATTENTION_CALLS))
+def test_smallest_valid_window_and_softcap_are_served(op):
+    assert ATTENTION_CALLS[op](window=1, softcap=1e-3).isfinite().all()

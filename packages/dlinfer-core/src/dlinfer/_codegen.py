@@ -87,7 +87,7 @@ def docstring(spec: OpSpec) -> str:
 
 _TEMPLATE = '''
 def {name}({sig}) -> {ret}:
-    {layout}if _is_compiling():
+    {checks}{layout}if _is_compiling():
         {custom}
     if _state.validate:
         _validate(_spec, {values}, full=_state.full)
@@ -106,15 +106,20 @@ def build_public(spec: OpSpec, ns: dict[str, Any]) -> Callable[..., Any]:
     call = ", ".join(p.name if not p.keyword_only else f"{p.name}={p.name}" for p in spec.params)
     values = "{" + ", ".join(f"{p.name!r}: {p.name}" for p in spec.params) + "}"
     layout = ""
-    if any(p.name == "kv_layout" for p in spec.params):
-        layout = "if kv_layout is None:\n        kv_layout = _state.kv_layout\n    "
+    if any(p.name == "kv_layout" for p in spec.params):  # activate first: the backend's layout is known after
+        layout = ("if kv_layout is None:\n        if _state.record is None:\n            _activate()\n"
+                  "        kv_layout = _state.kv_layout\n    ")
+    checks = "".join(
+        f"if {p.name} is not None and not {p.name} > 0:\n"
+        f"        raise _ArgumentError({spec.name!r}, {p.name!r}, 'a value > 0 or None', repr({p.name}))\n    "
+        for p in spec.params if p.positive)
     if spec.graph_op:
         custom = f"return _custom_{spec.name}({call})"
     else:
         custom = f"return _table.{spec.name}({call})"
     ns_local = dict(ns)
-    src = _TEMPLATE.format(name=spec.name, sig=signature(spec, ns_local), ret=_returns(spec), layout=layout,
-                           custom=custom, values=values, call=call)
+    src = _TEMPLATE.format(name=spec.name, sig=signature(spec, ns_local), ret=_returns(spec), checks=checks,
+                           layout=layout, custom=custom, values=values, call=call)
     ns_local["_spec"] = spec
     exec(compile(src, f"<dlinfer.ops.{spec.name}>", "exec", dont_inherit=True), ns_local)  # noqa: S102 - generated from the spec
     fn = ns_local[spec.name]

@@ -34,6 +34,7 @@ _NS: dict[str, Any] = {
     "torch": torch,
     "_is_compiling": _is_compiling,
     "_state": dispatch.STATE,
+    "_activate": dispatch.activate,
     "_table": dispatch.TABLE,
     "_validate": validate,
     "_explain": _explain,

@@ -50,6 +50,8 @@ class Param:
     default: object = None
     keyword_only: bool = False
     mutated: bool = False
+    positive: bool = False
+    """A number that must be > 0 when given (the public op refuses 0, negatives and NaN)."""
     doc: str = ""
 
     @property
@@ -96,16 +98,16 @@ def _t(name: str, shape=None, dtypes=FLOAT_DTYPES, **kw) -> Param:
     return Param(name, "tensor", shape, dtypes, **kw)
 
 
-def _kw(name: str, kind: Kind, default=None, optional=False, doc="") -> Param:
-    return Param(name, kind, default=default, optional=optional, keyword_only=True, doc=doc)
+def _kw(name: str, kind: Kind, default=None, optional=False, doc="", positive=False) -> Param:
+    return Param(name, kind, default=default, optional=optional, keyword_only=True, doc=doc, positive=positive)
 
 
 _EPS = _kw("eps", "float", 1e-6, doc="variance epsilon")
 _ATTN_OPTIONS = (
     _kw("scale", "float", optional=True, doc="softmax scale; None means 1/sqrt(D)"),
-    _kw("window", "int", optional=True,
-        doc="left window size: key j is visible to query position p iff p - window < j <= p"),
-    _kw("softcap", "float", optional=True, doc="scores become softcap * tanh(scores / softcap)"),
+    _kw("window", "int", optional=True, positive=True,
+        doc="left window size (> 0): key j is visible to query position p iff p - window < j <= p"),
+    _kw("softcap", "float", optional=True, positive=True, doc="scores become softcap * tanh(scores / softcap), > 0"),
     Param("alibi_slopes", "tensor", ("Hq",), (torch.float32,), optional=True, keyword_only=True,
           doc="per-head ALiBi slopes; adds slope * (j - p) to the scores"),
 )
