@@ -194,3 +194,19 @@ def _receive_async(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         return pickle.loads(dumped_data) if is_receiver else None
 
     return receive_async
+
+
+@replacement("vl-mm-feature-dtype")
+def _mm_feature_dtype(original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    @functools.wraps(original)
+    def _resolve_mm_feature_dtype(hf_config: Any, backend_config: Any) -> Any:
+        device_type = getattr(backend_config, "device_type", None)
+        if getattr(backend_config, "dtype", None) == "float32" and devices.is_dlinfer_device(device_type):
+            import torch
+
+            if not devices.get(device_type).on_host:  # engine-config-validation refuses this already
+                raise ValueError(f"dtype 'float32' is only supported on CPU dlinfer devices, not '{device_type}'")
+            return torch.float32
+        return original(hf_config, backend_config)
+
+    return _resolve_mm_feature_dtype

@@ -220,6 +220,15 @@ PATCHES: tuple[Patch, ...] = (
         expect_params=("self",),
         contains=("self.notifier.wait_async()", "self._receive_step0()", "self._receive_step1("),
     ),
+    Patch(
+        name="vl-mm-feature-dtype",
+        target="lmdeploy.vl.engine:_resolve_mm_feature_dtype",
+        why=(
+            "Every VLM request crashes with KeyError: 'float32' when the engine dtype is float32: the function "
+            "maps only float16/bfloat16 to a torch dtype for the image features. For a dlinfer host device with "
+            "dtype float32 (the CPU fp32 path, the only place float32 is accepted) the replacement returns "
+            "torch.float32; otherwise it is the original."
+        ),
 )
 
 STDLIB_PATCHES: tuple[Patch, ...] = (

@@ -68,6 +68,33 @@ ROWS: tuple[ModelRow, ...] = (
     # --- LLM rows (tiny_models) ---
     # --- end of LLM rows ---
     # --- Qwen-VL rows (tiny_vlms) ---
+    # The LLM part realistic in attention shape; vision towers of 2-4 blocks, 4-16 merged image tokens per image.
+    # Oracle: HF transformers greedy generate on LMDeploy's own input_ids / pixel_values / image_grid_thw (+
+    # mm_token_type_ids), one request at a time (dlinfer_lmdeploy.testing.vlm).
+    ModelRow(
+        "Qwen2-VL", "Qwen2-VL-2B/7B", "Qwen2VLForConditionalGeneration", "VLM", "qwen2_vl",
+        "dlinfer_lmdeploy.testing.tiny_vlms:build_qwen2_vl",
+        "7/1 heads (GQA 7, 7B's 28/4), head 64, QKV bias, mrope; vision: 2 blocks (head 64), 2-D vision rope, "
+        "patch 14, 2x2 merge",
+        "HF Qwen2VLForConditionalGeneration",
+        needs_torchvision=True,
+    ),
+    ModelRow(
+        "Qwen2.5-VL", "Qwen2.5-VL-7B", "Qwen2_5_VLForConditionalGeneration", "VLM", "qwen2_5_vl",
+        "dlinfer_lmdeploy.testing.tiny_vlms:build_qwen2_5_vl",
+        "4/2 heads (GQA 2), head 64, mrope; vision: 4 RMSNorm + SiLU-gated MLP blocks, window attention "
+        "(56 px windows) with full attention in blocks 1 and 3",
+        "HF Qwen2_5_VLForConditionalGeneration",
+        needs_torchvision=True,
+    ),
+    ModelRow(
+        "Qwen3-VL", "Qwen3-VL-8B", "Qwen3VLForConditionalGeneration", "VLM", "qwen3_vl",
+        "dlinfer_lmdeploy.testing.tiny_vlms:build_qwen3_vl",
+        "3 layers, 4/1 heads (GQA 4, 8B's 32/8), head 128, q/k RMSNorm, interleaved mrope; vision: 3 blocks, "
+        "patch 16, learned position embeddings, deepstack from blocks 0 and 1",
+        "HF Qwen3VLForConditionalGeneration",
+        needs_torchvision=True,
+    ),
     # --- end of Qwen-VL rows ---
     # --- InternVL rows (tiny_internvl) ---
     # --- end of InternVL rows ---
