@@ -137,3 +137,21 @@ def test_pytest_plugin_runs_conformance_of_good_plugin(runs):
     total = sum(_expected_runs(op) for op in GOOD_OPS)
     assert re.search(rf"\b{total} passed\b", proc.stdout), proc.stdout
     assert "failed" not in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["check", "bench"])
+def test_unknown_op_is_an_error_naming_the_known_ops(command, capsys):
+    assert main([command, "--backend", "reference", "--op", "rms_norm", "--op", "rms_nrom"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dlinfer {command}: error: --op: unknown op 'rms_nrom'; known ops: "), err
+    for op in SPECS:
+        assert op in err
+
+
+@pytest.mark.parametrize("dtypes", ["float61", "float16,int8", "randn"])
+def test_unknown_dtype_is_an_error_not_a_traceback(dtypes, capsys):
+    assert main(["check", "--backend", "reference", "--op", "rms_norm", "--dtypes", dtypes]) == 2
+    err = capsys.readouterr().err
+    bad = dtypes.split(",")[-1]
+    assert err.startswith(f"dlinfer check: error: --dtypes: unknown dtype '{bad}'; choose from float16, bfloat16, "
+                          "float32"), err

@@ -11,13 +11,28 @@ import torch
 
 from dlinfer.errors import DlinferError
 from dlinfer.registry import REFERENCE, REGISTRY
-from dlinfer.spec import API_VERSION, SPECS
+from dlinfer.spec import API_VERSION, FLOAT_DTYPES, SPECS
 
 
 def _dtypes(names: str | None) -> list[torch.dtype] | None:
+    """``--dtypes float16,bfloat16`` -> dtypes; an unknown name raises a DlinferError listing the valid ones."""
     if not names:
         return None
-    return [getattr(torch, n.strip()) for n in names.split(",")]
+    known = {str(d).replace("torch.", ""): d for d in FLOAT_DTYPES}
+    out = []
+    for name in (n.strip() for n in names.split(",")):
+        if name not in known:
+            raise DlinferError(f"--dtypes: unknown dtype {name!r}; choose from {', '.join(known)}")
+        out.append(known[name])
+    return out
+
+
+def _ops(names: list[str] | None) -> list[str] | None:
+    """``--op`` values, each checked against the spec (a typo raises a DlinferError listing the known ops)."""
+    for name in names or ():
+        if name not in SPECS:
+            raise DlinferError(f"--op: unknown op {name!r}; known ops: {', '.join(SPECS)}")
+    return names
 
 
 def cmd_info(_args: argparse.Namespace) -> int:
@@ -79,9 +94,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from dlinfer.dispatch import activate
     from dlinfer.testing import format_table, run_conformance
 
+    ops, dtypes = _ops(args.op), _dtypes(args.dtypes)
     name = _backend_name(args.backend) if args.backend else activate().name
     print(f"conformance of '{name}' against '{REFERENCE}' ({args.size} cases)", flush=True)
-    results = run_conformance(name, ops=args.op, dtypes=_dtypes(args.dtypes), size=args.size, device=args.device,
+    results = run_conformance(name, ops=ops, dtypes=dtypes, size=args.size, device=args.device,
                               seed=args.seed, progress=_progress)
     print(format_table(results))
     failed = sum(not r.ok for r in results)
@@ -93,8 +109,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Per-op timing and the dispatch overhead of dlinfer.ops.X versus calling the implementation."""
     from dlinfer.bench import run_bench
 
+    ops = _ops(args.op)
     name = _backend_name(args.backend) if args.backend else None
-    return run_bench(name, ops=args.op, device=args.device, size=args.size)
+    return run_bench(name, ops=ops, device=args.device, size=args.size)
 
 
 def build_parser() -> argparse.ArgumentParser:
