@@ -97,6 +97,36 @@ ROWS: tuple[ModelRow, ...] = (
     ),
     # --- end of Qwen-VL rows ---
     # --- InternVL rows (tiny_internvl) ---
+    # Vision: InternViT of 2 blocks (hidden 64, 2 heads), 56x56 tiles of 14x14 patches, pixel shuffle 0.5 -> 4 image
+    # tokens per tile; dynamic tiling (1-4 tiles + thumbnail). Vision attention is plain SDPA in LMDeploy's model
+    # files (no dlinfer op); vision linears go through dlinfer `linear`, RMSNorm towers through `rms_norm`.
+    # Oracle: HF InternVLForConditionalGeneration greedy generate on LMDeploy's own input_ids / pixel_values.
+    ModelRow(
+        "InternVL2", "InternVL2-2B", "InternVLChatModel", "VLM", "internvl2",
+        "dlinfer_lmdeploy.testing.tiny_internvl:build_internvl2",
+        "chat format; InternLM2 LLM 2/1 heads (GQA 2, InternLM2-1.8B's 16/8), head 64, fused wqkv ('hgd'); "
+        "vision: LayerNorm, qkv bias; dynamic tiling up to 4 tiles + thumbnail",
+        "HF InternVLForConditionalGeneration (Llama text) with the same weights (oracle/)",
+        needs_torchvision=True,
+        note="the checkpoint ships our own AutoConfig class (auto_map): open with trust_remote_code=True",
+    ),
+    ModelRow(
+        "InternVL-1.5", "InternVL-Chat-V1-5", "InternVLChatModel", "VLM", "internvl1_5",
+        "dlinfer_lmdeploy.testing.tiny_internvl:build_internvl1_5",
+        "chat format; InternLM2 LLM 6/1 heads (GQA 6, InternLM2-20B's 48/8), head 64; vision: InternViT-6B style "
+        "RMSNorm + q/k RMSNorm (dlinfer rms_norm), no qkv bias; dynamic tiling up to 3 tiles + thumbnail",
+        "HF InternVLForConditionalGeneration (Llama text) with the same weights (oracle/)",
+        needs_torchvision=True,
+        note="the checkpoint ships our own AutoConfig class (auto_map): open with trust_remote_code=True",
+    ),
+    ModelRow(
+        "InternVL3.5 (HF format)", "InternVL3_5-8B-HF", "InternVLForConditionalGeneration", "VLM", "internvl3_5_hf",
+        "dlinfer_lmdeploy.testing.tiny_internvl:build_internvl3_5_hf",
+        "Qwen3 LLM 4/1 heads (GQA 4, Qwen3-8B's 32/8), head 128, q/k RMSNorm; vision: LayerNorm, qkv bias; "
+        "GotOcr2 tiling up to 4 tiles + thumbnail",
+        "HF InternVLForConditionalGeneration",
+        needs_torchvision=True,
+    ),
     # --- end of InternVL rows ---
     # --- CogVLM rows (tiny_cogvlm) ---
     # --- end of CogVLM rows ---
