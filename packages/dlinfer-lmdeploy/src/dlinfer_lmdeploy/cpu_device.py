@@ -15,6 +15,7 @@ and can be removed again with :func:`deactivate`. Left untouched on purpose:
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -176,6 +177,8 @@ class _State:
     def __init__(self) -> None:
         self.active = False
         self.saved_cuda: dict[str, Any] = {}
+        self.module: Any = None
+        """the ``torch.cuda`` object the stand-ins were set on (a vendor redirection may have replaced it)"""
         self.saved_clear_workspaces: Any = None
         self.saved_bootstrap: Callable[..., Any] | None = None
         self.lock = threading.Lock()
@@ -212,13 +215,16 @@ def activate() -> None:
     from dlinfer_lmdeploy import inventory
 
     with _STATE.lock:
-        if _STATE.active:
+        if _STATE.active and _STATE.module is torch.cuda:
+            _enter_mode_in_this_thread()
+            return
+        if _STATE.active:  # torch.cuda was redirected since (a simulated vendor device): stand in on the new one
+            _restore_cuda()
+            _shim_cuda()
             _enter_mode_in_this_thread()
             return
         inventory.check("thread-host-mode")
-        for name, value in _SHIM.items():
-            _STATE.saved_cuda[name] = getattr(torch.cuda, name, None)
-            setattr(torch.cuda, name, value)
+        _shim_cuda()
         _STATE.saved_clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
         torch._C._cuda_clearCublasWorkspaces = _noop("clear_cublas_workspaces")  # type: ignore[attr-defined]
 
@@ -235,16 +241,38 @@ def activate() -> None:
         _enter_mode_in_this_thread()
 
 
+_HOST_TRUTHFUL = ("is_available", "device_count", "get_device_properties", "get_device_capability")
+"""Left as the CPU build of ``torch.cuda`` answers them; a vendor redirection of ``torch.cuda`` to a simulated
+device module (whose "device" is this host) gets the host's answers for them too."""
+
+
+def _shim_cuda() -> None:
+    _STATE.module = torch.cuda
+    shim = dict(_SHIM)
+    host_cuda = sys.modules["torch.cuda"]
+    if torch.cuda is not host_cuda:
+        shim.update({name: getattr(host_cuda, name) for name in _HOST_TRUTHFUL})
+    for name, value in shim.items():
+        _STATE.saved_cuda[name] = getattr(torch.cuda, name, None)
+        setattr(torch.cuda, name, value)
+
+
+def _restore_cuda() -> None:
+    """Put back the ``torch.cuda`` attributes the stand-ins replaced, on the object they were set on."""
+    for name, value in _STATE.saved_cuda.items():
+        if value is None:
+            delattr(_STATE.module, name)
+        else:
+            setattr(_STATE.module, name, value)
+    _STATE.saved_cuda.clear()
+
+
 def deactivate() -> None:
     """Undo :func:`activate` (threads already running keep their mode until they end)."""
     with _STATE.lock:
         if not _STATE.active:
             return
-        for name, value in _STATE.saved_cuda.items():
-            if value is None:
-                delattr(torch.cuda, name)
-            else:
-                setattr(torch.cuda, name, value)
+        _restore_cuda()
         if _STATE.saved_clear_workspaces is not None:
             torch._C._cuda_clearCublasWorkspaces = _STATE.saved_clear_workspaces  # type: ignore[attr-defined]
         if _STATE.saved_bootstrap is not None:

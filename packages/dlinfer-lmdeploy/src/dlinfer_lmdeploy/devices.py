@@ -29,8 +29,28 @@ class Device:
 
     @property
     def on_host(self) -> bool:
-        """The torch device is the CPU: LMDeploy's CUDA assumptions are redirected to the host."""
+        """The torch device is the CPU (the reference device: fp32 allowed, host-sized batches)."""
         return self.backend.device_type == "cpu"
+
+    @property
+    def tensors_on_host(self) -> bool:
+        """LMDeploy's CUDA assumptions are redirected to the host: the CPU device, or a vendor device whose
+        tensors live on the host because a simulator stands in for it (:func:`declare_host_simulated`)."""
+        return self.on_host or self.backend.name in _HOST_SIMULATED
+
+
+_HOST_SIMULATED: set[str] = set()
+
+
+def declare_host_simulated(backend_name: str, simulated: bool = True) -> None:
+    """Declare that a simulator of ``backend_name``'s vendor library stands in for the device on this
+    machine, its "device" tensors living on the host (vendor-simulator tests): activating the device then
+    also installs the CPU device's host stand-ins for ``torch.cuda`` and ``"cuda"`` (:mod:`cpu_device`),
+    on top of the plugin's own activation. Real devices never declare this."""
+    if simulated:
+        _HOST_SIMULATED.add(backend_name)
+    else:
+        _HOST_SIMULATED.discard(backend_name)
 
 
 def lmdeploy_name(backend: Backend) -> str:
@@ -90,7 +110,7 @@ def activate(name: str) -> Device:
     device = get(name)
     with _lock:
         if _active == name:
-            if device.on_host:
+            if device.tensors_on_host:
                 from dlinfer_lmdeploy import cpu_device
 
                 cpu_device.activate()  # enters the redirection mode in the calling thread too
@@ -105,7 +125,7 @@ def activate(name: str) -> Device:
         dlinfer.dispatch.activate(device.backend.name)
         from dlinfer_lmdeploy import cpu_device
 
-        if device.on_host:
+        if device.tensors_on_host:
             cpu_device.activate()
         else:
             cpu_device.deactivate()
