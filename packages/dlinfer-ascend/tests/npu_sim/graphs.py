@@ -15,6 +15,7 @@ releases it. Replaying without ``update`` would hang on hardware; here ``synchro
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,47 @@ class UpdatableNode:
         with suspended():
             res = self.fn(*self.args, **self.kwargs)
         self.out.copy_(res[0] if isinstance(res, tuple) else res)
+
+
+@dataclass
+class KernelNode:
+    """One captured kernel launch: at replay it runs again on the *current* contents of its device tensors
+    (§2.28: NPUGraph is the CUDA-graph analogue; a captured kernel reads its device inputs when the graph runs,
+    host arguments are fixed at capture). Its outputs are written into the tensors the capture returned."""
+
+    fn: Callable[..., Any]
+    args: tuple
+    kwargs: dict
+    out: Any
+
+    def run(self) -> None:
+        with suspended():
+            res = self.fn(*self.args, **self.kwargs)
+        new, _ = tree_flatten(res)
+        old, _ = tree_flatten(self.out)
+        for o, n in zip(old, new, strict=True):
+            if isinstance(o, torch.Tensor) and isinstance(n, torch.Tensor) and o.numel():
+                o.copy_(n)
+
+
+def one_kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Record the simulated kernel ``fn`` as one graph node when called during capture.
+
+    For kernels whose simulation reads device data on the host (``group_list`` counts, the routing sort):
+    recorded op by op, those values would be baked into the graph at capture, which the device does not do.
+    """
+
+    @functools.wraps(fn)
+    def kernel(*args: Any, **kwargs: Any) -> Any:
+        g = capturing_graph()
+        if g is None or g._suspended:
+            return fn(*args, **kwargs)
+        with suspended():
+            out = fn(*args, **kwargs)
+        g._nodes.append(KernelNode(fn, args, kwargs, out))
+        return out
+
+    return kernel
 
 
 class _Recorder(TorchDispatchMode):

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ._contract import FLOAT_DTYPES, HALF_DTYPES, NotModelled, check, device_tensor
+from .graphs import one_kernel
 
 
 def npu_moe_gating_top_k_softmax(x: torch.Tensor, finished: torch.Tensor | None = None, k: int = 1
@@ -36,6 +37,7 @@ def npu_moe_gating_top_k_softmax(x: torch.Tensor, finished: torch.Tensor | None 
     return y.reshape(shape), idx.reshape(shape), row.reshape(shape)
 
 
+@one_kernel  # reads the routing on the host (valid rows): one graph node, run at replay
 def npu_moe_init_routing_v2(
     x: torch.Tensor, expert_idx: torch.Tensor, *, scale: torch.Tensor | None = None,
     offset: torch.Tensor | None = None, active_num: int = -1, expert_capacity: int = -1,
@@ -80,6 +82,7 @@ def npu_moe_init_routing_v2(
     return expanded_x, row_idx, tokens, torch.empty(0)
 
 
+@one_kernel  # reads group_list (a device tensor) on the host: one graph node, run at replay
 def npu_grouped_matmul(x: list[torch.Tensor], weight: list[torch.Tensor], *,
                        bias: list[torch.Tensor] | None = None, group_list: torch.Tensor | None = None,
                        split_item: int = 0, group_type: int | None = None, group_list_type: int = 0,
