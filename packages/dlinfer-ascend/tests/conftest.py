@@ -40,8 +40,19 @@ def pytest_configure(config: pytest.Config) -> None:
     from dlinfer.registry import REGISTRY
 
     if not HARDWARE:
+        _host_probes_first()
         npu_sim.install()
     REGISTRY.discover()
+
+
+def _host_probes_first() -> None:
+    """transformers probes torch_npu once and would route its own attention to NPU kernels the simulator does not
+    model (LMDeploy loads configs and VLM processors through it): let it probe the host before the simulator."""
+    try:
+        from dlinfer_lmdeploy.testing.sim_e2e import prime_host_probes
+    except ImportError:  # no LMDeploy adaptor installed: nothing imports transformers
+        return
+    prime_host_probes()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
