@@ -13,14 +13,15 @@ torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``tiny_model(kind)`` -> path of a locally built random-weight checkpoint (cached per session)."""
-    from dlinfer_lmdeploy.testing import tiny_models
+    """``tiny_model(kind)`` -> path of the locally built random-weight checkpoint of the model table's row
+    ``kind`` (fp32, cached per session); its oracle loads ``model_table.oracle_path(path)``."""
+    from dlinfer_lmdeploy.testing.model_table import BY_KIND
 
     built: dict[str, Path] = {}
 
     def get(kind: str) -> Path:
         if kind not in built:
-            built[kind] = tiny_models.build(kind, tmp_path_factory.mktemp(f"tiny_{kind}"))
+            built[kind] = BY_KIND[kind].build(tmp_path_factory.mktemp(f"tiny_{kind}"))
         return built[kind]
 
     return get

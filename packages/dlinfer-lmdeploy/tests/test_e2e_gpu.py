@@ -36,13 +36,13 @@ requires_maca = pytest.mark.skipif(not _maca_available(), reason="needs a CUDA G
 
 @pytest.fixture(scope="module")
 def bf16_model(tmp_path_factory):  # type: ignore[no-untyped-def]
-    from dlinfer_lmdeploy.testing import tiny_models
+    from dlinfer_lmdeploy.testing.model_table import BY_KIND
 
     built = {}
 
     def get(kind: str):  # type: ignore[no-untyped-def]
         if kind not in built:
-            built[kind] = tiny_models.build(kind, tmp_path_factory.mktemp(f"bf16_{kind}"), dtype=torch.bfloat16)
+            built[kind] = BY_KIND[kind].build(tmp_path_factory.mktemp(f"bf16_{kind}"), dtype=torch.bfloat16)
         return built[kind]
 
     return get

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import torch
 
+from dlinfer_lmdeploy.testing.model_table import oracle_path
+
 
 def greedy(path: str | Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     """Greedy continuation of each prompt (one at a time, fp32), mirroring LMDeploy's ``ignore_eos``:
-    generation does not stop at EOS and the EOS ids are banned (LMDeploy turns stop words into bad words)."""
+    generation does not stop at EOS and the EOS ids are banned (LMDeploy turns stop words into bad words).
+    ``path`` is the tiny checkpoint LMDeploy served; the model loaded is ``model_table.oracle_path(path)``."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(oracle_path(path)), dtype=torch.float32)
     model.eval()
     eos = model.config.eos_token_id
     banned = [eos] if isinstance(eos, int) else list(eos or [])
@@ -46,11 +49,11 @@ def teacher_forced(
     For each ``(prompt_ids, generated_ids)``, one forward pass over ``prompt + generated`` gives the
     logits that predicted every generated token from exactly the prefix the other engine had:
     fp32 ``[len(generated), V]`` on ``device``, computed in ``dtype``. EOS is set to -inf, as LMDeploy
-    bans it under ``ignore_eos``.
+    bans it under ``ignore_eos``. The model loaded is ``model_table.oracle_path(path)``.
     """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(oracle_path(path)), dtype=dtype).to(device).eval()
     eos = model.config.eos_token_id
     banned = [eos] if isinstance(eos, int) else list(eos or [])
     out = []

@@ -66,6 +66,71 @@ _TEXT = "dlinfer_lmdeploy.testing.tiny_models"
 
 ROWS: tuple[ModelRow, ...] = (
     # --- LLM rows (tiny_models) ---
+    # realistic attention shapes (head 64/128, the real GQA ratios, the real MoE routing); 2 layers, narrow
+    # hidden/MLP widths. Oracle: HF transformers greedy generate in fp32, one request at a time.
+    ModelRow(
+        "Llama3", "Llama3-8B, Llama3.1, Llama3.2-1B/3B", "LlamaForCausalLM", "LLM", "llama3",
+        f"{_TEXT}:build_llama3",
+        "8/2 heads (GQA 4), head 64 (Llama-3.2's; 8B: 128), hidden 128, llama3 rope scaling (factor 8, "
+        "theta 5e5, original 8192)",
+        "HF LlamaForCausalLM",
+    ),
+    ModelRow(
+        "Mixtral", "Mixtral-8x7B", "MixtralForCausalLM", "LLM", "mixtral_8x7b", f"{_TEXT}:build_mixtral_8x7b",
+        "8/2 heads (GQA 4), head 128 (hidden 1024: mixtral.py derives head size from it), 8 experts top-2",
+        "HF MixtralForCausalLM",
+    ),
+    ModelRow(
+        "Qwen2", "Qwen2-7B, Qwen2.5", "Qwen2ForCausalLM", "LLM", "qwen2_7b", f"{_TEXT}:build_qwen2_7b",
+        "28/4 heads (GQA 7), head 128, QKV bias, hidden 128",
+        "HF Qwen2ForCausalLM",
+    ),
+    ModelRow(
+        "Qwen2-MoE", "Qwen2-57B-A14B, Qwen1.5-MoE", "Qwen2MoeForCausalLM", "LLM", "qwen2_57b_a14b",
+        f"{_TEXT}:build_qwen2_57b_a14b",
+        "28/4 heads (GQA 7), head 128, 64 experts top-8 (no renormalisation), sigmoid-gated shared expert",
+        "HF Qwen2MoeForCausalLM",
+    ),
+    ModelRow(
+        "InternLM2", "InternLM2-7B/20B", "InternLM2ForCausalLM", "LLM", "internlm2", f"{_TEXT}:build_internlm2",
+        "8/2 heads (GQA 4), head 128 (hidden 1024), fused wqkv ('hgd' layout), remote-code checkpoint format",
+        "HF LlamaForCausalLM with the same weights (oracle/)",
+    ),
+    ModelRow(
+        "InternLM2.5", "InternLM2.5-7B/20B", "InternLM2ForCausalLM", "LLM", "internlm2_5",
+        f"{_TEXT}:build_internlm2_5",
+        "12/2 heads (GQA 6, 20B's), head 128 (hidden 1536), dynamic NTK rope (factor 2, max positions 128)",
+        "HF LlamaForCausalLM (rope_type dynamic) with the same weights (oracle/)",
+        note="scenarios stay below max_position_embeddings; beyond it LMDeploy and HF agree per request, but "
+        "LMDeploy scales the rope of every sequence of a batch by the batch's longest one "
+        "(tests/test_e2e_cpu.py::test_dynamic_ntk_*)",
+    ),
+    ModelRow(
+        "InternLM3", "InternLM3-8B", "InternLM3ForCausalLM", "LLM", "internlm3", f"{_TEXT}:build_internlm3",
+        "16/1 heads (GQA 16, 8B's 32/2), head 128, hidden 128, dynamic NTK rope (factor 6)",
+        "HF LlamaForCausalLM (transformers maps internlm3 to Llama)",
+    ),
+    ModelRow(
+        "Qwen3", "Qwen3-8B", "Qwen3ForCausalLM", "LLM", "qwen3", f"{_TEXT}:build_qwen3",
+        "8/2 heads (GQA 4), head 128, q/k RMSNorm, hidden 128",
+        "HF Qwen3ForCausalLM",
+    ),
+    ModelRow(
+        "Qwen3-MoE", "Qwen3-30B-A3B", "Qwen3MoeForCausalLM", "LLM", "qwen3_moe", f"{_TEXT}:build_qwen3_moe",
+        "16/2 heads (GQA 8), head 128, 128 experts top-8, norm_topk_prob",
+        "HF Qwen3MoeForCausalLM",
+    ),
+    # head 16 (hidden 64, 4/2 heads): the models of the engine scenarios (prefix caching, chunked prefill,
+    # a long run over many KV blocks, tp=2, third-party plugin)
+    *(
+        ModelRow(family, "engine scenarios (head 16)", arch, "LLM", kind, f"{_TEXT}:build_{kind}", shape, f"HF {arch}")
+        for family, arch, kind, shape in (
+            ("Llama", "LlamaForCausalLM", "llama", "4/2 heads, head 16"),
+            ("Qwen2", "Qwen2ForCausalLM", "qwen2", "4/2 heads, head 16, QKV bias"),
+            ("Qwen2-MoE", "Qwen2MoeForCausalLM", "qwen2_moe", "4/2 heads, head 16, 8 experts top-2, shared expert"),
+            ("Mixtral", "MixtralForCausalLM", "mixtral", "4/2 heads, head 16, 8 experts top-2"),
+        )
+    ),
     # --- end of LLM rows ---
     # --- Qwen-VL rows (tiny_vlms) ---
     # The LLM part realistic in attention shape; vision towers of 2-4 blocks, 4-16 merged image tokens per image.

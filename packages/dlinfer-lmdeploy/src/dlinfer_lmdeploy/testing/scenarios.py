@@ -16,6 +16,9 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlinfer_lmdeploy.testing.model_table import ROWS
+from dlinfer_lmdeploy.testing.tiny_models import MOE_KINDS
+
 PROMPTS = (
     "Hello world",
     "The quick brown fox jumps over the lazy dog.",
@@ -29,7 +32,7 @@ _CHUNKED = "Chunked prefill splits a long prompt into pieces that each attend to
 class Scenario:
     name: str
     model: str
-    """tiny model kind (``tiny_models.KINDS``)"""
+    """tiny model kind (``model_table.BY_KIND``)"""
     phases: tuple[tuple[str, ...], ...]
     new_tokens: int
     engine: dict[str, Any] = field(default_factory=dict)
@@ -49,6 +52,10 @@ class Scenario:
             assert calls[op] == 0, f"{self.name}: {op} called {calls[op]} times, expected none"
 
 
+LLM_KINDS = tuple(row.kind for row in ROWS if row.modality == "LLM")
+"""the text rows of the model table, one ``concurrent_<kind>`` scenario each"""
+
+
 def _concurrent(kind: str) -> Scenario:
     calls = {
         "prefill_attention": 1,
@@ -58,7 +65,7 @@ def _concurrent(kind: str) -> Scenario:
         "rms_norm+add_rms_norm": 1,
         "apply_rotary_pos_emb+apply_rotary_pos_emb_inplace": 1,
     }
-    if kind in ("qwen2_moe", "mixtral"):
+    if kind in MOE_KINDS:
         calls.update(moe_gating_topk_softmax=1, fused_moe=1)
     else:
         calls.update(silu_and_mul=1)
@@ -75,7 +82,7 @@ def _concurrent(kind: str) -> Scenario:
 
 
 SCENARIOS: tuple[Scenario, ...] = (
-    *(_concurrent(kind) for kind in ("llama", "qwen2", "qwen2_moe", "mixtral")),
+    *(_concurrent(kind) for kind in LLM_KINDS),
     Scenario(
         "prefix_caching",
         "llama",
