@@ -220,12 +220,29 @@ def qwen_oracle_inputs(items: list[dict[str, Any]], input_ids: torch.Tensor, con
     return extras
 
 
+def _vision_calls(config: dict[str, Any]) -> dict[str, int]:
+    """The dlinfer op calls of one image's vision tower in LMDeploy's Qwen-VL model files: per block one
+    non-causal ``prefill_attention`` (varlen; windowed blocks pass many windows in one call), one in-place vision
+    rope, four linears (qkv, proj, two MLP linears); Qwen2.5-VL's RMSNorms (2 per block + the merger's) and gated
+    SiLU MLP; Qwen3-VL's patch merger and deepstack mergers (2 linears each)."""
+    arch, vision = config["architectures"][0], config["vision_config"]
+    depth = vision["depth"]
+    calls = {"prefill_attention:noncausal": depth, "prefill_attention": depth, "apply_rotary_pos_emb_inplace": depth,
+             "linear": 4 * depth}  # fmt: skip
+    if arch == "Qwen2_5_VLForConditionalGeneration":
+        calls.update(rms_norm=2 * depth + 1, silu_and_mul=depth)
+    if arch == "Qwen3VLForConditionalGeneration":
+        calls["linear"] += 2 * (1 + len(vision["deepstack_visual_indexes"]))
+    return calls
+
+
 def _register() -> None:
     from dlinfer_lmdeploy.testing import vlm
 
     for arch in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
                  "Qwen3VLForConditionalGeneration"):  # fmt: skip
         vlm.register_oracle(arch, qwen_oracle_inputs)
+        vlm.register_vision_calls(arch, _vision_calls)
 
 
 _register()

@@ -136,6 +136,20 @@ def capture_prompt_inputs() -> Iterator[dict[str, Captured]]:
         MultimodalProcessor.get_prompt_input = original  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def open_pipeline(path: Path, engine: Any) -> Iterator[Any]:
+    """``lmdeploy.pipeline`` for a VLM checkpoint; ``trust_remote_code`` when the checkpoint ships its own code
+    (``auto_map`` in its config: e.g. the config class of the InternVL chat format, written by our builder)."""
+    from lmdeploy import pipeline
+
+    remote = "auto_map" in json.loads((Path(path) / "config.json").read_text())
+    pipe = pipeline(str(path), backend_config=engine, log_level="ERROR", trust_remote_code=remote)
+    try:
+        yield pipe
+    finally:
+        pipe.close()
+
+
 def gen_config(max_new_tokens: int, logprobs: int | None = None) -> Any:
     from lmdeploy import GenerationConfig
 
@@ -335,7 +349,17 @@ def _mirrored() -> tuple[Request, ...]:
     return (Request("Describe the image.", (mirror(make_image(1)),)),)
 
 
+def _text() -> tuple[Request, ...]:
+    return (Request("Describe the image."),)
+
+
 SCENARIOS: tuple[VlmScenario, ...] = (
+    VlmScenario(
+        "text_only",
+        _text,
+        "one_image's text without the image (also the baseline of the vision tower's op calls: one_image's "
+        "calls minus these)",
+    ),
     VlmScenario("one_image", _one, "one image, one prompt"),
     VlmScenario("two_images", _two, "two images of different shapes in one prompt"),
     VlmScenario("text_batched_with_images", _mixed, "a text-only request submitted together with two image requests"),
@@ -347,6 +371,68 @@ SCENARIOS: tuple[VlmScenario, ...] = (
     ),
 )
 NEW_TOKENS = 10
+
+
+VisionCalls = Callable[[dict[str, Any]], dict[str, int]]
+"""checkpoint config.json (dict) -> op -> the exact number of ``dlinfer.ops`` calls the vision tower (with its
+projector) makes for one image (ops not named: not checked; ``"prefill_attention:noncausal"`` counts the
+non-causal calls)"""
+_VISION_CALLS: dict[str, VisionCalls] = {}
+
+
+def register_vision_calls(architecture: str, calls: VisionCalls) -> None:
+    """Declare the op calls of ``architecture``'s vision tower (``architecture``: the row's, LMDeploy's)."""
+    _VISION_CALLS[architecture] = calls
+
+
+def expected_vision_calls(row: ModelRow, path: Path) -> dict[str, int]:
+    importlib.import_module(row.builder.partition(":")[0])
+    if row.architecture not in _VISION_CALLS:
+        raise LookupError(
+            f"no vision op-call expectation for {row.architecture}: its builder module must call "
+            "vlm.register_vision_calls"
+        )
+    return _VISION_CALLS[row.architecture](json.loads((Path(path) / "config.json").read_text()))
+
+
+@dataclass
+class RowRun:
+    """Every scenario of one VLM row, run in one engine."""
+
+    results: dict[str, list[Result]]
+    calls: dict[str, collections.Counter[str]]
+    """scenario -> its ``dlinfer.ops`` calls"""
+    seconds: dict[str, float]
+    """scenario -> wall time (``"engine"``: engine start)"""
+    logits: dict[str, list[list[dict[int, float]]]] = field(default_factory=dict)
+    """scenario -> per request, the engine's top-k raw logits per step (``run_row(logits=k)``)"""
+
+    def vision_calls(self) -> dict[str, int]:
+        """The calls of one image's vision tower: one_image's minus text_only's (same steps, same LLM work)."""
+        one, text = self.calls["one_image"], self.calls["text_only"]
+        return {op: one[op] - text[op] for op in set(one) | set(text) if one[op] != text[op]}
+
+
+def run_row(path: Path, engine: Any, new_tokens: int = NEW_TOKENS, logits: int | None = None) -> RowRun:
+    """Run :data:`SCENARIOS` in order through one ``lmdeploy.pipeline`` (``engine``: a PytorchEngineConfig);
+    ``logits``: also record the engine's top-``logits`` raw logits (engine built with
+    ``logprobs_mode="raw_logits"``)."""
+    import time
+
+    results: dict[str, list[Result]] = {}
+    calls: dict[str, collections.Counter[str]] = {}
+    t0 = time.perf_counter()
+    with open_pipeline(path, engine) as pipe:
+        seconds = {"engine": time.perf_counter() - t0}
+        run = RowRun(results, calls, seconds)
+        for sc in SCENARIOS:
+            t0 = time.perf_counter()
+            with count_ops() as counts:
+                res, top = _generate(pipe, sc.requests(), new_tokens, logits)
+            seconds[sc.name] = time.perf_counter() - t0
+            results[sc.name], calls[sc.name] = res, counts
+            run.logits[sc.name] = top
+    return run
 
 
 @contextlib.contextmanager

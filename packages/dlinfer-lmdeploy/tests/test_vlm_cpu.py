@@ -1,0 +1,86 @@
+"""VLM rows of the model table end to end on the CPU: lmdeploy.pipeline + dlinfer reference backend (fp32) ==
+the HF oracle's greedy tokens, fed exactly the ``input_ids`` / ``pixel_values`` (+ family extras) LMDeploy built.
+
+Every row of ``model_table.ROWS`` with ``modality == "VLM"`` runs every scenario of ``vlm.SCENARIOS`` in one
+engine (text only, one image, two images in one prompt, a text-only request batched with image requests, the
+mirrored image) and the vision tower must make the dlinfer op calls its family declares
+(``vlm.register_vision_calls``). Rows whose preprocessing needs torchvision carry the ``torchvision`` marker
+(the ``tests-vlm`` nox session runs ``-m torchvision``) and are skipped where torchvision is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from dlinfer_lmdeploy.testing import model_table, runner, vlm
+from dlinfer_lmdeploy.testing.model_table import ModelRow
+
+pytestmark = pytest.mark.e2e
+
+VLM_ROWS = [row for row in model_table.ROWS if row.modality == "VLM"]
+
+
+def _params(with_scenarios: bool) -> list[object]:
+    out = []
+    for row in VLM_ROWS:
+        marks = [pytest.mark.torchvision] if row.needs_torchvision else []
+        for sc in vlm.SCENARIOS if with_scenarios else [None]:
+            ident = row.kind if sc is None else f"{row.kind}-{sc.name}"
+            out.append(pytest.param(row, sc, marks=marks, id=ident))
+    return out
+
+
+def _require(row: ModelRow) -> None:
+    if row.needs_torchvision:
+        pytest.importorskip("torchvision", reason=f"{row.kind}: its processor needs torchvision (nox -s tests-vlm)")
+
+
+@pytest.fixture(scope="session")
+def vlm_row(tmp_path_factory: pytest.TempPathFactory) -> Callable[[ModelRow], tuple[Path, vlm.RowRun]]:
+    """``vlm_row(row)`` -> (checkpoint, every scenario run in one engine); built and run once per session."""
+    done: dict[str, tuple[Path, vlm.RowRun]] = {}
+
+    def get(row: ModelRow) -> tuple[Path, vlm.RowRun]:
+        if row.kind not in done:
+            path = row.build(tmp_path_factory.mktemp(f"vlm_{row.kind}"))  # a missing builder fails here
+            done[row.kind] = (path, vlm.run_row(path, runner.engine_config("cpu")))
+        return done[row.kind]
+
+    return get
+
+
+def test_model_table_has_vlm_rows() -> None:
+    assert {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"} <= {row.kind for row in VLM_ROWS}
+
+
+@pytest.mark.parametrize(("row", "scenario"), _params(True))
+def test_vlm_matches_hf_greedy(row: ModelRow, scenario: vlm.VlmScenario, vlm_row) -> None:  # type: ignore[no-untyped-def]
+    _require(row)
+    path, run = vlm_row(row)
+    results = run.results[scenario.name]
+    for res in results:
+        assert len(res.tokens) == vlm.NEW_TOKENS, f"{row.kind}/{scenario.name}: {len(res.tokens)} tokens"
+        n_images = len(res.request.images)
+        assert len(res.captured.multimodal) == n_images, (
+            f"{row.kind}/{scenario.name}: LMDeploy fed {len(res.captured.multimodal)} image items for {n_images} images"
+        )
+    expected = vlm.hf_greedy(row, path, [r.captured for r in results], vlm.NEW_TOKENS)
+    got = [r.tokens for r in results]
+    assert got == expected, f"{row.kind}/{scenario.name}: tokens differ from the HF oracle on LMDeploy's inputs"
+    if scenario.name == "mirrored_image":
+        original = run.results["one_image"][0]
+        assert original.captured.input_ids == results[0].captured.input_ids  # the same prompt, only the image moved
+        assert got[0] != original.tokens, f"{row.kind}: mirroring the image did not change the output"
+
+
+@pytest.mark.parametrize(("row", "scenario"), _params(False))
+def test_vlm_vision_tower_op_calls(row: ModelRow, scenario: None, vlm_row) -> None:  # type: ignore[no-untyped-def]
+    _require(row)
+    path, run = vlm_row(row)
+    expected = vlm.expected_vision_calls(row, path)
+    got = run.vision_calls()
+    wrong = {op: (got.get(op, 0), n) for op, n in expected.items() if got.get(op, 0) != n}
+    assert not wrong, f"{row.kind}: vision-tower dlinfer op calls (got, expected): {wrong}; all: {got}"
