@@ -236,3 +236,22 @@ def test_model_without_mixin_or_declining_runs_eagerly_counted() -> None:
     runner = _runner(model)
     _check(runner, model, _step(2, gen))
     assert runner.eager_steps == {"model": 1} and runner.captured == {}
+
+
+def test_model_extra_graph_key_selects_the_graph() -> None:
+    """A model's own ``get_cudagraph_extra_key`` (LMDeploy's hook) is part of the capture key."""
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+
+    class Keyed(FakeVLM):
+        variant = 0
+
+        def get_cudagraph_extra_key(self, **kwargs: Any) -> tuple:
+            return (self.variant,)
+
+    model = Keyed()
+    runner = _runner(model)
+    for variant in (0, 1, 0):
+        model.variant = variant
+        _check(runner, model, _step(3, gen, mrope_position_ids=_mrope(3, gen)))
+    assert sorted(key[2:] for key in runner.captured) == [(0,), (1,)]
+    assert runner.graphed_steps == 3 and runner.eager_decode_steps == 0

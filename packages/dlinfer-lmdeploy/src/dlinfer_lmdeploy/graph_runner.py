@@ -247,7 +247,8 @@ class DlinferGraphRunner(GraphRunner):
                 signature.append((name,))
             else:
                 return None, (f"kwarg {name}", f"{name} = {type(value).__name__} cannot be held in a graph")
-            extras[name] = value
+            if self._extra_key is not None:
+                extras[name] = value
         if self._support is not None and not self._support(**kwargs):
             return None, ("model", f"{type(self.model).__name__}.support_cuda_graph() declined the step")
         key: tuple[Any, ...] = (bucket, tuple(signature))
