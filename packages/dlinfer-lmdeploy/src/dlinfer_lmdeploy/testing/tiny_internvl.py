@@ -139,39 +139,6 @@ def _save_hf(model: Any, path: Path, dtype: torch.dtype) -> None:
     build_tokenizer(path)
 
 
-def _internlm2_from_llama(sd: dict[str, torch.Tensor], num_heads: int, num_kv_heads: int) -> dict[str, torch.Tensor]:
-    """Llama-layout LLM weights (keys under ``model.`` plus ``lm_head``) -> InternLM2 layout (fused ``wqkv`` in the
-    'hgd' layout that LMDeploy's ``internlm2.py`` splits)."""
-    # TODO(issue 10): use the shared InternLM2 conversion of tiny_models once it lands (one-line swap).
-    renames = {
-        "model.embed_tokens.": "model.tok_embeddings.",
-        "lm_head.": "output.",
-        ".self_attn.o_proj.": ".attention.wo.",
-        ".mlp.gate_proj.": ".feed_forward.w1.",
-        ".mlp.up_proj.": ".feed_forward.w3.",
-        ".mlp.down_proj.": ".feed_forward.w2.",
-        ".input_layernorm.": ".attention_norm.",
-        ".post_attention_layernorm.": ".ffn_norm.",
-    }
-    out: dict[str, torch.Tensor] = {}
-    for name, w in sd.items():
-        if ".self_attn.k_proj." in name or ".self_attn.v_proj." in name:
-            continue
-        if ".self_attn.q_proj." in name:
-            q, k, v = (sd[name.replace("q_proj", x)] for x in ("q_proj", "k_proj", "v_proj"))
-            hidden = q.shape[-1]
-            d = q.shape[0] // num_heads
-            g = num_heads // num_kv_heads
-            heads = [q.view(num_kv_heads, g, d, hidden), k.view(num_kv_heads, 1, d, hidden)]
-            wqkv = torch.cat([*heads, v.view(num_kv_heads, 1, d, hidden)], dim=1).reshape(-1, hidden)
-            out[name.replace(".self_attn.q_proj.", ".attention.wqkv.")] = wqkv
-            continue
-        for old, new in renames.items():
-            name = name.replace(old, new)
-        out[name] = w
-    return out
-
-
 def _chat_state_dict(model: Any) -> dict[str, torch.Tensor]:
     """HF ``InternVLForConditionalGeneration`` weights -> the chat-format (``InternVLChatModel``) layout."""
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -180,7 +147,7 @@ def _chat_state_dict(model: Any) -> dict[str, torch.Tensor]:
     llm = {k[len("model.language_model.") :]: v for k, v in sd.items() if k.startswith("model.language_model.")}
     llm = {f"model.{k}": v for k, v in llm.items()}
     llm["lm_head.weight"] = sd["lm_head.weight"]
-    for k, v in _internlm2_from_llama(llm, text.num_attention_heads, text.num_key_value_heads).items():
+    for k, v in tiny_models.llama_to_internlm2(llm, text.num_attention_heads, text.num_key_value_heads).items():
         out[f"language_model.{k}"] = v
     vis = "model.vision_tower."
     out["vision_model.embeddings.class_embedding"] = sd[vis + "embeddings.cls_token"]
@@ -350,3 +317,34 @@ def build_internvl3_5_hf(path: str | Path, *, dtype: torch.dtype = torch.float32
     )
     processor.save_pretrained(str(path))
     return path
+
+
+def _vision_calls(config: dict[str, Any]) -> dict[str, int]:
+    """The dlinfer op calls of one image's vision tower (all its tiles in one batch) in LMDeploy's InternVL model
+    files: four linears per block (qkv, proj, fc1, fc2); RMSNorm towers (InternVL-1.5) two ``rms_norm`` per block
+    plus two for q/k-norm; attention is plain ``F.scaled_dot_product_attention`` (no ``prefill_attention``).
+    The chat format's projector ``mlp1`` is plain ``nn.Linear``; the HF format's projector uses two dlinfer
+    linears."""
+    vision = config["vision_config"]
+    chat = config["architectures"][0] == "InternVLChatModel"
+    blocks = vision["num_hidden_layers"]
+    qk_norm = vision["qk_normalization"] if chat else vision["use_qk_norm"]
+    rms = 2 * blocks * (vision["norm_type"] == "rms_norm") + 2 * blocks * bool(qk_norm)
+    return {
+        "linear": 4 * blocks + (0 if chat else 2),
+        "rms_norm": rms,
+        "prefill_attention": 0,
+        "prefill_attention:noncausal": 0,
+    }
+
+
+def _register() -> None:
+    from dlinfer_lmdeploy.testing import vlm
+
+    for arch in ("InternVLChatModel", "InternVLForConditionalGeneration"):
+        vlm.register_vision_calls(arch, _vision_calls)
+    # the oracle (HF InternVLForConditionalGeneration) takes the items' pixel_values concatenated in prompt order:
+    # vlm.default_oracle_inputs, no hook needed
+
+
+_register()
