@@ -302,3 +302,35 @@ def test_host_mirrors_are_passed_through_not_copied(ops: dict, monkeypatch: pyte
                                    seqlens_kv_cpu=kv_cpu)
     assert seen[0][0] is None and seen[0][1] is kv_cpu
     assert seen[1][1] is kv_cpu and seen[1][0].data_ptr() == cu_cpu[1:].data_ptr()  # a view: cumulative ends
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("window", [None, 6])
+def test_prefill_keeps_one_growing_mask_not_one_per_prompt_length(ops: dict, dtype: torch.dtype, window: int | None,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps with different longest prompts share one mask per (dtype, device, window), regrown only when a
+    longer prompt arrives; every step still matches the reference."""
+    from dlinfer_ascend.ops._kernels import K
+
+    masks: list[torch.Tensor] = []
+    orig = K.atb._npu_flash_attention
+
+    def spy(q, k, v, mask, *rest):  # noqa: ANN001, ANN002, ANN202
+        masks.append(mask)
+        return orig(q, k, v, mask, *rest)
+
+    monkeypatch.setattr(K.atb, "_npu_flash_attention", spy)
+    monkeypatch.setattr(attention, "_ATB_MASKS", {})
+    steps = [(5, 3), (40, 2), (17,), (300, 9), (33, 1), (290,)]
+    for lens in steps:
+        def build(g: torch.Generator, dt: torch.dtype, _layout: str, lens: tuple = lens) -> dict:
+            t = sum(lens)
+            return {"q": randn(g, t, 4, 64, dtype=dt), "k": randn(g, t, 2, 64, dtype=dt),
+                    "v": randn(g, t, 2, 64, dtype=dt), "cu_seqlens_q": cu_seqlens(lens), "max_seqlen_q": max(lens),
+                    "causal": True, "window": window, "cu_seqlens_q_cpu": cu_seqlens(lens)}
+
+        run("prefill_attention", build, dtype)
+    sizes = [m.shape[0] for m in masks]
+    assert len({m.data_ptr() for m in masks}) == 2, sizes  # built for 5 (128 rows), regrown once for 300
+    assert sizes == sorted(sizes) and sizes[-1] >= 300, sizes  # grown, never shrunk
+    assert max(sizes) < 2 * 300 + 128 and len(attention._ATB_MASKS) == 1

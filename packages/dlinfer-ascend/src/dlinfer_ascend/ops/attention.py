@@ -42,20 +42,35 @@ def _compressed_mask(device: torch.device) -> torch.Tensor:
     return torch.triu(torch.ones(2048, 2048, dtype=torch.bool, device=device), diagonal=1)
 
 
-@lru_cache(maxsize=16)
+_MASK_ALIGN = 128
+_ATB_MASKS: dict[tuple[torch.dtype, torch.device, int | None], torch.Tensor] = {}
+"""One causal(/window) mask per (dtype, device, window), grown geometrically (not one per prompt length)."""
+
+
 def _atb_causal_mask(n: int, dtype: torch.dtype, device: torch.device, window: int | None
                      ) -> torch.Tensor:
-    """(n, n) mask in the query dtype for atb._npu_flash_attention (§2.14).
+    """(N, N) mask, N >= n, in the query dtype for atb._npu_flash_attention (§2.14).
 
-    bf16 (high-precision path): masked = 1. fp16: additive -10000 like the op's golden (whether
-    1 masks on fp16 is UNCONFIRMED, vendor-apis.md §5.2).
+    ATB applies the mask's top-left block to each sequence, so one mask of the largest size seen serves every
+    shorter step: it is passed whole (no per-call copy) and rebuilt only when a longer prompt arrives, at
+    max(n, 2x) rounded up to 128. bf16 (high-precision path): masked = 1. fp16: additive -10000 like the op's
+    golden (whether 1 masks on fp16 is UNCONFIRMED, vendor-apis.md §5.2).
     """
-    i = torch.arange(n, device=device)
+    key = (dtype, torch.device(device), window)
+    mask = _ATB_MASKS.get(key)
+    if mask is not None and mask.shape[0] >= n:
+        return mask
+    size = max(n, 2 * mask.shape[0] if mask is not None else 0)
+    size = -(-size // _MASK_ALIGN) * _MASK_ALIGN
+    _ATB_MASKS.pop(key, None)  # free the smaller mask before allocating the larger one
+    i = torch.arange(size, device=device)
     masked = i[None, :] > i[:, None]
     if window is not None:
         masked |= i[None, :] <= i[:, None] - window
     value = 1.0 if dtype == torch.bfloat16 else -10000.0
-    return torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(masked, value)
+    mask = torch.zeros(size, size, dtype=dtype, device=device).masked_fill_(masked, value)
+    _ATB_MASKS[key] = mask
+    return mask
 
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
