@@ -1,15 +1,17 @@
 """End to end on the CPU: lmdeploy.pipeline + dlinfer reference backend == HF transformers greedy (fp32).
 
-The scenarios (concurrent prompts per model kind, prefix caching, chunked prefill, a long run over many KV
-blocks) are the table in ``dlinfer_lmdeploy.testing.scenarios``, shared with the GPU tests.
+The scenarios (concurrent prompts per row of the model table, prefix caching, chunked prefill, a long run over
+many KV blocks) are the table in ``dlinfer_lmdeploy.testing.scenarios``, shared with the GPU tests. Dynamic NTK
+rope past ``max_position_embeddings`` is tested here only: the GPU tests' teacher forcing recomputes the rope of a
+whole sequence at its final length, which incremental decoding never does.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from dlinfer_lmdeploy.testing import runner
-from dlinfer_lmdeploy.testing.scenarios import SCENARIOS, Scenario
+from dlinfer_lmdeploy.testing import hf_oracle, runner
+from dlinfer_lmdeploy.testing.scenarios import PROMPTS, SCENARIOS, Scenario
 
 pytestmark = pytest.mark.e2e
 
@@ -24,3 +26,29 @@ def test_scenario_matches_hf_greedy(scenario: Scenario, tiny_model, hf_greedy, o
             got = runner.generate(pipe, phase, scenario.new_tokens)
             assert got == hf_greedy(path, ids, scenario.new_tokens), f"{scenario.name}: tokens differ from HF greedy"
     scenario.check_calls(op_calls)
+
+
+def test_dynamic_ntk_past_max_positions(tiny_model, hf_greedy):  # type: ignore[no-untyped-def]
+    """InternLM2.5's dynamic NTK rope (``rope_type: dynamic``) beyond ``max_position_embeddings``.
+
+    Alone, a request matches HF greedy whether decoding crosses the limit or the prompt is already past it.
+    Batched, LMDeploy scales the rotary base of every sequence in a step by the step's longest sequence
+    (``max(position_ids) + 1``), as HF's batched generate does: a short request batched with one that crosses
+    the limit equals HF's left-padded batch, and not HF's generation of it alone."""
+    import json
+
+    path = tiny_model("internlm2_5")
+    max_pos = json.loads((path / "config.json").read_text())["max_position_embeddings"]
+    text = (PROMPTS[2] + " ") * 4
+    crossing, beyond, short, n = text[: max_pos - 28], text[1 : max_pos + 13], PROMPTS[0], 40
+    with runner.open_pipeline(path, runner.engine_config()) as pipe:
+        ids = {p: runner.encode(pipe, p) for p in (crossing, beyond, short)}
+        assert len(ids[crossing]) < max_pos < len(ids[crossing]) + n and len(ids[beyond]) > max_pos
+        for prompt, new in ((crossing, n), (beyond, 10)):
+            got = runner.generate(pipe, [prompt], new)
+            assert got == hf_greedy(path, [ids[prompt]], new), f"{len(ids[prompt])}-token prompt alone"
+        got = runner.generate(pipe, [crossing, short], n)
+    assert got == hf_oracle.greedy_batched(path, [ids[crossing], ids[short]], n), "batch != HF's padded batch"
+    assert got[0] == hf_greedy(path, [ids[crossing]], n)[0]
+    alone = hf_greedy(path, [ids[short]], n)[0]
+    assert got[1] != alone, "the short request no longer follows the batch's rope scaling (LMDeploy changed?)"

@@ -37,6 +37,32 @@ def greedy(path: str | Path, prompts: list[list[int]], max_new_tokens: int) -> l
     return outs
 
 
+def greedy_batched(path: str | Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Like :func:`greedy`, but all prompts in one left-padded batch (one ``generate`` call). Differs from
+    :func:`greedy` only where the model mixes sequences by design: dynamic NTK rope scales the rotary base of
+    every sequence by the longest one (``max(position_ids) + 1`` over the batch)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(oracle_path(path)), dtype=torch.float32).eval()
+    eos = model.config.eos_token_id
+    banned = [eos] if isinstance(eos, int) else list(eos or [])
+    width = max(map(len, prompts))
+    x = torch.tensor([[0] * (width - len(ids)) + list(ids) for ids in prompts])
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
+    with torch.no_grad():
+        y = model.generate(
+            x,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+            suppress_tokens=banned or None,
+        )
+    return [row[width:].tolist() for row in y]
+
+
 def teacher_forced(
     path: str | Path,
     runs: list[tuple[list[int], list[int]]],
