@@ -39,7 +39,7 @@ def test_vlm_graph_mode_matches_oracle_without_eager_decode(
     batches = [s.requests() for s in vlm.SCENARIOS if s.name in SCENARIOS]
     cfg = runner.engine_config(hostgraph, dtype="float32", eager_mode=False, max_batch_size=4)
     host_graph.CALLS.clear()
-    with graph_runner.counting() as steps, runner.open_pipeline(path, cfg) as pipe:
+    with graph_runner.counting() as steps, vlm.open_pipeline(path, cfg) as pipe:
         results = [res for batch in batches for res in vlm.generate(pipe, batch, vlm.NEW_TOKENS)]
         [engine_runner] = [r for r in graph_runner.live_runners() if r.plugin.name == host_graph.NAME]
         held = {name for entry in engine_runner.captured.values() for name in entry.buffers}
