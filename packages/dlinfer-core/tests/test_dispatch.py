@@ -53,9 +53,29 @@ for t, s in enumerate(slots):
 result = {"selected": dispatch.current().name, "ok": torch.equal(kc, want_k) and torch.equal(vc, want_v)}
 """
 
+OLD_API = """
+import dlinfer_test_oldapi as old
+from dlinfer.reference.ops import OPS as REF
+old.CALLS.clear()
+qkv = torch.randn(5, 8 * 16)                              # q: 4 heads, k and v: 2 heads each, D = 16
+q, k = qkv[:, :64].view(5, 4, 16), qkv[:, 64:96].view(5, 2, 16)   # strided views of one buffer
+cos, sin = torch.randn(5, 8), torch.randn(5, 8)
+want_q, want_k = REF["apply_rotary_pos_emb"](q, k, cos, sin, interleaved=False)
+v_before = qkv[:, 96:].clone()
+ops.apply_rotary_pos_emb_inplace(q, k, cos, sin)
+x, r, w = torch.randn(3, 16), torch.randn(3, 16), torch.randn(16)
+got = ops.add_rms_norm_w8a8(x, r, w)
+want = REF["add_rms_norm_w8a8"](x, r, w, eps=1e-6)
+result = {"calls": list(old.CALLS), "rotary_ok": torch.equal(q, want_q) and torch.equal(k, want_k),
+          "v_untouched": torch.equal(qkv[:, 96:], v_before),
+          "w8a8_ok": all(torch.equal(a, b) for a, b in zip(got, want)), "composed": list(dispatch.STATE.composed),
+          "fallbacks": list(dispatch.STATE.fallbacks)}
+"""
+
 SCENARIOS: dict[str, dict[str, Any]] = {
     "use-good": {"code": USE_GOOD},
     "first-call-layout": {"code": FIRST_CALL_LAYOUT},
+    "old-api": {"env": {"DLINFER_TEST_ENABLE": "oldapi", "DLINFER_BACKEND": "oldapi"}, "code": OLD_API},
     "strict-env": {"env": {"DLINFER_STRICT": "1"}, "code": "result = dlinfer.activate().name"},
     "strict-arg": {"code": "result = dlinfer.activate(strict=True).name"},
     "strict-env-0": {"env": {"DLINFER_STRICT": "0"}, "code": "result = dlinfer.activate().name"},
@@ -186,3 +206,30 @@ def test_first_cache_op_call_uses_the_backends_layout(outcome):
     res = outcome["first-call-layout"]
     assert res["error"] is None, res
     assert res["result"] == {"selected": "goodcpu", "ok": True}
+
+
+def test_missing_ops_are_composed_from_the_plugins_own_ops(outcome):
+    """An API-1.0 plugin gets the in-place rotary from its own out-of-place rotary (not the reference), and the
+    fused norm+quant ops from its norm and dynamic_quant; the warning says "composed"."""
+    res = outcome["old-api"]
+    assert res["error"] is None, res
+    r = res["result"]
+    assert r["calls"] == ["apply_rotary_pos_emb", "add_rms_norm", "dynamic_quant"]
+    assert r["rotary_ok"] and r["v_untouched"] and r["w8a8_ok"]
+    assert r["composed"] == ["apply_rotary_pos_emb_inplace", "rms_norm_w8a8", "add_rms_norm_w8a8"]
+    assert not set(r["composed"]) & set(r["fallbacks"])
+    warns = res["warnings"]
+    for op, parts in (("apply_rotary_pos_emb_inplace", "apply_rotary_pos_emb"),
+                      ("rms_norm_w8a8", "rms_norm + dynamic_quant"),
+                      ("add_rms_norm_w8a8", "add_rms_norm + dynamic_quant")):
+        assert f"RuntimeWarning: dlinfer backend 'oldapi' does not implement '{op}'; composed from its own {parts}" \
+            in warns, warns
+
+
+def test_every_derived_op_has_a_composition():
+    from dlinfer.compose import BUILDERS
+
+    derived = {name for name, spec in SPECS.items() if spec.derived_from}
+    assert derived == set(BUILDERS)
+    for name in derived:
+        assert all(part in SPECS and part != name for part in SPECS[name].derived_from)

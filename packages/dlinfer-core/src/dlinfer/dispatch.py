@@ -13,6 +13,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+from dlinfer.compose import compose
 from dlinfer.errors import DlinferError, PluginError
 from dlinfer.plugin import Backend
 from dlinfer.registry import REFERENCE, REGISTRY, PluginRecord
@@ -26,6 +27,9 @@ class _State:
         self.record: PluginRecord | None = None
         self.kv_layout = "NHD"
         self.fallbacks: tuple[str, ...] = ()
+        """Ops served by the reference because the backend lacks them (and cannot compose them)."""
+        self.composed: tuple[str, ...] = ()
+        """Ops the backend lacks, composed from its own ops (dlinfer.compose)."""
         self.warned: set[tuple[str, str]] = set()
         """(backend, op) pairs whose fallback warning was issued: once per process, not per activation."""
         mode = validation_mode(os.environ.get("DLINFER_VALIDATE", ""))
@@ -86,8 +90,9 @@ _reset_table()
 def activate(name: str | None = None, *, strict: bool | None = None) -> Backend:
     """Select a backend (explicit name, DLINFER_BACKEND, or auto-detection) and resolve the table.
 
-    Missing ops fall back to the reference implementation with a one-time warning per op,
-    unless ``strict`` (or DLINFER_STRICT=1), which raises instead.
+    Missing ops are composed from the backend's own ops where the spec says how
+    (``OpSpec.derived_from``), else fall back to the reference implementation; either way with a
+    one-time warning per op. ``strict`` (or DLINFER_STRICT=1) refuses reference fallbacks instead.
     """
     if strict is None:
         strict = env_flag("DLINFER_STRICT")
@@ -107,7 +112,8 @@ def _activate(rec: PluginRecord, strict: bool) -> Backend:
     backend = rec.backend
     ops = REGISTRY.load_ops(rec.backend.name)
     reference = REGISTRY.load_ops(REFERENCE)
-    missing = tuple(n for n in SPECS if n not in ops)
+    composed = compose(ops)  # missing ops built from the backend's own ops
+    missing = tuple(n for n in SPECS if n not in ops and n not in composed)
     if missing and strict:
         raise DlinferError(
             f"dlinfer backend '{backend.name}' ({rec.dist} {rec.version}) lacks ops {', '.join(missing)} "
@@ -119,17 +125,17 @@ def _activate(rec: PluginRecord, strict: bool) -> Backend:
         except Exception as exc:
             raise rec.fail(f"activate() failed: {type(exc).__name__}: {exc}") from exc
     for op in SPECS:
-        setattr(TABLE, op, ops.get(op) or reference[op])
-    for op in missing:
-        if (backend.name, op) in STATE.warned:
+        setattr(TABLE, op, ops.get(op) or (composed[op][0] if op in composed else reference[op]))
+    for op in SPECS:
+        if op in ops or (backend.name, op) in STATE.warned:
             continue
         STATE.warned.add((backend.name, op))
-        warnings.warn(
-            f"dlinfer backend '{backend.name}' does not implement '{op}'; using the reference implementation",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        how = (f"composed from its own {' + '.join(composed[op][1])}" if op in composed
+               else "using the reference implementation")
+        warnings.warn(f"dlinfer backend '{backend.name}' does not implement '{op}'; {how}", RuntimeWarning,
+                      stacklevel=3)
     STATE.record, STATE.kv_layout, STATE.fallbacks = rec, backend.kv_layout, missing
+    STATE.composed = tuple(composed)
     return backend
 
 

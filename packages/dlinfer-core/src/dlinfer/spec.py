@@ -20,7 +20,8 @@ import torch
 
 API_VERSION = "1.1"
 """Version of the op/plugin API that dlinfer-core implements (plugins declare a range).
-1.1 added ``apply_rotary_pos_emb_inplace``; a 1.0 plugin still loads and falls back to the reference for it."""
+1.1 added ``apply_rotary_pos_emb_inplace``; a 1.0 plugin still loads and gets it composed from its own
+``apply_rotary_pos_emb`` (``OpSpec.derived_from``), or the reference if it lacks that too."""
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -78,6 +79,8 @@ class OpSpec:
     """False for load-time helpers (``weight_quant_prepare``): no custom op, never traced."""
     options: tuple[str, ...] = field(default=())
     """Optional behaviours a backend may refuse with NotImplementedError (documented, conformance-tested)."""
+    derived_from: tuple[str, ...] = ()
+    """Ops this one is composed from (``dlinfer.compose``) when a backend lacks it but has all of these."""
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -156,6 +159,7 @@ _add(OpSpec(
     "stride > heads*D), with unit stride in the last dim; only their elements may be written. A backend whose "
     "kernel needs dense rows rotates a contiguous copy and writes it back; one that cannot serve a last-dim "
     "stride != 1 raises ValueError naming the op, the argument, the expected and the actual strides.",
+    derived_from=("apply_rotary_pos_emb",),
 ))
 _add(OpSpec(
     "silu_and_mul",
@@ -245,6 +249,7 @@ _add(OpSpec(
     (_t("x", ("...", "H")), _t("weight", ("H",), "same:x"), _EPS),
     (Output("x_q", ("...", "H"), torch.int8), Output("scale", ("...",), torch.float32)),
     "dynamic_quant(rms_norm(x)).",
+    derived_from=("rms_norm", "dynamic_quant"),
 ))
 _add(OpSpec(
     "add_rms_norm_w8a8",
@@ -252,6 +257,7 @@ _add(OpSpec(
     (Output("x_q", ("...", "H"), torch.int8), Output("scale", ("...",), torch.float32),
      Output("added", ("...", "H"), "same:x")),
     "added = x + residual; (x_q, scale) = dynamic_quant(rms_norm(added)).",
+    derived_from=("add_rms_norm", "dynamic_quant"),
 ))
 _add(OpSpec(
     "weight_quant_prepare",

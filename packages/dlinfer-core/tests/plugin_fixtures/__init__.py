@@ -160,6 +160,32 @@ def _probe():
 def dlinfer_backend():
     return _declare("proberaises", lambda: {"rms_norm": rms_norm}, device="fakedev5", available=_probe)
 '''),
+    # written for API 1.0: no apply_rotary_pos_emb_inplace, no fused norm+quant ops, but their ingredients
+    "oldapi": ("1.0.0", '''
+from dlinfer.reference.ops import OPS as _REF
+
+
+def apply_rotary_pos_emb(q, k, cos, sin, *, interleaved):
+    CALLS.append("apply_rotary_pos_emb")
+    return _REF["apply_rotary_pos_emb"](q, k, cos, sin, interleaved=interleaved)
+
+
+def add_rms_norm(x, residual, weight, *, eps):
+    CALLS.append("add_rms_norm")
+    return _REF["add_rms_norm"](x, residual, weight, eps=eps)
+
+
+def dynamic_quant(x, *, dtype):
+    CALLS.append("dynamic_quant")
+    return _REF["dynamic_quant"](x, dtype=dtype)
+
+
+@hookimpl
+def dlinfer_backend():
+    ops = {"rms_norm": rms_norm, "apply_rotary_pos_emb": apply_rotary_pos_emb, "add_rms_norm": add_rms_norm,
+           "dynamic_quant": dynamic_quant}
+    return _declare("oldapi", lambda: ops, api=">=1.0,<2", available=lambda: _enabled("oldapi"))
+'''),
 }
 
 # installed into a second directory, later on sys.path: a different distribution claiming 'goodcpu'
