@@ -124,6 +124,53 @@ def _bf16(original: Callable[[str], bool]) -> Callable[[str], bool]:
     return is_bf16_supported
 
 
+@replacement("cogvlm-config-bf16")
+def _cogvlm_config(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def build(cls: Any, hf_config: Any, model_path: str | None = None, **kwargs: Any) -> Any:
+        device_type = kwargs.get("device_type")
+        if not devices.is_dlinfer_device(device_type):
+            return original(cls, hf_config, model_path, **kwargs)
+        from lmdeploy.pytorch.configurations.default import DefaultModelConfigBuilder
+        from lmdeploy.utils import is_bf16_supported
+
+        heads = getattr(hf_config, "num_multi_query_heads", None)
+        hf_config.num_key_value_heads = heads if heads else hf_config.num_attention_heads
+        cfg = DefaultModelConfigBuilder.build(hf_config, model_path, **kwargs)
+        cfg.cogvlm_style = True
+        hf_config.torch_dtype = "bfloat16" if is_bf16_supported(device_type) else "float16"
+        return cfg
+
+    return build
+
+
+_COGVLM_MODEL = ("lmdeploy.pytorch.models.cogvlm", "CogVLMForCausalLM")
+
+
+@replacement("cogvlm-batched-image-prefill")
+def _cogvlm_model_metas(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def update_model_metas(self: Any, past_key_values: Any, inputs_embeds: Any = None, context: Any = None) -> Any:
+        model = self.model
+        if (
+            devices.active() is None
+            or context is None
+            or context.is_decoding
+            or (type(model).__module__, type(model).__name__) != _COGVLM_MODEL
+            or context.q_seqlens.numel() < 2
+        ):
+            return original(self, past_key_values, inputs_embeds, context)
+        saved = context.model_metas, context.q_seqlens
+        context.model_metas = model._get_model_metas(context)  # reads q_seqlens.numel() when there are none
+        context.q_seqlens = saved[1].tolist()  # Tensor.split takes a list of ints
+        try:
+            return original(self, past_key_values, inputs_embeds, context)
+        finally:
+            context.model_metas, context.q_seqlens = saved
+
+    return update_model_metas
+
+
 @replacement("executor-activation")
 def _build_executor(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)

@@ -167,6 +167,36 @@ PATCHES: tuple[Patch, ...] = (
         also_bound_in=("lmdeploy.pytorch.config",),
     ),
     Patch(
+        name="cogvlm-config-bf16",
+        target="lmdeploy.pytorch.configurations.cogvlm:CogVLMModelConfigBuilder.build",
+        why=(
+            "CogVLM/CogVLM2 cannot be built off CUDA: the config builder calls is_bf16_supported() without the "
+            "device_type it is given, i.e. for 'cuda', which calls torch.cuda.current_device() and raises on a "
+            "host without an NVIDIA driver (the model check fails before the engine starts). For dlinfer devices "
+            "the replacement does what the original does with is_bf16_supported(device_type); otherwise it is the "
+            "original."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("cls", "hf_config", "model_path", "kwargs"),
+        contains=("is_bf16_supported()", "num_multi_query_heads", "cfg.cogvlm_style = True", "hf_config.torch_dtype"),
+    ),
+    Patch(
+        name="cogvlm-batched-image-prefill",
+        target="lmdeploy.pytorch.backends.graph_runner:GraphRunner.update_model_metas",
+        why=(
+            "A CogVLM prefill step holding several sequences, one with an image, raises in "
+            "CogVLMForCausalLM.update_model_metas: it splits the packed position ids with "
+            "Tensor.split(context.q_seqlens), and split takes a list of ints, not a tensor (TypeError; every "
+            "backend). With a dlinfer device active and LMDeploy's CogVLM model, the replacement calls it with "
+            "q_seqlens as a list (and the model metas it would derive from the tensor); otherwise it is the "
+            "original. (Patched on the graph runner, which every runner inherits it from, so that installing "
+            "the adaptor does not import LMDeploy's model modules.)"
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("self", "past_key_values", "inputs_embeds", "context"),
+        contains=("self.model.update_model_metas(",),
+    ),
+    Patch(
         name="executor-activation",
         target="lmdeploy.pytorch.engine.executor:build_executor",
         why=(
