@@ -56,7 +56,7 @@ def main() -> None:
 
         def routed(q=q, k=k, v=v, b=b, n=n, h=h, d=d, cu=cu):  # type: ignore[no-untyped-def]
             pack = [t.transpose(1, 2).reshape(b * n, h, d) for t in (q, k, v)]
-            out = ops.prefill_attention(*pack, cu, n, causal=False)
+            out = ops.prefill_attention(*pack, cu, max_seqlen_q=n, causal=False)
             return out.view(b, n, h, d).transpose(1, 2)
 
         diff = float((sdpa().float() - routed().float()).abs().max())

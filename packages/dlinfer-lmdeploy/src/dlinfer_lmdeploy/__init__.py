@@ -26,6 +26,7 @@ def install() -> None:
     check_lmdeploy_version()
     from dlinfer_lmdeploy import hooks as _hooks  # noqa: F401  (registers the replacements)
     from dlinfer_lmdeploy import inventory
+    from dlinfer_lmdeploy import workers as _workers  # noqa: F401  (registers the replacements)
 
     inventory.apply_all()
     _installed = True

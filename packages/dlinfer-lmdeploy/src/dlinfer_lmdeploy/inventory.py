@@ -251,6 +251,43 @@ PATCHES: tuple[Patch, ...] = (
         contains=("self.notifier.wait_async()", "self._receive_step0()", "self._receive_step1("),
     ),
     Patch(
+        name="mp-worker-entry",
+        target="lmdeploy.pytorch.engine.executor.mp_executor:ExecutorProc.start",
+        why=(
+            "Spawned tp workers import only what unpickling their target needs; without the autoload .pth (a "
+            "PYTHONPATH checkout) they never wire dlinfer into LMDeploy and exit in try_import_deeplink while the "
+            "engine waits forever. For dlinfer devices the process target becomes dlinfer_lmdeploy.workers."
+            "worker_main, which imports the adaptor, then runs LMDeploy's _main_loop, and reports a start-up error "
+            "to the engine with LMDeploy's own SIGUSR1; otherwise it is the original."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        contains=("target=self._main_loop", "proc.start()"),
+    ),
+    Patch(
+        name="mp-worker-watchdog",
+        target="lmdeploy.pytorch.engine.executor.mp_executor:MPExecutor.__init__",
+        why=(
+            "A worker killed from outside (OOM killer) or dead before its main loop leaves the engine waiting on "
+            "its reply forever. For dlinfer devices a watchdog thread polls the worker processes and, when one "
+            "exits while the engine runs, logs its name, pid and exit status and raises LMDeploy's SIGUSR1 handler "
+            "(release, exit) in the main thread."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        contains=("signal.signal(signal.SIGUSR1, signal_handler)", "ExecutorProc(proc_id=proc_id"),
+    ),
+    Patch(
+        name="mp-release-deadline",
+        target="lmdeploy.pytorch.engine.executor.mp_executor:MPExecutor.release",
+        why=(
+            "release() joins the workers without a deadline; a worker kept alive by its own child processes "
+            "(Inductor compile workers) hangs pipe.close(). For dlinfer devices each worker gets 10 s after "
+            "SIGTERM, then SIGKILL; otherwise it is the original."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("self",),
+        contains=("proc.close()", "proc.join()"),
+    ),
+    Patch(
         name="vl-mm-feature-dtype",
         target="lmdeploy.vl.engine:_resolve_mm_feature_dtype",
         why=(
@@ -259,6 +296,10 @@ PATCHES: tuple[Patch, ...] = (
             "dtype float32 (the CPU fp32 path, the only place float32 is accepted) the replacement returns "
             "torch.float32; otherwise it is the original."
         ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("hf_config", "backend_config"),
+        contains=("'float16': torch.float16", "'bfloat16': torch.bfloat16", "[backend_dtype]"),
+    ),
 )
 
 STDLIB_PATCHES: tuple[Patch, ...] = (

@@ -12,6 +12,7 @@ import sys
 
 
 def main(argv: list[str]) -> int:
+    import dlinfer_lmdeploy  # noqa: F401  (explicit wiring, as in a checkout without the autoload .pth)
     from dlinfer_lmdeploy.testing import runner
 
     model, n_new, overrides, prompts = argv[0], int(argv[1]), json.loads(argv[2]), argv[3:]

@@ -1,0 +1,129 @@
+"""LMDeploy's multi-process executor on dlinfer devices: wired workers, a dead worker fails the engine, clean exit.
+
+Three replacements (inventory patches ``mp-worker-entry``, ``mp-worker-watchdog``, ``mp-release-deadline``), each
+active only when the executor runs a dlinfer device:
+
+* **Every worker imports the adaptor.** LMDeploy spawns its workers with ``ExecutorProc._main_loop`` as the process
+  target; a spawned interpreter imports only what unpickling that target needs, so unless the
+  ``dlinfer_lmdeploy_autoload.pth`` hook is installed (a pip install; not a ``PYTHONPATH`` checkout) the worker never
+  wires dlinfer into LMDeploy and dies in ``try_import_deeplink`` (``No module named 'dlinfer.framework'``). The target
+  becomes :func:`worker_main`, a function of this package, so unpickling it imports ``dlinfer_lmdeploy`` first.
+* **A worker that dies fails the engine at once.** LMDeploy signals the engine (SIGUSR1, whose handler releases the
+  executor and exits the process) only for errors inside a worker's main loop; a worker that fails during start-up
+  or is killed (OOM killer) leaves the engine waiting forever on its reply. :func:`worker_main` reports a start-up
+  error the same way, and a watchdog thread of the engine process notices a worker process that exited while the
+  executor was running, logs its name, pid and exit status, and raises the same signal in the engine's main thread.
+* **Shutdown ends.** ``release`` joins the workers without a deadline; a worker whose interpreter is kept alive by
+  child processes (e.g. Inductor's compile workers) makes it hang. Workers get ``JOIN_DEADLINE_S`` after SIGTERM,
+  then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from dlinfer_lmdeploy import devices
+from dlinfer_lmdeploy.inventory import replacement
+
+logger = logging.getLogger("dlinfer_lmdeploy")
+
+JOIN_DEADLINE_S = 10.0
+WATCH_INTERVAL_S = 0.5
+
+
+def worker_main(proc: Any, **kwargs: Any) -> None:
+    """Process target of a spawned LMDeploy worker on a dlinfer device: wire dlinfer in, then LMDeploy's loop."""
+    import dlinfer_lmdeploy
+
+    dlinfer_lmdeploy.install()
+    try:
+        proc._main_loop(**kwargs)
+    except Exception:
+        logger.exception("dlinfer-lmdeploy: LMDeploy worker %s failed", getattr(proc, "proc_id", "?"))
+        os.kill(os.getppid(), signal.SIGUSR1)  # LMDeploy's own "a worker failed" signal: the engine exits
+        raise
+
+
+@replacement("mp-worker-entry")
+def _mp_worker_entry(original: Any) -> Any:
+    def start(self: Any, **kwargs: Any) -> None:
+        if not devices.is_dlinfer_device(kwargs.get("device_type")):
+            return original(self, **kwargs)
+        assert self._proc is None
+        proc = self.mp_ctx.Process(
+            target=worker_main, args=(self,), kwargs=kwargs, name=f"ExecutorProc-{self.proc_id}", daemon=True
+        )
+        proc.start()
+        self._proc = proc
+
+    return start
+
+
+def _exit_status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}" + (" (out of memory?)" if code == -signal.SIGKILL else "")
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _watch(executor: Any, stopped: threading.Event) -> None:
+    main = threading.main_thread().ident
+    while not stopped.wait(WATCH_INTERVAL_S):
+        for proc in executor.procs:
+            p = proc._proc
+            if p is not None and p.exitcode is not None and not stopped.is_set():
+                logger.error(
+                    "dlinfer-lmdeploy: LMDeploy worker %s (pid %s) exited while the engine was running: %s; "
+                    "stopping the engine",
+                    p.name, p.pid, _exit_status(p.exitcode),
+                )
+                stopped.set()
+                if main is not None:
+                    signal.pthread_kill(main, signal.SIGUSR1)
+                return
+
+
+@replacement("mp-worker-watchdog")
+def _mp_worker_watchdog(original: Any) -> Any:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if not devices.is_dlinfer_device(getattr(self, "device_type", None)):
+            return
+        self._dlinfer_stopped = threading.Event()
+        threading.Thread(
+            target=_watch, args=(self, self._dlinfer_stopped), name="dlinfer-worker-watchdog", daemon=True
+        ).start()
+
+    return __init__
+
+
+@replacement("mp-release-deadline")
+def _mp_release_deadline(original: Any) -> Any:
+    def release(self: Any) -> None:
+        stopped = getattr(self, "_dlinfer_stopped", None)
+        if stopped is None:
+            return original(self)
+        stopped.set()
+        for proc in self.procs:
+            proc.close()
+        for proc in self.procs:
+            p = proc._proc
+            if p is None:
+                continue
+            p.join(JOIN_DEADLINE_S)
+            if p.exitcode is None:
+                logger.warning("dlinfer-lmdeploy: worker %s did not exit within %.0fs of SIGTERM; killing it",
+                               p.name, JOIN_DEADLINE_S)
+                p.kill()
+                p.join()
+        self.comm_buf.close()
+        for ret_buf in self.ret_bufs:
+            ret_buf.close()
+
+    return release

@@ -1,0 +1,69 @@
+"""LMDeploy's multi-process executor on a dlinfer device: workers wire themselves in, a dead worker fails the engine.
+
+Both run tp=2 on the CPU device in a child process with a deadline (a hang fails the test, not the CI job).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.tp2]
+
+DEADLINE_S = 240
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=env)
+    try:
+        out, err = proc.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"did not finish within {DEADLINE_S}s (hang); stderr tail:\n{err[-3000:]}")
+    return proc.returncode, out, err
+
+
+def test_workers_wire_dlinfer_without_the_autoload_hook(tiny_model, hf_greedy):  # type: ignore[no-untyped-def]
+    """With the .pth hook disabled (a PYTHONPATH checkout), the spawned workers still import the adaptor."""
+    import json
+
+    path = tiny_model("llama")
+    env = dict(os.environ, DLINFER_LMDEPLOY_AUTOLOAD="0")
+    cmd = [sys.executable, "-m", "dlinfer_lmdeploy.testing.generate_cli", str(path), "6", '{"tp": 2}', "Hello world"]
+    rc, out, err = _run(cmd, env)
+    lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+    assert rc == 0 and lines, f"rc={rc}\n{err[-3000:]}"
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["output_ids"] == hf_greedy(path, result["input_ids"], 6)
+
+
+_KILL_A_WORKER = textwrap.dedent("""
+    import os, signal, sys, time
+    import dlinfer_lmdeploy
+    from dlinfer_lmdeploy.testing import runner
+    from lmdeploy import pipeline
+    pipe = pipeline(sys.argv[1], backend_config=runner.engine_config(tp=2), log_level="ERROR")
+    print("GENERATED", runner.generate(pipe, ["Hello world"], 4), flush=True)
+    procs = pipe.async_engine.engine.executor.procs
+    victim = procs[1]._proc
+    os.kill(victim.pid, signal.SIGKILL)  # as the OOM killer would
+    print("KILLED", victim.pid, flush=True)
+    runner.generate(pipe, ["Hello again"], 4)
+    print("UNREACHABLE: generation finished without worker 1", flush=True)
+""")
+
+
+def test_a_killed_worker_fails_the_engine_at_once(tiny_model):  # type: ignore[no-untyped-def]
+    path = tiny_model("llama")
+    rc, out, err = _run([sys.executable, "-c", _KILL_A_WORKER, str(path)], dict(os.environ))
+    assert "GENERATED" in out and "KILLED" in out, f"rc={rc}\nstdout:{out}\nstderr:{err[-3000:]}"
+    assert "UNREACHABLE" not in out
+    assert rc != 0
+    assert "exited while the engine was running: killed by SIGKILL" in err, err[-3000:]

@@ -1,0 +1,33 @@
+#!/bin/bash
+# One device call for issue-10 work on an NVIDIA GPU with the maca plugin: the model table end to end (LLM and VLM
+# rows, bf16 teacher-forcing checker, eager + graph), the vision-attention microbenchmark and the VLM serving benchmark.
+# Needs .carry/ from shared/tools/lmdeploy-device-carry.sh (+ the transformers 5.24 wheel the CPU oracles use).
+#   PHASES="vision tests vlm-bench" bash tools/gpu_model_table.sh        (figures under $OUT, or ./gpu-out)
+set -u
+OUT=${OUT:-./gpu-out}; mkdir -p "$OUT"
+PHASES=${PHASES:-vision tests}
+SITE=/tmp/site
+if [ ! -d $SITE/lmdeploy ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .carry/whl/*.whl \
+    && tar xzf .carry/lmdeploy-0.18.0-nots.tgz -C $SITE || exit 1
+fi
+export PYTHONPATH=$SITE:packages/dlinfer-core/src:packages/dlinfer-maca/src:packages/dlinfer-lmdeploy/src
+export DLINFER_PLUGINS=dlinfer_maca.plugin PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+python3 -c "import torch, transformers, torchvision; print('torch', torch.__version__, 'transformers', transformers.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())"
+rc=0
+if [[ " $PHASES " == *" vision "* ]]; then
+  timeout 120 python3 packages/dlinfer-lmdeploy/bench/vision_attention_gpu.py --out "$OUT/vision-attention.json" 2>&1 | tail -12
+fi
+if [[ " $PHASES " == *" tests "* ]]; then
+  export DLINFER_E2E_STATS="$OUT/gpu-e2e-stats.jsonl" DLINFER_MODEL_TABLE_OUT="$OUT/model-table.json"
+  timeout ${TEST_TIMEOUT:-420} python3 -m pytest -q -p no:cacheprovider packages/dlinfer-lmdeploy/tests -m gpu -rfE \
+    --durations=15 ${TEST_ARGS:-} > "$OUT/gpu-tests.log" 2>&1
+  rc=$?; tail -60 "$OUT/gpu-tests.log"
+fi
+if [[ " $PHASES " == *" vlm-bench "* ]]; then
+  timeout ${BENCH_TIMEOUT:-300} python3 packages/dlinfer-lmdeploy/bench/vlm_e2e_gpu.py --out "$OUT/bench-vlm.json" ${BENCH_ARGS:-} 2>&1 \
+    | tee "$OUT/bench-vlm.log" | tail -30
+  rc=$(( rc | PIPESTATUS[0] ))
+fi
+exit $rc
