@@ -19,7 +19,9 @@ A wrong KV block, mask or position moves logits by several units and fails the f
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +45,39 @@ def _errors(top: list[dict[int, float]], ref: torch.Tensor, other: torch.Tensor 
     return [max(abs(float(other[i, t] - ref[i, t])) for t in step) for i, step in enumerate(top)]
 
 
+TeacherForced = Callable[..., list[torch.Tensor]]
+"""``(pairs, *, device, dtype) -> logits per pair`` (``hf_oracle.teacher_forced`` without its path argument)"""
+
+
+def _eos(path: str | Path) -> int | list[int]:
+    """EOS id(s) of a checkpoint: top level, or the text model's config of a VLM (``text_config``/``llm_config``)."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    for sub in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
+        if sub.get("eos_token_id") is not None:
+            return sub["eos_token_id"]
+    raise KeyError(f"{path}/config.json names no eos_token_id (top level, text_config or llm_config)")
+
+
 def check_against_hf(
-    scenario: Scenario, path: str | Path, results: dict[str, list[Run]], device: str
+    scenario: Scenario,
+    path: str | Path,
+    results: dict[str, list[Run]],
+    device: str,
+    teacher_forced: TeacherForced | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """``results``: mode -> runs of every request in order -> (per-request statistics, failure messages)."""
-    eos = json.loads((Path(path) / "config.json").read_text())["eos_token_id"]
+    """``results``: mode -> runs of every request in order -> (per-request statistics, failure messages).
+    ``teacher_forced``: how HF recomputes the logits (default: ``hf_oracle.teacher_forced`` on ``path``; VLMs pass
+    ``vlm.teacher_forced_fn``, which feeds the captured images)."""
+    eos = _eos(path)
     banned = {eos} if isinstance(eos, int) else set(eos)
+    if teacher_forced is None:
+        teacher_forced = functools.partial(hf_oracle.teacher_forced, path)
     stats: list[dict] = []
     failures: list[str] = []
     for mode, runs in results.items():
         pairs = [(p, g) for p, g, _ in runs]
-        exact = hf_oracle.teacher_forced(path, pairs, device=device, dtype=torch.float32)
-        bf16 = hf_oracle.teacher_forced(path, pairs, device=device, dtype=torch.bfloat16)
+        exact = teacher_forced(pairs, device=device, dtype=torch.float32)
+        bf16 = teacher_forced(pairs, device=device, dtype=torch.bfloat16)
         for r, ((_, generated, top), f32, b16) in enumerate(zip(runs, exact, bf16, strict=True)):
             where = f"{scenario.name}/{mode} request {r}"
             if not len(generated) == len(top) == scenario.new_tokens:

@@ -143,6 +143,8 @@ ROWS: tuple[ModelRow, ...] = (
         "patch 14, 2x2 merge",
         "HF Qwen2VLForConditionalGeneration",
         needs_torchvision=True,
+        note="vision MLP activation GELU: LMDeploy 0.18 computes exact GELU where real Qwen2-VL checkpoints "
+        "declare quick_gelu (qwen2_vl.py VisionMlp), on every backend; HF computes quick_gelu",
     ),
     ModelRow(
         "Qwen2.5-VL", "Qwen2.5-VL-7B", "Qwen2_5_VLForConditionalGeneration", "VLM", "qwen2_5_vl",

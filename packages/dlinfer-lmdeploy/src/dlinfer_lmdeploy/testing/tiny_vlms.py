@@ -139,8 +139,8 @@ def _build(
 
 def build_qwen2_vl(path: Path, *, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
     """Qwen2-VL-7B-shaped in miniature: LLM head size 64 with its 7:1 GQA ratio (7 query heads, 1 KV head),
-    QKV bias, mrope (sections 8/12/12); vision tower of 2 LayerNorm + quick-GELU blocks (head size 64) with 2-D
-    vision rope, patch 14, 2x2 merge."""
+    QKV bias, mrope (sections 8/12/12); vision tower of 2 LayerNorm + GELU blocks (head size 64) with 2-D vision
+    rope, patch 14, 2x2 merge."""
     import transformers as tf
 
     path.mkdir(parents=True, exist_ok=True)
@@ -151,8 +151,11 @@ def build_qwen2_vl(path: Path, *, dtype: torch.dtype = torch.float32, seed: int 
         num_key_value_heads=1,
         rope_parameters={"rope_type": "default", "mrope_section": [8, 12, 12], "rope_theta": 10000.0},
     )
+    # hidden_act "gelu", not the real checkpoints' "quick_gelu": LMDeploy 0.18's qwen2_vl.py VisionMlp computes
+    # nn.GELU() for quick_gelu (and gelu_fast, gelu_python), so with quick_gelu LMDeploy differs from HF by
+    # design (logits off by 0.1-0.6 on this checkpoint, seen with the teacher-forcing check), whatever the backend.
     vision = dict(depth=2, embed_dim=128, hidden_size=448, num_heads=2, mlp_ratio=2, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2)  # fmt: skip
+                  spatial_merge_size=2, temporal_patch_size=2, hidden_act="gelu")  # fmt: skip
     config = tf.Qwen2VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(ids))
     config.architectures = ["Qwen2VLForConditionalGeneration"]
     processor = (tf.Qwen2VLProcessor, tf.Qwen2VLVideoProcessor, 14)
