@@ -171,7 +171,7 @@ ROWS: tuple[ModelRow, ...] = (
     ModelRow(
         "InternVL2", "InternVL2-2B", "InternVLChatModel", "VLM", "internvl2",
         "dlinfer_lmdeploy.testing.tiny_internvl:build_internvl2",
-        "chat format; InternLM2 LLM 2/1 heads (GQA 2, InternLM2-1.8B's 16/8), head 64, fused wqkv ('hgd'); "
+        "chat format; InternLM2 LLM 4/2 heads (GQA 2, InternLM2-1.8B's 16/8), head 64, fused wqkv ('hgd'); "
         "vision: LayerNorm, qkv bias; dynamic tiling up to 4 tiles + thumbnail",
         "HF InternVLForConditionalGeneration (Llama text) with the same weights (oracle/)",
         needs_torchvision=True,

@@ -125,10 +125,13 @@ def _hf_model(vision: Any, text: Any, seed: int) -> Any:
                 p.fill_(1.0) if name.endswith("weight") else p.normal_(0.0, 0.02)
             elif "embed_tokens" in name or "lm_head" in name:
                 p.normal_(0.0, 1.0)
-            elif p.dim() > 1:
-                p.normal_(0.0, 0.2)
+            elif p.dim() > 1:  # as tiny_models: N(0, 0.2) up to fan-in 128, narrower beyond (same activation scale)
+                p.normal_(0.0, 0.2 * min(1.0, (128 / p[0].numel()) ** 0.5))
             else:
                 p.normal_(0.0, 0.02)
+        pad = text.pad_token_id
+        if pad is not None:  # LMDeploy zeroes the embedding row of pad_token_id when it loads the weights
+            model.get_input_embeddings().weight[pad] = 0.0
     return model.eval()
 
 
@@ -194,7 +197,7 @@ def _build_chat(
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
-    llama = tf.LlamaConfig(**_text_common(text), architectures=["LlamaForCausalLM"])
+    llama = tf.LlamaConfig(**_text_common(text), pad_token_id=0, architectures=["LlamaForCausalLM"])
     model = _hf_model(vision, llama, seed)
     _save_hf(model, path / "oracle", dtype)
 
@@ -264,14 +267,14 @@ def _text_common(text: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_internvl2(path: str | Path, *, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
-    """InternVL2-2B style chat format: InternViT (LayerNorm, qkv bias) + InternLM2 (head size 64, GQA 16/8 -> 2/1),
+    """InternVL2-2B style chat format: InternViT (LayerNorm, qkv bias) + InternLM2 (head size 64, GQA 16/8 -> 4/2),
     dynamic tiling (up to 4 tiles of 56x56 plus a thumbnail)."""
     return _build_chat(
         Path(path),
         dtype=dtype,
         seed=seed,
         vision=_vision_config(layer_norm=True, qkv_bias=True, qk_norm=False),
-        text=dict(hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=1),
+        text=dict(hidden_size=256, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2),
         dynamic=dict(dynamic_image_size=True, use_thumbnail=True, min_dynamic_patch=1, max_dynamic_patch=4),
     )
 
