@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 ORACLE_SUBDIR = "oracle"
 
@@ -48,6 +48,11 @@ class ModelRow:
     """its preprocessing (LMDeploy's or HF's) imports torchvision: tested in the ``tests-vlm`` session"""
     refused: dict[str, str] = field(default_factory=dict)
     """device -> why the engine refuses this row there at build (never a silent fallback)"""
+    engine: dict[str, Any] = field(default_factory=dict)
+    """``PytorchEngineConfig`` overrides its checkpoint needs on every device (e.g. ``session_len`` for long image
+    prompts), applied on top of the tests' engine configuration"""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """scenario name -> why this row does not run it (the tests report a skip with this reason, never silently)"""
     note: str = ""
 
     def build(self, path: str | Path, **kwargs: object) -> Path:
@@ -63,6 +68,19 @@ def oracle_path(path: str | Path) -> Path:
 
 
 _TEXT = "dlinfer_lmdeploy.testing.tiny_models"
+_COGVLM_ORACLE = (
+    "degenerate-expert oracle: HF LlamaForCausalLM (oracle/) with inputs_embeds + CogVLM position ids, image features "
+    "from an EVA2-CLIP + GLU reference (tiny_cogvlm); it cannot catch which tokens LMDeploy routes to the vision "
+    "expert (identical experts), which is LMDeploy's model code, not dlinfer's (LMDeploy sends the whole image span "
+    "to the vision expert, the original model its last token, eoi, to the language expert)"
+)
+_COGVLM_TWO_IMAGES = (
+    "CogVLM takes one image per conversation (the original build_position_ids treats adjacent images as one span). "
+    "LMDeploy 0.18 accepts several, but from the second image on its prefill position ids are off by one (that "
+    "image's boi gets the patch position, its last patch a position of its own) and its decode positions continue "
+    "from another offset; with exactly LMDeploy's positions the degenerate oracle matched dlinfer token for token "
+    "(checked by hand), so this is LMDeploy's position logic, not an op question"
+)
 
 ROWS: tuple[ModelRow, ...] = (
     # --- LLM rows (tiny_models) ---
@@ -196,6 +214,36 @@ ROWS: tuple[ModelRow, ...] = (
     ),
     # --- end of InternVL rows ---
     # --- CogVLM rows (tiny_cogvlm) ---
+    # Original checkpoint layout (no HF class); every vision_expert_* weight equals its language_expert_* twin, so
+    # the LM is a Llama with CogVLM's position ids whatever the routing. Oracle: HF LlamaForCausalLM (oracle/) on
+    # inputs_embeds + CogVLM position ids, image features from tiny_cogvlm's EVA2-CLIP + GLU reference (written
+    # from the published architecture, not LMDeploy's code), fed LMDeploy's exact input_ids / pixel_values.
+    ModelRow(
+        "CogVLM", "CogVLM-chat (cogvlm-chat-hf, 17B)", "CogVLMForCausalLM", "VLM", "cogvlm",
+        "dlinfer_lmdeploy.testing.tiny_cogvlm:build_cogvlm",
+        "Vicuna-7B-style LM with visual-expert layers: 2 heads of 128 (MHA), hidden 256; EVA2-CLIP of 2 post-norm "
+        "blocks (hidden 64) at 490 px / patch 14 (num_positions 1226 selects LMDeploy's CogVLM(1) branch: no "
+        "downsample, 1227 image tokens), GLU adapter, boi/eoi",
+        _COGVLM_ORACLE,
+        needs_torchvision=True,
+        engine={"session_len": 2048},
+        skipped={"two_images": _COGVLM_TWO_IMAGES},
+        note="LMDeploy's cogvlm chat template ('Question: ... Answer:') is picked for a checkpoint path containing "
+        "'cogvlm' and not 'cogvlm2' (the tests' paths do)",
+    ),
+    ModelRow(
+        "CogVLM2", "CogVLM2-Llama3-chat-19B", "CogVLMForCausalLM", "VLM", "cogvlm2",
+        "dlinfer_lmdeploy.testing.tiny_cogvlm:build_cogvlm2",
+        "Llama3-8B-style LM with visual-expert layers: 4/1 heads (num_multi_query_heads; GQA 4 as 32/8), head 128, "
+        "hidden 512, vision-expert qkv bias (zero: degenerate); EVA2-CLIP of 2 post-norm blocks (hidden 64) at 112 "
+        "px / patch 14, 2x2 stride-2 conv downsample -> 18 image tokens, GLU adapter, boi/eoi",
+        _COGVLM_ORACLE,
+        needs_torchvision=True,
+        skipped={"two_images": _COGVLM_TWO_IMAGES},
+        note="rope base 10000: LMDeploy 0.18's cogvlm.py hard-codes it for CogVLM2 too (the original CogVLM2 code "
+        "uses 500000), and the oracle follows LMDeploy. Chat template: LMDeploy's 'base' (the tokenizer has no "
+        "chat template)",
+    ),
     # --- end of CogVLM rows ---
 )
 

@@ -442,7 +442,7 @@ class DegenerateExpertOracle(torch.nn.Module):
             out = self.lm(
                 input_ids=torch.tensor([[tokens[-1]]], device=input_ids.device),
                 position_ids=torch.tensor([[nxt]], device=input_ids.device),
-                past_key_values=out.past_key_values,
+                cache=out.cache,  # transformers 5: ``cache`` (``past_key_values`` is deprecated)
                 use_cache=True,
             )
             nxt += 1
@@ -470,10 +470,23 @@ def oracle_inputs(items: list[dict[str, Any]], input_ids: torch.Tensor, config: 
     }
 
 
+def vision_calls(cfg: dict[str, Any]) -> dict[str, int]:
+    """``dlinfer.ops`` calls one image adds to a request (``vlm.register_vision_calls``): the EVA2-CLIP blocks' qkv,
+    dense, fc1, fc2 go through dlinfer ``linear`` (4 per block; attention is plain SDPA, LayerNorm/GELU and the GLU
+    adapter plain torch), and in the prefill every LM layer runs each expert pair on its token subset (4 more
+    ``linear`` calls per layer: vision qkv, dense, gate_up, down)."""
+    return {
+        "linear": 4 * cfg["vision_config"]["num_hidden_layers"] + 4 * cfg["num_hidden_layers"],
+        "prefill_attention:noncausal": 0,
+        "rms_norm": 0,
+    }
+
+
 def _register() -> None:
     from dlinfer_lmdeploy.testing import vlm
 
     vlm.register_oracle(ORACLE_ARCHITECTURE, oracle_inputs, load_oracle)
+    vlm.register_vision_calls("CogVLMForCausalLM", vision_calls)
 
 
 _register()

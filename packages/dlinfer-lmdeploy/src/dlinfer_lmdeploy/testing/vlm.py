@@ -21,7 +21,7 @@ import contextlib
 import copy
 import importlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -413,10 +413,12 @@ class RowRun:
         return {op: one[op] - text[op] for op in set(one) | set(text) if one[op] != text[op]}
 
 
-def run_row(path: Path, engine: Any, new_tokens: int = NEW_TOKENS, logits: int | None = None) -> RowRun:
+def run_row(
+    path: Path, engine: Any, new_tokens: int = NEW_TOKENS, logits: int | None = None, skip: Collection[str] = ()
+) -> RowRun:
     """Run :data:`SCENARIOS` in order through one ``lmdeploy.pipeline`` (``engine``: a PytorchEngineConfig);
     ``logits``: also record the engine's top-``logits`` raw logits (engine built with
-    ``logprobs_mode="raw_logits"``)."""
+    ``logprobs_mode="raw_logits"``); ``skip``: scenarios not run (the row's ``skipped``)."""
     import time
 
     results: dict[str, list[Result]] = {}
@@ -426,6 +428,8 @@ def run_row(path: Path, engine: Any, new_tokens: int = NEW_TOKENS, logits: int |
         seconds = {"engine": time.perf_counter() - t0}
         run = RowRun(results, calls, seconds)
         for sc in SCENARIOS:
+            if sc.name in skip:
+                continue
             t0 = time.perf_counter()
             with count_ops() as counts:
                 res, top = _generate(pipe, sc.requests(), new_tokens, logits)
