@@ -1,6 +1,6 @@
 """Sessions for the dlinfer monorepo.
 
-CPU (any machine):   tests (default), lint, build, demo, bench
+CPU (any machine):   tests (default), tests-vlm (VLM tests that need torchvision), lint, build, demo, bench
 Hardware targets:    tests-maca, bench-maca (a CUDA-compatible GPU), tests-ascend (Ascend NPU), tests-camb (MLU)
 The hardware sessions run inside a vendor image whose torch is preinstalled: no new venv,
 and dlinfer's packages are installed without dependencies so pip never replaces the vendor's torch.
@@ -17,10 +17,14 @@ ROOT = Path(__file__).parent
 PACKAGES = ["dlinfer-core", "dlinfer-maca", "dlinfer-ascend", "dlinfer-camb", "dlinfer-lmdeploy"]
 CPU_TORCH = "torch==2.13.0"  # the CPU test pin; the packages themselves declare ranges
 TRITON_CPU = "triton==3.6.0"  # the Triton interpreter runs the maca kernels on CPU tensors
+# tests-vlm: VLM processors need torchvision, and the PyPI torchvision builds for Linux are CUDA builds that do not
+# load beside the CPU torch 2.13 (operator torchvision::nms does not exist). torch 2.14.1 (its CUDA build, run on
+# the CPU) + torchvision 0.29.1 load together; torch brings its own triton.
+VLM_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 LMDEPLOY = "lmdeploy==0.18.0"
 TEST_TOOLS = ["pytest>=8", "pytest-timeout", "hatchling", "editables"]
 
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["tests", "tests-vlm"]
 nox.options.reuse_existing_virtualenvs = True
 
 
@@ -32,17 +36,18 @@ def _existing(names: list[str]) -> list[str]:
     return [n for n in names if (ROOT / "packages" / n / "pyproject.toml").exists()]
 
 
-def _install_cpu_stack(session: nox.Session) -> None:
-    """torch (CPU pin) first, then every package editable, then LMDeploy's pure-Python engine."""
-    session.install(CPU_TORCH, TRITON_CPU, *TEST_TOOLS)
+def _install_cpu_stack(session: nox.Session, torch_pins: tuple[str, ...] = (CPU_TORCH, TRITON_CPU)) -> None:
+    """torch (``torch_pins``, default the CPU pin) first, then every package editable, then LMDeploy's
+    pure-Python engine; the pins are repeated with every install so that pip never swaps torch."""
+    session.install(*torch_pins, *TEST_TOOLS)
     args = []
     for name in _existing(PACKAGES):
         args += ["-e", _pkg(name)]
-    session.install(*args, CPU_TORCH)
+    session.install(*args, *torch_pins)
     req = ROOT / "packages" / "dlinfer-lmdeploy" / "requirements-lmdeploy.txt"
     if req.exists():
         session.install("--no-deps", LMDEPLOY)
-        session.install("-r", str(req), CPU_TORCH)
+        session.install("-r", str(req), *torch_pins)
 
 
 @nox.session(python="3.11")
@@ -58,6 +63,17 @@ def tests(session: nox.Session) -> None:
             session.log(f"--- {name}")
             # one pytest process per package: simulators replace vendor modules inside their own process only
             session.run("pytest", "-q", "-p", "no:cacheprovider", "--timeout=900", str(tests_dir), env=env)
+
+
+@nox.session(name="tests-vlm", python="3.11")
+def tests_vlm(session: nox.Session) -> None:
+    """The tests that need torchvision (marker ``torchvision``: VLM rows of the model table end to end on the CPU),
+    on torch 2.14.1 + torchvision 0.29.1 (CPU execution)."""
+    _install_cpu_stack(session, tuple(VLM_TORCH))
+    env = {"TORCH_DEVICE_BACKEND_AUTOLOAD": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    tests_dir = ROOT / "packages" / "dlinfer-lmdeploy" / "tests"
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "--timeout=900", "-m", "torchvision", str(tests_dir),
+                *session.posargs, env=env)
 
 
 @nox.session(python="3.11")
