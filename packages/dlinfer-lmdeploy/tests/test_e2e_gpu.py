@@ -13,8 +13,10 @@ import os
 import pytest
 import torch
 
+from dlinfer_lmdeploy import graph_runner
 from dlinfer_lmdeploy.testing import runner
 from dlinfer_lmdeploy.testing.bf16_check import Run, check_against_hf
+from dlinfer_lmdeploy.testing.model_table import record_gpu_result
 from dlinfer_lmdeploy.testing.scenarios import SCENARIOS, Scenario
 
 pytestmark = [pytest.mark.gpu, pytest.mark.e2e]
@@ -48,8 +50,8 @@ def bf16_model(tmp_path_factory):  # type: ignore[no-untyped-def]
     return get
 
 
-def _run(scenario: Scenario, path, mode: str, op_calls) -> list[Run]:  # type: ignore[no-untyped-def]
-    """Every request of every phase, in order."""
+def _run(scenario: Scenario, path, mode: str, op_calls, steps) -> list[Run]:  # type: ignore[no-untyped-def]
+    """Every request of every phase, in order; ``steps``: graph-runner step counts, filled for graph mode."""
     cfg = runner.engine_config(
         "maca",
         dtype="bfloat16",
@@ -59,7 +61,7 @@ def _run(scenario: Scenario, path, mode: str, op_calls) -> list[Run]:  # type: i
         **scenario.engine,
     )
     runs: list[Run] = []
-    with runner.open_pipeline(path, cfg) as pipe:
+    with graph_runner.counting() as counted, runner.open_pipeline(path, cfg) as pipe:
         for phase in scenario.phases:
             op_calls.clear()
             ids = [runner.encode(pipe, p) for p in phase]
@@ -67,6 +69,7 @@ def _run(scenario: Scenario, path, mode: str, op_calls) -> list[Run]:  # type: i
             runs += [(i, tokens, top) for i, (tokens, top) in zip(ids, outs, strict=True)]
     if mode == "eager":  # in graph mode the decode ops run as graph replays, not as Python calls
         scenario.check_calls(op_calls)
+    steps[mode] = counted
     return runs
 
 
@@ -74,8 +77,15 @@ def _run(scenario: Scenario, path, mode: str, op_calls) -> list[Run]:  # type: i
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 def test_scenario_eager_and_graph_match_hf(scenario: Scenario, bf16_model, op_calls):  # type: ignore[no-untyped-def]
     path = bf16_model(scenario.model)
-    results = {mode: _run(scenario, path, mode, op_calls) for mode in MODES}
+    steps: dict = {}
+    results = {mode: _run(scenario, path, mode, op_calls, steps) for mode in MODES}
     stats, failures = check_against_hf(scenario, path, results, "cuda")
+    eager_decode = steps["graph"].eager_decode
+    if eager_decode:
+        failures.append(f"{scenario.name}/graph: {eager_decode} decode steps ran eagerly: {dict(steps['graph'].eager)}")
+    for mode in MODES:
+        record_gpu_result(scenario.model, mode, [f for f in failures if f"/{mode}" in f],
+                          eager_decode if mode == "graph" else None)
     out = os.environ.get("DLINFER_E2E_STATS")
     if out:  # figures for the package README / closing notes
         with open(out, "a") as f:

@@ -17,6 +17,7 @@ Conventions shared by every builder:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 from collections.abc import Callable
@@ -297,6 +298,37 @@ def markdown_table(results: dict | None = None, sim_results: dict[str, set[str]]
     commit = results.get("commit")
     foot = f"\n\nGPU column: `tests/test_e2e_gpu.py` at commit {commit}." if commit else ""
     return "\n".join(lines) + foot
+
+
+def record_gpu_result(kind: str, mode: str, failures: list[str], eager_decode_steps: int | None = None) -> None:
+    """Merge one GPU outcome into ``$DLINFER_MODEL_TABLE_OUT`` (no-op when unset): a row/mode passes only if every
+    test of it passed (a failure is sticky) and, in graph mode, no decode step ran eagerly."""
+    import os
+
+    out = os.environ.get("DLINFER_MODEL_TABLE_OUT")
+    if not out:
+        return
+    import subprocess
+
+    import torch
+
+    target = Path(out)
+    data = json.loads(target.read_text()) if target.exists() else {}
+    if "commit" not in data:
+        commit = os.environ.get("DLINFER_COMMIT", "")  # the GPU machine gets a copy of the tree without .git
+        with contextlib.suppress(OSError):
+            commit = commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                              text=True, cwd=Path(__file__).parent).stdout.strip()
+        data["commit"] = commit or "unknown"
+        data["gpu"] = torch.cuda.get_device_name(0).replace("NVIDIA ", "") if torch.cuda.is_available() else "GPU"
+    rows = data.setdefault("rows", {})
+    status = "pass" if not failures else "FAIL"
+    if mode == "graph" and eager_decode_steps:
+        status = f"FAIL ({eager_decode_steps} eager decode steps)"
+    if rows.get(kind, {}).get(mode, "pass") != "pass":
+        status = rows[kind][mode]
+    rows.setdefault(kind, {})[mode] = status
+    target.write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
 def simulated_kinds() -> dict[str, set[str]]:
