@@ -4,7 +4,7 @@ CPU (default): the simulated torch_mlu / torch_mlu_ops (tests/mlu_sim) replace t
 installed by the fixtures below (tests only).
 
 MLU hardware (``DLINFER_HARDWARE=1``, set by ``nox -s tests-camb``): the simulator is never imported,
-the simulator-based files are not collected, and only test_on_mlu.py plus the conformance kit
+only the files of ``HARDWARE_FILES`` are collected (test_on_mlu.py), and they plus the conformance kit
 (``--dlinfer-backend=camb``) run against the real torch_mlu / torch_mlu_ops.
 """
 
@@ -13,18 +13,22 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+HERE = Path(__file__).resolve().parent
 HARDWARE = os.environ.get("DLINFER_HARDWARE") == "1"
-SIMULATOR_FILES = ["mlu_sim", "test_conformance.py", "test_kernel_routes.py", "test_mutations.py",
-                   "test_plugin.py", "test_refusals.py", "test_sim_contract.py"]
-"""Files that install or import the simulator: never collected on hardware."""
+HARDWARE_FILES = ("conftest.py", "test_on_mlu.py")
+"""What hardware mode collects here: an allowlist, so that a new simulator-based file stays out by default."""
 
 if HARDWARE:
-    collect_ignore = SIMULATOR_FILES
+    def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+        if collection_path.resolve().parent == HERE and collection_path.name not in HARDWARE_FILES:
+            return True
+        return None
 else:
     import mlu_sim
     from dlinfer_camb import runtime
