@@ -197,6 +197,14 @@ ROWS: tuple[ModelRow, ...] = (
         note="the checkpoint ships our own AutoConfig class (auto_map): open with trust_remote_code=True",
     ),
     ModelRow(
+        "InternVL2", "InternVL2-2B (CLIP image processor, one tile)", "InternVLChatModel", "VLM",
+        "internvl2_single_tile", "dlinfer_lmdeploy.testing.tiny_internvl:build_internvl2_single_tile",
+        "as internvl2 without dynamic tiling: a saved CLIPImageProcessor (PIL backend without torchvision), one "
+        "56x56 tile per image",
+        "HF InternVLForConditionalGeneration (Llama text) with the same weights (oracle/)",
+        note="runs without torchvision (the CI tests session)",
+    ),
+    ModelRow(
         "InternVL-1.5", "InternVL-Chat-V1-5", "InternVLChatModel", "VLM", "internvl1_5",
         "dlinfer_lmdeploy.testing.tiny_internvl:build_internvl1_5",
         "chat format; InternLM2 LLM 6/1 heads (GQA 6, InternLM2-20B's 48/8), head 64; vision: InternViT-6B style "

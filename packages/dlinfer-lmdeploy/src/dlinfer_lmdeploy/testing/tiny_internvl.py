@@ -248,6 +248,15 @@ def _build_chat(
     build_tokenizer(path)  # before config.json: its auto_map would make AutoTokenizer ask to trust remote code
     (path / "config.json").write_text(json.dumps(config, indent=2))
     (path / f"{_CHAT_CONFIG_MODULE}.py").write_text(_CHAT_CONFIG_PY)
+    if not dynamic["dynamic_image_size"]:
+        # LMDeploy then preprocesses with this CLIP image processor (one tile; the PIL backend where torchvision
+        # is missing) instead of its torchvision tiling
+        tf.CLIPImageProcessor(
+            size={"shortest_edge": IMAGE_SIZE},
+            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
+        ).save_pretrained(str(path))
     return path
 
 
@@ -276,6 +285,19 @@ def build_internvl2(path: str | Path, *, dtype: torch.dtype = torch.float32, see
         vision=_vision_config(layer_norm=True, qkv_bias=True, qk_norm=False),
         text=dict(hidden_size=256, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2),
         dynamic=dict(dynamic_image_size=True, use_thumbnail=True, min_dynamic_patch=1, max_dynamic_patch=4),
+    )
+
+
+def build_internvl2_single_tile(path: str | Path, *, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
+    """:func:`build_internvl2` without dynamic tiling: a saved ``CLIPImageProcessor`` makes LMDeploy take its
+    one-tile CLIP preprocessing, which runs without torchvision (PIL backend)."""
+    return _build_chat(
+        Path(path),
+        dtype=dtype,
+        seed=seed,
+        vision=_vision_config(layer_norm=True, qkv_bias=True, qk_norm=False),
+        text=dict(hidden_size=256, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2),
+        dynamic=dict(dynamic_image_size=False, use_thumbnail=False, min_dynamic_patch=1, max_dynamic_patch=1),
     )
 
 
