@@ -147,6 +147,7 @@ _add(OpSpec(
     (Output("q_out", ("T", "Hq", "D"), "same:q"), Output("k_out", ("T", "Hkv", "D"), "same:k")),
     "out = x*cos + rot(x)*sin on the first R (even, <= D) dims; dims >= R pass through. "
     "rot is rotate-half (NeoX) or pairwise (GPT-J, interleaved=True).",
+    options=("interleaved",),
 ))
 _add(OpSpec(
     "apply_rotary_pos_emb_inplace",
@@ -159,6 +160,7 @@ _add(OpSpec(
     "stride > heads*D), with unit stride in the last dim; only their elements may be written. A backend whose "
     "kernel needs dense rows rotates a contiguous copy and writes it back; one that cannot serve a last-dim "
     "stride != 1 raises ValueError naming the op, the argument, the expected and the actual strides.",
+    options=("interleaved",),
     derived_from=("apply_rotary_pos_emb",),
 ))
 _add(OpSpec(

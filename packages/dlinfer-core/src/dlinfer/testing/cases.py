@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from dlinfer.spec import SPECS
 from dlinfer.testing.inputs import PagedSetup, alibi_slopes, awq_pack, cu_seqlens, paged_inputs, randn
 
 Builder = Callable[[torch.Generator, torch.dtype, str], dict[str, Any]]
@@ -202,7 +203,22 @@ def _paged(s: PagedSetup, o: AttnOpts, decode: bool) -> Builder:
     return build
 
 
-_OPTION_VARIANTS = [AttnOpts(scale=0.3), AttnOpts(window=7), AttnOpts(softcap=5.0), AttnOpts(alibi=True)]
+OPTION_VARIANTS: dict[str, AttnOpts] = {
+    "window": AttnOpts(window=7), "softcap": AttnOpts(softcap=5.0), "alibi_slopes": AttnOpts(alibi=True),
+    "causal=False": AttnOpts(causal=False),
+}
+"""The kit's value for each option an attention op may declare in ``OpSpec.options``."""
+
+
+def option_variants(op: str, size: str) -> list[AttnOpts]:
+    """Variants of one attention op, derived from its spec: the default, then (small cases) a custom scale and
+    every option in ``SPECS[op].options``; large cases keep the default and ``causal=False`` (vision towers)."""
+    options = SPECS[op].options
+    if size != "small":
+        return [AttnOpts()] + [OPTION_VARIANTS[o] for o in options if o == "causal=False"]
+    return [AttnOpts(), AttnOpts(scale=0.3)] + [OPTION_VARIANTS[o] for o in options]
+
+
 _SMALL_GEO = [  # (q_lens, kv_lens, hq, hkv, d, dv, bs)
     ((5, 1, 12), (9, 17, 12), 4, 4, 64, 64, 16),  # MHA, history and no history, block boundary at 16
     ((3, 7), (40, 7), 8, 2, 96, 96, 16),  # GQA 4, odd head size
@@ -220,20 +236,18 @@ _LARGE_GEO = [
 for _size, _geos in (("small", _SMALL_GEO), ("large", _LARGE_GEO)):
     for _ql, _kl, _hq, _hkv, _d, _dv, _bs in _geos:
         _geo_tag = f"B{len(_ql)}-h{_hq}/{_hkv}-d{_d}/{_dv}-bs{_bs}-kv{max(_kl)}"
-        variants = [AttnOpts()] + (_OPTION_VARIANTS if _size == "small" else [])
-        for _o in variants:
-            _sfx = f"-{_o.tag}" if _o.tag else ""
-            _setup = PagedSetup(_ql, _kl, _hq, _hkv, _d, _dv, _bs)
-            _case("paged_prefill_attention", _geo_tag + _sfx, _paged(_setup, _o, False), size=_size,
-                  option=_o.option, accumulating=True)
-            _dec = PagedSetup((1,) * len(_kl), tuple(max(k, 1) for k in _kl), _hq, _hkv, _d, _dv, _bs)
-            _case("paged_decode_attention", _geo_tag + _sfx, _paged(_dec, _o, True), size=_size,
-                  option=_o.option, accumulating=True)
-            _case("prefill_attention", f"B{len(_ql)}-h{_hq}/{_hkv}-d{_d}/{_dv}-q{max(_ql)}" + _sfx,
-                  _prefill(_ql, _hq, _hkv, _d, _dv, _o), size=_size, option=_o.option, accumulating=True)
-        _nc = AttnOpts(causal=False)
-        _case("prefill_attention", f"B{len(_ql)}-h{_hq}/{_hkv}-d{_d}/{_dv}-q{max(_ql)}-noncausal",
-              _prefill(_ql, _hq, _hkv, _d, _dv, _nc), size=_size, option=_nc.option, accumulating=True)
+        _setup = PagedSetup(_ql, _kl, _hq, _hkv, _d, _dv, _bs)
+        _dec = PagedSetup((1,) * len(_kl), tuple(max(k, 1) for k in _kl), _hq, _hkv, _d, _dv, _bs)
+        for _o in option_variants("paged_prefill_attention", _size):
+            _case("paged_prefill_attention", _geo_tag + (f"-{_o.tag}" if _o.tag else ""), _paged(_setup, _o, False),
+                  size=_size, option=_o.option, accumulating=True)
+        for _o in option_variants("paged_decode_attention", _size):
+            _case("paged_decode_attention", _geo_tag + (f"-{_o.tag}" if _o.tag else ""), _paged(_dec, _o, True),
+                  size=_size, option=_o.option, accumulating=True)
+        for _o in option_variants("prefill_attention", _size):
+            _case("prefill_attention", f"B{len(_ql)}-h{_hq}/{_hkv}-d{_d}/{_dv}-q{max(_ql)}" + (
+                f"-{_o.tag}" if _o.tag else ""), _prefill(_ql, _hq, _hkv, _d, _dv, _o), size=_size,
+                option=_o.option, accumulating=True)
 for _b, _ctx in ((1, 8192), (32, 1024), (128, 2048)):
     _dec = PagedSetup((1,) * _b, (_ctx,) * _b, 32, 8, 128, 128, 64)
     _case("paged_decode_attention", f"B{_b}-h32/8-d128-bs64-kv{_ctx}", _paged(_dec, AttnOpts(), True), size="large",
