@@ -1,0 +1,107 @@
+"""LMDeploy's engine end to end with ``device_type="ascend"`` on the simulator: the model table's LLM rows in bf16.
+
+The plugin is activated as on hardware (runtime checks, ``transfer_to_npu``, its op table: every dlinfer op runs
+on the simulated torch_npu / ATB kernels); the simulated device is the host (``sim_e2e.host_simulated``). Each
+row: two prompts of different lengths batched together, in eager mode and in graph mode (simulated NPUGraph
+capture with FIA recorded updatably and its host KV lengths updated after every replay), every generated token
+checked against Hugging Face fp32 logits by teacher forcing (``bf16_check``). A row the adaptor cannot serve
+must be refused when the engine is built (``ModelRow.refused["ascend"]``).
+
+CI runs ``sim_e2e.CI_KINDS["ascend"]``; ``DLINFER_SIM_E2E=all`` runs every row.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lmdeploy")
+pytest.importorskip("dlinfer_lmdeploy")
+
+from dlinfer_lmdeploy.testing import model_table, sim_e2e  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.environ.get("DLINFER_HARDWARE") == "1", reason="simulator tests")
+
+DEVICE = "ascend"
+MODES = ("eager", "graph")
+KINDS = sim_e2e.llm_kinds()
+
+
+@pytest.fixture(scope="module")
+def bf16_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """kind -> tiny bf16 checkpoint, for every row this run checks (built on the host before the device is
+    activated: ``transfer_to_npu`` points torch.cuda at the simulated torch.npu, which torch.manual_seed probes)."""
+    return {
+        kind: sim_e2e.build_bf16(kind, tmp_path_factory.mktemp(f"ascend_{kind}"))
+        for kind in KINDS
+        if sim_e2e.selected(DEVICE, kind) or _refusal(kind)
+    }
+
+
+@pytest.fixture(scope="module")
+def ascend_sim(bf16_models: dict[str, Path]) -> Iterator[dict[str, Path]]:
+    """The simulator installed, a device node declared, the device host-simulated; everything undone after.
+    Yields the checkpoints."""
+    import dlinfer_lmdeploy
+    import npu_sim
+
+    from dlinfer_ascend import patches, runtime, soc
+
+    npu_sim.install()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(runtime, "_device_nodes", lambda: True)
+    dlinfer_lmdeploy.install()
+    try:
+        with sim_e2e.host_simulated(DEVICE):
+            yield bf16_models
+    finally:
+        mp.undo()
+        npu_sim.uninstall()  # undoes transfer_to_npu
+        runtime.reset()
+        patches.reset()
+        soc.soc_info.cache_clear()
+        npu_sim.install()
+
+
+def _refusal(kind: str) -> str | None:
+    row = model_table.BY_KIND.get(kind)
+    return row.refused.get(DEVICE) if row is not None else None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_row_bf16_eager_and_graph_match_hf_fp32(kind: str, ascend_sim: dict[str, Path]) -> None:
+    if not sim_e2e.selected(DEVICE, kind):
+        pytest.skip(f"not in the CI subset {sim_e2e.CI_KINDS[DEVICE]}; run with DLINFER_SIM_E2E=all")
+    if _refusal(kind):
+        pytest.skip(f"refused on {DEVICE}: {_refusal(kind)} (test_refused_rows_fail_at_build)")
+    from npu_sim import graphs
+
+    before = len(graphs._ALL_GRAPHS)
+
+    def captured(mode: str) -> None:
+        nonlocal before
+        new, before = graphs._ALL_GRAPHS[before:], len(graphs._ALL_GRAPHS)
+        if mode == "graph":
+            assert any(g.updatable for g in new), "no NPU graph with an updatable FIA node was captured"
+        else:
+            assert not new, f"{mode} mode captured an NPU graph"
+
+    calls, failures = sim_e2e.check_row(kind, ascend_sim[kind], DEVICE, MODES, captured)
+    # graph mode: decode steps are replays, not Python op calls (eager: one call per layer per step)
+    assert calls["graph"]["paged_decode_attention"] < calls["eager"]["paged_decode_attention"]
+    assert not failures, "\n".join(failures)
+
+
+_REFUSED = [k for k in KINDS if _refusal(k)]
+
+
+@pytest.mark.parametrize("kind", _REFUSED or ["(none)"])
+def test_refused_rows_fail_at_build(kind: str, ascend_sim: dict[str, Path]) -> None:
+    if not _REFUSED:
+        pytest.skip(f"no model-table row is refused on {DEVICE}")
+    exc = sim_e2e.build_refusal(ascend_sim[kind], DEVICE)
+    assert exc is not None, f"{kind}: the engine built on {DEVICE}, but the model table says it is refused"
+    assert DEVICE in str(exc), f"{kind}: the refusal does not name the device: {exc}"

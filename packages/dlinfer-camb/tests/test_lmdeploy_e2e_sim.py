@@ -1,0 +1,100 @@
+"""LMDeploy's engine end to end with ``device_type="camb"`` on the simulator: the model table's LLM rows in bf16.
+
+The plugin is activated as on hardware (runtime checks, ``gpu_migration``, its op table: every dlinfer op runs
+on the simulated torch_mlu_ops kernels, HND cache, block size 16); the simulated device is the host
+(``sim_e2e.host_simulated``). Each row: two prompts of different lengths batched together, eager mode, every
+generated token checked against Hugging Face fp32 logits by teacher forcing (``bf16_check``). Graph mode is not
+run: the simulated ``torch.mlu.MLUGraph`` records its calls but captures nothing (mlu_sim/device.py), so a
+replay would compute nothing. A row the adaptor cannot serve must be refused when the engine is built
+(``ModelRow.refused["camb"]``).
+
+CI runs ``sim_e2e.CI_KINDS["camb"]``; ``DLINFER_SIM_E2E=all`` runs every row.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lmdeploy")
+pytest.importorskip("dlinfer_lmdeploy")
+
+from dlinfer_lmdeploy.testing import model_table, sim_e2e  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.environ.get("DLINFER_HARDWARE") == "1", reason="simulator tests")
+
+DEVICE = "camb"
+MODES = ("eager",)
+KINDS = sim_e2e.llm_kinds()
+
+
+@pytest.fixture(scope="module")
+def bf16_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """kind -> tiny bf16 checkpoint, for every row this run checks (built on the host before the device is
+    activated, as on Ascend)."""
+    return {
+        kind: sim_e2e.build_bf16(kind, tmp_path_factory.mktemp(f"camb_{kind}"))
+        for kind in KINDS
+        if sim_e2e.selected(DEVICE, kind) or _refusal(kind)
+    }
+
+
+@pytest.fixture(scope="module")
+def camb_sim(bf16_models: dict[str, Path]) -> Iterator[dict[str, Path]]:
+    """The simulator installed, the packages and a device node declared present, the device host-simulated;
+    the previous simulator state restored after. Yields the checkpoints."""
+    import dlinfer_lmdeploy
+
+    import mlu_sim
+    from dlinfer_camb import patches, runtime
+
+    was_installed = "torch_mlu_ops" in sys.modules
+    mlu_sim.uninstall()
+    sim_e2e.prime_host_probes()  # before torch_mlu is importable (transformers probes it once)
+    runtime.reset()
+    mlu_sim.install()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(runtime, "_device_nodes", lambda: True)
+    mp.setattr(runtime, "_installed", lambda name: True)  # the simulated packages live in sys.modules only
+    dlinfer_lmdeploy.install()
+    try:
+        with sim_e2e.host_simulated(DEVICE):
+            yield bf16_models
+    finally:
+        mp.undo()
+        mlu_sim.uninstall()
+        runtime.reset()
+        patches._APPLIED.clear()
+        if was_installed:
+            mlu_sim.install()
+
+
+def _refusal(kind: str) -> str | None:
+    row = model_table.BY_KIND.get(kind)
+    return row.refused.get(DEVICE) if row is not None else None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_row_bf16_eager_matches_hf_fp32(kind: str, camb_sim: dict[str, Path]) -> None:
+    if not sim_e2e.selected(DEVICE, kind):
+        pytest.skip(f"not in the CI subset {sim_e2e.CI_KINDS[DEVICE]}; run with DLINFER_SIM_E2E=all")
+    if _refusal(kind):
+        pytest.skip(f"refused on {DEVICE}: {_refusal(kind)} (test_refused_rows_fail_at_build)")
+    _, failures = sim_e2e.check_row(kind, camb_sim[kind], DEVICE, MODES)
+    assert not failures, "\n".join(failures)
+
+
+_REFUSED = [k for k in KINDS if _refusal(k)]
+
+
+@pytest.mark.parametrize("kind", _REFUSED or ["(none)"])
+def test_refused_rows_fail_at_build(kind: str, camb_sim: dict[str, Path]) -> None:
+    if not _REFUSED:
+        pytest.skip(f"no model-table row is refused on {DEVICE}")
+    exc = sim_e2e.build_refusal(camb_sim[kind], DEVICE)
+    assert exc is not None, f"{kind}: the engine built on {DEVICE}, but the model table says it is refused"
+    assert DEVICE in str(exc), f"{kind}: the refusal does not name the device: {exc}"
