@@ -37,7 +37,7 @@ def test_vlm_graph_mode_matches_oracle_without_eager_decode(
         pytest.importorskip("torchvision", reason=f"{row.kind}'s preprocessing needs torchvision (tests-vlm session)")
     path: Path = row.build(tmp_path_factory.mktemp(f"graph_{row.kind}"))
     batches = [s.requests() for s in vlm.SCENARIOS if s.name in SCENARIOS]
-    cfg = runner.engine_config(hostgraph, dtype="float32", eager_mode=False, max_batch_size=4)
+    cfg = runner.engine_config(hostgraph, dtype="float32", eager_mode=False, max_batch_size=4, **row.engine)
     host_graph.CALLS.clear()
     with graph_runner.counting() as steps, vlm.open_pipeline(path, cfg) as pipe:
         results = [res for batch in batches for res in vlm.generate(pipe, batch, vlm.NEW_TOKENS)]

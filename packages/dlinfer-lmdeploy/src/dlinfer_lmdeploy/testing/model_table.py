@@ -251,7 +251,8 @@ ROWS: tuple[ModelRow, ...] = (
         skipped={"two_images": _COGVLM_TWO_IMAGES},
         note="rope base 10000: LMDeploy 0.18's cogvlm.py hard-codes it for CogVLM2 too (the original CogVLM2 code "
         "uses 500000), and the oracle follows LMDeploy. Chat template: LMDeploy's 'base' (the tokenizer has no "
-        "chat template)",
+        "chat template; with one, LMDeploy 0.18 fails every CogVLM2 image request on every backend: "
+        "CogVLMVisionModel.proc_messages reads chat_template.user, which HFChatTemplate lacks)",
     ),
     # --- end of CogVLM rows ---
 )

@@ -275,7 +275,8 @@ def _build(path: Path, shape: Shape, dtype: torch.dtype, seed: int) -> Path:
     model = LlamaForCausalLM(_oracle_config(shape))
     missing, unexpected = model.load_state_dict(llama, strict=False)
     assert not unexpected and all("rotary_emb" in k for k in missing), (missing, unexpected)
-    model.config.torch_dtype = "float32"
+    model = model.to(dtype)  # the weights LMDeploy serves, bit for bit (an fp32 oracle upcasts them exactly)
+    model.config.dtype = str(dtype).split(".")[1]
     model.save_pretrained(str(oracle), safe_serialization=True)
     ocfg = json.loads((oracle / "config.json").read_text())  # save_pretrained writes the class name
     ocfg["architectures"] = [ORACLE_ARCHITECTURE]
