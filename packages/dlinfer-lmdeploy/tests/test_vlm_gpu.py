@@ -24,6 +24,8 @@ from dlinfer_lmdeploy.testing.scenarios import Scenario
 pytestmark = [pytest.mark.gpu, pytest.mark.e2e]
 
 TOPK = 5
+NEW_TOKENS = 24
+"""longer than the CPU tests' 10: the argmax-agreement statistic of the bf16 checker needs more than 10 steps"""
 MODES = ("eager", "graph")
 VLM_ROWS = [row for row in model_table.ROWS if row.modality == "VLM" and "maca" not in row.refused]
 
@@ -46,7 +48,7 @@ def test_vlm_row_eager_and_graph_match_hf(row: ModelRow, tmp_path_factory: pytes
         cfg = runner.engine_config("maca", dtype="bfloat16", eager_mode=(mode == "eager"), max_batch_size=4,
                                    logprobs_mode="raw_logits", **row.engine)
         with graph_runner.counting() as counted:
-            runs[mode] = vlm.run_row(path, cfg, logits=TOPK, skip=row.skipped)
+            runs[mode] = vlm.run_row(path, cfg, NEW_TOKENS, logits=TOPK, skip=row.skipped)
         steps[mode] = counted
     failures: list[str] = []
     stats: list[dict] = []
@@ -57,7 +59,7 @@ def test_vlm_row_eager_and_graph_match_hf(row: ModelRow, tmp_path_factory: pytes
                    for r, top in zip(runs[mode].results[name], runs[mode].logits[name], strict=True)]
             for mode in MODES
         }
-        sc = Scenario(f"{row.kind}/{name}", row.kind, (), vlm.NEW_TOKENS)
+        sc = Scenario(f"{row.kind}/{name}", row.kind, (), NEW_TOKENS)
         s, f = check_against_hf(sc, path, by_mode, "cuda", vlm.teacher_forced_fn(row, path, captured))
         stats += s
         failures += f
