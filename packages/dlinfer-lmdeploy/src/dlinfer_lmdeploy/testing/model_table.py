@@ -120,14 +120,16 @@ ROWS: tuple[ModelRow, ...] = (
         f"{_TEXT}:build_internlm2_5",
         "12/2 heads (GQA 6, 20B's), head 128 (hidden 1536), dynamic NTK rope (factor 2, max positions 128)",
         "HF LlamaForCausalLM (rope_type dynamic) with the same weights (oracle/)",
-        note="scenarios stay below max_position_embeddings; beyond it LMDeploy and HF agree per request, but "
-        "LMDeploy scales the rope of every sequence of a batch by the batch's longest one "
-        "(tests/test_e2e_cpu.py::test_dynamic_ntk_*)",
+        note="the shared scenarios stay below max_position_embeddings (the GPU checker's teacher forcing ropes a "
+        "whole sequence at its final length). Past it (tests/test_e2e_cpu.py::test_dynamic_ntk_past_max_positions): "
+        "a request alone matches HF greedy; in a batch LMDeploy scales every sequence's rotary base by the step's "
+        "longest sequence, as HF's batched generate does, so a request's tokens depend on what it is batched with",
     ),
     ModelRow(
         "InternLM3", "InternLM3-8B", "InternLM3ForCausalLM", "LLM", "internlm3", f"{_TEXT}:build_internlm3",
         "16/1 heads (GQA 16, 8B's 32/2), head 128, hidden 128, dynamic NTK rope (factor 6)",
         "HF LlamaForCausalLM (transformers maps internlm3 to Llama)",
+        note="scenarios stay below max_position_embeddings (1024): dynamic NTK as InternLM2.5",
     ),
     ModelRow(
         "Qwen3", "Qwen3-8B", "Qwen3ForCausalLM", "LLM", "qwen3", f"{_TEXT}:build_qwen3",
