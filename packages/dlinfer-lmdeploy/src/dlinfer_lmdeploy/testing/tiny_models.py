@@ -2,7 +2,9 @@
 
 No hub access: the tokenizer is a character-level ``WordLevel`` model over a fixed
 alphabet, and the weights are random (seeded). ``build(kind, path)`` writes a Hugging Face
-checkpoint directory that LMDeploy and transformers both load.
+checkpoint directory that LMDeploy and transformers both load; ``build_<kind>(path, dtype=..., seed=...)`` is
+the builder the model table (``model_table.ROWS``) names, and writes the InternLM2 kinds in InternLM2's format
+with their Llama oracle under ``path/oracle``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ VOCAB_SIZE = 128  # > len(VOCAB): the tail ids exist in the model but never deco
 
 KINDS = ("llama", "qwen2", "qwen2_moe", "mixtral")
 """small-head (16) models of the scenarios that exercise the engine (prefix caching, chunked prefill, tp=2)"""
+
 
 def build_tokenizer(path: str | Path, vocab_size: int = VOCAB_SIZE) -> Any:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
