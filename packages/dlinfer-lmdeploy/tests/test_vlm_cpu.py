@@ -62,6 +62,26 @@ def test_model_table_has_vlm_rows() -> None:
     assert {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"} <= {row.kind for row in VLM_ROWS}
 
 
+def test_mm_feature_dtype_patch() -> None:
+    """Inventory patch vl-mm-feature-dtype: float32 image features for a CPU dlinfer device in fp32 (LMDeploy raises
+    KeyError: 'float32'); LMDeploy's own mapping otherwise."""
+    import torch
+    from lmdeploy import PytorchEngineConfig
+    from lmdeploy.vl import engine
+
+    import dlinfer_lmdeploy
+    from dlinfer_lmdeploy import inventory
+
+    dlinfer_lmdeploy.install()
+    assert "vl-mm-feature-dtype" in inventory.applied()
+    resolve = engine._resolve_mm_feature_dtype
+    assert resolve(None, PytorchEngineConfig(device_type="cpu", dtype="float32")) == torch.float32
+    bf16 = PytorchEngineConfig(device_type="cpu", dtype="bfloat16")
+    assert resolve(None, bf16) == resolve.__dlinfer_original__(None, bf16) in (torch.bfloat16, torch.float16)
+    with pytest.raises(KeyError):
+        resolve.__dlinfer_original__(None, PytorchEngineConfig(device_type="cpu", dtype="float32"))
+
+
 @pytest.mark.parametrize(("row", "scenario"), _params(True))
 def test_vlm_matches_hf_greedy(row: ModelRow, scenario: vlm.VlmScenario, vlm_row) -> None:  # type: ignore[no-untyped-def]
     if scenario.name in row.skipped:
