@@ -72,3 +72,16 @@ def test_checkpoint_experts_are_degenerate(cogvlm2: Path) -> None:
     q, k, v = (o[f"model.layers.1.self_attn.{x}_proj.weight"] for x in "qkv")
     assert torch.equal(qkv, torch.cat([q, k, v]))
     assert torch.equal(w["model.layers.1.mlp.language_mlp.down_proj.weight"], o["model.layers.1.mlp.down_proj.weight"])
+
+
+@pytest.mark.parametrize("shape", [tiny_cogvlm.COGVLM2], ids=["cogvlm2"])
+def test_image_features_shape(shape: tiny_cogvlm.Shape, cogvlm2: Path) -> None:
+    """boi + the 2x2-downsampled patch grid + eoi, in the LM's width (what LMDeploy reserves per image)."""
+    import json
+
+    cfg = json.loads((cogvlm2 / "config.json").read_text())
+    pixels = torch.randn(2, 3, shape.image_size, shape.image_size)
+    feats = tiny_cogvlm.image_features(tiny_cogvlm.load_vision_weights(cogvlm2), cfg, pixels)
+    assert feats.shape == (2, shape.image_tokens, shape.hidden)
+    assert not torch.equal(feats[0, 1:-1], feats[1, 1:-1])  # depends on the pixels
+    assert torch.equal(feats[0, 0], feats[1, 0]) and torch.equal(feats[0, -1], feats[1, -1])  # learned boi / eoi
