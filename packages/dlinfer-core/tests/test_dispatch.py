@@ -75,6 +75,9 @@ result = {"calls": list(old.CALLS), "rotary_ok": torch.equal(q, want_q) and torc
 SCENARIOS: dict[str, dict[str, Any]] = {
     "use-good": {"code": USE_GOOD},
     "first-call-layout": {"code": FIRST_CALL_LAYOUT},
+    "compiled-first-call-layout": {"code": FIRST_CALL_LAYOUT.replace(
+        "ops.fill_kv_cache(key, value, kc, vc, torch.tensor(slots))",
+        "torch.compile(lambda *a: ops.fill_kv_cache(*a), fullgraph=True)(key, value, kc, vc, torch.tensor(slots))")},
     "old-api": {"env": {"DLINFER_TEST_ENABLE": "oldapi", "DLINFER_BACKEND": "oldapi"}, "code": OLD_API},
     "strict-env": {"env": {"DLINFER_STRICT": "1"}, "code": "result = dlinfer.activate().name"},
     "strict-arg": {"code": "result = dlinfer.activate(strict=True).name"},
@@ -203,9 +206,10 @@ def test_rms_norm_signature_spelled_out():
 
 def test_first_cache_op_call_uses_the_backends_layout(outcome):
     """Before any activation, kv_layout=None must resolve to the HND backend's layout, not the NHD default."""
-    res = outcome["first-call-layout"]
-    assert res["error"] is None, res
-    assert res["result"] == {"selected": "goodcpu", "ok": True}
+    for scenario in ("first-call-layout", "compiled-first-call-layout"):  # eager, and traced before activation
+        res = outcome[scenario]
+        assert res["error"] is None, res
+        assert res["result"] == {"selected": "goodcpu", "ok": True}, scenario
 
 
 def test_missing_ops_are_composed_from_the_plugins_own_ops(outcome):

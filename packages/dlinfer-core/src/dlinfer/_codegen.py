@@ -106,9 +106,12 @@ def build_public(spec: OpSpec, ns: dict[str, Any]) -> Callable[..., Any]:
     call = ", ".join(p.name if not p.keyword_only else f"{p.name}={p.name}" for p in spec.params)
     values = "{" + ", ".join(f"{p.name!r}: {p.name}" for p in spec.params) + "}"
     layout = ""
-    if any(p.name == "kv_layout" for p in spec.params):  # activate first: the backend's layout is known after
-        layout = ("if kv_layout is None:\n        if _state.record is None:\n            _activate()\n"
-                  "        kv_layout = _state.kv_layout\n    ")
+    if any(p.name == "kv_layout" for p in spec.params):
+        # activate first: the backend's layout is known only after. A trace taken before any activation keeps
+        # None, which the custom op's kernel resolves when it runs (custom_ops._real).
+        layout = ("if kv_layout is None:\n        if _state.record is None and not _is_compiling():\n"
+                  "            _activate()\n        if _state.record is not None:\n"
+                  "            kv_layout = _state.kv_layout\n    ")
     checks = "".join(
         f"if {p.name} is not None and not {p.name} > 0:\n"
         f"        raise _ArgumentError({spec.name!r}, {p.name!r}, 'a value > 0 or None', repr({p.name}))\n    "

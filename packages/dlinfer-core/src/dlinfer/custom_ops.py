@@ -31,8 +31,12 @@ def _values(spec: OpSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict
 
 def _real(spec: OpSpec) -> Callable[..., Any]:
     name = spec.name
+    layout = any(p.name == "kv_layout" for p in spec.params)
 
     def kernel(*args: Any, **kwargs: Any) -> Any:
+        if layout and kwargs.get("kv_layout") is None:  # traced before activation: the backend's layout, now
+            dispatch.current()
+            kwargs["kv_layout"] = dispatch.STATE.kv_layout
         result = getattr(dispatch.TABLE, name)(*args, **kwargs)
         if not spec.outputs:
             return None
