@@ -20,8 +20,13 @@ What a captured decode step holds (as LMDeploy's ``CudaGraphMixin`` does for its
 - InternVL's ``context=`` (the step context itself): passed through.
 
 Anything else makes the step run eagerly, **counted and reported**: a one-time warning per
-reason names it (e.g. ``kwarg pixel_values``), and the counters below record it. Prefill runs
-eagerly by design and is counted under :data:`PREFILL`, apart from decode fallbacks.
+reason names it, and the counters below record it. Decode reasons: ``kwarg <name>`` (a tensor or
+object the runner cannot hold, or an extra tensor that is not decode-shaped), ``batch size``
+(above the largest capture size), ``block table`` (wider than the captured one),
+``tokens per sequence`` (more than one, e.g. speculative decoding), ``rank not decoding`` (another
+data-parallel rank prefills), ``model`` (no LMDeploy ``CudaGraphMixin``, or its
+``support_cuda_graph`` declined), ``attn_metadata``. Prefill runs eagerly by design and is counted
+under :data:`PREFILL`, apart from decode fallbacks.
 
 Counting API (for tests; the GPU tests assert "no eager decode step in graph mode"):
 
@@ -30,7 +35,13 @@ Counting API (for tests; the GPU tests assert "no eager decode step in graph mod
 - :func:`live_runners` -> the graph runners of this process's live engines;
 - :func:`step_counts` -> a :class:`StepCounts` copy of this process's totals over all runners;
 - ``with counting() as counts: ...`` -> the :class:`StepCounts` of the steps run inside the block
-  (filled when it exits): ``assert counts.eager_decode == 0, counts.eager``.
+  (filled when it exits). A graph-mode test::
+
+      with graph_runner.counting() as steps, runner.open_pipeline(path, cfg) as pipe:
+          ...  # generate
+      assert steps.graphed > 0 and steps.eager_decode == 0, dict(steps.eager)
+
+  (``eager_mode=True`` builds LMDeploy's plain runner: nothing is counted, ``steps.graphed == 0``.)
 
 Counts are per process: with ``tp > 1`` the engines run in worker processes and their counts are
 not visible to the caller.
