@@ -315,7 +315,9 @@ def write_internlm2(
         "bias": False,
         "hidden_act": "silu",
         "initializer_range": 0.02,
-        "pad_token_id": 0,
+        # no pad id: LMDeploy zeroes the embedding row of pad_token_id at load, the Llama oracle does not
+        # (with 0, any <unk> in a prompt or the output diverged from the oracle)
+        "pad_token_id": None,
         "rope_theta": rope["rope_theta"],
         # LMDeploy 0.18 reads rope theta and scaling from ``rope_parameters`` (transformers 5 name) and crashes
         # when the generic config it falls back to lacks it. Real checkpoints spell the scaling ``rope_scaling``
