@@ -22,23 +22,22 @@ pytest.importorskip("lmdeploy")
 pytest.importorskip("dlinfer_lmdeploy")
 
 from dlinfer_lmdeploy.testing import model_table, sim_e2e  # noqa: E402
+from dlinfer_lmdeploy.testing.scenarios import Scenario  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.environ.get("DLINFER_HARDWARE") == "1", reason="simulator tests")
 
 DEVICE = "ascend"
 MODES = ("eager", "graph")
 KINDS = sim_e2e.llm_kinds()
+SCENARIOS = sim_e2e.engine_scenarios()
 
 
 @pytest.fixture(scope="module")
 def bf16_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """kind -> tiny bf16 checkpoint, for every row this run checks (built on the host before the device is
     activated: ``transfer_to_npu`` points torch.cuda at the simulated torch.npu, which torch.manual_seed probes)."""
-    return {
-        kind: sim_e2e.build_bf16(kind, tmp_path_factory.mktemp(f"ascend_{kind}"))
-        for kind in KINDS
-        if sim_e2e.selected(DEVICE, kind) or _refusal(kind)
-    }
+    kinds = {k for k in KINDS if sim_e2e.selected(DEVICE, k) or _refusal(k)} | {s.model for s in SCENARIOS}
+    return {kind: sim_e2e.build_bf16(kind, tmp_path_factory.mktemp(f"ascend_{kind}")) for kind in sorted(kinds)}
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +76,17 @@ def test_row_bf16_eager_and_graph_match_hf_fp32(kind: str, ascend_sim: dict[str,
         pytest.skip(f"not in the CI subset {sim_e2e.CI_KINDS[DEVICE]}; run with DLINFER_SIM_E2E=all")
     if _refusal(kind):
         pytest.skip(f"refused on {DEVICE}: {_refusal(kind)} (test_refused_rows_fail_at_build)")
+    _check(sim_e2e.row_scenario(kind), ascend_sim[kind])
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_engine_scenario_bf16_eager_and_graph_match_hf_fp32(scenario: Scenario, ascend_sim: dict[str, Path]) -> None:
+    """Prefix caching and chunked prefill (paged prefill over cached blocks: FIA TND for head 128, single-token
+    FIA calls for head 16), and a long run over 15 KV blocks per sequence."""
+    _check(scenario, ascend_sim[scenario.model])
+
+
+def _check(scenario: Scenario, path: Path) -> None:
     from npu_sim import graphs
 
     before = len(graphs._ALL_GRAPHS)
@@ -89,7 +99,7 @@ def test_row_bf16_eager_and_graph_match_hf_fp32(kind: str, ascend_sim: dict[str,
         else:
             assert not new, f"{mode} mode captured an NPU graph"
 
-    calls, failures = sim_e2e.check_row(kind, ascend_sim[kind], DEVICE, MODES, captured)
+    calls, failures = sim_e2e.check(scenario, path, DEVICE, MODES, captured)
     # graph mode: decode steps are replays, not Python op calls (eager: one call per layer per step)
     assert calls["graph"]["paged_decode_attention"] < calls["eager"]["paged_decode_attention"]
     assert not failures, "\n".join(failures)

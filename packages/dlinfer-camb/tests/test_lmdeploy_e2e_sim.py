@@ -24,23 +24,22 @@ pytest.importorskip("lmdeploy")
 pytest.importorskip("dlinfer_lmdeploy")
 
 from dlinfer_lmdeploy.testing import model_table, sim_e2e  # noqa: E402
+from dlinfer_lmdeploy.testing.scenarios import Scenario  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.environ.get("DLINFER_HARDWARE") == "1", reason="simulator tests")
 
 DEVICE = "camb"
 MODES = ("eager",)
 KINDS = sim_e2e.llm_kinds()
+SCENARIOS = sim_e2e.engine_scenarios()
 
 
 @pytest.fixture(scope="module")
 def bf16_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """kind -> tiny bf16 checkpoint, for every row this run checks (built on the host before the device is
     activated, as on Ascend)."""
-    return {
-        kind: sim_e2e.build_bf16(kind, tmp_path_factory.mktemp(f"camb_{kind}"))
-        for kind in KINDS
-        if sim_e2e.selected(DEVICE, kind) or _refusal(kind)
-    }
+    kinds = {k for k in KINDS if sim_e2e.selected(DEVICE, k) or _refusal(k)} | {s.model for s in SCENARIOS}
+    return {kind: sim_e2e.build_bf16(kind, tmp_path_factory.mktemp(f"camb_{kind}")) for kind in sorted(kinds)}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +83,15 @@ def test_row_bf16_eager_matches_hf_fp32(kind: str, camb_sim: dict[str, Path]) ->
         pytest.skip(f"not in the CI subset {sim_e2e.CI_KINDS[DEVICE]}; run with DLINFER_SIM_E2E=all")
     if _refusal(kind):
         pytest.skip(f"refused on {DEVICE}: {_refusal(kind)} (test_refused_rows_fail_at_build)")
-    _, failures = sim_e2e.check_row(kind, camb_sim[kind], DEVICE, MODES)
+    _, failures = sim_e2e.check(sim_e2e.row_scenario(kind), camb_sim[kind], DEVICE, MODES)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_engine_scenario_bf16_eager_matches_hf_fp32(scenario: Scenario, camb_sim: dict[str, Path]) -> None:
+    """Prefix caching and chunked prefill (flash_attention's paged mode over cached blocks, head 16 and 128), and a
+    long run over 15 KV blocks per sequence (single_query_cached_kv_attn)."""
+    _, failures = sim_e2e.check(scenario, camb_sim[scenario.model], DEVICE, MODES)
     assert not failures, "\n".join(failures)
 
 

@@ -92,10 +92,12 @@ def run(
     path: str | Path,
     device_type: str,
     mode: str = "eager",
+    op_calls: collections.Counter[str] | None = None,
     **engine: Any,
 ) -> list[Run]:
     """Every request of every phase of ``scenario`` in bf16 on ``device_type`` -> (prompt ids, tokens, top-k
-    raw logits per step)."""
+    raw logits per step); ``op_calls`` (an :func:`op_counter`) is cleared before each phase, so that it holds the
+    last phase's calls, to which the scenario's op expectations apply."""
     cfg = runner.engine_config(
         device_type,
         dtype="bfloat16",
@@ -107,6 +109,8 @@ def run(
     runs: list[Run] = []
     with runner.open_pipeline(path, cfg) as pipe:
         for phase in scenario.phases:
+            if op_calls is not None:
+                op_calls.clear()
             ids = [runner.encode(pipe, p) for p in phase]
             outs = runner.generate_with_logits(pipe, phase, scenario.new_tokens, TOPK)
             runs += [(i, tokens, top) for i, (tokens, top) in zip(ids, outs, strict=True)]
@@ -172,33 +176,55 @@ def build_bf16(kind: str, path: str | Path) -> Path:
     return tiny_models.build(kind, path, dtype=torch.bfloat16)
 
 
-def check_row(
-    kind: str,
+HEAD128 = "qwen2_7b"
+"""the head-128 row the engine scenarios also run on (Ascend: FIA's TND paged-prefill route; head 16 takes the
+per-token route)"""
+
+
+def engine_scenarios() -> list[Scenario]:
+    """The engine scenarios of :data:`scenarios.SCENARIOS` (prefix caching, chunked prefill, a long run; not the
+    per-model ``concurrent_*`` ones, which the rows cover) on their models, and the prefix-caching and
+    chunked-prefill ones on :data:`HEAD128` too."""
+    from dlinfer_lmdeploy.testing import model_table
+    from dlinfer_lmdeploy.testing.scenarios import SCENARIOS
+
+    base = [s for s in SCENARIOS if not s.name.startswith("concurrent_")]
+    extra = []
+    if HEAD128 in model_table.BY_KIND:
+        extra = [
+            dataclasses.replace(s, name=f"{s.name}_{HEAD128}", model=HEAD128)
+            for s in base
+            if s.name in ("prefix_caching", "chunked_prefill")
+        ]
+    return base + extra
+
+
+def check(
+    scenario: Scenario,
     path: str | Path,
     device_type: str,
     modes: tuple[str, ...],
     after_mode: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, collections.Counter[str]], list[str]]:
-    """Run ``kind``'s check (:func:`row_scenario`) on ``device_type`` in each mode and check every request
-    against the fp32 HF oracle -> (``dlinfer.ops`` calls per mode, failure messages). Raises AssertionError
-    when the ops ran on another backend or the eager run misses the scenario's op expectations.
-    ``after_mode(mode)`` runs after each mode's engine closed (device-specific checks)."""
+    """Run ``scenario`` on ``device_type`` in each mode and check every request against the fp32 HF oracle ->
+    (``dlinfer.ops`` calls of the last phase per mode, failure messages). Raises AssertionError when the ops
+    ran on another backend or the eager run misses the scenario's op expectations. ``after_mode(mode)`` runs
+    after each mode's engine closed (device-specific checks)."""
     import dlinfer.dispatch
 
     from dlinfer_lmdeploy import devices
     from dlinfer_lmdeploy.testing import model_table
     from dlinfer_lmdeploy.testing.bf16_check import check_against_hf
 
-    scenario = row_scenario(kind)
     backend = devices.get(device_type).backend.name
     results: dict[str, list[Run]] = {}
     calls: dict[str, collections.Counter[str]] = {}
     for mode in modes:
         with op_counter() as counts:
-            results[mode] = run(scenario, path, device_type, mode)
+            results[mode] = run(scenario, path, device_type, mode, counts)
         calls[mode] = collections.Counter(counts)
         active = dlinfer.dispatch.current().name
-        assert active == backend, f"{kind}/{mode}: the ops ran on dlinfer backend '{active}', not '{backend}'"
+        assert active == backend, f"{scenario.name}/{mode}: the ops ran on dlinfer backend '{active}', not '{backend}'"
         if after_mode is not None:
             after_mode(mode)
     if "eager" in calls:  # in graph mode the decode ops run as graph replays, not as Python calls
