@@ -231,9 +231,19 @@ def _vision_calls(config: dict[str, Any]) -> dict[str, int]:
     arch, vision = config["architectures"][0], config["vision_config"]
     depth = vision["depth"]
     calls = {"prefill_attention:noncausal": depth, "prefill_attention": depth, "apply_rotary_pos_emb_inplace": depth,
-             "linear": 4 * depth}  # fmt: skip
+             "linear": 4 * depth, "prefill_attention:noncausal_seqs": depth}  # fmt: skip
     if arch == "Qwen2_5_VLForConditionalGeneration":
         calls.update(rms_norm=2 * depth + 1, silu_and_mul=depth)
+        # windowed blocks attend per window: one sequence per window of the one_image scenario's image
+        from dlinfer_lmdeploy.testing import vlm
+
+        (request,) = next(sc for sc in vlm.SCENARIOS if sc.name == "one_image").requests()
+        unit = vision["patch_size"] * vision["spatial_merge_size"]  # its size is a multiple of unit: not resized
+        w, h = (-(-side // unit) for side in request.images[0].size)
+        win = vision["window_size"] // unit
+        windows = -(-w // win) * -(-h // win)
+        full = len(vision["fullatt_block_indexes"])
+        calls["prefill_attention:noncausal_seqs"] = full + (depth - full) * windows
     if arch == "Qwen3VLForConditionalGeneration":
         calls["linear"] += 2 * (1 + len(vision["deepstack_visual_indexes"]))
     return calls

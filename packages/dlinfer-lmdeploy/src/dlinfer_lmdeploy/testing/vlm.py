@@ -442,7 +442,8 @@ def run_row(
 @contextlib.contextmanager
 def count_ops() -> Iterator[collections.Counter[str]]:
     """Counts ``dlinfer.ops`` calls within the block; non-causal calls (``causal=False``) are also counted as
-    ``<op>:noncausal``."""
+    ``<op>:noncausal``, and the sequences they attend over (``cu_seqlens_q``: windows of a windowed vision block,
+    images of a batch) as ``<op>:noncausal_seqs``."""
     import dlinfer.ops
     from dlinfer.spec import SPECS
 
@@ -454,6 +455,9 @@ def count_ops() -> Iterator[collections.Counter[str]]:
             counts[name] += 1
             if kwargs.get("causal") is False:
                 counts[f"{name}:noncausal"] += 1
+                cu_seqlens = args[3] if len(args) > 3 else kwargs.get("cu_seqlens_q")
+                if isinstance(cu_seqlens, torch.Tensor):
+                    counts[f"{name}:noncausal_seqs"] += cu_seqlens.numel() - 1
             return fn(*args, **kwargs)
 
         return call
