@@ -106,6 +106,14 @@ def test_vlm_matches_hf_greedy(row: ModelRow, scenario: vlm.VlmScenario, vlm_row
         assert len(top) == vlm.NEW_TOKENS, f"{row.kind}/{scenario.name} request {r}: {len(top)} logit steps"
         err = max(abs(v - float(ref[i, t])) for i, step in enumerate(top) for t, v in step.items() if ref[i, t] > -1e30)
         assert err < LOGIT_ATOL, f"{row.kind}/{scenario.name} request {r}: logits differ from HF by {err:.4f}"
+    if scenario.name == "text_batched_with_images":
+        # submitted together (the harness releases them to the engine together): one prefill step and batched
+        # decode steps for all of them, as many LLM attention calls as the text-only request alone
+        mixed, alone = run.calls[scenario.name], run.calls["text_only"]
+        for op in ("prefill_attention", "paged_decode_attention"):
+            causal = [c[op] - c[f"{op}:noncausal"] for c in (mixed, alone)]
+            assert causal[0] == causal[1], f"{row.kind}: {op} (causal) called {causal[0]} times for the batch, " \
+                f"{causal[1]} for one request: the requests were not batched"
     if scenario.name == "mirrored_image":
         original = run.results["one_image"][0]
         assert original.captured.input_ids == results[0].captured.input_ids  # the same prompt, only the image moved

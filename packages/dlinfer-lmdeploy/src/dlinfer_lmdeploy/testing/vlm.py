@@ -110,13 +110,18 @@ def _offset(item: dict[str, Any]) -> int:
 
 
 @contextlib.contextmanager
-def capture_prompt_inputs() -> Iterator[dict[str, Captured]]:
+def capture_prompt_inputs(batch: int = 0) -> Iterator[dict[str, Captured]]:
     """Within the block, every prompt input LMDeploy builds is copied into the yielded dict, keyed by the
-    request's text."""
+    request's text. ``batch`` > 0: each request is handed on to the engine only once ``batch`` requests are
+    preprocessed, so that requests submitted together reach the scheduler together (a text-only request is
+    preprocessed long before an image request and would otherwise be prefilled alone)."""
+    import asyncio
+
     from lmdeploy.serve.processors.multimodal import MultimodalProcessor
 
     captured: dict[str, Captured] = {}
     original = MultimodalProcessor.get_prompt_input
+    ready: list[asyncio.Event] = []  # created on the engine's event loop
 
     async def get_prompt_input(self: Any, prompt: Any, *args: Any, **kwargs: Any) -> Any:
         text = _request_text(prompt)
@@ -127,6 +132,12 @@ def capture_prompt_inputs() -> Iterator[dict[str, Captured]]:
                 input_ids=[int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)],
                 multimodal=_copy_items(out.get("multimodal")),
             )
+        if batch > 0:
+            if not ready:
+                ready.append(asyncio.Event())
+            if len(captured) >= batch:
+                ready[0].set()
+            await asyncio.wait_for(ready[0].wait(), timeout=120)
         return out
 
     MultimodalProcessor.get_prompt_input = get_prompt_input  # type: ignore[method-assign]
@@ -177,7 +188,7 @@ def _generate(
 ) -> tuple[list[Result], list[list[dict[int, float]]]]:
     texts = [r.text for r in requests]
     assert len(set(texts)) == len(texts), f"request texts must be unique within a batch: {texts}"
-    with capture_prompt_inputs() as captured:
+    with capture_prompt_inputs(batch=len(requests)) as captured:
         outs = pipe([r.messages() for r in requests], gen_config=gen_config(max_new_tokens, topk))
     failed = [(r.text, o.finish_reason) for r, o in zip(requests, outs, strict=True) if o.finish_reason == "error"]
     assert not failed, f"LMDeploy failed these requests (see its log): {failed}"
