@@ -10,8 +10,12 @@
   captured items into HF keyword arguments with a hook registered by :func:`register_oracle` (keyed by the
   oracle checkpoint's ``architectures[0]``); without one, :func:`default_oracle_inputs` concatenates the
   ``pixel_values`` of the items.
-* :data:`SCENARIOS`: the requests every VLM row runs (one image, two images in one prompt, a text-only request
-  batched with image requests, the mirrored image).
+  :func:`teacher_forced_fn` plugs the latter into ``bf16_check.check_against_hf`` (bf16 VLM runs on GPUs and
+  vendor simulators).
+* :data:`SCENARIOS`: the requests every VLM row runs (text only, one image, two images in one prompt, a text-only
+  request batched with two image requests, the mirrored image); :func:`run_row` runs them all in one engine and
+  counts each scenario's ``dlinfer.ops`` calls (:func:`count_ops`); a family declares the calls of its vision
+  tower with :func:`register_vision_calls`.
 """
 
 from __future__ import annotations
