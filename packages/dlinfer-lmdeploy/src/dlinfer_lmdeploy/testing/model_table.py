@@ -295,7 +295,7 @@ def markdown_table(results: dict | None = None, sim_results: dict[str, set[str]]
         sim_results = simulated_kinds()
     gpu = results.get("gpu", "H200")
     head = (
-        "| family | checkpoints | LMDeploy architecture | | tiny stand-in | CPU fp32 (CI) | "
+        "| family | checkpoints | LMDeploy architecture | type | tiny stand-in | CPU fp32 (CI) | "
         f"{gpu} bf16, maca | Ascend simulator | Cambricon simulator |\n|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
