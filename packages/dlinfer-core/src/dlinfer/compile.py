@@ -1,8 +1,10 @@
 """The ``dlinfer`` Dynamo backend: ``torch.compile(model, backend="dlinfer")``.
 
-It runs dlinfer's FX passes over the captured graph (each dlinfer op is one node there),
-then hands the graph to the active backend's graph compiler (``Backend.compile_backend``).
-A backend without one runs the optimised graph eagerly, which is reported once.
+It runs dlinfer's FX passes over the captured graph (each dlinfer op is one node there), lowers the
+dlinfer nodes the active backend's table covers (``Backend.lowering``, :mod:`dlinfer.lowering`; the
+others stay ``dlinfer::<op>`` nodes run by dlinfer's eager dispatch, reported once), then hands the
+graph to the backend's graph compiler (``Backend.compile_backend``). A backend without one runs the
+graph eagerly, which is reported once.
 
 Passes:
     fuse_add_rms_norm   x + r followed by rms_norm of the sum  -> add_rms_norm (sum and norm from one kernel)
@@ -145,6 +147,11 @@ def dlinfer_backend(gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> C
     counts = optimize(gm)
     logger.debug("dlinfer passes: %s", counts)
     backend = current()
+    if backend.lowering is not None:
+        from dlinfer.lowering import lower
+
+        report = lower(gm, backend.lowering(), backend=backend.name)
+        logger.debug("dlinfer lowering: %s", report)
     if backend.compile_backend is not None:
         return backend.compile_backend(gm, example_inputs)
     if backend.name not in _reported:

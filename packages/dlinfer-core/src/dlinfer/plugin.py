@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pluggy
 import torch
+
+if TYPE_CHECKING:
+    from dlinfer.lowering import Lowering
 
 PROJECT = "dlinfer"
 ENTRY_POINT_GROUP = "dlinfer.backends"
@@ -60,6 +63,11 @@ class Backend:
     dist_backend: str = "gloo"
     graph: DeviceGraph | None = None
     compile_backend: Callable[..., Any] | None = None
+    """Graph compiler ``(gm, example_inputs) -> callable`` run by ``torch.compile(backend="dlinfer")`` after
+    dlinfer's passes and lowering; ``None``: the graph runs eagerly."""
+    lowering: Callable[[], Mapping[str, Lowering]] | None = None
+    """Factory of the lowering table (op name -> :class:`dlinfer.lowering.Lowering`) applied before
+    ``compile_backend``; ops it does not lower run through dlinfer's eager dispatch."""
     activate: Callable[[], None] | None = None
     """Framework device patches (e.g. redirecting ``torch.cuda`` to the device); run at activation only."""
     description: str = ""

@@ -1,0 +1,201 @@
+"""Lowering: ``dlinfer::<op>`` FX nodes -> a vendor's own op nodes, driven by a table (DESIGN.md §7).
+
+A vendor declares ``Backend.lowering``: a factory returning ``{op name: Lowering}``. For each
+``dlinfer::<op>`` node of a captured graph, :func:`lower` binds the node's arguments by the spec's
+parameter names and asks the entry to rewrite it in place:
+
+- ``adapt(args) -> (target_args, target_kwargs)`` builds the target's arguments from the bound dlinfer
+  arguments (``args[name]`` is an ``fx.Proxy`` for graph values, the constant otherwise), emitting glue
+  nodes (views, casts) through the proxies when it needs them;
+- the target node ``target(*target_args, **target_kwargs)`` is inserted (``target`` is a callable, or a
+  string ``"ns.op"`` / ``"ns.op.overload"`` resolved to ``torch.ops.ns.op.<overload or default>`` at
+  lowering time, so a table can be declared without importing the vendor);
+- ``output(result, args)`` maps the target's result to the dlinfer op's outputs (a proxy, or a tuple of
+  them for multi-output ops; ``None`` for ops that return nothing); the default is the result itself.
+
+An entry may decline a node (``adapt`` returns a :class:`Declined` reason, e.g. a host length that is not a
+graph input); ops without an entry or declined stay ``dlinfer::<op>`` nodes, which run through dlinfer's
+eager dispatch, and are reported by name once per (backend, op, reason).
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from dlinfer.spec import SPECS
+
+logger = logging.getLogger("dlinfer.compile")
+_reported: set[tuple[str, str, str]] = set()
+
+
+@dataclass(frozen=True)
+class Declined:
+    """Returned by ``Lowering.adapt`` when this node cannot be lowered; ``why`` is reported."""
+
+    why: str
+
+
+class Args(Mapping[str, Any]):
+    """The bound arguments of one ``dlinfer::<op>`` node: name -> ``fx.Proxy`` (graph values) or constant.
+
+    ``meta(name)`` is the example/fake tensor Dynamo recorded for a graph value (``None`` if unknown).
+    """
+
+    def __init__(self, values: dict[str, Any], metas: dict[str, Any]) -> None:
+        self._values, self._metas = values, metas
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Any:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def meta(self, name: str) -> Any:
+        return self._metas.get(name)
+
+    def is_graph_input(self, name: str) -> bool:
+        """True when the argument is a placeholder of the graph (not computed, not a constant)."""
+        v = self._values.get(name)
+        return isinstance(v, fx.Proxy) and v.node.op == "placeholder"
+
+
+Adapter = Callable[[Args], "tuple[tuple[Any, ...], dict[str, Any]] | Declined"]
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """One table entry: how a ``dlinfer::<op>`` node becomes a vendor op node."""
+
+    target: str | Callable[..., Any]
+    """The vendor op: a callable, or ``"ns.op[.overload]"`` resolved under ``torch.ops`` when lowering."""
+    adapt: Adapter
+    """Bound dlinfer arguments -> the target's ``(args, kwargs)``, or :class:`Declined`."""
+    output: Callable[[fx.Proxy, Args], Any] | None = None
+    """The target's result -> the dlinfer op's outputs (proxy, tuple of proxies, or None); default: as is."""
+    host_args: Mapping[str, str] = field(default_factory=dict)
+    """Target keyword argument -> the dlinfer parameter whose host-side lengths it carries. :func:`lower`
+    declines the node unless that parameter is a graph input, and checks the target receives it unchanged
+    (a constant or a computed value would be baked into a captured device graph)."""
+    note: str = ""
+    extras: Mapping[str, Any] = field(default_factory=dict)
+    """Vendor facts about the target (e.g. its graph-compiler converter), for the vendor's own checks."""
+
+
+@dataclass
+class LoweringReport:
+    """What :func:`lower` did: op -> nodes lowered, and op -> reasons nodes stayed ``dlinfer::<op>``."""
+
+    lowered: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, set[str]] = field(default_factory=dict)
+
+    def keep(self, op: str, why: str) -> None:
+        self.kept.setdefault(op, set()).add(why)
+
+
+def resolve(target: str | Callable[..., Any]) -> Callable[..., Any]:
+    """``"ns.op"`` -> ``torch.ops.ns.op.default``; ``"ns.op.overload"`` -> that overload; callables as is."""
+    if not isinstance(target, str):
+        return target
+    parts = target.split(".")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"lowering target {target!r}: expected 'namespace.op' or 'namespace.op.overload'")
+    obj: Any = getattr(getattr(torch.ops, parts[0]), parts[1])
+    if len(parts) == 3:
+        return getattr(obj, parts[2])
+    return obj.default if isinstance(obj, torch._ops.OpOverloadPacket) else obj
+
+
+def _dlinfer_ops() -> dict[Any, str]:
+    from dlinfer.custom_ops import CUSTOM_OPS
+
+    return {op: name for name, op in CUSTOM_OPS.items()}
+
+
+def _bind(name: str, node: fx.Node, tracer: fx.proxy.GraphAppendingTracer) -> Args:
+    spec = SPECS[name]
+    values: dict[str, Any] = dict(zip((p.name for p in spec.params), node.args))
+    values.update(node.kwargs)
+    for p in spec.params:
+        values.setdefault(p.name, p.default)
+    metas = {k: v.meta.get("val", v.meta.get("example_value")) for k, v in values.items() if isinstance(v, fx.Node)}
+    wrapped = {k: fx.Proxy(v, tracer) if isinstance(v, fx.Node) else v for k, v in values.items()}
+    return Args(wrapped, metas)
+
+
+def _node(value: Any) -> Any:
+    return value.node if isinstance(value, fx.Proxy) else value
+
+
+def _replace(gm: fx.GraphModule, node: fx.Node, outs: Any) -> None:
+    """Point the users of ``node`` (the op's value, or ``getitem`` of it) at the lowered outputs."""
+    if isinstance(outs, tuple):
+        for user in list(node.users):
+            if not (user.op == "call_function" and user.target is operator.getitem):
+                raise RuntimeError(f"lowering {node.target}: its tuple output is used whole by {user.format_node()}")
+            user.replace_all_uses_with(_node(outs[user.args[1]]))
+            gm.graph.erase_node(user)
+    elif outs is not None:
+        node.replace_all_uses_with(_node(outs))
+    elif node.users:
+        raise RuntimeError(f"lowering {node.target}: the lowered op returns nothing but the node has users")
+    gm.graph.erase_node(node)
+
+
+def _report(backend: str, report: LoweringReport) -> None:
+    for op, reasons in sorted(report.kept.items()):
+        for why in sorted(reasons):
+            if (backend, op, why) not in _reported:
+                _reported.add((backend, op, why))
+                logger.warning("dlinfer backend '%s' graph: %s not lowered (%s); it runs through dlinfer's eager "
+                               "dispatch", backend, op, why)
+
+
+def lower(gm: fx.GraphModule, table: Mapping[str, Lowering], *, backend: str = "") -> LoweringReport:
+    """Rewrite every ``dlinfer::<op>`` node that ``table`` lowers; report the others (once each) by name.
+
+    Returns the :class:`LoweringReport`. The graph is linted and recompiled; no dead-code elimination is run
+    (a lowered in-place vendor op may not be marked impure).
+    """
+    report = LoweringReport()
+    ops = _dlinfer_ops()
+    tracer = fx.proxy.GraphAppendingTracer(gm.graph)
+    for node in list(gm.graph.nodes):
+        name = ops.get(node.target) if node.op == "call_function" else None
+        if name is None:
+            continue
+        entry = table.get(name)
+        if entry is None:
+            report.keep(name, "no lowering entry")
+            continue
+        args = _bind(name, node, tracer)
+        missing = [src for src in entry.host_args.values() if not args.is_graph_input(src)]
+        with gm.graph.inserting_before(node):
+            adapted = entry.adapt(args) if not missing else Declined(
+                f"host lengths {', '.join(missing)} are not graph inputs")
+            if isinstance(adapted, Declined):
+                report.keep(name, adapted.why)
+                continue
+            target_args, target_kwargs = adapted
+            bad = [k for k, src in entry.host_args.items() if target_kwargs.get(k) is not args[src]]
+            if bad:
+                raise RuntimeError(f"lowering {name}: {entry.target} argument(s) {bad} must be the graph inputs "
+                                   f"{[entry.host_args[k] for k in bad]} themselves")
+            result = tracer.create_proxy("call_function", resolve(entry.target), target_args, target_kwargs)
+            outs = entry.output(result, args) if entry.output is not None else result
+        _replace(gm, node, outs)
+        report.lowered[name] = report.lowered.get(name, 0) + 1
+    gm.graph.lint()
+    gm.recompile()
+    _report(backend, report)
+    return report
+
