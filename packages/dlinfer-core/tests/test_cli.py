@@ -62,6 +62,9 @@ def test_info_lists_backends_versions_availability_and_ops(runs):
     assert rows["badsig"][3] == "fakedev2"
     assert "selected backend: goodcpu" in proc.stdout
     assert "RuntimeWarning" not in proc.stderr  # fallbacks are in the table, not repeated as warnings
+    caps = proc.stdout.split("attention capabilities (checked when an engine is built):")[1]
+    assert " ".join(rows["reference:"][1:]) == "any head; softcap, alibi, window, mla; dtypes float16,bfloat16,float32"
+    assert "goodcpu:" in caps
 
 
 def test_info_lists_broken_plugins_with_causes(runs):

@@ -432,3 +432,44 @@ def test_reference_kernels_refuse_offsets_that_leave_rows_unwritten(case):
         ref.paged_prefill_attention(q, kc, vc, table, cu, torch.tensor([3, 2], dtype=torch.int32), max_seqlen_q=5,
                                     max_seqlen_kv=5, causal=True, kv_layout="NHD", cu_seqlens_q_cpu=None,
                                     seqlens_kv_cpu=None, **opts)
+
+
+# --------------------------------------------------------------------------- MLA: V a strided view of K
+
+
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_mla_value_cache_viewing_the_key_cache(layout):
+    """DeepSeek-V2/V3 as LMDeploy runs them without FlashMLA: D=576, Dv=512, one KV head, the value cache the first
+    512 channels of the key cache; fill through the view, then paged prefill and decode (Capabilities.mla)."""
+    bs, hq, d, dv = 16, 4, 576, 512
+    ctx = [19, 6]
+    ctx_k = [_rand(n, 1, d) for n in ctx]
+    kc, _, table = build_paged(ctx_k, [k[..., :dv] for k in ctx_k], bs, layout, torch.float32)
+    vc = kc[..., :dv]  # a strided view, as LMDeploy passes past_key_value[0][..., :kv_lora_rank]
+    assert vc.data_ptr() == kc.data_ptr() and not vc.is_contiguous()
+    # the last token of each sequence is written by fill_kv_cache with value = key[..., :dv] (a view)
+    new_k = torch.stack([k[-1] for k in ctx_k])
+    slots = torch.tensor([int(table[b, (n - 1) // bs]) * bs + (n - 1) % bs for b, n in enumerate(ctx)])
+    ops.fill_kv_cache(new_k, new_k[..., :dv], kc, vc, slots, kv_layout=layout)
+    seqlens = torch.tensor(ctx, dtype=torch.int32)
+    q = _rand(4, hq, d)
+    lens = [3, 1]
+    cu = _cu(lens)
+    got = ops.paged_prefill_attention(q, kc, vc, table, cu, seqlens, max_seqlen_q=3, max_seqlen_kv=max(ctx),
+                                      scale=0.05, kv_layout=layout)
+    want = torch.cat([
+        dense_attention(q[int(cu[b]) : int(cu[b + 1])], ctx_k[b], ctx_k[b][..., :dv],
+                        [ctx[b] - lens[b] + i for i in range(lens[b])], causal=True, scale=0.05, window=None,
+                        softcap=None, alibi=None)
+        for b in range(2)
+    ])
+    _close(got, want, torch.float32)
+    qd = _rand(2, hq, d)
+    got = ops.paged_decode_attention(qd, kc, vc, table, seqlens, max_seqlen_kv=max(ctx), scale=0.05,
+                                     kv_layout=layout)
+    want = torch.cat([
+        dense_attention(qd[b : b + 1], ctx_k[b], ctx_k[b][..., :dv], [ctx[b] - 1], causal=True, scale=0.05,
+                        window=None, softcap=None, alibi=None)
+        for b in range(2)
+    ])
+    _close(got, want, torch.float32)

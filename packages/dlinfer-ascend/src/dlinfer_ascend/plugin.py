@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from dlinfer.plugin import Backend, hookimpl
+from dlinfer.plugin import Backend, Capabilities, hookimpl
 
 from dlinfer_ascend import BACKEND_NAME
 from dlinfer_ascend.runtime import WRITTEN_FOR, is_available
@@ -29,6 +29,18 @@ def _activate() -> None:
     from dlinfer_ascend.patches import apply_device_patches
 
     apply_device_patches()
+
+
+def _compile_backend(gm: Any, example_inputs: Any) -> Any:
+    from dlinfer_ascend.compiler import compile_backend
+
+    return compile_backend(gm, example_inputs)
+
+
+def _lowering() -> Mapping[str, Any]:
+    from dlinfer_ascend.compiler import lowering
+
+    return lowering()
 
 
 def _soc() -> object:
@@ -55,8 +67,12 @@ def dlinfer_backend() -> Backend:
         dtypes=(torch.float16, torch.bfloat16),  # the fused kernels serve no fp32 activations
         dist_backend="hccl",
         graph=device_graph(),
-        compile_backend=None,
+        compile_backend=_compile_backend,
+        lowering=_lowering,
         activate=_activate,
+        # FIA/ATB: head sizes multiples of 16 (FIA, vendor-apis.md), <= 256 (ATB SelfAttention); no tanh softcap,
+        # ALiBi not wired (ops/_common.refuse_score_options); D=576/Dv=512 MLA not routed.
+        capabilities=Capabilities(head_size_multiple=16, max_head_size=256, softcap=False, alibi=False),
         description="Ascend NPU via torch_npu / ATB (verified against a CPU simulator of the "
                     "documented kernel semantics; not yet run on Ascend hardware)",
         extras={"written_for": dict(WRITTEN_FOR), "soc_info": _soc},

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from dlinfer.plugin import Backend, hookimpl
+from dlinfer.plugin import Backend, Capabilities, hookimpl
 from dlinfer_camb import BACKEND_NAME
 from dlinfer_camb.graph import device_graph
 from dlinfer_camb.runtime import WRITTEN_FOR, is_available
@@ -50,6 +50,8 @@ def dlinfer_backend() -> Backend:
         graph=device_graph(),
         compile_backend=None,
         activate=_activate,
+        # tmo attention has no soft-capping argument (ops/_attn_common.refuse_softcap); ALiBi causal only
+        capabilities=Capabilities(softcap=False),
         description="Cambricon MLU via torch_mlu_ops (verified only against a CPU simulator of the documented "
                     "kernel semantics; never run on MLU hardware)",
         extras={"written_for": dict(WRITTEN_FOR)},

@@ -59,6 +59,12 @@ def cmd_info(_args: argparse.Namespace) -> int:
                 ops, notes = "error", str(exc)
         print(f"{name:{wn}} {rec.dist + ' ' + rec.version:{wd}} {b.device_type:7} {b.kv_layout:6} "
               f"{'yes' if avail else 'no':9} {ops:>7}  {notes}")
+    print("\nattention capabilities (checked when an engine is built):")
+    for name, rec in REGISTRY.records.items():
+        assert rec.backend is not None
+        b = rec.backend
+        dtypes = ",".join(str(d).replace("torch.", "") for d in b.dtypes)
+        print(f"  {name + ':':{wn + 1}} {b.capabilities.summary()}; dtypes {dtypes}")
     if REGISTRY.load_errors:
         print("\nplugins that failed to load:")
         for rec in REGISTRY.load_errors:

@@ -43,6 +43,56 @@ class DeviceGraph:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a backend's attention kernels serve, typed, so that a framework adaptor can refuse a model when its
+    engine is built (not at the first request) and ``dlinfer info`` can show it.
+
+    The defaults describe the reference backend: every spec option, any head size. A backend declares only what
+    it restricts. ``mla`` is off by default: it is a claim the conformance kit checks (its MLA cases run only for
+    backends that declare it). Features the spec v1 has no argument for (KV-cache quantisation, MoE expert
+    biases, group-limited routing, attention sinks) are refused by the adaptor for every backend.
+    """
+
+    head_size_multiple: int = 1
+    """Attention head sizes (D and Dv) must be multiples of this (Ascend: 16)."""
+    max_head_size: int | None = None
+    """Largest attention head size served (D and Dv); ``None``: no limit."""
+    softcap: bool = True
+    """Logit soft-capping (Gemma-2's ``attn_logit_softcapping``)."""
+    alibi: bool = True
+    """ALiBi slopes (causal attention)."""
+    window: bool = True
+    """Sliding-window attention (spec ``window``: a query sees its W most recent keys)."""
+    mla: bool = False
+    """Multi-head latent attention: paged attention with Dv < D whose value cache is a strided view of the key
+    cache (DeepSeek-V2/V3, Kimi-K2: D=576, Dv=512)."""
+
+    def attention_refusals(self, head_size: int, v_head_size: int | None = None, *, softcap: bool = False,
+                           alibi: bool = False, window: bool = False, mla: bool = False) -> list[str]:
+        """The features of one attention layer this backend does not serve, each as ``"feature (why)"``."""
+        out = []
+        dv = head_size if v_head_size is None else v_head_size
+        sizes = sorted({head_size, dv})
+        if self.max_head_size is not None and max(sizes) > self.max_head_size:
+            out.append(f"head size {'/'.join(map(str, sizes))} (at most {self.max_head_size})")
+        if self.head_size_multiple > 1 and any(s % self.head_size_multiple for s in sizes):
+            out.append(f"head size {'/'.join(map(str, sizes))} (a multiple of {self.head_size_multiple} is needed)")
+        for wanted, served, name in ((softcap, self.softcap, "logit softcap"), (alibi, self.alibi, "ALiBi"),
+                                     (window, self.window, "sliding window"), (mla, self.mla, "MLA")):
+            if wanted and not served:
+                out.append(name)
+        return out
+
+    def summary(self) -> str:
+        """One line for ``dlinfer info``."""
+        head = f"head%{self.head_size_multiple}" if self.head_size_multiple > 1 else "any head"
+        if self.max_head_size is not None:
+            head += f"<={self.max_head_size}"
+        flags = [name for name in ("softcap", "alibi", "window", "mla") if getattr(self, name)]
+        return f"{head}; " + (", ".join(flags) if flags else "no softcap/alibi/window/mla")
+
+
+@dataclass(frozen=True)
 class Backend:
     """A backend's declaration. All callables are invoked lazily, never at declaration."""
 
@@ -70,9 +120,14 @@ class Backend:
     ``compile_backend``; ops it does not lower run through dlinfer's eager dispatch."""
     activate: Callable[[], None] | None = None
     """Framework device patches (e.g. redirecting ``torch.cuda`` to the device); run at activation only."""
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    """Attention features served; framework adaptors check them when an engine is built."""
+    max_batch_size: int | None = None
+    """Default batch-size bound for serving engines (``None``: the adaptor's default)."""
     description: str = ""
     extras: Mapping[str, Any] = field(default_factory=dict)
-    """Free-form, backend-specific declarations (e.g. SoC name) shown by ``dlinfer info``."""
+    """Free-form, display-only declarations (e.g. SoC name) shown by ``dlinfer info``; nothing reads them to
+    decide behaviour."""
 
     def kv_block_shape(self, block_size: int, num_kv_heads: int, head_dim: int) -> tuple[int, int, int]:
         """Shape of one KV-cache block for this backend's layout."""

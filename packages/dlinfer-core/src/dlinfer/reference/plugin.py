@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dlinfer.plugin import Backend, hookimpl
+from dlinfer.plugin import Backend, Capabilities, hookimpl
 from dlinfer.spec import API_VERSION
 
 
@@ -27,5 +27,7 @@ def dlinfer_backend() -> Backend:
         block_sizes=None,
         host_seqlens=False,
         dist_backend="gloo",
+        # every option, any head size; MLA (V a strided view of K) tested against a float64 loop
+        capabilities=Capabilities(mla=True),
         description="pure PyTorch, every op, any device (the oracle and the fallback)",
     )

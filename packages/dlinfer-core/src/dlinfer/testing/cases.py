@@ -30,6 +30,9 @@ class Case:
     accumulating: bool = False
     dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
     tags: tuple[str, ...] = field(default=())
+    requires: str | None = None
+    """A :class:`dlinfer.plugin.Capabilities` flag the case exercises (e.g. ``"mla"``): the kit runs it only for
+    backends that declare it, so a backend claims the feature by declaring it and must then pass."""
 
 
 CASES: list[Case] = []
@@ -252,6 +255,32 @@ for _b, _ctx in ((1, 8192), (32, 1024), (128, 2048)):
     _dec = PagedSetup((1,) * _b, (_ctx,) * _b, 32, 8, 128, 128, 64)
     _case("paged_decode_attention", f"B{_b}-h32/8-d128-bs64-kv{_ctx}", _paged(_dec, AttnOpts(), True), size="large",
           accumulating=True)
+
+
+# MLA (DeepSeek-V2/V3, Kimi-K2 as LMDeploy runs them without FlashMLA): D = 512 latent + 64 rope, one KV head,
+# the value is the first 512 channels of the key (the V cache a strided view of the K cache)
+def _mla(builder: Builder, mla_prefill: bool) -> Builder:
+    def build(g: torch.Generator, dt: torch.dtype, layout: str) -> dict[str, Any]:
+        args = builder(g, dt, layout)
+        if mla_prefill:
+            args["v"] = args["k"][..., :MLA_DV]
+        else:
+            args["value_cache"] = args["key_cache"][..., :MLA_DV]
+        return args
+
+    return build
+
+
+MLA_D, MLA_DV = 576, 512
+_MLA_PAGED = PagedSetup((3, 1, 5), (20, 17, 5), 4, 1, MLA_D, MLA_D, 16)
+_MLA_DEC = PagedSetup((1, 1, 1), (20, 17, 5), 4, 1, MLA_D, MLA_D, 16)
+_mla_tag = f"mla-h4/1-d{MLA_D}/{MLA_DV}-bs16"
+_case("paged_prefill_attention", _mla_tag, _mla(_paged(_MLA_PAGED, AttnOpts(scale=0.05), False), False),
+      accumulating=True, requires="mla")
+_case("paged_decode_attention", _mla_tag, _mla(_paged(_MLA_DEC, AttnOpts(scale=0.05), True), False),
+      accumulating=True, requires="mla")
+_case("prefill_attention", f"mla-h4/1-d{MLA_D}/{MLA_DV}-q5", _mla(_prefill((3, 5), 4, 1, MLA_D, MLA_D,
+      AttnOpts(scale=0.05)), True), accumulating=True, requires="mla")
 
 
 # -- MoE ----------------------------------------------------------------------------------------

@@ -205,10 +205,13 @@ def plan(
     wanted = set(ops) if ops is not None else set(implemented)
     lays = tuple(layouts) if layouts is not None else backend_layouts(backend)
     declared = REGISTRY.records[backend].backend.dtypes  # type: ignore[union-attr]
+    capabilities = REGISTRY.records[backend].backend.capabilities  # type: ignore[union-attr]
     runs = []
     for case in cases_for(size=size):
         if case.op not in wanted or case.op not in implemented:
             continue
+        if case.requires is not None and not getattr(capabilities, case.requires):
+            continue  # a feature the backend does not claim (Capabilities): not run
         for dt in case.dtypes:
             if (dtypes is not None and dt not in tuple(dtypes)) or dt not in declared:
                 continue
