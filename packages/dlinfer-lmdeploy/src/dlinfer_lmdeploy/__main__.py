@@ -19,7 +19,7 @@ def main() -> int:
             f"graph {'yes' if b.graph else 'no'}"
         )
     print("\npatch inventory:\n" + inventory.describe())
-    problems = inventory.probe_all()
+    problems = inventory.probe_all(bindings=True)
     print("\nprobe: " + ("all targets in place" if not problems else "\n".join(problems)))
     return 1 if problems else 0
 

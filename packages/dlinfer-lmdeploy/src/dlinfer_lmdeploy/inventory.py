@@ -12,11 +12,15 @@ Apply them with :func:`apply_all` (done by :func:`dlinfer_lmdeploy.install`); li
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import inspect
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 SUPPORTED_LMDEPLOY = ">=0.18.0,<0.19"
@@ -38,7 +42,10 @@ class Patch:
     contains: tuple[str, ...] = ()
     """Strings that must appear in the target's source (the behaviour the patch replaces)."""
     also_bound_in: tuple[str, ...] = ()
-    """Modules that imported the target by name (``from x import f``); patched there too."""
+    """Modules that import the target by name (``from x import f``); rebound there when already imported
+    (``python -m dlinfer_lmdeploy`` checks the list against LMDeploy's source: :func:`unlisted_bindings`)."""
+    bound_unpatched: tuple[str, ...] = ()
+    """Modules that import the target by name but need no patch (say why in ``why``)."""
 
     def resolve(self) -> tuple[Any, str, Any]:
         """Return (owner, attribute, current value); raise PatchTargetMoved if it is gone."""
@@ -82,22 +89,86 @@ class Patch:
             missing = [s for s in self.contains if s not in source]
             if missing:
                 raise self.moved(f"its source no longer contains {missing}")
+        attr = self.target.partition(":")[2].split(".")[-1]
         for module_name in self.also_bound_in:
-            module = import_binding_module(module_name)
-            attr = self.target.partition(":")[2].split(".")[-1]
+            module = sys.modules.get(module_name)
             if module is not None and not hasattr(module, attr):
                 raise self.moved(f"{module_name} no longer imports {attr} by name")
 
 
-def import_binding_module(name: str) -> Any:
-    """Import a module that re-binds a patch target; None when an optional dependency of it is missing
-    (e.g. ``ray`` for LMDeploy's ray executor: that module cannot run, so it needs no patch)."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name and not exc.name.startswith("lmdeploy"):
-            return None
-        raise
+def _module_of_file(path: Path, root: Path) -> str:
+    rel = path.relative_to(root.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _module_level(tree: ast.AST) -> Iterator[ast.AST]:
+    """The nodes run at import time (function bodies import at call time and see the patched value)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        yield node
+        yield from _module_level(node)
+
+
+def binding_modules(patch: Patch) -> list[str]:
+    """Every LMDeploy module whose source imports the patch target by name (``from m import f``).
+
+    A static scan of the installed ``lmdeploy`` package (module-level imports, relative ones resolved); such a module
+    holds the function by value, so it keeps the original unless it is in ``also_bound_in``.
+    Only module-level targets (``module:function``) can be bound this way; others give ``[]``.
+    """
+    module_name, _, attr_path = patch.target.partition(":")
+    if "." in attr_path or not module_name.startswith("lmdeploy"):
+        return []
+    spec = importlib.util.find_spec("lmdeploy")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    root = Path(next(iter(spec.submodule_search_locations)))
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if attr_path not in text:
+            continue
+        this = _module_of_file(path, root)
+        package = this if path.name == "__init__.py" else this.rpartition(".")[0]
+        for node in _module_level(ast.parse(text)):
+            if not isinstance(node, ast.ImportFrom) or not any(a.name == attr_path for a in node.names):
+                continue
+            source = node.module or ""
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join([*base, source] if source else base)
+            if source == module_name and this != module_name:
+                found.append(this)
+                break
+    return found
+
+
+def unlisted_bindings(patch: Patch) -> list[str]:
+    """Modules that bind the target by name but are neither patched (``also_bound_in``) nor excused."""
+    known = set(patch.also_bound_in) | set(patch.bound_unpatched)
+    return [m for m in binding_modules(patch) if m not in known]
+
+
+def stale_bindings() -> list[str]:
+    """Loaded ``lmdeploy`` modules that still hold the original of an applied patch (``module.name``)."""
+    stale = []
+    for name, (_, _, _, original) in _APPLIED.items():
+        if _BY_NAME[name] in STDLIB_PATCHES:
+            continue
+        for module_name, module in list(sys.modules.items()):
+            if module is None or not module_name.startswith("lmdeploy"):
+                continue
+            for key, value in list(vars(module).items()):
+                if value is original:
+                    stale.append(f"{module_name}.{key} (patch '{name}')")
+    return stale
 
 
 PATCHES: tuple[Patch, ...] = (
@@ -148,23 +219,37 @@ PATCHES: tuple[Patch, ...] = (
             "lmdeploy.pytorch.check_env.deeplink",
             "lmdeploy.pytorch.engine.executor.mp_executor",
             "lmdeploy.pytorch.engine.executor.ray_executor",
+            "lmdeploy.lite.apis.auto_awq",
+            "lmdeploy.lite.apis.smooth_quant",
         ),
     ),
     Patch(
         name="max-batch-size",
         target="lmdeploy.utils:get_max_batch_size",
-        why="Asserts the four built-in device names; dlinfer devices get the plugin's default (extras) or 128.",
+        why=(
+            "Asserts the four built-in device names; dlinfer devices get the plugin's Backend.max_batch_size or 16 on "
+            "host devices, 256 otherwise. lmdeploy.cli.serve binds it before the adaptor is imported (the "
+            "cli-device-choices patch imports lmdeploy.cli); turbomind binds it too but calls it with 'cuda' only."
+        ),
         versions=SUPPORTED_LMDEPLOY,
         expect_params=("device_type",),
-        also_bound_in=("lmdeploy.pytorch.engine.config_builder",),
+        also_bound_in=("lmdeploy.pytorch.engine.config_builder", "lmdeploy.cli.serve"),
+        bound_unpatched=("lmdeploy.turbomind.turbomind",),
     ),
     Patch(
         name="bf16-support",
         target="lmdeploy.utils:is_bf16_supported",
-        why="Returns False for unknown devices (silently turning bf16 checkpoints into fp16); dlinfer devices do bf16.",
+        why=(
+            "Returns False for unknown devices (silently turning bf16 checkpoints into fp16); dlinfer devices answer "
+            "from the plugin's Backend.dtypes."
+        ),
         versions=SUPPORTED_LMDEPLOY,
         expect_params=("device_type",),
-        also_bound_in=("lmdeploy.pytorch.config",),
+        also_bound_in=(
+            "lmdeploy.pytorch.config",
+            "lmdeploy.pytorch.configurations.qwen3_5",
+            "lmdeploy.vl.engine",
+        ),
     ),
     Patch(
         name="cogvlm-config-bf16",
@@ -339,14 +424,25 @@ def check(name: str) -> None:
     _BY_NAME[name].probe()
 
 
-def probe_all() -> list[str]:
-    """Probe every LMDeploy patch; return the problems (empty when all targets are in place)."""
+def probe_all(bindings: bool = False) -> list[str]:
+    """Probe every LMDeploy patch; return the problems (empty when all targets are in place).
+
+    With ``bindings``, also scan LMDeploy's source for modules that import a target by name
+    without being listed (:func:`unlisted_bindings`) and the loaded modules for a binding that
+    still holds an original (:func:`stale_bindings`); slower (reads the lmdeploy sources).
+    """
     problems = []
     for patch in PATCHES:
         try:
             patch.probe()
         except PatchTargetMoved as exc:
             problems.append(str(exc))
+            continue
+        if bindings:
+            for module_name in unlisted_bindings(patch):
+                problems.append(str(patch.moved(f"{module_name} imports the target by name and is not patched")))
+    if bindings:
+        problems += [f"stale binding (holds the unpatched original): {s}" for s in stale_bindings()]
     return problems
 
 
@@ -363,9 +459,9 @@ def apply(name: str) -> None:
         new = factory(original)
         new.__dlinfer_original__ = original
         setattr(owner, attr, wrap(new) if wrap is not None else new)
-        for module_name in patch.also_bound_in:
-            module = import_binding_module(module_name)
-            if module is not None and getattr(module, attr) is original:
+        for module_name in patch.also_bound_in:  # a module imported later binds the patched value itself
+            module = sys.modules.get(module_name)
+            if module is not None and getattr(module, attr, None) is original:
                 setattr(module, attr, new)
         _APPLIED[name] = (owner, attr, current, original)
 
