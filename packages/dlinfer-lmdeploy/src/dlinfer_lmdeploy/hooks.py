@@ -105,8 +105,8 @@ def _max_batch_size(original: Callable[[str], int]) -> Callable[[str], int]:
     def get_max_batch_size(device_type: str) -> int:
         if devices.is_dlinfer_device(device_type):
             device = devices.get(device_type)
-            extras = device.backend.extras or {}
-            return int(extras.get("max_batch_size", 16 if device.on_host else 256))
+            declared = device.backend.max_batch_size
+            return int(declared) if declared is not None else (16 if device.on_host else 256)
         return original(device_type)
 
     return get_max_batch_size
@@ -117,8 +117,9 @@ def _bf16(original: Callable[[str], bool]) -> Callable[[str], bool]:
     @functools.wraps(original)
     def is_bf16_supported(device_type: str = "cuda") -> bool:
         if devices.is_dlinfer_device(device_type):
-            extras = devices.get(device_type).backend.extras or {}
-            return bool(extras.get("bf16", True))
+            import torch
+
+            return torch.bfloat16 in devices.get(device_type).backend.dtypes
         return original(device_type)
 
     return is_bf16_supported
@@ -177,6 +178,14 @@ def _build_executor(original: Callable[..., Any]) -> Callable[..., Any]:
     def build_executor(*args: Any, **kwargs: Any) -> Any:
         device_type = kwargs.get("device_type")
         if device_type is not None and devices.is_dlinfer_device(device_type):
+            spec = kwargs.get("specdecode_config")
+            if spec is not None:
+                raise NotImplementedError(
+                    f"dlinfer-lmdeploy: speculative decoding (speculative_config method "
+                    f"{getattr(spec, 'method', '?')!r}) is not supported on dlinfer device '{device_type}': its "
+                    f"multi-token decode steps are routed to paged prefill attention, but no draft model has been "
+                    f"verified end to end on a dlinfer device. Build the engine without speculative_config."
+                )
             devices.activate(device_type)
         return original(*args, **kwargs)
 

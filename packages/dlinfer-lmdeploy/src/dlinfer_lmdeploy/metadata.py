@@ -33,6 +33,9 @@ class DlinferAttentionMetadata(AttentionMetadata):
     kv_layout: str = "NHD"
     prefill_no_cache: bool = False
     """Every sequence of this prefill step starts at position 0 (no history): varlen attention without cache."""
+    multi_token_decode: bool = False
+    """A decode step with more than one new token per sequence (speculative decoding's ``num_spec_tokens + 1``):
+    its slots cover every new token and attention runs as a paged prefill over the cache."""
     cu_seqlens_q_cpu: torch.Tensor | None = None
     seqlens_kv_cpu: torch.Tensor | None = None
 
@@ -52,7 +55,11 @@ def slot_mapping(
     is_decoding: bool,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Slot (``block_id * block_size + offset``) of every new token; no host synchronisation."""
+    """Slot (``block_id * block_size + offset``) of every new token; no host synchronisation.
+
+    ``is_decoding``: one new token per sequence (the last position of each). A decode step with several tokens
+    per sequence is passed as ``is_decoding=False``: each sequence's new tokens are its last ``q_seqlens``.
+    """
     if is_decoding:
         pos = kv_seqlens.long() - 1
         blocks = block_offsets.long().gather(1, (pos // block_size)[:, None])[:, 0]
@@ -82,12 +89,13 @@ def build(step_context: object, backend: Backend) -> DlinferAttentionMetadata:
     num_tokens = int(ctx.input_ids.numel())
     is_decoding = bool(ctx.is_decoding)
     batch = q_seqlens.numel()
-    if is_decoding and num_tokens == batch:  # one token per sequence: offsets 0..B without a scan
+    multi_token_decode = is_decoding and num_tokens != batch
+    if is_decoding and not multi_token_decode:  # one token per sequence: offsets 0..B without a scan
         cu_seqlens_q = torch.arange(batch + 1, dtype=torch.int32, device=q_seqlens.device)
     else:
         cu_seqlens_q = torch.zeros(batch + 1, dtype=torch.int32, device=q_seqlens.device)
         torch.cumsum(q_seqlens, 0, out=cu_seqlens_q[1:])
-    max_q = 1 if is_decoding else int(ctx.max_q_seqlen or num_tokens)
+    max_q = 1 if is_decoding and not multi_token_decode else int(ctx.max_q_seqlen or num_tokens)
     max_kv = ctx.max_kv_seqlen
     if max_kv is None:
         max_kv = block_table.shape[1] * block_size
@@ -108,7 +116,7 @@ def build(step_context: object, backend: Backend) -> DlinferAttentionMetadata:
             q_start_loc,
             num_tokens,
             block_size,
-            is_decoding,
+            is_decoding and not multi_token_decode,
             backend.slot_dtype,
         ),
         max_q_seqlen=max_q,
@@ -116,6 +124,7 @@ def build(step_context: object, backend: Backend) -> DlinferAttentionMetadata:
         block_size=block_size,
         kv_layout=backend.kv_layout,
         prefill_no_cache=prefill_no_cache,
+        multi_token_decode=multi_token_decode,
     )
     if backend.host_seqlens:
         meta.cu_seqlens_q_cpu = cu_seqlens_q.cpu()

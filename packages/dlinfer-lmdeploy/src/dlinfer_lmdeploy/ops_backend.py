@@ -50,6 +50,21 @@ class DlinferOpsBackend(DefaultOpsBackend):
                 raise unsupported("attention", "mla_index_topk")
             if spec.block_sparse_size not in (1, None):
                 raise unsupported("attention", "block_sparse_size", str(spec.block_sparse_size))
+            if spec.v_head_dim is not None and spec.v_head_dim < spec.head_dim:
+                raise NotImplementedError(
+                    f"dlinfer-lmdeploy: MLA models (multi-head latent attention: DeepSeek-V2/V3/R1, Kimi-K2; "
+                    f"attention head size {spec.head_dim}, V head size {spec.v_head_dim}, V a strided view of the "
+                    f"K cache) are not supported on dlinfer device '{cls.device_name}': no dlinfer backend serves "
+                    f"them through LMDeploy yet (the kit's MLA cases check a backend's op-level claim, "
+                    f"Capabilities.mla). Run these models on LMDeploy's own 'cuda' device."
+                )
+            cls.check_attention(
+                spec.head_dim,
+                spec.v_head_dim,
+                softcap=bool(spec.logit_softcapping),
+                alibi=spec.alibi,
+                window=attention.window_of(spec.sliding_window) is not None,
+            )
             impl = attention.DlinferPagedAttentionImpl(
                 num_heads=spec.num_heads,
                 head_size=spec.head_dim,
@@ -64,6 +79,12 @@ class DlinferOpsBackend(DefaultOpsBackend):
                 learnable_sink=spec.learnable_sink,
             )
         elif isinstance(spec, FlashAttentionBuildSpec):
+            cls.check_attention(
+                spec.head_dim,
+                spec.v_head_dim,
+                softcap=bool(spec.logit_softcapping),
+                window=attention.window_of(spec.sliding_window) is not None,
+            )
             impl = flash_attention.DlinferFlashAttentionImpl(
                 num_heads=spec.num_heads,
                 head_dim=spec.head_dim,
@@ -100,6 +121,18 @@ class DlinferOpsBackend(DefaultOpsBackend):
             # Anything the default backend lacks raises its own "not supported" error.
             return super().build_op(spec, enable_deterministic=enable_deterministic)
         return cast(ImplT, impl)
+
+    @classmethod
+    def check_attention(cls, head_size: int, v_head_size: int | None, **features: bool) -> None:
+        """Refuse, when the engine builds its layers, an attention layer the plugin's capabilities do not serve."""
+        refused = cls.plugin.capabilities.attention_refusals(head_size, v_head_size, **features)
+        if not refused:
+            return
+        raise NotImplementedError(
+            f"dlinfer-lmdeploy: the model's attention needs {'; '.join(refused)}, which dlinfer backend "
+            f"'{cls.plugin.name}' (LMDeploy device '{cls.device_name}') does not serve (its Capabilities). Use a "
+            f"device whose backend serves it (see `dlinfer info`), or a model without it."
+        )
 
     # -- per-step metadata -------------------------------------------------------------------
     @staticmethod

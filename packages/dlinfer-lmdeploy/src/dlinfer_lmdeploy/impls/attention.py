@@ -56,7 +56,7 @@ class DlinferPagedAttentionImpl(AttentionImpl[DlinferAttentionMetadata]):
         alibi = self.alibi_slopes.float() if self.alibi else None
         if key is not None:
             ops.fill_kv_cache(key, value, k_cache, v_cache, md.slot_mapping, kv_layout=md.kv_layout)
-        if md.is_decoding:
+        if md.is_decoding and not md.multi_token_decode:
             out = ops.paged_decode_attention(
                 query,
                 k_cache,
