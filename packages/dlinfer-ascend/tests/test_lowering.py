@@ -1,0 +1,152 @@
+"""torch.compile(backend="dlinfer") on the Ascend simulator: the lowering table, eager == graph, torchair hand-off.
+
+The lowered graph calls the simulated torch_npu / ATB kernels (tests/npu_sim) directly; the eager path calls
+them through dlinfer_ascend.ops. Same kernels, same arguments: the results must be bit-identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import dlinfer
+import dlinfer.dispatch
+import npu_sim.torchair as torchair_sim
+import pytest
+import torch
+import torch._dynamo
+from dlinfer import ops
+from dlinfer.custom_ops import CUSTOM_OPS
+from dlinfer.testing.inputs import PagedSetup, paged_inputs
+
+from dlinfer_ascend import compiler
+from dlinfer_ascend.lowering import TABLE, table
+
+DLINFER = {op: name for name, op in CUSTOM_OPS.items()}
+H = 8 * 64
+
+
+def layer(x, res, w, q, k, v, kc, vc, slots, bt, kv, kv_cpu, logits):  # noqa: ANN001, ANN201
+    normed, res = ops.add_rms_norm(x, res, w, eps=1e-6)
+    ops.fill_kv_cache(k, v, kc, vc, slots, kv_layout="NHD")
+    o = ops.paged_decode_attention(q, kc, vc, bt, kv, max_seqlen_kv=128, kv_layout="NHD", seqlens_kv_cpu=kv_cpu)
+    h = ops.rms_norm(o.reshape(o.shape[0], -1) + normed, w, eps=1e-5)
+    g = ops.silu_and_mul(torch.cat((h, h * 0.5), -1))
+    xq, scale = ops.dynamic_quant(g)
+    weights, ids = ops.moe_gating_topk_softmax(logits, topk=2, renormalize=True)
+    return g, xq, scale, res, weights, ids
+
+
+def _inputs(seed: int, grow: int = 0) -> list:
+    g = torch.Generator().manual_seed(seed)
+    s = PagedSetup((1, 1, 1), (40 + grow, 17 + grow, 65 + grow), 8, 2, 64, 64, 16)
+    a = paged_inputs(g, s, torch.float16, "NHD")
+    b = a["q"].shape[0]
+    bt, kv = a["block_table"], a["seqlens_kv"]
+    pos = kv.long() - 1
+    slots = (bt.long().gather(1, (pos // 16)[:, None])[:, 0] * 16 + pos % 16).to(torch.int32)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).half()
+
+    return [r(b, H), r(b, H), r(H) + 1, a["q"], r(b, 2, 64), r(b, 2, 64), a["key_cache"], a["value_cache"],
+            slots, bt, kv, kv.clone(), torch.randn(b, 8, generator=g)]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.graphs: list[torch.fx.GraphModule] = []
+
+    def __call__(self, gm, example_inputs):  # noqa: ANN001, ANN204
+        self.graphs.append(gm)
+        return gm.forward
+
+
+@pytest.fixture
+def ascend(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    """The ascend backend with its real lowering table; the graph then runs eagerly (no torchair here)."""
+    dlinfer.activate("ascend")
+    # The device patches point torch.cuda at the simulated torch.npu, whose module does not model what Dynamo reads
+    # from a device module while tracing (RNG state, stream contexts; real torch_npu has them): keep the host's
+    # torch.cuda while these tests trace.
+    tt = sys.modules.get("torch_npu.contrib.transfer_to_npu")
+    if tt is not None:
+        monkeypatch.setattr(torch, "cuda", tt._ORIG["cuda"])
+    rec = Recorder()
+    backend = dataclasses.replace(dlinfer.dispatch.current(), compile_backend=rec)
+    monkeypatch.setattr(dlinfer.dispatch, "current", lambda: backend)
+    compiler.set_mode(None)
+    torch._dynamo.reset()
+    yield rec
+    torch._dynamo.reset()
+    compiler.set_mode(None)
+    dlinfer.activate("reference")
+
+
+def test_lowered_graph_is_bit_identical_to_eager_and_replays_new_host_lengths(ascend: Recorder) -> None:
+    fn = torch.compile(layer, backend="dlinfer", fullgraph=True, dynamic=False)
+    for seed in (0, 1):  # same shapes, new contents and KV lengths: no recompile, the host lengths are inputs
+        eager_in, graph_in = _inputs(seed, grow=seed), _inputs(seed, grow=seed)
+        want, got = layer(*eager_in), fn(*graph_in)
+        for w, o in zip(want, got, strict=True):
+            assert torch.equal(w, o)
+        assert torch.equal(eager_in[6], graph_in[6]) and torch.equal(eager_in[7], graph_in[7])
+    assert len(ascend.graphs) == 1
+    gm = ascend.graphs[0]
+    assert [DLINFER[n.target] for n in gm.graph.nodes if n.target in DLINFER] == []
+    fia = [n for n in gm.graph.nodes if getattr(n.target, "__name__", "") == "npu_fused_infer_attention_score"]
+    assert len(fia) == 1
+    host = fia[0].kwargs["actual_seq_lengths_kv"]
+    assert host.op == "placeholder" and "kv_cpu" in host.name
+
+
+def test_a_windowed_decode_is_declined_and_runs_through_eager_dispatch(ascend: Recorder) -> None:
+    def windowed(q, kc, vc, bt, kv, kv_cpu):  # noqa: ANN001, ANN202
+        return ops.paged_decode_attention(q, kc, vc, bt, kv, max_seqlen_kv=128, window=8, kv_layout="NHD",
+                                          seqlens_kv_cpu=kv_cpu)
+
+    a = _inputs(3)
+    args = [a[3], a[6], a[7], a[9], a[10], a[11]]
+    got = torch.compile(windowed, backend="dlinfer", fullgraph=True, dynamic=False)(*args)
+    assert torch.equal(got, windowed(*args))
+    assert torch.ops.dlinfer.paged_decode_attention.default in [n.target for n in ascend.graphs[0].graph.nodes]
+
+
+def test_ge_mode_table_holds_converter_backed_entries_only_and_refuses_the_rest(ascend: Recorder) -> None:
+    assert set(table("max-autotune")) == {op for op, e in TABLE.items() if e.extras["ge_converters"]}
+    assert "fill_kv_cache" not in table("max-autotune") and "fill_kv_cache" in table("npugraph_ex")
+    with pytest.raises(ValueError, match="expected one of"):
+        table("default")
+    compiler.set_mode("max-autotune")
+    torch._dynamo.reset()
+    layer_gm: list = []
+    compile_backend = compiler.compile_backend
+
+    def capture(gm, example_inputs):  # noqa: ANN001, ANN202
+        layer_gm.append(gm)
+        return compile_backend(gm, example_inputs)
+
+    backend = dataclasses.replace(dlinfer.dispatch.current(), compile_backend=capture)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dlinfer.dispatch, "current", lambda: backend)
+        with pytest.raises(Exception, match=r"max-autotune.*\['fill_kv_cache'\].*DLINFER_ASCEND_COMPILE_MODE"):
+            torch.compile(layer, backend="dlinfer", fullgraph=True, dynamic=False)(*_inputs(4))
+
+
+def test_compile_backend_hands_the_lowered_graph_to_torchair_get_compiler(
+        ascend: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the documented torchair entry points (npu_sim/torchair.py): aot_module_simplified + get_compiler."""
+    monkeypatch.setitem(sys.modules, "torchair", torchair_sim)
+    backend = dataclasses.replace(dlinfer.dispatch.current(), compile_backend=compiler.compile_backend)
+    monkeypatch.setattr(dlinfer.dispatch, "current", lambda: backend)
+
+    def norm_mlp(x, w):  # noqa: ANN001, ANN202
+        return ops.silu_and_mul(torch.cat((ops.rms_norm(x, w, eps=1e-6), x), -1))
+
+    x, w = torch.randn(3, 64).half(), torch.randn(64).half() + 1
+    torchair_sim.COMPILED.clear()
+    got = torch.compile(norm_mlp, backend="dlinfer", fullgraph=True, dynamic=False)(x, w)
+    assert torch.equal(got, norm_mlp(x, w))
+    assert [mode for mode, _ in torchair_sim.COMPILED] == [compiler.DEFAULT_MODE]
+    aot = torchair_sim.COMPILED[0][1]
+    assert not [n for n in aot.graph.nodes if n.target in DLINFER]

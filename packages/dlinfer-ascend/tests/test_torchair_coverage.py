@@ -1,0 +1,138 @@
+"""Static check of the lowering table against a pinned torch_npu wheel's vendored torchair, read as files.
+
+torch_npu 2.13.0 (the version models-vlm-graph.md §C was read from) ships torchair at
+``torch_npu/dynamo/torchair``. Nothing from the wheel is imported: its sources are parsed.
+
+- every GE (max-autotune) target of the table has a ``register_fx_node_ge_converter(torch.ops...)``;
+- every entry with host lengths targets an op in ``_acl_concrete_graph/acl_graph.py:_REPLACE_FUNC_MAP`` (the
+  ACL-graph replay-time host-argument updates, keyed by FX node target) whose ``updated_param_keys`` include
+  the target parameter the lowering passes the host lengths in;
+- the lowered FIA call's keyword arguments exist in torch_npu's meta registration of the op.
+
+The wheel (44 MB) is cached in ``$DLINFER_WHEEL_CACHE`` (default ``~/.cache/dlinfer/wheels``), fetched once with
+``pip download --no-deps``; the test skips, saying so, when it cannot be fetched.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from functools import lru_cache
+
+import pytest
+
+from dlinfer_ascend.lowering import GE_MODE, TABLE, table
+
+TORCH_NPU = "2.13.0"
+TORCHAIR = "torch_npu/dynamo/torchair/"
+CACHE = os.environ.get("DLINFER_WHEEL_CACHE", os.path.expanduser("~/.cache/dlinfer/wheels"))
+
+
+@lru_cache(maxsize=1)
+def _wheel() -> zipfile.ZipFile:
+    pattern = os.path.join(CACHE, f"torch_npu-{TORCH_NPU}-*.whl")
+    if not glob.glob(pattern):
+        os.makedirs(CACHE, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
+               "3.11", "--platform", "manylinux_2_28_x86_64", f"torch_npu=={TORCH_NPU}", "-d", CACHE]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+        except (subprocess.SubprocessError, OSError) as e:
+            pytest.skip(f"torch_npu=={TORCH_NPU} wheel not cached in {CACHE} and pip download failed: {e}")
+    return zipfile.ZipFile(sorted(glob.glob(pattern))[0])
+
+
+def _text(path: str) -> str:
+    return _wheel().read(path).decode()
+
+
+@lru_cache(maxsize=1)
+def converters() -> set[str]:
+    """Every ``torch.ops.<ns>.<op>.<overload>`` torchair registers a GE converter for."""
+    found: set[str] = set()
+    for name in _wheel().namelist():
+        if name.startswith(TORCHAIR) and name.endswith(".py"):
+            found.update(re.findall(r"register_fx_node_ge_converter\(\s*(torch\.ops\.[\w.]+)\s*\)", _text(name)))
+    return found
+
+
+@lru_cache(maxsize=1)
+def replay_map() -> dict[str, tuple[list[str], list[int]]]:
+    """``_REPLACE_FUNC_MAP``: target -> (updated_param_keys, updated_param_indices)."""
+    tree = ast.parse(_text(TORCHAIR + "_acl_concrete_graph/acl_graph.py"))
+    out: dict[str, tuple[list[str], list[int]]] = {}
+    for call in ast.walk(tree):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "update"
+                and isinstance(call.func.value, ast.Name) and call.func.value.id == "_REPLACE_FUNC_MAP"):
+            continue
+        for key, value in zip(call.args[0].keys, call.args[0].values, strict=True):
+            kw = {k.arg: ast.literal_eval(k.value) for k in value.keywords
+                  if k.arg in ("updated_param_keys", "updated_param_indices")}
+            out[ast.unparse(key)] = (kw.get("updated_param_keys", []), kw.get("updated_param_indices", []))
+    return out
+
+
+def _fx_target(target: str) -> str:
+    parts = target.split(".")
+    return "torch.ops." + ".".join(parts if len(parts) == 3 else parts + ["default"])
+
+
+def test_the_wheel_is_parsed() -> None:
+    assert len(converters()) > 100, len(converters())  # hundreds in 2.13.0: an empty parse is a broken check
+    assert "torch.ops.npu.npu_fused_infer_attention_score.default" in replay_map()
+
+
+@pytest.mark.parametrize("op", sorted(table(GE_MODE)))
+def test_every_ge_target_has_a_torchair_converter(op: str) -> None:
+    entry = TABLE[op]
+    needed = entry.extras["ge_converters"]
+    assert _fx_target(entry.target) in needed, "the GE converters must include the lowered target itself"
+    missing = [c for c in needed if c not in converters()]
+    assert not missing, f"{op}: no torchair GE converter for {missing} in torch_npu {TORCH_NPU}"
+
+
+@pytest.mark.parametrize("op", sorted(op for op, e in TABLE.items() if not e.extras["ge_converters"]))
+def test_entries_kept_out_of_ge_really_have_no_converter(op: str) -> None:
+    """If torchair gains a converter for an ACL-only target, the GE table should take it: this flags it."""
+    assert _fx_target(TABLE[op].target) not in converters()
+
+
+@pytest.mark.parametrize("op", sorted(op for op, e in TABLE.items() if e.host_args))
+def test_host_length_targets_are_updated_at_acl_graph_replay(op: str) -> None:
+    entry = TABLE[op]
+    keys, _ = replay_map().get(_fx_target(entry.target), (None, None))
+    assert keys is not None, f"{op}: {entry.target} is not in torchair's _REPLACE_FUNC_MAP; host lengths would be baked"
+    assert set(entry.host_args) <= set(keys), (op, sorted(entry.host_args), keys)
+
+
+def test_lowered_fia_keywords_exist_in_the_torch_npu_meta_signature() -> None:
+    import torch
+    from dlinfer.lowering import Args
+
+    meta = ast.parse(_text("torch_npu/op_plugin/meta/_meta_registrations.py"))
+    fn = next(n for n in ast.walk(meta) if isinstance(n, ast.FunctionDef)
+              and n.name == "npu_fused_infer_attention_score_forward")
+    params = {a.arg for a in fn.args.args + fn.args.kwonlyargs}
+    t = torch.empty(2, 8, 64, dtype=torch.float16)
+    cache = torch.empty(4, 16, 2, 64, dtype=torch.float16)
+    names = ["q", "key_cache", "value_cache", "block_table", "seqlens_kv_cpu"]
+    values = dict(zip(names, [_Val(n) for n in names], strict=True), scale=None, window=None, softcap=None,
+                  alibi_slopes=None, kv_layout="NHD")
+    metas = {"q": t, "key_cache": cache, "value_cache": cache, "seqlens_kv_cpu": torch.empty(2, dtype=torch.int32)}
+    _, kwargs = TABLE["paged_decode_attention"].adapt(Args(values, metas))
+    assert set(kwargs) <= params, sorted(set(kwargs) - params)
+
+
+class _Val:
+    """Stands in for an fx.Proxy: any method call returns another stand-in."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, attr: str):  # noqa: ANN204
+        return lambda *a, **k: _Val(f"{self.name}.{attr}")
