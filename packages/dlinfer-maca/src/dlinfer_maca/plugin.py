@@ -34,6 +34,12 @@ def _load_ops() -> Mapping[str, Callable[..., Any]]:
     return OPS
 
 
+def _compile_backend(gm: Any, example_inputs: Any) -> Any:
+    from .compiler import compile_backend
+
+    return compile_backend(gm, example_inputs)
+
+
 def _graph_pool() -> Any:
     return torch.cuda.graph_pool_handle()
 
@@ -61,7 +67,7 @@ def dlinfer_backend() -> Backend:
         slot_dtype=torch.int64,
         dist_backend="nccl",
         graph=CUDA_GRAPH,
-        compile_backend=None,
+        compile_backend=_compile_backend,
         activate=None,
         # every spec option; MLA (D=576/Dv=512, V viewing K) not claimed: its kit cases never ran on a GPU
         capabilities=Capabilities(mla=False),
