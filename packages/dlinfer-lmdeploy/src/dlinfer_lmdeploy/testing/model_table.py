@@ -150,6 +150,7 @@ ROWS: tuple[ModelRow, ...] = (
             ("Qwen2", "Qwen2ForCausalLM", "qwen2", "4/2 heads, head 16, QKV bias"),
             ("Qwen2-MoE", "Qwen2MoeForCausalLM", "qwen2_moe", "4/2 heads, head 16, 8 experts top-2, shared expert"),
             ("Mixtral", "MixtralForCausalLM", "mixtral", "4/2 heads, head 16, 8 experts top-2"),
+            ("Mistral", "MistralForCausalLM", "mistral", "4/2 heads, head 16, sliding window 8 on every layer"),
         )
     ),
     # --- end of LLM rows ---

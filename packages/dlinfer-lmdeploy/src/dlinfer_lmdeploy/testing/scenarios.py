@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dlinfer_lmdeploy.testing.model_table import ROWS
-from dlinfer_lmdeploy.testing.tiny_models import MOE_KINDS
+from dlinfer_lmdeploy.testing.tiny_models import MOE_KINDS, SLIDING_WINDOW
 
 PROMPTS = (
     "Hello world",
@@ -108,6 +108,17 @@ SCENARIOS: tuple[Scenario, ...] = (
         220,
         min_calls={"paged_decode_attention": 200},
         doc="block size 16, ~20-token prompts + 220 new tokens: 15 KV blocks per sequence, two sequences",
+    ),
+    Scenario(
+        "sliding_window",
+        "mistral",
+        ((PROMPTS[0], PROMPTS[2]),),
+        6 * SLIDING_WINDOW,
+        engine={"max_prefill_token_num": 16},
+        min_calls={"prefill_attention": 1, "paged_prefill_attention": 4, "paged_decode_attention": 40},
+        doc=f"sliding window {SLIDING_WINDOW} (a query sees its {SLIDING_WINDOW} most recent keys, as HF): a "
+        f"77-token prompt prefilled in chunks of 16 beside an 11-token one, then {6 * SLIDING_WINDOW} new tokens "
+        "(the window crossed 6 times while decoding); HF runs with the window on (W+1 keys diverge)",
     ),
 )
 

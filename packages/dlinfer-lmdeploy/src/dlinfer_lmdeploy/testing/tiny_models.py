@@ -40,6 +40,9 @@ def build_tokenizer(path: str | Path, vocab_size: int = VOCAB_SIZE) -> Any:
     return fast
 
 
+SLIDING_WINDOW = 8
+"""``sliding_window`` of the tiny Mistral: a query sees its 8 most recent keys (HF's and dlinfer's convention)"""
+
 INTERNLM2_5_MAX_POSITIONS = 128
 """``max_position_embeddings`` of the tiny InternLM2.5: the scenarios stay below it, the dynamic-NTK test crosses it"""
 
@@ -74,6 +77,8 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
         ),
     ),
     "mixtral": ("MixtralConfig", dict(num_local_experts=8, num_experts_per_tok=2)),
+    # Mistral-7B-v0.1's sliding window on every layer, small enough that decoding crosses it many times
+    "mistral": ("MistralConfig", dict(sliding_window=SLIDING_WINDOW)),
     # realistic head sizes and GQA ratios; hidden and MLP widths stay tiny (hidden < heads x head_dim is allowed
     # where LMDeploy's model file reads head_dim from the config)
     "llama3": (  # Llama-3.2-1B/3B attention (head 64, GQA 4), Llama-3.1 rope scaling
@@ -355,6 +360,7 @@ build_llama = _builder("llama")
 build_qwen2 = _builder("qwen2")
 build_qwen2_moe = _builder("qwen2_moe")
 build_mixtral = _builder("mixtral")
+build_mistral = _builder("mistral")
 build_llama3 = _builder("llama3")
 build_mixtral_8x7b = _builder("mixtral_8x7b")
 build_qwen2_7b = _builder("qwen2_7b")
