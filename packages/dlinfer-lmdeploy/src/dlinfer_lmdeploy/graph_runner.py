@@ -45,12 +45,19 @@ Counting API (for tests; the GPU tests assert "no eager decode step in graph mod
 
 Counts are per process: with ``tp > 1`` the engines run in worker processes and their counts are
 not visible to the caller.
+
+Compiled decode (off by default): ``DLINFER_COMPILE_DECODE=1`` makes the graphed decode steps (warm-up,
+capture and host re-runs) call ``torch.compile(model, backend="dlinfer", dynamic=False)`` instead of the
+model, inside the device-graph capture, as LMDeploy's ``LMDEPLOY_ENABLE_DECODE_TORCH_COMPILE`` does for its
+CUDA graphs: dlinfer's FX passes, the plugin's lowering table and ``Backend.compile_backend`` (maca:
+Inductor; ascend: torchair) then shape the captured kernels. Prefill and eager fallbacks run the model as is.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import os
 import weakref
 from collections import Counter
 from collections.abc import Iterator
@@ -74,6 +81,13 @@ _FRAME = frozenset({"input_ids", "position_ids", "past_key_values", "attn_metada
 _TOKEN_AXIS: dict[str, int] = {"mrope_position_ids": 1, "inputs_embeds": 1}
 """Decode-shaped extra inputs held in fixed buffers: name -> token axis."""
 _CONSTANT_TYPES = (bool, int, float, str, bytes, torch.dtype, torch.device)
+COMPILE_DECODE_ENV = "DLINFER_COMPILE_DECODE"
+"""``1``: graphed decode steps run ``torch.compile(model, backend="dlinfer")`` (off by default)."""
+
+
+def compile_decode_enabled() -> bool:
+    """Whether ``DLINFER_COMPILE_DECODE`` asks for the compiled decode forward."""
+    return os.environ.get(COMPILE_DECODE_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass
@@ -202,6 +216,10 @@ class DlinferGraphRunner(GraphRunner):
         self.eager_steps: Counter[str] = Counter()
         self.graphed_steps = 0
         self._warned: set[str] = set()
+        self.decode_forward: Any = self.model
+        """What graphed decode steps call: the model, or its ``torch.compile(backend="dlinfer")``."""
+        if compile_decode_enabled():
+            self.decode_forward = torch.compile(self.model, backend="dlinfer", fullgraph=False, dynamic=False)
         _RUNNERS.add(self)
 
     @property
@@ -295,7 +313,7 @@ class DlinferGraphRunner(GraphRunner):
             self.graph_decl.update_before_replay(entry.graph, self._host_args(entry))
         if getattr(entry.graph, "rerun_instead_of_replay", False):
             # Host-side stand-in graphs (tests on CPU): run the forward again from the fixed buffers.
-            entry.output = self.model(**self._live_kwargs(entry, kwargs))
+            entry.output = self.decode_forward(**self._live_kwargs(entry, kwargs))
         else:
             entry.graph.replay()
         assert entry.output is not None
@@ -393,7 +411,7 @@ class DlinferGraphRunner(GraphRunner):
         bucket = int(key[0])
         entry = self._new_entry(bucket, kwargs)
         self._fill(entry, kwargs)
-        warmup = self.model(**entry.kwargs)  # also the result of this step
+        warmup = self.decode_forward(**entry.kwargs)  # also the result of this step
         result = _first_tokens(warmup, kwargs["input_ids"].shape[-1], clone=True)
         graph = self.graph_decl.graph_factory()
         capture_kwargs: dict[str, Any] = {}
@@ -403,7 +421,7 @@ class DlinferGraphRunner(GraphRunner):
             # LMDeploy copies inputs from other threads while a graph may be captured.
             capture_kwargs["capture_error_mode"] = "thread_local"
         with self.graph_decl.capture(graph, **capture_kwargs):
-            entry.output = self.model(**entry.kwargs)
+            entry.output = self.decode_forward(**entry.kwargs)
         entry.graph = graph
         self.captured[key] = entry
         extras = sorted(name for name in entry.buffers if name not in _IDS)
