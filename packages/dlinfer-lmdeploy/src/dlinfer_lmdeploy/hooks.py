@@ -192,6 +192,34 @@ def _build_executor(original: Callable[..., Any]) -> Callable[..., Any]:
     return build_executor
 
 
+@replacement("empty-prompt")
+def _add_message(original: Callable[[Any, list[Any]], None]) -> Callable[[Any, list[Any]], None]:
+    @functools.wraps(original)
+    def _add_message(self: Any, reqs: list[Any]) -> None:
+        device_type = getattr(self.engine_config, "device_type", None)
+        if not devices.is_dlinfer_device(device_type):
+            return original(self, reqs)
+        from lmdeploy.messages import ResponseType
+        from lmdeploy.utils import get_logger
+
+        kept = []
+        for req in reqs:
+            session = self.scheduler.get_session(req.data["session_id"])
+            if session is not None and len(session.sequences) == 0 and len(req.data["token_ids"]) == 0:
+                reason = (
+                    f"session {req.data['session_id']}: empty prompt (no input tokens) refused on dlinfer device "
+                    f"'{device_type}'; send at least one token"
+                )
+                get_logger("lmdeploy").error(reason)
+                self._response(req.resp, ResponseType.INPUT_LENGTH_ERROR, err_msg=reason)
+                continue
+            kept.append(req)
+        if kept:
+            original(self, kept)
+
+    return _add_message
+
+
 @replacement("worker-process-group")
 def _worker_process_group(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)

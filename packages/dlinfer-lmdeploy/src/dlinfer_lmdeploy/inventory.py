@@ -293,6 +293,19 @@ PATCHES: tuple[Patch, ...] = (
         also_bound_in=("lmdeploy.pytorch.engine.engine",),
     ),
     Patch(
+        name="empty-prompt",
+        target="lmdeploy.pytorch.engine.engine:Engine._add_message",
+        why=(
+            "A request with no input tokens trips LMDeploy's own assertion in the engine loop ('Empty input is not "
+            "allowed.'), which ends the loop for good: every later request fails with 'The inference engine is "
+            "unavailable'. On a dlinfer device the replacement answers such a request alone with "
+            "INPUT_LENGTH_ERROR (logged with the reason) and hands the others to the original."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("self", "reqs"),
+        contains=("Empty input is not allowed.",),
+    ),
+    Patch(
         name="worker-process-group",
         target="lmdeploy.pytorch.engine.executor.base_worker:WorkerWrapperBase.init_process_group",
         why=(
