@@ -1,7 +1,8 @@
 """The CPU device for LMDeploy: a scoped redirection of ``torch.cuda`` and ``"cuda"`` to the host.
 
 LMDeploy's engine is written for CUDA: it creates CUDA streams and events, sizes the KV
-cache from ``torch.cuda.mem_get_info`` and allocates with ``device="cuda"``. Vendor stacks
+cache from ``torch.cuda.mem_get_info`` (answered here with a bounded host budget,
+``$DLINFER_CPU_MEMORY_GIB``, divided by tp) and allocates with ``device="cuda"``. Vendor stacks
 redirect these calls to their device (``transfer_to_npu``, ``gpu_migration``); this module
 does the same for the host so that a dlinfer backend whose torch device is ``cpu`` (the
 reference backend) runs the engine on a machine without an accelerator.
@@ -15,6 +16,7 @@ and can be removed again with :func:`deactivate`. Left untouched on purpose:
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -91,11 +93,44 @@ class _HostEvent:
 _CURRENT_STREAM = _HostStream()
 
 
+HOST_BUDGET_ENV = "DLINFER_CPU_MEMORY_GIB"
+"""Host memory (GiB) the CPU device offers LMDeploy in total; the default is :func:`default_host_budget`."""
+
+
+def default_host_budget(available: int) -> int:
+    """Bytes offered by default: a quarter of the available host memory, at most 2 GiB."""
+    return min(available // 4, 2 << 30)
+
+
+def host_budget(available: int) -> int:
+    """Bytes the CPU device offers LMDeploy in total: ``$DLINFER_CPU_MEMORY_GIB`` or the default,
+    never more than ``available``. Raises ValueError naming the variable when it is not a positive number."""
+    raw = os.environ.get(HOST_BUDGET_ENV, "").strip()
+    if not raw:
+        return default_host_budget(available)
+    try:
+        gib = float(raw)
+    except ValueError:
+        gib = -1.0
+    if not gib > 0:
+        raise ValueError(f"{HOST_BUDGET_ENV} must be a positive number of GiB, got {raw!r}")
+    return min(int(gib * (1 << 30)), available)
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _mem_get_info(device: Any = None) -> tuple[int, int]:
+    """``(free, total)`` as LMDeploy sizes its KV cache from it: the host budget divided by the
+    tensor-parallel world size (every worker sizes its own cache from "free"; answering the host's
+    available memory made each of tp workers claim 80 % of it), and the host's total memory."""
     import psutil
 
     vm = psutil.virtual_memory()
-    return int(vm.available), int(vm.total)
+    return host_budget(int(vm.available)) // _world_size(), int(vm.total)
 
 
 def _noop(name: str) -> Callable[..., None]:

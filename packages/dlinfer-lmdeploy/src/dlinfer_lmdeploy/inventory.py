@@ -386,6 +386,19 @@ PATCHES: tuple[Patch, ...] = (
         contains=("proc.close()", "proc.join()"),
     ),
     Patch(
+        name="mp-engine-handshake",
+        target="lmdeploy.pytorch.engine.mp_engine.zmq_engine:ZMQMPEngine._mp_proc",
+        why=(
+            "lmdeploy serve runs the engine in a spawned process that publishes its RPC port through a manager "
+            "Condition; the parent shuts the manager down as soon as it reads the port, and the engine process, "
+            "still waiting for the reply to its Condition release, dies with EOFError (RPCServerDeadError at "
+            "start-up; seen on a loaded 2-core host). With a dlinfer device, the replacement ignores only that lost "
+            "release reply; otherwise it is the original."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        contains=("shared_dict['rpc_server_port'] = server.port", "condition.notify()"),
+    ),
+    Patch(
         name="vl-mm-feature-dtype",
         target="lmdeploy.vl.engine:_resolve_mm_feature_dtype",
         why=(

@@ -16,6 +16,10 @@ active only when the executor runs a dlinfer device:
 * **Shutdown ends.** ``release`` joins the workers without a deadline; a worker whose interpreter is kept alive by
   child processes (e.g. Inductor's compile workers) makes it hang. Workers get ``JOIN_DEADLINE_S`` after SIGTERM,
   then SIGKILL.
+
+And one for the engine process of ``lmdeploy serve`` (inventory patch ``mp-engine-handshake``): its start-up
+handshake no longer dies when LMDeploy's manager shuts down before acknowledging the last release
+(:class:`_HandshakeCondition`).
 """
 
 from __future__ import annotations
@@ -127,3 +131,43 @@ def _mp_release_deadline(original: Any) -> Any:
             ret_buf.close()
 
     return release
+
+
+class _HandshakeCondition:
+    """LMDeploy's manager ``Condition`` proxy, as the engine process uses it once to publish its RPC port.
+
+    The parent wakes on ``notify``, reads the port and shuts the manager down while this process may still be
+    waiting for the manager's reply to ``release``: the reply never comes (``EOFError``/``ConnectionError``).
+    The handshake is complete by then (the parent has the port), so that lost reply is ignored here; an error
+    while entering or inside the block is raised as usual.
+    """
+
+    def __init__(self, proxy: Any) -> None:
+        self._proxy = proxy
+
+    def __enter__(self) -> Any:
+        return self._proxy.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._proxy.__exit__(*exc)
+        except (EOFError, ConnectionError) as lost:
+            if exc[0] is not None:
+                raise
+            logger.debug("dlinfer-lmdeploy: manager gone before the handshake's release reply (%s)", lost)
+
+    def notify(self, n: int = 1) -> None:
+        self._proxy.notify(n)
+
+
+@replacement("mp-engine-handshake")
+def _mp_engine_handshake(original: Any) -> Any:
+    def _mp_proc(shared_dict: Any, condition: Any, model_path: str, engine_config: Any = None, **kwargs: Any) -> Any:
+        if engine_config is not None and devices.is_dlinfer_device(getattr(engine_config, "device_type", None)):
+            condition = _HandshakeCondition(condition)
+        return original(shared_dict, condition, model_path, engine_config, **kwargs)
+
+    _mp_proc.__module__ = original.__module__  # pickled by reference for the spawned engine process
+    _mp_proc.__qualname__ = original.__qualname__
+    _mp_proc.__name__ = original.__name__
+    return _mp_proc

@@ -1,0 +1,444 @@
+"""``lmdeploy serve api_server`` under test: start it, drive it with OpenAI requests, stop it, find orphans.
+
+The server runs in its own process group with a deadline for every step; requests go to 127.0.0.1 only.
+:func:`run_load` sends a mixed load (prompt and output lengths, streaming and not, some cancelled midway),
+checks that every request that was not cancelled completed with the greedy text the same request gives
+alone, and measures time to first token and inter-token latency on the streamed requests.
+
+Command line (``--url`` to load a server that is already running)::
+
+    python -m dlinfer_lmdeploy.testing.serve_load MODEL --device cpu --requests 64
+    python -m dlinfer_lmdeploy.testing.serve_load MODEL --device maca --requests 256 --max-tokens 128 --json out.json
+
+Needs the ``serve`` extra of dlinfer-lmdeploy (uvicorn, fastapi, openai, partial_json_parser).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def lmdeploy_command() -> list[str]:
+    """The ``lmdeploy`` console script of this interpreter's environment (what a user runs)."""
+    script = Path(sys.executable).parent / "lmdeploy"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("lmdeploy")
+    return [found] if found else [sys.executable, "-c", "import sys; from lmdeploy.cli import run; sys.exit(run())"]
+
+
+@dataclass
+class Server:
+    """A running ``lmdeploy serve api_server``: its process, port and log file."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    model_name: str
+    descendants: set[int] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def tree_pids(self) -> set[int]:
+        """The server process and its descendants now (remembered for the orphan check)."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            pids = {root.pid} | {c.pid for c in root.children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pids = set()
+        self.descendants |= pids
+        return pids
+
+    def tree_rss(self) -> int:
+        """Resident memory of the server process tree, bytes."""
+        import psutil
+
+        total = 0
+        for pid in self.tree_pids():
+            with contextlib.suppress(psutil.Error):
+                total += psutil.Process(pid).memory_info().rss
+        return total
+
+    def alive_descendants(self) -> list[str]:
+        """Processes started by the server that are still running (zombies excluded), as ``pid cmdline``."""
+        import psutil
+
+        alive = []
+        for pid in sorted(self.descendants):
+            with contextlib.suppress(psutil.Error):
+                p = psutil.Process(pid)
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{pid} {' '.join(p.cmdline())[:160]}")
+        return alive
+
+
+def http_get(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (127.0.0.1 only)
+        return json.loads(r.read())
+
+
+def start_server(
+    model: str | Path,
+    device: str = "cpu",
+    *,
+    log: Path,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    deadline_s: float = 300.0,
+) -> Server:
+    """Start ``lmdeploy serve api_server MODEL --backend pytorch --device DEVICE`` on 127.0.0.1 and wait until
+    ``/v1/models`` answers; raises RuntimeError (with the log tail) if it exits or misses the deadline."""
+    port = free_port()
+    cmd = [
+        *lmdeploy_command(),
+        "serve",
+        "api_server",
+        str(model),
+        "--backend",
+        "pytorch",
+        "--device",
+        device,
+        "--server-name",
+        HOST,
+        "--server-port",
+        str(port),
+        *extra_args,
+    ]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, stdin=subprocess.DEVNULL
+        )
+    server = Server(proc=proc, port=port, log=log, model_name=str(model))
+    end = time.monotonic() + deadline_s
+    while True:
+        server.tree_pids()
+        if proc.poll() is not None:
+            raise RuntimeError(f"lmdeploy serve exited with {proc.returncode} before answering:\n{server.log_tail()}")
+        try:
+            models = http_get(f"{server.url}/v1/models", timeout=2.0)
+            server.model_name = models["data"][0]["id"]
+            server.tree_pids()
+            return server
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            stop_server(server, deadline_s=15)
+            raise RuntimeError(f"lmdeploy serve did not answer within {deadline_s:.0f} s:\n{server.log_tail()}")
+        time.sleep(1.0)
+
+
+def stop_server(server: Server, deadline_s: float = 60.0) -> int | None:
+    """SIGTERM the server (what Ctrl-C / a service manager does) and wait; SIGKILL its process group after the
+    deadline. Returns the exit code of a graceful stop, None when it had to be killed."""
+    server.tree_pids()
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+    try:
+        code: int | None = server.proc.wait(timeout=deadline_s)
+    except subprocess.TimeoutExpired:
+        code = None
+    # children get a moment to follow their parent out
+    end = time.monotonic() + 15
+    while server.alive_descendants() and time.monotonic() < end:
+        time.sleep(0.5)
+    if code is None or server.alive_descendants():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(server.proc.pid, signal.SIGKILL)
+        if code is None:
+            server.proc.wait(timeout=30)
+    return code
+
+
+@contextlib.contextmanager
+def running_server(model: str | Path, device: str = "cpu", *, log: Path, **kwargs: Any) -> Iterator[Server]:
+    server = start_server(model, device, log=log, **kwargs)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+# ---------------------------------------------------------------------------------------------- the load
+
+
+@dataclass(frozen=True)
+class Request:
+    """One OpenAI request of the load; ``cancel_after`` chunks (streaming) or seconds (not streaming)."""
+
+    key: int
+    """requests with the same key are the same request (prompt, max_tokens, endpoint)"""
+    prompt: str
+    max_tokens: int
+    chat: bool
+    stream: bool
+    cancel_after: float | None = None
+
+
+@dataclass
+class Result:
+    request: Request
+    text: str = ""
+    finish_reason: str | None = None
+    cancelled: bool = False
+    error: str | None = None
+    ttft_s: float | None = None
+    itl_s: list[float] = field(default_factory=list)
+    latency_s: float = 0.0
+
+
+def make_load(n: int, distinct: int, max_tokens: int, seed: int = 0, cancel_every: int = 8) -> list[Request]:
+    """``n`` requests over ``distinct`` different requests (prompt 1-160 characters, 1-``max_tokens`` output
+    tokens, completions or chat); half streamed; every ``cancel_every``-th one cancelled midway."""
+    rng = random.Random(seed)
+    alphabet = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJ.,0123456789"
+    bases = []
+    for key in range(distinct):
+        length = rng.choice([1, 3, 8, 20, 45, 90, 160])
+        prompt = "".join(rng.choice(alphabet) for _ in range(length))
+        bases.append((key, prompt, rng.randint(1, max_tokens), key % 3 == 0))
+    load = []
+    for i in range(n):
+        key, prompt, tokens, chat = bases[i % distinct]
+        stream = (i // distinct) % 2 == 0 if distinct < n else i % 2 == 0
+        cancel = None
+        if cancel_every and i % cancel_every == cancel_every - 1:
+            cancel = 2.0 if stream else 0.3  # after 2 chunks / 0.3 s
+        load.append(Request(key, prompt, tokens, chat, stream, cancel))
+    rng.shuffle(load)
+    return load
+
+
+async def _one(client: Any, model: str, req: Request, timeout_s: float) -> Result:
+    res = Result(req)
+    t0 = time.perf_counter()
+    common: dict[str, Any] = {"model": model, "max_tokens": req.max_tokens, "temperature": 0.0, "timeout": timeout_s}
+    if req.chat:
+        call = client.chat.completions.create
+        common["messages"] = [{"role": "user", "content": req.prompt}]
+    else:
+        call = client.completions.create
+        common["prompt"] = req.prompt
+
+    def piece(choice: Any) -> str:
+        part = (choice.delta.content if req.stream else choice.message.content) if req.chat else choice.text
+        return part or ""
+
+    try:
+        if not req.stream:
+            task = asyncio.ensure_future(call(**common))
+            if req.cancel_after is not None:
+                done, _ = await asyncio.wait({task}, timeout=req.cancel_after)
+                if not done:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                    res.cancelled = True
+                    return res
+            out = await task
+            res.text = piece(out.choices[0])
+            res.finish_reason = out.choices[0].finish_reason
+        else:
+            stream = await call(stream=True, **common)
+            chunks = 0
+            last = None
+            async for chunk in stream:
+                now = time.perf_counter()
+                if not chunk.choices:
+                    continue
+                text = piece(chunk.choices[0])
+                if text:
+                    if res.ttft_s is None:
+                        res.ttft_s = now - t0
+                    elif last is not None:
+                        res.itl_s.append(now - last)
+                    last = now
+                    res.text += text
+                    chunks += 1
+                if chunk.choices[0].finish_reason is not None:
+                    res.finish_reason = chunk.choices[0].finish_reason
+                if req.cancel_after is not None and chunks >= req.cancel_after:
+                    await stream.close()
+                    res.cancelled = True
+                    break
+    except Exception as exc:  # a failed request is a result, reported by check_load
+        res.error = f"{type(exc).__name__}: {exc}"
+    res.latency_s = time.perf_counter() - t0
+    return res
+
+
+async def _run(url: str, model: str, load: Sequence[Request], concurrency: int, timeout_s: float) -> list[Result]:
+    from openai import AsyncOpenAI
+
+    sem = asyncio.Semaphore(concurrency)
+    async with AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0) as client:
+
+        async def limited(req: Request) -> Result:
+            async with sem:
+                return await _one(client, model, req, timeout_s)
+
+        return list(await asyncio.gather(*(limited(r) for r in load)))
+
+
+def send(
+    url: str, model: str, load: Sequence[Request], concurrency: int = 64, timeout_s: float = 300.0
+) -> list[Result]:
+    """Send ``load`` with at most ``concurrency`` requests in flight; results in the order of ``load``."""
+    return asyncio.run(_run(url, model, load, concurrency, timeout_s))
+
+
+def alone(url: str, model: str, load: Sequence[Request], timeout_s: float = 300.0) -> dict[int, str]:
+    """The greedy text of each distinct request of ``load``, sent one at a time, not streamed, not cancelled."""
+    firsts: dict[int, Request] = {}
+    for r in load:
+        firsts.setdefault(r.key, Request(r.key, r.prompt, r.max_tokens, r.chat, stream=False))
+    out = send(url, model, list(firsts.values()), concurrency=1, timeout_s=timeout_s)
+    for res in out:
+        if res.error:
+            raise RuntimeError(f"request {res.request.key} alone failed: {res.error}")
+    return {res.request.key: res.text for res in out}
+
+
+def check_load(results: Sequence[Result], expected: dict[int, str]) -> list[str]:
+    """Problems of a load run: errors, requests that did not finish, greedy texts that differ from alone."""
+    problems = []
+    for res in results:
+        r = res.request
+        if res.error:
+            problems.append(f"request {r.key} (stream={r.stream}, chat={r.chat}) failed: {res.error}")
+        elif res.cancelled:
+            # a cancelled stream got a prefix of the text before it was closed
+            if r.stream and not expected[r.key].startswith(res.text):
+                problems.append(f"cancelled request {r.key}: {res.text!r} is not a prefix of {expected[r.key]!r}")
+        elif res.finish_reason not in ("length", "stop"):
+            problems.append(f"request {r.key}: finish_reason {res.finish_reason!r}")
+        elif res.text != expected[r.key]:
+            problems.append(f"request {r.key} (stream={r.stream}): {res.text!r} != alone {expected[r.key]!r}")
+    return problems
+
+
+def _pct(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def summarize(results: Sequence[Result], wall_s: float) -> dict[str, Any]:
+    """Requests/s, output characters/s, p50/p99 time to first token and inter-token latency (streamed)."""
+    done = [r for r in results if not r.cancelled and not r.error]
+    ttft = [r.ttft_s for r in done if r.ttft_s is not None]
+    itl = [x for r in done for x in r.itl_s]
+    return {
+        "requests": len(results),
+        "completed": len(done),
+        "cancelled": sum(r.cancelled for r in results),
+        "errors": sum(r.error is not None for r in results),
+        "wall_s": round(wall_s, 3),
+        "requests_per_s": round(len(done) / wall_s, 3) if wall_s else None,
+        "ttft_p50_ms": None if not ttft else round(1000 * statistics.median(ttft), 2),
+        "ttft_p99_ms": None if not ttft else round(1000 * _pct(ttft, 0.99), 2),  # type: ignore[operator]
+        "itl_p50_ms": None if not itl else round(1000 * statistics.median(itl), 2),
+        "itl_p99_ms": None if not itl else round(1000 * _pct(itl, 0.99), 2),  # type: ignore[operator]
+    }
+
+
+def run_load(
+    url: str,
+    model: str,
+    n: int = 64,
+    distinct: int = 16,
+    max_tokens: int = 24,
+    seed: int = 0,
+    timeout_s: float = 300.0,
+) -> tuple[list[str], dict[str, Any]]:
+    """The whole check against a running server: alone, then all ``n`` at once, then ``/v1/models`` and one
+    request alone again. Returns (problems, summary)."""
+    load = make_load(n, distinct, max_tokens, seed)
+    expected = alone(url, model, load, timeout_s)
+    t0 = time.perf_counter()
+    results = send(url, model, load, concurrency=n, timeout_s=timeout_s)
+    wall = time.perf_counter() - t0
+    problems = check_load(results, expected)
+    try:
+        http_get(f"{url}/v1/models")
+    except OSError as exc:
+        problems.append(f"/v1/models does not answer after the load: {exc}")
+    again = alone(url, model, load[:1], timeout_s)
+    if again[load[0].key] != expected[load[0].key]:
+        problems.append(f"after the load, request {load[0].key} alone gives {again[load[0].key]!r}")
+    return problems, summarize(results, wall)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    doc = (__doc__ or "").split("\n")[0]
+    ap = argparse.ArgumentParser(prog="python -m dlinfer_lmdeploy.testing.serve_load", description=doc)
+    ap.add_argument("model", help="model directory (or the served model name with --url)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--url", help="load a server already running at this URL instead of starting one")
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--distinct", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=24)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    ap.add_argument("--log", type=Path, default=Path("serve_load.log"))
+    ap.add_argument("--json", type=Path, help="write the summary and problems here")
+    ap.add_argument("server_args", nargs=argparse.REMAINDER, help="after --: extra lmdeploy serve arguments")
+    args = ap.parse_args(argv)
+    extra = [a for a in args.server_args if a != "--"]
+
+    with contextlib.ExitStack() as stack:
+        if args.url:
+            url, model = args.url.rstrip("/"), args.model
+        else:
+            server = stack.enter_context(running_server(args.model, args.device, log=args.log, extra_args=extra))
+            url, model = server.url, server.model_name
+        problems, summary = run_load(url, model, args.requests, args.distinct, args.max_tokens, args.seed, args.timeout)
+    summary["device"] = args.device
+    print(json.dumps(summary, indent=2))
+    for p in problems:
+        print("PROBLEM:", p)
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "problems": problems}, indent=2))
+    return 1 if problems else 0
+
+
+__all__ = ["Request", "Result", "Server", "make_load", "run_load", "running_server", "start_server"]
+
+if __name__ == "__main__":
+    sys.exit(main())
