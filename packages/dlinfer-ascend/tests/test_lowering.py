@@ -63,24 +63,29 @@ class Recorder:
 
 
 @pytest.fixture
-def ascend(monkeypatch: pytest.MonkeyPatch) -> Recorder:
-    """The ascend backend with its real lowering table; the graph then runs eagerly (no torchair here)."""
+def ascend(fresh_runtime: None, monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    """The ascend backend with its real lowering table; the graph then runs eagerly (no torchair here).
+
+    ``fresh_runtime`` undoes the activation's process-wide device patches afterwards.
+    """
     dlinfer.activate("ascend")
     # The device patches point torch.cuda at the simulated torch.npu, whose module does not model what Dynamo reads
     # from a device module while tracing (RNG state, stream contexts; real torch_npu has them): keep the host's
-    # torch.cuda while these tests trace.
-    tt = sys.modules.get("torch_npu.contrib.transfer_to_npu")
-    if tt is not None:
-        monkeypatch.setattr(torch, "cuda", tt._ORIG["cuda"])
+    # torch.cuda while these tests trace (restored here, before fresh_runtime undoes the patches).
+    redirected = torch.cuda
+    torch.cuda = sys.modules["torch_npu.contrib.transfer_to_npu"]._ORIG["cuda"]
     rec = Recorder()
     backend = dataclasses.replace(dlinfer.dispatch.current(), compile_backend=rec)
     monkeypatch.setattr(dlinfer.dispatch, "current", lambda: backend)
     compiler.set_mode(None)
     torch._dynamo.reset()
-    yield rec
-    torch._dynamo.reset()
-    compiler.set_mode(None)
-    dlinfer.activate("reference")
+    try:
+        yield rec
+    finally:
+        torch._dynamo.reset()
+        compiler.set_mode(None)
+        torch.cuda = redirected
+        dlinfer.dispatch.deactivate()
 
 
 def test_lowered_graph_is_bit_identical_to_eager_and_replays_new_host_lengths(ascend: Recorder) -> None:

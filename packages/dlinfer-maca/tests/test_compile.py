@@ -17,7 +17,6 @@ from torch._inductor.utils import run_and_get_code
 import dlinfer
 import dlinfer.dispatch
 from dlinfer import ops
-from dlinfer.registry import REFERENCE
 
 HQ, HKV, D, BS, NB, H = 4, 2, 32, 16, 6, 128
 
@@ -54,7 +53,7 @@ def maca() -> None:
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-    dlinfer.activate(REFERENCE)
+    dlinfer.dispatch.deactivate()
 
 
 def test_inductor_graph_equals_eager_and_keeps_dlinfer_ops_as_single_extern_calls(maca: None) -> None:
