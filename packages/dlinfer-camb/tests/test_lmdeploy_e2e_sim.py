@@ -32,6 +32,13 @@ DEVICE = "camb"
 MODES = ("eager",)
 KINDS = sim_e2e.llm_kinds()
 SCENARIOS = sim_e2e.engine_scenarios()
+VLM_ROWS = sim_e2e.vlm_rows()
+
+
+def _has_torchvision() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +46,7 @@ def bf16_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """kind -> tiny bf16 checkpoint, for every row this run checks (built on the host before the device is
     activated, as on Ascend)."""
     kinds = {k for k in KINDS if sim_e2e.selected(DEVICE, k) or _refusal(k)} | {s.model for s in SCENARIOS}
+    kinds |= {r.kind for r in VLM_ROWS if _has_torchvision() or not r.needs_torchvision}
     return {kind: sim_e2e.build_bf16(kind, tmp_path_factory.mktemp(f"camb_{kind}")) for kind in sorted(kinds)}
 
 
@@ -95,13 +103,30 @@ def test_engine_scenario_bf16_eager_matches_hf_fp32(scenario: Scenario, camb_sim
     assert not failures, "\n".join(failures)
 
 
-_REFUSED = [k for k in KINDS if _refusal(k)]
+@pytest.mark.parametrize(
+    "row",
+    [pytest.param(r, marks=[pytest.mark.torchvision] if r.needs_torchvision else [], id=r.kind) for r in VLM_ROWS],
+)
+def test_vlm_row_bf16_matches_hf_fp32(row: model_table.ModelRow, camb_sim: dict[str, Path]) -> None:
+    """Every VLM request scenario (text only, one image, two images, text batched with images, mirrored image) in
+    one engine, eager, each request checked against the fp32 HF oracle fed LMDeploy's own inputs."""
+    if row.needs_torchvision:
+        pytest.importorskip("torchvision", reason=f"{row.kind}: its processor needs torchvision (nox -s tests-vlm)")
+    if _refusal(row.kind):
+        pytest.skip(f"refused on {DEVICE}: {_refusal(row.kind)} (test_refused_rows_fail_at_build)")
+    failures = sim_e2e.check_vlm_row(row, camb_sim[row.kind], DEVICE)
+    assert not failures, "\n".join(failures)
+
+
+_REFUSED = [k for k in [*KINDS, *(r.kind for r in VLM_ROWS)] if _refusal(k)]
 
 
 @pytest.mark.parametrize("kind", _REFUSED or ["(none)"])
 def test_refused_rows_fail_at_build(kind: str, camb_sim: dict[str, Path]) -> None:
     if not _REFUSED:
         pytest.skip(f"no model-table row is refused on {DEVICE}")
+    if kind not in camb_sim:
+        pytest.skip(f"{kind}: not built here (its processor needs torchvision: nox -s tests-vlm)")
     exc = sim_e2e.build_refusal(camb_sim[kind], DEVICE)
     assert exc is not None, f"{kind}: the engine built on {DEVICE}, but the model table says it is refused"
     assert DEVICE in str(exc), f"{kind}: the refusal does not name the device: {exc}"
