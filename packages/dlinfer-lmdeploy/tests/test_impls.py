@@ -77,6 +77,31 @@ def test_rotary_complex_mode_matches_lmdeploy_default() -> None:
         assert got[0] is qi  # in place, as LMDeploy asks
 
 
+@pytest.mark.parametrize("inplace", [True, False])
+def test_rotary_complex_mode_partial_table(inplace: bool) -> None:
+    """Complex mode with a partial rotary: LMDeploy's tables hold one entry per rotated pair (its CUDA kernel's
+    ``half_size = cos.size(-1)``): a width-4 table on head 16 rotates pairs (0,1)..(6,7) and leaves channels 8-15.
+    Independent loop below (the old impl passed the 4-wide table as a 4-channel interleaved rotary)."""
+    from dlinfer_lmdeploy.impls.dense import DlinferApplyRotaryEmbImpl
+
+    torch.manual_seed(2)
+    q, k = torch.randn(5, 4, 16), torch.randn(5, 2, 16)
+    cos, sin = torch.randn(5, 4), torch.randn(5, 4)
+
+    def rotated(x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        for j in range(4):
+            c, s_ = cos[:, j, None], sin[:, j, None]
+            out[..., 2 * j] = x[..., 2 * j] * c - x[..., 2 * j + 1] * s_
+            out[..., 2 * j + 1] = x[..., 2 * j + 1] * c + x[..., 2 * j] * s_
+        return out
+
+    want_q, want_k = rotated(q), rotated(k)
+    got_q, got_k = DlinferApplyRotaryEmbImpl().forward(q.clone(), k.clone(), cos, sin, inplace, True)
+    torch.testing.assert_close(got_q, want_q)
+    torch.testing.assert_close(got_k, want_k)
+
+
 def test_rotary_inplace_on_qkv_slices(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """LMDeploy's layout: q/k are column slices of one fused qkv output; rotated where they lie, v untouched."""
     import dlinfer.ops
@@ -117,6 +142,51 @@ def test_vision_flash_attention_non_causal() -> None:
         torch.testing.assert_close(out[sl], torch.einsum("hqk,khd->qhd", att, v[sl]), rtol=1e-5, atol=1e-5)
 
 
+def test_vision_flash_attention_checks_locations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Locations other than packed back-to-back sequences are refused (the old impl ignored q_start_loc and
+    kv_start_loc); LMDeploy's own call (kv locations = the query's tensors, max_q given) reads nothing on the host."""
+    import dlinfer.dispatch
+
+    from dlinfer_lmdeploy.impls.flash_attention import DlinferFlashAttentionImpl
+
+    impl = DlinferFlashAttentionImpl(4, 8, causal=False)
+    q, k, v = (torch.randn(14, 4, 8) for _ in range(3))
+    lens, start = torch.tensor([5, 9]), torch.tensor([0, 5])
+    monkeypatch.setattr(dlinfer.dispatch.STATE, "full", True)
+    impl.forward(q, k, v, start, lens, start, lens, 14)
+    with pytest.raises(NotImplementedError, match="q_start_loc"):
+        impl.forward(q, k, v, torch.tensor([9, 0]), lens, torch.tensor([9, 0]), lens, 14)  # reordered
+    with pytest.raises(NotImplementedError, match="kv_start_loc"):
+        impl.forward(q, k, v, start, lens, torch.tensor([0, 4]), lens, 14)
+    monkeypatch.setattr(dlinfer.dispatch.STATE, "full", False)
+    seen: list[tuple[list[int], int]] = []
+    monkeypatch.setattr(dlinfer.ops, "prefill_attention", lambda *a, **kw: seen.append((a[3], kw["max_seqlen_q"])))
+
+    def no_host_reads(*_a: object, **_k: object) -> None:
+        raise AssertionError("a host read of a device value in the vision attention")
+
+    with monkeypatch.context() as m:
+        for name in ("tolist", "item", "__int__", "__bool__"):
+            m.setattr(torch.Tensor, name, no_host_reads)
+        m.setattr(torch, "equal", no_host_reads)
+        impl.forward(q, k, v, start, lens, start, lens, None)
+    assert seen[0][0].tolist() == [0, 5, 14] and seen[0][1] == 14  # max_q: the token count, an upper bound
+
+
+def test_fused_moe_output_keeps_the_activation_dtype() -> None:
+    """LMDeploy builds unquantised FusedMoE with output_dtype=bfloat16 whatever the model dtype."""
+    from lmdeploy.pytorch.backends.moe import FusedMoEBuildSpec
+    from lmdeploy.pytorch.backends.selector import get_backend
+
+    spec = FusedMoEBuildSpec(top_k=2, num_experts=4, renormalize=False, hidden_dim=16, ep_size=1, ep_group=None,
+                             layer_idx=0, output_dtype=torch.bfloat16, num_max_dispatch_tokens_per_rank=128)
+    impl = get_backend("cpu").build_op(spec)
+    x, w = torch.randn(3, 16), torch.full((3, 2), 0.5)
+    ids = torch.tensor([[0, 1], [2, 3], [1, 2]])
+    out = impl.forward(x, w, ids, torch.randn(4, 16, 16), torch.randn(4, 16, 8))
+    assert out.dtype == torch.float32
+
+
 def test_fused_moe_renormalize_and_refusals() -> None:
     from dlinfer_lmdeploy.impls.moe import DlinferFusedMoEImpl, DlinferSoftmaxTopKImpl
 
@@ -125,7 +195,7 @@ def test_fused_moe_renormalize_and_refusals() -> None:
     x = torch.randn(t, h)
     gate_up, down = torch.randn(e, 2 * inter, h), torch.randn(e, h, inter)
     w, ids = DlinferSoftmaxTopKImpl(2).forward(torch.randn(t, e))
-    got = DlinferFusedMoEImpl(2, e, True, 1, torch.float32).forward(x, w, ids, gate_up, down)
+    got = DlinferFusedMoEImpl(2, e, True, 1).forward(x, w, ids, gate_up, down)
     wn = w / w.sum(-1, keepdim=True)
     ref = torch.zeros(t, h)
     for i in range(t):
@@ -134,6 +204,6 @@ def test_fused_moe_renormalize_and_refusals() -> None:
             ref[i] += wn[i, j] * (down[ids[i, j]] @ (torch.nn.functional.silu(gu[:inter]) * gu[inter:]))
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(NotImplementedError, match="bias"):
-        DlinferFusedMoEImpl(2, e, False, 1, torch.float32).forward(x, w, ids, gate_up, down, gate_up_bias=x)
+        DlinferFusedMoEImpl(2, e, False, 1).forward(x, w, ids, gate_up, down, gate_up_bias=x)
     with pytest.raises(NotImplementedError, match="ep_size"):
-        DlinferFusedMoEImpl(2, e, False, 2, torch.float32)
+        DlinferFusedMoEImpl(2, e, False, 2)

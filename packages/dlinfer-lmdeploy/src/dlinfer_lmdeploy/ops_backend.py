@@ -106,9 +106,7 @@ class DlinferOpsBackend(DefaultOpsBackend):
         elif isinstance(spec, SoftmaxTopKBuildSpec):
             impl = moe.DlinferSoftmaxTopKImpl(spec.top_k, spec.dim, spec.n_groups)
         elif isinstance(spec, FusedMoEBuildSpec):
-            impl = moe.DlinferFusedMoEImpl(
-                spec.top_k, spec.num_experts, spec.renormalize, spec.ep_size, spec.output_dtype
-            )
+            impl = moe.DlinferFusedMoEImpl(spec.top_k, spec.num_experts, spec.renormalize, spec.ep_size)
         elif isinstance(spec, RMSNormW8A8BuildSpec):
             impl = quant.DlinferRMSNormW8A8Impl(spec.hidden_size, spec.eps, spec.quant_dtype)
         elif isinstance(spec, LinearW8A8BuildSpec):

@@ -32,8 +32,11 @@ class DlinferSiluAndMulImpl(SiluAndMulImpl):
 
 
 def _full_width(table: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """LMDeploy may pass interleaved (complex-mode) tables at half width; the spec wants full width."""
-    if table.shape[-1] * 2 == head_dim:
+    """Complex-mode (pairwise) tables: LMDeploy's contract is one entry per rotated pair (``half_size =
+    cos.size(-1)`` in its CUDA kernel), also for a partial rotary over the first ``2 * width`` channels; the spec
+    wants one entry per rotated channel. A table already ``head_dim`` wide (LMDeploy's default impl accepts it)
+    is taken as full width."""
+    if table.shape[-1] * 2 <= head_dim:
         return table.repeat_interleave(2, dim=-1)
     return table
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from dlinfer import ops
+from dlinfer import dispatch, ops
 from lmdeploy.pytorch.backends.flash_attention import FlashAttentionImpl
 
 from dlinfer_lmdeploy.impls._errors import unsupported
@@ -42,13 +42,26 @@ class DlinferFlashAttentionImpl(FlashAttentionImpl):
         kv_seqlens: torch.Tensor,
         max_q_seqlen: int | None = None,
     ) -> torch.Tensor:
-        # dlinfer's prefill_attention attends within each sequence's own tokens (self-attention).
-        if kv_seqlens is not q_seqlens and not torch.equal(kv_seqlens, q_seqlens):
-            raise unsupported("flash_attention", "kv_seqlens", "key/value lengths different from query lengths")
+        """Packed self-attention: sequence ``i`` is rows ``[cu[i], cu[i+1])`` with ``cu`` the running sum of
+        ``q_seqlens`` (the spec's layout; LMDeploy's vision towers pass ``q_start_loc = cu_seqlens[:-1]`` and no
+        key/value locations, which its ``FlashAttention`` layer sets to the query's own tensors). Nothing here
+        reads a device value on the host: other locations are checked when they are different tensors (the rare,
+        non-LMDeploy path) and, for ``q_start_loc``, under ``DLINFER_VALIDATE=full``."""
         cu_seqlens = torch.zeros(q_seqlens.numel() + 1, dtype=torch.int32, device=q_seqlens.device)
         torch.cumsum(q_seqlens, 0, out=cu_seqlens[1:])
-        if max_q_seqlen is None:
-            max_q_seqlen = int(q_seqlens.max())
+        if kv_seqlens is not q_seqlens and not torch.equal(kv_seqlens, q_seqlens):
+            raise unsupported("flash_attention", "kv_seqlens", "key/value lengths different from query lengths")
+        if kv_start_loc is not q_start_loc and not torch.equal(kv_start_loc, q_start_loc):
+            raise unsupported("flash_attention", "kv_start_loc", "key/value locations different from the query's")
+        if dispatch.STATE.full and not torch.equal(q_start_loc.to(torch.int32), cu_seqlens[:-1]):
+            raise unsupported(
+                "flash_attention",
+                "q_start_loc",
+                f"sequences not packed back to back in order (q_start_loc {q_start_loc.tolist()}, "
+                f"q_seqlens {q_seqlens.tolist()})",
+            )
+        if max_q_seqlen is None:  # an upper bound without a host sync, as LMDeploy's layer passes
+            max_q_seqlen = query.shape[0]
         return ops.prefill_attention(
             query,
             key,

@@ -25,13 +25,15 @@ class DlinferSoftmaxTopKImpl(SoftmaxTopKImpl):
 
 
 class DlinferFusedMoEImpl(FusedMoEImpl):
-    def __init__(self, top_k: int, num_experts: int, renormalize: bool, ep_size: int, out_dtype: torch.dtype) -> None:
+    def __init__(self, top_k: int, num_experts: int, renormalize: bool, ep_size: int) -> None:
+        """No ``out_dtype``: LMDeploy's unquantised FusedMoE always builds with ``output_dtype=torch.bfloat16``,
+        read only by its expert-parallel (DeepEP) path, which is refused here; the output keeps the activation
+        dtype, as LMDeploy's CUDA default impl."""
         if ep_size > 1:
             raise unsupported("fused_moe", "ep_size", f"expert parallelism ep={ep_size}")
         self.top_k = top_k
         self.num_experts = num_experts
         self.renormalize = renormalize
-        self.out_dtype = out_dtype
 
     def forward(
         self,
