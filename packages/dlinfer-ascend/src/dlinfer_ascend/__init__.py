@@ -6,5 +6,5 @@ or the backend is activated (see :mod:`dlinfer_ascend.runtime`).
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
 BACKEND_NAME = "ascend"

@@ -7,6 +7,6 @@ libraries are imported when the backend is activated or its ops are loaded.
 from __future__ import annotations
 
 BACKEND_NAME = "camb"
-__version__ = "0.1.0"
+__version__ = "1.0.0"
 
 __all__ = ["BACKEND_NAME", "__version__"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dlinfer_lmdeploy.version_check import UnsupportedLMDeployVersion, check_lmdeploy_version
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
 __all__ = ["UnsupportedLMDeployVersion", "install", "installed", "lmdeploy_devices"]
 
 _installed = False

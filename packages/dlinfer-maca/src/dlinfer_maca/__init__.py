@@ -4,4 +4,4 @@ Importing this package is cheap (no Triton, no device initialisation); the kerne
 imported by :func:`dlinfer_maca.ops.load_ops` when the backend is activated.
 """
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
