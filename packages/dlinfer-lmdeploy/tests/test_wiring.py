@@ -174,3 +174,27 @@ def test_cpu_device_patch_is_scoped() -> None:
             cpu_device.deactivate()
         else:
             cpu_device.activate()
+
+
+def test_inventory_lists_what_is_replaced_outside_lmdeploy(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m dlinfer_lmdeploy`` also lists the .pth import hook and every torch.cuda attribute the CPU device
+    replaces; the listing is the set the CPU device really replaces when it activates."""
+    from dlinfer_lmdeploy import __main__ as cli
+    from dlinfer_lmdeploy import cpu_device
+
+    cli.main()
+    out = capsys.readouterr().out.split("outside LMDeploy:")[1]
+    assert "dlinfer_lmdeploy_autoload.pth" in out and "sys.meta_path" in out
+    assert "torch._C._cuda_clearCublasWorkspaces" in out and "CudaToHostMode" in out
+    listed = out.split("torch.cuda stand-ins")[1].split(":", 1)[1].splitlines()[0]
+    was_active = cpu_device.is_active()
+    cpu_device.deactivate()
+    before = {name: getattr(torch.cuda, name, None) for name in dir(torch.cuda)}
+    try:
+        cpu_device.activate()
+        replaced = {name for name in dir(torch.cuda) if getattr(torch.cuda, name, None) is not before.get(name)}
+    finally:
+        cpu_device.deactivate()
+        if was_active:
+            cpu_device.activate()
+    assert {n.strip() for n in listed.split(",")} == replaced

@@ -5,9 +5,24 @@ from __future__ import annotations
 import sys
 
 
+def _autoload() -> str:
+    """The interpreter-start import hook (``dlinfer_lmdeploy_autoload.pth``) and whether it is in effect."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("dlinfer_lmdeploy_autoload")
+    where = spec.origin if spec is not None else "not installed"
+    state = "disabled (DLINFER_LMDEPLOY_AUTOLOAD=0)" if os.environ.get("DLINFER_LMDEPLOY_AUTOLOAD") == "0" else "on"
+    return (
+        f"dlinfer_lmdeploy_autoload.pth -> {where}: a sys.meta_path finder installed at interpreter start that "
+        f"imports dlinfer_lmdeploy (applying the inventory) right after lmdeploy is imported, in every process of "
+        f"the environment; {state}"
+    )
+
+
 def main() -> int:
     import dlinfer_lmdeploy
-    from dlinfer_lmdeploy import devices, inventory
+    from dlinfer_lmdeploy import cpu_device, devices, inventory
     from dlinfer_lmdeploy.version_check import installed_lmdeploy_version
 
     print(f"dlinfer-lmdeploy {dlinfer_lmdeploy.__version__} on lmdeploy {installed_lmdeploy_version()}")
@@ -19,6 +34,8 @@ def main() -> int:
             f"graph {'yes' if b.graph else 'no'}"
         )
     print("\npatch inventory:\n" + inventory.describe())
+    print("\noutside LMDeploy:\n" + _autoload() + "\nCPU device (device 'cpu' and host-simulated devices), while "
+          "active:\n" + "\n".join(f"  {line}" for line in cpu_device.describe().splitlines()))
     problems = inventory.probe_all(bindings=True)
     print("\nprobe: " + ("all targets in place" if not problems else "\n".join(problems)))
     return 1 if problems else 0

@@ -314,3 +314,19 @@ def deactivate() -> None:
             threading.Thread._bootstrap_inner = _STATE.saved_bootstrap  # type: ignore[attr-defined]
         _STATE.active = False
         _exit_mode_in_this_thread()
+
+
+def describe() -> str:
+    """What the CPU device (and a host-simulated vendor device) replaces outside LMDeploy while active, read from
+    the tables above (listed by ``python -m dlinfer_lmdeploy`` beside the patch inventory)."""
+    return "\n".join(
+        [
+            f"torch.cuda stand-ins (host streams/events, no-op sync, bounded mem_get_info): "
+            f"{', '.join(sorted(_SHIM))}",
+            f"  on a vendor redirection of torch.cuda, also the host's answers for: {', '.join(_HOST_TRUTHFUL)}",
+            "torch._C._cuda_clearCublasWorkspaces: a no-op",
+            f"{CudaToHostMode.__name__} (a TorchFunctionMode, per thread): device='cuda' arguments, Tensor.to('cuda'), "
+            "Tensor.cuda() and pin_memory go to the host; entered in every later thread (patch 'thread-host-mode')",
+            "all undone by cpu_device.deactivate()",
+        ]
+    )
