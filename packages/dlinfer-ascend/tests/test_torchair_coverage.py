@@ -6,7 +6,8 @@ torch_npu 2.13.0 (the version models-vlm-graph.md §C was read from) ships torch
 - every GE (max-autotune) target of the table has a ``register_fx_node_ge_converter(torch.ops...)``;
 - every entry with host lengths targets an op in ``_acl_concrete_graph/acl_graph.py:_REPLACE_FUNC_MAP`` (the
   ACL-graph replay-time host-argument updates, keyed by FX node target) whose ``updated_param_keys`` include
-  the target parameter the lowering passes the host lengths in;
+  the target parameter the lowering passes the host lengths in, as the list of graph inputs that
+  ``get_update_ruler`` requires;
 - the lowered FIA call's keyword arguments exist in torch_npu's meta registration of the op.
 
 The wheel (44 MB) is cached in ``$DLINFER_WHEEL_CACHE`` (default ``~/.cache/dlinfer/wheels``), fetched once with
@@ -108,6 +109,18 @@ def test_host_length_targets_are_updated_at_acl_graph_replay(op: str) -> None:
     keys, _ = replay_map().get(_fx_target(entry.target), (None, None))
     assert keys is not None, f"{op}: {entry.target} is not in torchair's _REPLACE_FUNC_MAP; host lengths would be baked"
     assert set(entry.host_args) <= set(keys), (op, sorted(entry.host_args), keys)
+
+
+def test_acl_update_rule_takes_lists_of_graph_inputs_as_the_table_passes_them() -> None:
+    """torchair's get_update_ruler: an updated keyword must be a list whose items are placeholders (or constants);
+    anything else raises at compile time. The table's host-length entries pass int lists of graph inputs."""
+    tree = ast.parse(_text(TORCHAIR + "_acl_concrete_graph/acl_graph.py"))
+    fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "get_update_ruler")
+    src = ast.unparse(fn)
+    assert "isinstance(kwarg_value, (list, tuple))" in src and "placeholder_nodes.index(kwarg_i)" in src, src[:600]
+    for op, entry in TABLE.items():
+        if entry.host_args:
+            assert entry.host_lists, f"{op}: torchair updates only list-typed host arguments"
 
 
 def test_lowered_fia_keywords_exist_in_the_torch_npu_meta_signature() -> None:

@@ -11,6 +11,9 @@ dispatch, which refuses or routes as in eager mode).
 tests/test_torchair_coverage.py); ``()`` where torchair has none (ATB ops), which keeps the entry out of the GE
 table. ``host_args``: FIA's host lengths, which torchair's ACL-graph replay updates (its ``_REPLACE_FUNC_MAP``,
 keyed by the FX node target, lists the parameter names): they must be graph inputs, never baked constants.
+torchair's update rule (``acl_graph.py:get_update_ruler``) takes such a parameter only as a list whose items are
+graph inputs (SymInts) or constants, and FIA's schema types it ``SymInt[]?``: hence ``host_lists=True``, the
+lowering passes one int graph input per sequence, filled from ``seqlens_kv_cpu`` on every call.
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ TABLE: dict[str, Lowering] = {
                               note="ATB op: no torchair GE converter (substitute not implemented)",
                               extras={"ge_converters": ()}),
     "paged_decode_attention": Lowering(FIA, _decode, _decode_out,
-                                       host_args={"actual_seq_lengths_kv": "seqlens_kv_cpu"},
+                                       host_args={"actual_seq_lengths_kv": "seqlens_kv_cpu"}, host_lists=True,
                                        extras={"ge_converters": _npu("npu_fused_infer_attention_score")}),
 }
 """op -> lowering. Not listed (they run through the eager dispatch): linear (torch_npu's aten matmul either way),

@@ -148,13 +148,22 @@ def dlinfer_backend(gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> C
     logger.debug("dlinfer passes: %s", counts)
     backend = current()
     if backend.lowering is not None:
-        from dlinfer.lowering import lower
+        from dlinfer.lowering import copy_graph_module, host_example_inputs, lower, with_host_inputs
 
+        gm = copy_graph_module(gm)  # lowering may add inputs (host lengths as ints); Dynamo keeps its own graph
         report = lower(gm, backend.lowering(), backend=backend.name)
         logger.debug("dlinfer lowering: %s", report)
+        if backend.compile_backend is not None:
+            inputs = [*example_inputs, *host_example_inputs(gm, example_inputs)]
+            return with_host_inputs(backend.compile_backend(gm, inputs), gm)
+        return with_host_inputs(_eager(backend.name, gm), gm)
     if backend.compile_backend is not None:
         return backend.compile_backend(gm, example_inputs)
-    if backend.name not in _reported:
-        _reported.add(backend.name)
-        logger.info("dlinfer backend '%s' has no graph compiler; the optimised graph runs eagerly", backend.name)
+    return _eager(backend.name, gm)
+
+
+def _eager(name: str, gm: fx.GraphModule) -> Callable[..., Any]:
+    if name not in _reported:
+        _reported.add(name)
+        logger.info("dlinfer backend '%s' has no graph compiler; the optimised graph runs eagerly", name)
     return gm.forward

@@ -20,9 +20,10 @@ eager dispatch, and are reported by name once per (backend, op, reason).
 
 from __future__ import annotations
 
+import copy
 import logging
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,11 @@ class Lowering:
     """Target keyword argument -> the dlinfer parameter whose host-side lengths it carries. :func:`lower`
     declines the node unless that parameter is a graph input, and checks the target receives it unchanged
     (a constant or a computed value would be baked into a captured device graph)."""
+    host_lists: bool = False
+    """True: the target takes those host lengths as an int list (a ``SymInt[]`` schema argument, e.g. torch_npu's
+    FIA ``actual_seq_lengths_kv``). :func:`lower` then passes a list of new graph inputs, one int per element of
+    the host tensor, which the compiled callable fills from the tensor on every call (:func:`with_host_inputs`)
+    and which are symbolic (unspecialised) while the graph compiler traces, so no length is baked."""
     note: str = ""
     extras: Mapping[str, Any] = field(default_factory=dict)
     """Vendor facts about the target (e.g. its graph-compiler converter), for the vendor's own checks."""
@@ -167,6 +173,7 @@ def lower(gm: fx.GraphModule, table: Mapping[str, Lowering], *, backend: str = "
     (a lowered in-place vendor op may not be marked impure).
     """
     report = LoweringReport()
+    lists: dict[fx.Node, list[fx.Node]] = {}
     ops = _dlinfer_ops()
     tracer = fx.proxy.GraphAppendingTracer(gm.graph)
     for node in list(gm.graph.nodes):
@@ -190,6 +197,10 @@ def lower(gm: fx.GraphModule, table: Mapping[str, Lowering], *, backend: str = "
             if bad:
                 raise RuntimeError(f"lowering {name}: {entry.target} argument(s) {bad} must be the graph inputs "
                                    f"{[entry.host_args[k] for k in bad]} themselves")
+            if entry.host_lists:
+                target_kwargs = dict(target_kwargs)
+                for k, src in entry.host_args.items():
+                    target_kwargs[k] = [fx.Proxy(n, tracer) for n in _host_list(gm, args[src].node, lists)]
             result = tracer.create_proxy("call_function", resolve(entry.target), target_args, target_kwargs)
             outs = entry.output(result, args) if entry.output is not None else result
         _replace(gm, node, outs)
@@ -199,3 +210,77 @@ def lower(gm: fx.GraphModule, table: Mapping[str, Lowering], *, backend: str = "
     _report(backend, report)
     return report
 
+
+HOST_INPUTS = "dlinfer_host_inputs"
+"""``gm.meta`` key: ``[(input index of a host tensor, element index)]``, one per int input :func:`lower` appended."""
+
+
+def _host_list(gm: fx.GraphModule, source: fx.Node, lists: dict[fx.Node, list[fx.Node]]) -> list[fx.Node]:
+    """Int graph inputs standing for the elements of the 1-D host tensor input ``source`` (shared by its users)."""
+    if source in lists:
+        return lists[source]
+    val = source.meta.get("val", source.meta.get("example_value"))
+    if val is None or val.dim() != 1:
+        raise RuntimeError(f"lowering: host lengths input {source.name} must be a 1-D tensor of known shape")
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    spec = gm.meta.setdefault(HOST_INPUTS, [])
+    new: list[fx.Node] = []
+    last = placeholders[-1]
+    for i in range(int(val.shape[0])):
+        with gm.graph.inserting_after(last):
+            last = gm.graph.placeholder(f"{source.name}_host_{i}", type_expr=int)
+        last._dynamo_source = None  # type: ignore[attr-defined]  # not a user input: AOT autograd asks for this
+        new.append(last)
+        spec.append((placeholders.index(source), i))
+    lists[source] = new
+    return new
+
+
+def host_example_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Any]:
+    """Example values of the int inputs :func:`lower` appended: unspecialised SymInts of the tracing context's
+    shape environment (so a graph compiler cannot bake them), plain ints outside a Dynamo compile."""
+    from torch._dynamo.source import ConstantSource
+    from torch._guards import TracingContext
+    from torch.fx.experimental.symbolic_shapes import DimDynamic
+
+    ctx = TracingContext.try_get()
+    shape_env = ctx.fake_mode.shape_env if ctx is not None and ctx.fake_mode is not None else None
+    out: list[Any] = []
+    for k, (src, i) in enumerate(gm.meta.get(HOST_INPUTS, [])):
+        value = int(example_inputs[src][i])
+        if shape_env is not None:
+            value = shape_env.create_unspecified_symint_and_symbol(
+                value, ConstantSource(f"dlinfer_host_{k}"), DimDynamic.DYNAMIC)
+        out.append(value)
+    return out
+
+
+def with_host_inputs(fn: Callable[..., Any], gm: fx.GraphModule) -> Callable[..., Any]:
+    """``fn`` (compiled from ``gm``) called with the original inputs plus the host-length ints read from them."""
+    spec = list(gm.meta.get(HOST_INPUTS, []))
+    if not spec:
+        return fn
+    sources = sorted({src for src, _ in spec})
+
+    def call(*args: Any) -> Any:
+        host = {src: args[src].tolist() for src in sources}
+        return fn(*args, *(host[src][i] for src, i in spec))
+
+    return call
+
+
+def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of a Dynamo graph module with its own graph (and Dynamo's input metadata), for passes that change
+    its inputs: Dynamo still reads its own graph's placeholders after the backend returns."""
+    graph = fx.Graph()
+    graph._codegen = copy.deepcopy(gm.graph._codegen)
+    env: dict[fx.Node, fx.Node] = {}
+    graph.output(graph.graph_copy(gm.graph, env))
+    new = fx.GraphModule(gm, graph)
+    new.meta.update(gm.meta)
+    for old, node in env.items():
+        if old.op == "placeholder" and hasattr(old, "_dynamo_source"):
+            node._dynamo_source = old._dynamo_source  # type: ignore[attr-defined]
+    if hasattr(gm, "_param_name_to_source"):
+        new._param_name_to_source = gm._param_name_to_source
+    return new
