@@ -35,8 +35,13 @@ def _ops(names: list[str] | None) -> list[str] | None:
     return names
 
 
-def cmd_info(_args: argparse.Namespace) -> int:
-    """Discovered backends, versions, availability, implemented ops and load errors."""
+def cmd_info(args: argparse.Namespace) -> int:
+    """Discovered backends, versions, availability (and why not), implemented ops and load errors;
+    with ``--collect-env`` first the environment a bug report needs."""
+    from dlinfer.diagnose import collect_env, format_env, unavailable_reason
+
+    if getattr(args, "collect_env", False):
+        print(format_env(collect_env()))
     REGISTRY.discover()
     print(f"dlinfer-core API {API_VERSION}, torch {torch.__version__}")
     wn = max([len("backend"), *map(len, REGISTRY.records)])
@@ -48,6 +53,8 @@ def cmd_info(_args: argparse.Namespace) -> int:
         avail = REGISTRY.available(name)
         ops = "-"
         notes = rec.probe_error or b.description
+        if not avail:
+            notes = f"{b.description}; NOT AVAILABLE: {unavailable_reason(REGISTRY, name)}"
         if avail:
             try:
                 implemented = REGISTRY.load_ops(name)
@@ -65,6 +72,12 @@ def cmd_info(_args: argparse.Namespace) -> int:
         b = rec.backend
         dtypes = ",".join(str(d).replace("torch.", "") for d in b.dtypes)
         print(f"  {name + ':':{wn + 1}} {b.capabilities.summary()}; dtypes {dtypes}")
+    extras = {name: rec.backend.extras for name, rec in REGISTRY.records.items() if rec.backend and rec.backend.extras}
+    if extras:
+        print("\ndeclared extras (display only):")
+        for name, items in extras.items():
+            shown = ", ".join(f"{k}={'<lazy>' if callable(v) else v}" for k, v in items.items())
+            print(f"  {name + ':':{wn + 1}} {shown}")
     if REGISTRY.load_errors:
         print("\nplugins that failed to load:")
         for rec in REGISTRY.load_errors:
@@ -123,8 +136,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlinfer", description="dlinfer backends: inspect, check and benchmark")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="list backends, versions, availability, ops and load errors").set_defaults(
-        func=cmd_info)
+    info = sub.add_parser("info", help="list backends, versions, availability (and why not), ops and load errors")
+    info.add_argument("--collect-env", action="store_true",
+                      help="first print what a bug report needs (versions, vendor stacks, device nodes, env vars)")
+    info.set_defaults(func=cmd_info)
     for name, func, help_ in (("check", cmd_check, "run the conformance kit against the reference"),
                               ("bench", cmd_bench, "time ops and the dispatch overhead")):
         s = sub.add_parser(name, help=help_)
