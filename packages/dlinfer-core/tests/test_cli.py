@@ -65,6 +65,8 @@ def test_info_lists_backends_versions_availability_and_ops(runs):
     caps = proc.stdout.split("attention capabilities (checked when an engine is built):")[1]
     assert " ".join(rows["reference:"][1:]) == "any head; softcap, alibi, window, mla; dtypes float16,bfloat16,float32"
     assert "goodcpu:" in caps
+    if "ascend:" in caps:  # dlinfer-ascend installed: its extras are shown, the lazy SoC probe is not called
+        assert "soc_info=<lazy>" in caps.split("declared extras (display only):")[1]
 
 
 def test_info_lists_broken_plugins_with_causes(runs):
