@@ -9,6 +9,7 @@ and dlinfer's packages are installed without dependencies so pip never replaces 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import nox
@@ -122,7 +123,32 @@ def _source_env(package: str) -> dict[str, str]:
             "DLINFER_PLUGINS": f"{module}.plugin", "DLINFER_HARDWARE": "1"}
 
 
+_HARDWARE = {  # package: (what the session needs, a probe run with the image's python; fails with the reason)
+    "dlinfer-maca": ("a CUDA-compatible GPU (MetaX C500 with MACA, or NVIDIA) with torch and Triton",
+                     "import torch, triton; assert torch.cuda.is_available(), 'torch.cuda.is_available() is False'"),
+    "dlinfer-ascend": ("an Ascend NPU with torch_npu and CANN",
+                       "import glob, importlib.util as u; assert glob.glob('/dev/davinci[0-9]*'), 'no /dev/davinci* "
+                       "device node'; assert u.find_spec('torch_npu'), 'torch_npu is not installed'"),
+    "dlinfer-camb": ("a Cambricon MLU with torch_mlu and torch_mlu_ops",
+                     "import glob, importlib.util as u; assert glob.glob('/dev/cambricon_dev*'), 'no "
+                     "/dev/cambricon_dev* device node'; assert u.find_spec('torch_mlu') and "
+                     "u.find_spec('torch_mlu_ops'), 'torch_mlu or torch_mlu_ops is not installed'"),
+}
+
+
+def _require_hardware(session: nox.Session, package: str) -> None:
+    """Fail at once, saying what is missing, on a machine without the session's hardware and vendor stack."""
+    what, probe = _HARDWARE[package]
+    found = subprocess.run(["python", "-c", probe], capture_output=True, text=True, check=False)
+    if found.returncode != 0:
+        lines = (found.stderr or found.stdout).strip().splitlines()
+        session.error(f"{session.name} needs {what}, run inside the vendor image on that machine; not here: "
+                      f"{lines[-1] if lines else 'the probe failed'}. Without the hardware run `nox -s tests` "
+                      "(CPU: the reference backend, the vendor simulators and the Triton interpreter)")
+
+
 def _vendor_session(session: nox.Session, package: str, backend: str, size: str) -> None:
+    _require_hardware(session, package)
     env = _source_env(package)
     session.run("python", "-m", "dlinfer", "info", external=True, env=env)
     session.run("python", "-m", "pytest", "-q", "-p", "dlinfer.testing.pytest_plugin", "-p", "no:cacheprovider",
@@ -138,6 +164,7 @@ def tests_maca(session: nox.Session) -> None:
 
 @nox.session(name="bench-maca", venv_backend="none")
 def bench_maca(session: nox.Session) -> None:
+    _require_hardware(session, "dlinfer-maca")
     session.run("python", "-m", "dlinfer_maca.bench", *session.posargs, external=True, env=_source_env("dlinfer-maca"))
 
 
