@@ -1,13 +1,12 @@
-"""LMDeploy's engine end to end with ``device_type="ascend"`` on the simulator: the model table's LLM rows in bf16.
+"""LMDeploy's engine end to end with ``device_type="ascend"`` on the simulator: every model-table row in bf16.
 
-The plugin is activated as on hardware (runtime checks, ``transfer_to_npu``, its op table: every dlinfer op runs
-on the simulated torch_npu / ATB kernels); the simulated device is the host (``sim_e2e.host_simulated``). Each
-row: two prompts of different lengths batched together, in eager mode and in graph mode (simulated NPUGraph
-capture with FIA recorded updatably and its host KV lengths updated after every replay), every generated token
-checked against Hugging Face fp32 logits by teacher forcing (``bf16_check``). A row the adaptor cannot serve
-must be refused when the engine is built (``ModelRow.refused["ascend"]``).
-
-CI runs ``sim_e2e.CI_KINDS["ascend"]``; ``DLINFER_SIM_E2E=all`` runs every row.
+The plugin is activated as on hardware (runtime checks, ``transfer_to_npu``, its op table: every dlinfer op runs on
+the simulated torch_npu / ATB kernels); the simulated device is the host (``sim_e2e.host_simulated``). Each row: two
+prompts of different lengths batched together, in eager mode and in graph mode (simulated NPUGraph capture with FIA
+recorded updatably and its host KV lengths updated after every replay), every generated token checked against
+Hugging Face fp32 logits by teacher forcing (``bf16_check``). A row the adaptor cannot serve must be refused when
+the engine is built (``ModelRow.refused["ascend"]``). The engine scenarios (prefix caching, chunked prefill, a long
+run, sliding window) run too; the VLM rows (marker ``torchvision``) in ``nox -s tests-vlm``.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ def _has_torchvision() -> bool:
 def bf16_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """kind -> tiny bf16 checkpoint, for every row this run checks (built on the host before the device is
     activated: ``transfer_to_npu`` points torch.cuda at the simulated torch.npu, which torch.manual_seed probes)."""
-    kinds = {k for k in KINDS if sim_e2e.selected(DEVICE, k) or _refusal(k)} | {s.model for s in SCENARIOS}
+    kinds = set(KINDS) | {s.model for s in SCENARIOS}
     kinds |= {r.kind for r in VLM_ROWS if _has_torchvision() or not r.needs_torchvision}
     return {kind: sim_e2e.build_bf16(kind, tmp_path_factory.mktemp(f"ascend_{kind}")) for kind in sorted(kinds)}
 
@@ -80,8 +79,6 @@ def _refusal(kind: str) -> str | None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_row_bf16_eager_and_graph_match_hf_fp32(kind: str, ascend_sim: dict[str, Path]) -> None:
-    if not sim_e2e.selected(DEVICE, kind):
-        pytest.skip(f"not in the CI subset {sim_e2e.CI_KINDS[DEVICE]}; run with DLINFER_SIM_E2E=all")
     if _refusal(kind):
         pytest.skip(f"refused on {DEVICE}: {_refusal(kind)} (test_refused_rows_fail_at_build)")
     _check(sim_e2e.row_scenario(kind), ascend_sim[kind])

@@ -1,4 +1,4 @@
-"""LMDeploy's engine end to end with ``device_type="camb"`` on the simulator: the model table's LLM rows in bf16.
+"""LMDeploy's engine end to end with ``device_type="camb"`` on the simulator: every model-table row in bf16.
 
 The plugin is activated as on hardware (runtime checks, ``gpu_migration``, its op table: every dlinfer op runs
 on the simulated torch_mlu_ops kernels, HND cache, block size 16); the simulated device is the host
@@ -6,9 +6,8 @@ on the simulated torch_mlu_ops kernels, HND cache, block size 16); the simulated
 generated token checked against Hugging Face fp32 logits by teacher forcing (``bf16_check``). Graph mode is not
 run: the simulated ``torch.mlu.MLUGraph`` records its calls but captures nothing (mlu_sim/device.py), so a
 replay would compute nothing. A row the adaptor cannot serve must be refused when the engine is built
-(``ModelRow.refused["camb"]``).
-
-CI runs ``sim_e2e.CI_KINDS["camb"]``; ``DLINFER_SIM_E2E=all`` runs every row.
+(``ModelRow.refused["camb"]``). The engine scenarios (prefix caching, chunked prefill, a long run, sliding window) run
+too; the VLM rows (marker ``torchvision``) in ``nox -s tests-vlm``.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ def _has_torchvision() -> bool:
 def bf16_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """kind -> tiny bf16 checkpoint, for every row this run checks (built on the host before the device is
     activated, as on Ascend)."""
-    kinds = {k for k in KINDS if sim_e2e.selected(DEVICE, k) or _refusal(k)} | {s.model for s in SCENARIOS}
+    kinds = set(KINDS) | {s.model for s in SCENARIOS}
     kinds |= {r.kind for r in VLM_ROWS if _has_torchvision() or not r.needs_torchvision}
     return {kind: sim_e2e.build_bf16(kind, tmp_path_factory.mktemp(f"camb_{kind}")) for kind in sorted(kinds)}
 
@@ -87,8 +86,6 @@ def _refusal(kind: str) -> str | None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_row_bf16_eager_matches_hf_fp32(kind: str, camb_sim: dict[str, Path]) -> None:
-    if not sim_e2e.selected(DEVICE, kind):
-        pytest.skip(f"not in the CI subset {sim_e2e.CI_KINDS[DEVICE]}; run with DLINFER_SIM_E2E=all")
     if _refusal(kind):
         pytest.skip(f"refused on {DEVICE}: {_refusal(kind)} (test_refused_rows_fail_at_build)")
     _, failures = sim_e2e.check(sim_e2e.row_scenario(kind), camb_sim[kind], DEVICE, MODES)

@@ -10,14 +10,13 @@ Every request runs in bf16 with the engine's raw top-k logits and is checked aga
 oracle by teacher forcing (:mod:`dlinfer_lmdeploy.testing.bf16_check`), as on the GPU.
 
 :data:`SIMULATED_KINDS` names, per device, the model-table kinds the CI tests run end to end (the README's
-supported-model table reads it).
+supported-model table reads it): every row not refused there.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,15 +31,19 @@ NEW_TOKENS = 16
 """new tokens per request of a row's check: short (the bf16 checker runs HF twice per request), but long enough
 that one near-tie flip stays within the checker's argmax-agreement slack (0.1: one step in 8 does not)"""
 
-_CI_SUBSET = ("llama3", "qwen2_7b", "qwen3_moe", "internlm2", "mixtral")
-"""head 64 and 128, GQA 4 / 7 / 8, 128 experts top-8 (renormalised), InternLM2's fused wqkv format, and a head-16
-MoE: one row per distinct adaptor path (the whole table takes 4-5 min per vendor on this project's shared CPUs)"""
+DEVICES = ("ascend", "camb")
 
-CI_KINDS: dict[str, tuple[str, ...]] = {"ascend": _CI_SUBSET, "camb": _CI_SUBSET}
-"""device -> kinds whose rows run in ``nox -s tests`` (every row runs with ``DLINFER_SIM_E2E=all``)"""
 
-SIMULATED_KINDS: dict[str, tuple[str, ...]] = CI_KINDS
-"""device -> kinds checked end to end on the simulator in CI (read by ``model_table.simulated_kinds``)"""
+def _simulated_kinds() -> dict[str, tuple[str, ...]]:
+    from dlinfer_lmdeploy.testing import model_table
+
+    return {d: tuple(r.kind for r in model_table.ROWS if d not in r.refused) for d in DEVICES}
+
+
+SIMULATED_KINDS: dict[str, tuple[str, ...]] = _simulated_kinds()
+"""device -> kinds checked end to end on the simulator in CI (read by ``model_table.simulated_kinds``): every row
+not refused there; the LLM rows in ``nox -s tests`` (the whole table takes ~1-1.5 min per vendor on 2 shared
+cores), the VLM rows in ``nox -s tests-vlm``"""
 
 
 def prime_host_probes() -> None:
@@ -157,11 +160,6 @@ def llm_kinds() -> list[str]:
     from dlinfer_lmdeploy.testing import model_table, tiny_models
 
     return [r.kind for r in model_table.ROWS if r.modality == "LLM"] or list(tiny_models.KINDS)
-
-
-def selected(device_type: str, kind: str) -> bool:
-    """Whether this run checks ``kind`` on ``device_type``: the CI subset, or every row with DLINFER_SIM_E2E=all."""
-    return os.environ.get("DLINFER_SIM_E2E") == "all" or kind in CI_KINDS[device_type]
 
 
 def build_bf16(kind: str, path: str | Path) -> Path:
