@@ -122,17 +122,20 @@ def test_bf16_and_max_batch_size_come_from_typed_fields(monkeypatch: pytest.Monk
 
 
 # -- speculative decoding ----------------------------------------------------------------------------------------
-def test_speculative_decoding_is_refused_at_engine_build(tiny_model: Any) -> None:
-    from lmdeploy.messages import PytorchEngineConfig, SpeculativeConfig
-    from lmdeploy.pytorch.engine import Engine
+def test_speculative_decoding_is_refused_at_engine_build_off_the_host() -> None:
+    """Served on the CPU device (tests/test_spec_decode.py); refused on an accelerator device, where it was never run
+    end to end, before the executor builds anything."""
+    from types import SimpleNamespace
 
-    path = tiny_model("llama")
-    spec = SpeculativeConfig(method="eagle3", model=str(path), num_speculative_tokens=2)
-    cfg = PytorchEngineConfig(device_type="cpu", dtype="float32", session_len=128, cache_max_entry_count=0.05)
+    from lmdeploy.pytorch.engine import executor
+
+    from dlinfer_lmdeploy import devices
+
+    assert not devices.get("ascend").on_host
     with pytest.raises(NotImplementedError) as err:
-        Engine.from_pretrained(str(path), engine_config=cfg, speculative_config=spec)
+        executor.build_executor("/nonexistent", device_type="ascend", specdecode_config=SimpleNamespace(method="eagle"))
     msg = str(err.value)
-    assert "speculative decoding" in msg and "'cpu'" in msg and "speculative_config" in msg
+    assert "speculative decoding" in msg and "'ascend'" in msg and "speculative_config" in msg
 
 
 def _step_context(q_lens: list[int], kv_lens: list[int], bs: int, is_decoding: bool, k_cache: torch.Tensor) -> Any:

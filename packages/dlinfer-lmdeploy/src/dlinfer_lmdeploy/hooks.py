@@ -179,12 +179,12 @@ def _build_executor(original: Callable[..., Any]) -> Callable[..., Any]:
         device_type = kwargs.get("device_type")
         if device_type is not None and devices.is_dlinfer_device(device_type):
             spec = kwargs.get("specdecode_config")
-            if spec is not None:
+            if spec is not None and not devices.get(device_type).on_host:
                 raise NotImplementedError(
                     f"dlinfer-lmdeploy: speculative decoding (speculative_config method "
-                    f"{getattr(spec, 'method', '?')!r}) is not supported on dlinfer device '{device_type}': its "
-                    f"multi-token decode steps are routed to paged prefill attention, but no draft model has been "
-                    f"verified end to end on a dlinfer device. Build the engine without speculative_config."
+                    f"{getattr(spec, 'method', '?')!r}) is not supported on dlinfer device '{device_type}': it is "
+                    f"verified end to end only on the CPU device (an EAGLE draft == greedy decoding), not yet on "
+                    f"this accelerator. Build the engine without speculative_config."
                 )
             devices.activate(device_type)
         return original(*args, **kwargs)
