@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 _KIT_MODULE = Path(__file__).with_name("conformance_tests.py")
 
@@ -44,6 +43,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not backend:
         metafunc.parametrize("dlinfer_run", [pytest.param(None, marks=pytest.mark.skip("no --dlinfer-backend"))])
         return
+    import torch
+
     from dlinfer.testing.runner import plan
 
     config = metafunc.config
