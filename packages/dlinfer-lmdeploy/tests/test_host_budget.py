@@ -1,4 +1,4 @@
-"""The CPU device answers LMDeploy's ``mem_get_info`` with a bounded host budget divided by tp."""
+"""The CPU device offers LMDeploy a bounded host budget divided by tp; an unavailable device says why."""
 
 from __future__ import annotations
 
@@ -52,3 +52,15 @@ def test_world_size_without_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         pytest.skip("a process group is initialised in this process")
     assert cpu_device._world_size() == 1
+
+
+def test_unavailable_device_says_why() -> None:
+    """--device ascend on a host without torch_npu: the DeviceError carries the plugin's own reason."""
+    import importlib.util
+
+    from dlinfer_lmdeploy import devices
+
+    if "ascend" not in devices.devices() or importlib.util.find_spec("torch_npu") is not None:
+        pytest.skip("needs dlinfer-ascend installed and torch_npu absent")
+    with pytest.raises(devices.DeviceError, match=r"is not available on this machine: .*needs torch_npu"):
+        devices.activate("ascend")

@@ -118,9 +118,12 @@ def activate(name: str) -> Device:
         import dlinfer.dispatch
 
         if not REGISTRY.available(device.backend.name):
+            from dlinfer.diagnose import unavailable_reason
+
             raise DeviceError(
                 f"dlinfer backend '{device.backend.name}' for LMDeploy device '{name}' is not available on this "
-                "machine (its is_available() returned False)"
+                f"machine: {unavailable_reason(REGISTRY, device.backend.name)} (dlinfer info lists every backend "
+                "and why)"
             )
         dlinfer.dispatch.activate(device.backend.name)
         from dlinfer_lmdeploy import cpu_device
