@@ -21,7 +21,7 @@ def installed_lmdeploy_version() -> str:
         raise UnsupportedLMDeployVersion(
             f"dlinfer-lmdeploy needs LMDeploy {SUPPORTED_LMDEPLOY}, but lmdeploy is not installed; "
             "install it with: pip install --no-deps 'lmdeploy==0.18.0' "
-            "(then the pure-python requirements in dlinfer-lmdeploy's requirements-lmdeploy.txt)"
+            f"then: pip install -r {requirements_file()} \"torch==<your torch version>\""
         ) from exc
 
 
@@ -34,3 +34,15 @@ def check_lmdeploy_version(version: str | None = None) -> str:
             f"installed: lmdeploy {version}. Install lmdeploy==0.18.* or a dlinfer-lmdeploy written for {version}."
         )
     return version
+
+
+def requirements_file() -> str:
+    """The path of LMDeploy's pure-Python requirements shipped with dlinfer-lmdeploy (in the wheel: next to this
+    module; in a source checkout: the package root)."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "requirements-lmdeploy.txt", here.parents[1] / "requirements-lmdeploy.txt"):
+        if candidate.exists():
+            return str(candidate)
+    return "requirements-lmdeploy.txt (https://github.com/dlinfer-project/dlinfer, packages/dlinfer-lmdeploy)"
