@@ -77,6 +77,26 @@ def _refusal(kind: str) -> str | None:
     return row.refused.get(DEVICE) if row is not None else None
 
 
+def test_host_simulated_device_stands_in_on_the_redirected_torch_cuda(ascend_sim: dict[str, Path]) -> None:
+    """The adaptor's host stand-ins go on whatever ``torch.cuda`` is after the plugin's activation (here
+    ``transfer_to_npu``'s simulated ``torch.npu``), and host-truthful answers replace the simulated device's."""
+    import torch
+    from dlinfer_lmdeploy import cpu_device, devices
+
+    device = devices.get(DEVICE)
+    assert device.tensors_on_host and not device.on_host  # host-simulated, not the CPU reference device
+    devices.activate(DEVICE)
+    assert torch.cuda is torch.npu, "transfer_to_npu's redirection must stay in force"  # type: ignore[attr-defined]
+    assert torch.cuda.Stream is cpu_device._HostStream
+    assert torch.cuda.is_available() is False  # the host's answer (dynamo probes it), not the simulated device's
+    assert torch.empty(2, device="cuda").device.type == "cpu"
+    devices.declare_host_simulated(device.backend.name, simulated=False)
+    try:
+        assert not devices.get(DEVICE).tensors_on_host
+    finally:
+        devices.declare_host_simulated(device.backend.name)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_row_bf16_eager_and_graph_match_hf_fp32(kind: str, ascend_sim: dict[str, Path]) -> None:
     if _refusal(kind):

@@ -99,7 +99,7 @@ def run(
     **engine: Any,
 ) -> list[Run]:
     """Every request of every phase of ``scenario`` in bf16 on ``device_type`` -> (prompt ids, tokens, top-k
-    raw logits per step); ``op_calls`` (an :func:`op_counter`) is cleared before each phase, so that it holds the
+    raw logits per step); ``op_calls`` (a ``vlm.count_ops`` counter) is cleared before each phase, so that it holds the
     last phase's calls, to which the scenario's op expectations apply."""
     cfg = runner.engine_config(
         device_type,
@@ -128,31 +128,6 @@ def build_refusal(path: str | Path, device_type: str, **engine: Any) -> BaseExce
             return None
     except Exception as exc:  # noqa: BLE001 - the refusal is the result
         return exc
-
-
-@contextmanager
-def op_counter() -> Iterator[collections.Counter[str]]:
-    """Counts the calls of every public ``dlinfer.ops`` function made within (through the adaptor's Impls)."""
-    import dlinfer.ops
-    from dlinfer.spec import SPECS
-
-    counts: collections.Counter[str] = collections.Counter()
-    saved = {name: getattr(dlinfer.ops, name) for name in SPECS}
-
-    def spy(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            counts[name] += 1
-            return fn(*args, **kwargs)
-
-        return counted
-
-    for name, fn in saved.items():
-        setattr(dlinfer.ops, name, spy(name, fn))
-    try:
-        yield counts
-    finally:
-        for name, fn in saved.items():
-            setattr(dlinfer.ops, name, fn)
 
 
 def llm_kinds() -> list[str]:
@@ -211,14 +186,14 @@ def check(
     import dlinfer.dispatch
 
     from dlinfer_lmdeploy import devices
-    from dlinfer_lmdeploy.testing import model_table
+    from dlinfer_lmdeploy.testing import model_table, vlm
     from dlinfer_lmdeploy.testing.bf16_check import check_against_hf
 
     backend = devices.get(device_type).backend.name
     results: dict[str, list[Run]] = {}
     calls: dict[str, collections.Counter[str]] = {}
     for mode in modes:
-        with op_counter() as counts:
+        with vlm.count_ops() as counts:
             results[mode] = run(scenario, path, device_type, mode, counts)
         calls[mode] = collections.Counter(counts)
         active = dlinfer.dispatch.current().name
