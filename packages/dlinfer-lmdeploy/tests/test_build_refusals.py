@@ -103,6 +103,28 @@ def test_mla_is_refused_at_build_naming_the_model_family() -> None:
     assert "DeepSeek-V2/V3" in msg and "Kimi-K2" in msg and "576" in msg and "'cpu'" in msg
 
 
+@pytest.mark.e2e
+def test_deepseek_v2_engine_build_is_refused_naming_mla(tmp_path: Any) -> None:
+    """A tiny DeepSeek-V2 checkpoint on the CPU device: refused when the engine is built, naming MLA (LMDeploy's
+    FlashMLA probe exited the process on a CPU-only torch before: patch flash-mla-probe)."""
+    import transformers as tf
+
+    from dlinfer_lmdeploy.testing import runner, tiny_models
+
+    config = tf.DeepseekV2Config(
+        **{k: v for k, v in tiny_models._COMMON.items() if k != "num_key_value_heads"},
+        num_key_value_heads=4, kv_lora_rank=32, q_lora_rank=None, qk_rope_head_dim=16, qk_nope_head_dim=16,
+        v_head_dim=16, first_k_dense_replace=2, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+        moe_intermediate_size=32,
+    )
+    config.architectures = ["DeepseekV2ForCausalLM"]
+    tiny_models._save(tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32), tmp_path, torch.float32)
+    with pytest.raises(NotImplementedError) as err, runner.open_pipeline(tmp_path, runner.engine_config()):
+        pass
+    msg = str(err.value)
+    assert "MLA" in msg and "DeepSeek-V2/V3" in msg and "head size 48, V head size 32" in msg and "'cpu'" in msg
+
+
 def test_bf16_and_max_batch_size_come_from_typed_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 

@@ -192,6 +192,17 @@ def _build_executor(original: Callable[..., Any]) -> Callable[..., Any]:
     return build_executor
 
 
+@replacement("flash-mla-probe")
+def _flash_mla_available(original: Callable[[], bool]) -> Callable[[], bool]:
+    @functools.wraps(original)
+    def flash_mla_available() -> bool:
+        if devices.active() is not None:
+            return False
+        return original()
+
+    return flash_mla_available
+
+
 @replacement("empty-prompt")
 def _add_message(original: Callable[[Any, list[Any]], None]) -> Callable[[Any, list[Any]], None]:
     @functools.wraps(original)

@@ -293,6 +293,20 @@ PATCHES: tuple[Patch, ...] = (
         also_bound_in=("lmdeploy.pytorch.engine.engine",),
     ),
     Patch(
+        name="flash-mla-probe",
+        target="lmdeploy.pytorch.configurations.utils:flash_mla_available",
+        why=(
+            "DeepSeek-V2/V3's config builder asks torch.cuda.get_device_properties(0) whether FlashMLA could run; on a "
+            "CPU-only torch (the CPU device) that raises AssertionError and LMDeploy's env checker exits the process "
+            "('Torch not compiled with CUDA enabled'). With a dlinfer device active the answer is False (dlinfer "
+            "serves no FlashMLA), so the model builds far enough for the adaptor's MLA refusal to name the family."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=(),
+        contains=("get_device_properties(0)",),
+        also_bound_in=("lmdeploy.pytorch.configurations.deepseek_v2",),
+    ),
+    Patch(
         name="empty-prompt",
         target="lmdeploy.pytorch.engine.engine:Engine._add_message",
         why=(

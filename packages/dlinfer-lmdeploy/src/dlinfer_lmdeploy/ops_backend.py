@@ -50,7 +50,7 @@ class DlinferOpsBackend(DefaultOpsBackend):
                 raise unsupported("attention", "mla_index_topk")
             if spec.block_sparse_size not in (1, None):
                 raise unsupported("attention", "block_sparse_size", str(spec.block_sparse_size))
-            if spec.v_head_dim is not None and spec.v_head_dim < spec.head_dim:
+            if spec.use_flash_mla or (spec.v_head_dim is not None and spec.v_head_dim < spec.head_dim):
                 raise NotImplementedError(
                     f"dlinfer-lmdeploy: MLA models (multi-head latent attention: DeepSeek-V2/V3/R1, Kimi-K2; "
                     f"attention head size {spec.head_dim}, V head size {spec.v_head_dim}, V a strided view of the "
