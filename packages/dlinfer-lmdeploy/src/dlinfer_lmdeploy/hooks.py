@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import inspect
 import pickle
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -187,9 +188,39 @@ def _build_executor(original: Callable[..., Any]) -> Callable[..., Any]:
                     f"this accelerator. Build the engine without speculative_config."
                 )
             devices.activate(device_type)
+            if _executor_backend(kwargs) == "ray":
+                _install_ray(device_type)
         return original(*args, **kwargs)
 
     return build_executor
+
+
+def _executor_backend(kwargs: dict[str, Any]) -> str | None:
+    """The executor LMDeploy's build_executor will pick (it decides the same way: explicit, env, dp>1, device)."""
+    backend = kwargs.get("distributed_executor_backend")
+    if backend is not None:
+        return str(backend)
+    from lmdeploy.pytorch.engine.executor import get_distributed_executor_backend
+
+    dist = kwargs.get("dist_config")
+    if dist is None:
+        return None
+    return get_distributed_executor_backend(dist.world_size, dist.dp, kwargs["device_type"])
+
+
+def _install_ray(device_type: str) -> None:
+    """Apply the ray executor's patches (dlinfer_lmdeploy.ray_workers), or say how to install ray."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ImportError(
+            f"dlinfer-lmdeploy: distributed_executor_backend='ray' on dlinfer device '{device_type}' needs ray, "
+            "which is not installed: pip install 'dlinfer-lmdeploy[ray]' (or use distributed_executor_backend='mp' "
+            "on one node)"
+        )
+    from dlinfer_lmdeploy import ray_workers
+
+    ray_workers.install()
 
 
 @replacement("flash-mla-probe")
@@ -201,6 +232,25 @@ def _flash_mla_available(original: Callable[[], bool]) -> Callable[[], bool]:
         return original()
 
     return flash_mla_available
+
+
+@replacement("moe-build-refusals")
+def _fused_moe_init(original: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        device = devices.active()
+        if device is not None:
+            bound = inspect.signature(original).bind(self, *args, **kwargs)
+            bias, act_func = bound.arguments.get("bias", False), bound.arguments.get("act_func")
+            if bias or act_func is not None:
+                what = "expert biases (bias=True, e.g. GPT-OSS)" if bias else "a custom expert activation (act_func)"
+                raise NotImplementedError(
+                    f"dlinfer-lmdeploy fused_moe: {what} is not supported on dlinfer device '{device}' (the dlinfer "
+                    f"fused_moe op has SiLU-gated experts without biases); use a model without it"
+                )
+        original(self, *args, **kwargs)
+
+    return __init__
 
 
 @replacement("empty-prompt")

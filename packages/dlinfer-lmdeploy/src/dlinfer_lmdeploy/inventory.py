@@ -46,6 +46,9 @@ class Patch:
     (``python -m dlinfer_lmdeploy`` checks the list against LMDeploy's source: :func:`unlisted_bindings`)."""
     bound_unpatched: tuple[str, ...] = ()
     """Modules that import the target by name but need no patch (say why in ``why``)."""
+    requires: str | None = None
+    """An optional package the target's module imports (an extra, e.g. ``ray``): the patch is not applied at install
+    but on demand, when the feature is used (:func:`apply`), and is probed only where the package is installed."""
 
     def resolve(self) -> tuple[Any, str, Any]:
         """Return (owner, attribute, current value); raise PatchTargetMoved if it is gone."""
@@ -307,6 +310,19 @@ PATCHES: tuple[Patch, ...] = (
         also_bound_in=("lmdeploy.pytorch.configurations.deepseek_v2",),
     ),
     Patch(
+        name="moe-build-refusals",
+        target="lmdeploy.pytorch.nn.moe.default:FusedMoE.__init__",
+        why=(
+            "The FusedMoE build spec carries neither the expert biases nor the expert activation, so the adaptor's "
+            "Impl could refuse them only at the first forward. With a dlinfer device active the replacement refuses "
+            "bias=True (GPT-OSS) and a custom act_func when the layer is built, naming the feature and the device; "
+            "otherwise it is the original."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("self", "hidden_dim", "ffn_dim", "num_experts", "top_k", "bias", "renormalize", "dtype",
+                       "device", "all_reduce", "layer_idx", "act_func"),
+    ),
+    Patch(
         name="empty-prompt",
         target="lmdeploy.pytorch.engine.engine:Engine._add_message",
         why=(
@@ -413,6 +429,66 @@ PATCHES: tuple[Patch, ...] = (
         contains=("shared_dict['rpc_server_port'] = server.port", "condition.notify()"),
     ),
     Patch(
+        name="ray-device-resource",
+        target="lmdeploy.pytorch.ray:get_device_str",
+        why=(
+            "The ray executor asks for a ray resource per worker and knows only cuda/maca (GPU), ascend (NPU) and "
+            "camb (MLU); other names raise 'Unsupported device type'. For dlinfer devices the replacement returns "
+            "the plugin's declared extras['ray_resource'], LMDeploy's name for maca/ascend/camb, GPU for a plugin "
+            "on torch 'cuda', and 'dlinfer_host' for the CPU device (dlinfer_lmdeploy.ray_workers.ray_resource); "
+            "otherwise it is the original. On demand (ray extra)."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("device_type",),
+        contains=("'GPU'", "'NPU'", "Unsupported device type"),
+        also_bound_in=("lmdeploy.pytorch.engine.executor.ray_executor", "lmdeploy.pytorch.engine.mp_engine.ray_engine"),
+        requires="ray",
+    ),
+    Patch(
+        name="ray-cluster-init",
+        target="lmdeploy.pytorch.ray:init_ray_cluster",
+        why=(
+            "Without a running ray cluster LMDeploy starts a local one with num_cpus only; a host (CPU) dlinfer "
+            "device needs its 'dlinfer_host' resource in it, one unit per rank. For host dlinfer devices the "
+            "replacement starts the local cluster with that resource (a cluster started with 'ray start' declares "
+            "it itself), then runs the original. On demand (ray extra)."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("world_size", "ray_address", "dp", "device_type"),
+        contains=("ray.init(", "placement_group_specs"),
+        requires="ray",
+    ),
+    Patch(
+        name="ray-worker-class",
+        target="lmdeploy.pytorch.engine.executor.ray_executor:RayWorkerWrapper",
+        why=(
+            "A ray worker process imports only what unpickling its actor class needs, and RayWorkerWrapper is "
+            "LMDeploy's: the worker never wires dlinfer in (maca: try_import_deeplink exits with 'No module named "
+            "dlinfer.framework'; cpu: 'Unsupported device type'). The actor class becomes "
+            "dlinfer_lmdeploy.ray_workers.DlinferRayWorker, a subclass that installs the adaptor and activates the "
+            "device before LMDeploy's __init__ (and selects the device ray assigned, warms up on the plugin's "
+            "device); for other devices it behaves as the original. On demand (ray extra)."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        contains=("init_backend(device_type)", "try_import_deeplink(device_type)", "def warmup_dist"),
+        requires="ray",
+    ),
+    Patch(
+        name="ray-device-binding",
+        target="lmdeploy.pytorch.engine.executor.ray_executor:RayExecutor._init_distributed_environment_by_device",
+        why=(
+            "LMDeploy calls set_device(index in the placement group) for maca/camb (wrong where ray narrowed the "
+            "worker's visible devices to its one assigned device) and raises for other device names. For dlinfer "
+            "devices each worker selects the device ray assigned it as a local ordinal of what it sees (nothing on "
+            "host devices), and two workers of one node on one device are refused; otherwise it is the original. "
+            "On demand (ray extra)."
+        ),
+        versions=SUPPORTED_LMDEPLOY,
+        expect_params=("self", "device_str"),
+        contains=("self._sort_workers(driver_ip, self.workers)", "set_device.remote(idx)"),
+        requires="ray",
+    ),
+    Patch(
         name="vl-mm-feature-dtype",
         target="lmdeploy.vl.engine:_resolve_mm_feature_dtype",
         why=(
@@ -473,6 +549,8 @@ def probe_all(bindings: bool = False) -> list[str]:
     """
     problems = []
     for patch in PATCHES:
+        if patch.requires is not None and (not bindings or importlib.util.find_spec(patch.requires) is None):
+            continue  # on demand: probed by apply() when used, and by the CLI's full check where installed
         try:
             patch.probe()
         except PatchTargetMoved as exc:
@@ -507,12 +585,13 @@ def apply(name: str) -> None:
 
 
 def apply_all() -> None:
-    """Probe every LMDeploy patch first (all-or-nothing), then apply them."""
+    """Probe every LMDeploy patch first (all-or-nothing), then apply them (not the on-demand ones: ``requires``)."""
     problems = probe_all()
     if problems:
         raise PatchTargetMoved("\n".join(problems))
     for patch in PATCHES:
-        apply(patch.name)
+        if patch.requires is None:
+            apply(patch.name)
 
 
 def applied() -> tuple[str, ...]:

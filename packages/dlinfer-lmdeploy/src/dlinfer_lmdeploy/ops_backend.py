@@ -209,7 +209,11 @@ class DlinferOpsBackend(DefaultOpsBackend):
 
     @staticmethod
     def support_ray() -> bool:
-        return False
+        """True where ray is installed (the ``ray`` extra): LMDeploy then picks its ray executor for tp>1, as it
+        does for ``cuda`` (``distributed_executor_backend="mp"`` keeps the multi-process one); mp otherwise."""
+        import importlib.util
+
+        return importlib.util.find_spec("ray") is not None
 
 
 _CLASSES: dict[tuple[str, int], type[DlinferOpsBackend]] = {}

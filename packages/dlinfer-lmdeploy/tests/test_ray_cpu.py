@@ -1,0 +1,95 @@
+"""LMDeploy's ray executor on the CPU device: tp=2 over a local ray cluster == HF greedy (fp32).
+
+The engine runs in a child process with a deadline (``generate_cli.run``) and without the autoload ``.pth`` hook, so
+the two ray workers wire dlinfer in only through the adaptor's actor class (``ray-worker-class``). The local cluster
+is started by the engine (``RAY_ADDRESS=local``: never someone else's), with a small object store. The end-to-end
+tests need ray (the ``ray`` extra; nox session ``tests-ray``); the checks of the ray mapping without an engine, and
+the refusal without ray, run everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from dlinfer_lmdeploy import devices, hooks
+from dlinfer_lmdeploy.testing import generate_cli
+
+HAS_RAY = importlib.util.find_spec("ray") is not None
+needs_ray = pytest.mark.skipif(not HAS_RAY, reason="ray is not installed (pip install 'dlinfer-lmdeploy[ray]')")
+
+DEADLINE_S = 300
+
+RAY_ENV = {
+    "DLINFER_LMDEPLOY_AUTOLOAD": "0",  # the workers must not rely on the .pth hook
+    "RAY_ADDRESS": "local",  # a new local cluster, started by the engine and shut down with it
+    "RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES": str(200 * 10**6),
+    "RAY_memory_monitor_refresh_ms": "0",  # shared CI box: ray must not kill workers on host memory pressure
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+}
+
+
+def test_ray_without_ray_installed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(ImportError, match=r"distributed_executor_backend='ray' on dlinfer device 'cpu' needs ray.*"
+                                          r"dlinfer-lmdeploy\[ray\]"):
+        hooks._install_ray("cpu")
+
+
+def test_ray_supported_only_where_ray_is_installed() -> None:
+    from dlinfer_lmdeploy.ops_backend import ops_backend_for
+
+    assert ops_backend_for("cpu").support_ray() is HAS_RAY
+
+
+@needs_ray
+def test_ray_resources_and_worker_class() -> None:
+    """The mapping each device's workers ask ray for, and the actor class ray pickles by reference to this package."""
+    from lmdeploy.pytorch import ray as lmdeploy_ray
+    from lmdeploy.pytorch.engine.executor import ray_executor
+    from ray import cloudpickle
+
+    from dlinfer_lmdeploy import ray_workers
+
+    ray_workers.install()
+    assert ray_executor.RayWorkerWrapper is ray_workers.DlinferRayWorker
+    assert ray_executor.get_device_str is lmdeploy_ray.get_device_str  # the by-name binding was rebound
+    assert ray_executor.get_device_str("cpu") == ray_workers.HOST_RESOURCE
+    assert ray_executor.get_device_str("cuda") == "GPU"  # LMDeploy's own device: the original
+    for name in devices.devices():
+        if name in ("maca", "ascend", "camb"):
+            assert ray_workers.ray_resource(name) == {"maca": "GPU", "ascend": "NPU", "camb": "MLU"}[name]
+    blob = cloudpickle.dumps(ray_workers.DlinferRayWorker)
+    assert b"dlinfer_lmdeploy.ray_workers" in blob and len(blob) < 1000  # by reference: the worker imports us
+    assert issubclass(ray_workers.DlinferRayWorker, ray_workers.DlinferRayWorker.__dlinfer_original__)
+
+
+@needs_ray
+def test_visible_ordinal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlinfer_lmdeploy import ray_workers
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # ray narrowed the worker to its assigned GPU 1
+    assert ray_workers._visible_ordinal("GPU", "1") == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert ray_workers._visible_ordinal("GPU", "6") == 2
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES: all visible
+    assert ray_workers._visible_ordinal("GPU", "3") == 3
+
+
+@needs_ray
+@pytest.mark.e2e
+@pytest.mark.tp2
+@pytest.mark.parametrize("kind", ["llama", "qwen2_moe"])
+def test_ray_tp2_matches_hf(kind, tiny_model, hf_greedy):  # type: ignore[no-untyped-def]
+    path = tiny_model(kind)
+    prompts = ["Hello world", "The quick brown fox jumps over the lazy dog."]
+    try:
+        result = generate_cli.run(path, 8, {"tp": 2, "distributed_executor_backend": "ray"}, prompts,
+                                  deadline_s=DEADLINE_S, env={**os.environ, **RAY_ENV})
+    except (generate_cli.GenerationTimeout, RuntimeError) as exc:
+        pytest.fail(str(exc))
+    assert result["output_ids"] == hf_greedy(path, result["input_ids"], 8)
