@@ -125,6 +125,25 @@ def test_deepseek_v2_engine_build_is_refused_naming_mla(tmp_path: Any) -> None:
     assert "MLA" in msg and "DeepSeek-V2/V3" in msg and "head size 48, V head size 32" in msg and "'cpu'" in msg
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "what"), [({"bias": True}, "expert biases"), ({"act_func": torch.relu}, "act_func")]
+)
+def test_moe_biases_and_custom_activation_are_refused_when_the_layer_is_built(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], what: str
+) -> None:
+    """GPT-OSS builds LMDeploy's FusedMoE with expert biases (and its own gated activation): refused when the layer
+    is built on a dlinfer device (was: at the first forward). (A GPT-OSS engine cannot be built here: LMDeploy's
+    GPT-OSS tokenizer needs openai_harmony.)"""
+    from lmdeploy.pytorch.nn.moe.default import FusedMoE
+
+    from dlinfer_lmdeploy import devices
+
+    monkeypatch.setattr(devices, "active", lambda: "cpu")
+    with pytest.raises(NotImplementedError) as err:
+        FusedMoE(hidden_dim=16, ffn_dim=8, num_experts=4, top_k=2, **kwargs)
+    assert what in str(err.value) and "'cpu'" in str(err.value)
+
+
 def test_bf16_and_max_batch_size_come_from_typed_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
