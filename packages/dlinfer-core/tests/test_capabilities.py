@@ -18,6 +18,8 @@ def test_attention_refusals_name_each_unserved_feature() -> None:
     assert ascend_like.attention_refusals(128) == []
     assert ascend_like.attention_refusals(128, window=True) == []
     assert ascend_like.attention_refusals(72) == ["head size 72 (a multiple of 16 is needed)"]
+    assert ascend_like.attention_refusals(72, paged=False) == []  # unpaged: bound only by the maximum
+    assert ascend_like.attention_refusals(320, paged=False) == ["head size 320 (at most 256)"]
     assert ascend_like.attention_refusals(576, 512) == ["head size 512/576 (at most 256)"]
     assert ascend_like.attention_refusals(256, softcap=True, alibi=True) == ["logit softcap", "ALiBi"]
     assert Capabilities(window=False).attention_refusals(64, window=True) == ["sliding window"]

@@ -91,8 +91,12 @@ def test_vision_flash_attention_is_checked_too() -> None:
     spec = dict(num_heads=4, head_dim=80, scale=None, num_kv_heads=4, v_head_dim=80, causal=False,
                 sliding_window=None, logit_softcapping=0.0)
     ascend.build_op(FlashAttentionBuildSpec(**spec))
-    with pytest.raises(NotImplementedError, match="head size 72"):
-        ascend.build_op(FlashAttentionBuildSpec(**{**spec, "head_dim": 72, "v_head_dim": 72}))
+    # unpaged (ATB SelfAttention): any head size up to 256, e.g. Qwen3-VL's vision head 72
+    ascend.build_op(FlashAttentionBuildSpec(**{**spec, "head_dim": 72, "v_head_dim": 72}))
+    with pytest.raises(NotImplementedError, match="head size 320"):
+        ascend.build_op(FlashAttentionBuildSpec(**{**spec, "head_dim": 320, "v_head_dim": 320}))
+    with pytest.raises(NotImplementedError, match="logit softcap"):
+        ascend.build_op(FlashAttentionBuildSpec(**{**spec, "logit_softcapping": 30.0}))
 
 
 def test_mla_is_refused_at_build_naming_the_model_family() -> None:

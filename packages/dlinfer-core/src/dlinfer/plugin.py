@@ -54,7 +54,8 @@ class Capabilities:
     """
 
     head_size_multiple: int = 1
-    """Attention head sizes (D and Dv) must be multiples of this (Ascend: 16)."""
+    """Paged-attention head sizes (D and Dv) must be multiples of this (Ascend FIA: 16); unpaged attention
+    (``prefill_attention`` alone, e.g. vision towers) is bound only by ``max_head_size``."""
     max_head_size: int | None = None
     """Largest attention head size served (D and Dv); ``None``: no limit."""
     softcap: bool = True
@@ -67,15 +68,17 @@ class Capabilities:
     """Multi-head latent attention: paged attention with Dv < D whose value cache is a strided view of the key
     cache (DeepSeek-V2/V3, Kimi-K2: D=576, Dv=512)."""
 
-    def attention_refusals(self, head_size: int, v_head_size: int | None = None, *, softcap: bool = False,
-                           alibi: bool = False, window: bool = False, mla: bool = False) -> list[str]:
-        """The features of one attention layer this backend does not serve, each as ``"feature (why)"``."""
+    def attention_refusals(self, head_size: int, v_head_size: int | None = None, *, paged: bool = True,
+                           softcap: bool = False, alibi: bool = False, window: bool = False,
+                           mla: bool = False) -> list[str]:
+        """The features of one attention layer this backend does not serve, each as ``"feature (why)"``;
+        ``paged=False``: a layer that calls only ``prefill_attention`` (no KV cache)."""
         out = []
         dv = head_size if v_head_size is None else v_head_size
         sizes = sorted({head_size, dv})
         if self.max_head_size is not None and max(sizes) > self.max_head_size:
             out.append(f"head size {'/'.join(map(str, sizes))} (at most {self.max_head_size})")
-        if self.head_size_multiple > 1 and any(s % self.head_size_multiple for s in sizes):
+        if paged and self.head_size_multiple > 1 and any(s % self.head_size_multiple for s in sizes):
             out.append(f"head size {'/'.join(map(str, sizes))} (a multiple of {self.head_size_multiple} is needed)")
         for wanted, served, name in ((softcap, self.softcap, "logit softcap"), (alibi, self.alibi, "ALiBi"),
                                      (window, self.window, "sliding window"), (mla, self.mla, "MLA")):
@@ -85,7 +88,7 @@ class Capabilities:
 
     def summary(self) -> str:
         """One line for ``dlinfer info``."""
-        head = f"head%{self.head_size_multiple}" if self.head_size_multiple > 1 else "any head"
+        head = f"paged head%{self.head_size_multiple}" if self.head_size_multiple > 1 else "any head"
         if self.max_head_size is not None:
             head += f"<={self.max_head_size}"
         flags = [name for name in ("softcap", "alibi", "window", "mla") if getattr(self, name)]

@@ -82,6 +82,7 @@ class DlinferOpsBackend(DefaultOpsBackend):
             cls.check_attention(
                 spec.head_dim,
                 spec.v_head_dim,
+                paged=False,
                 softcap=bool(spec.logit_softcapping),
                 window=attention.window_of(spec.sliding_window) is not None,
             )
