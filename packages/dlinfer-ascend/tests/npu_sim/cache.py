@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 from ._contract import FLOAT_DTYPES, check, device_tensor
+from .graphs import one_kernel
 
 
+@one_kernel  # selects the non-negative slots on the host: one graph node, run at replay (§2.28)
 def _npu_reshape_and_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
                            value_cache: torch.Tensor, slot_indices: torch.Tensor) -> None:
     """vendor-apis.md §2.10 (OP-ATB:ReshapeAndCachAtb.cpp; golden skips negative slots).
