@@ -136,12 +136,12 @@ def _check(scenario: Scenario, path: Path) -> None:
 )
 def test_vlm_row_bf16_matches_hf_fp32(row: model_table.ModelRow, ascend_sim: dict[str, Path]) -> None:
     """Every VLM request scenario (text only, one image, two images, text batched with images, mirrored image) in
-    one engine, eager, each request checked against the fp32 HF oracle fed LMDeploy's own inputs."""
+    one engine per mode (eager, graph), each request checked against the fp32 HF oracle fed LMDeploy's own inputs."""
     if row.needs_torchvision:
         pytest.importorskip("torchvision", reason=f"{row.kind}: its processor needs torchvision (nox -s tests-vlm)")
     if _refusal(row.kind):
         pytest.skip(f"refused on {DEVICE}: {_refusal(row.kind)} (test_refused_rows_fail_at_build)")
-    failures = sim_e2e.check_vlm_row(row, ascend_sim[row.kind], DEVICE)
+    failures = [f for mode in MODES for f in sim_e2e.check_vlm_row(row, ascend_sim[row.kind], DEVICE, mode)]
     assert not failures, "\n".join(failures)
 
 

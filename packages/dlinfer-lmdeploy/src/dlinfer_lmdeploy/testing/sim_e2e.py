@@ -230,8 +230,8 @@ on all); the logit-error and chosen-token checks still apply."""
 _AGREEMENT = "the token is fp32's argmax at"
 
 
-def check_vlm_row(row: Any, path: str | Path, device_type: str) -> list[str]:
-    """Every ``vlm.SCENARIOS`` request of a VLM row in one bf16 engine on ``device_type`` (eager), each checked
+def check_vlm_row(row: Any, path: str | Path, device_type: str, mode: str = "eager") -> list[str]:
+    """Every ``vlm.SCENARIOS`` request of a VLM row in one bf16 engine on ``device_type`` (``mode``), each checked
     against the fp32 HF oracle fed LMDeploy's own inputs (``vlm.teacher_forced_fn``) -> failure messages (less the
     argmax-agreement ones of :data:`NEAR_TIE_ROWS`); also requires the mirrored image to change the tokens and the
     vision tower to make dlinfer op calls."""
@@ -239,7 +239,12 @@ def check_vlm_row(row: Any, path: str | Path, device_type: str) -> list[str]:
     from dlinfer_lmdeploy.testing.bf16_check import check_against_hf
 
     engine = runner.engine_config(
-        device_type, dtype="bfloat16", max_batch_size=4, logprobs_mode="raw_logits", **row.engine
+        device_type,
+        dtype="bfloat16",
+        eager_mode=(mode == "eager"),
+        max_batch_size=4,
+        logprobs_mode="raw_logits",
+        **row.engine,
     )
     result = vlm.run_row(Path(path), engine, logits=TOPK, skip=row.skipped)
     failures: list[str] = []
@@ -247,7 +252,7 @@ def check_vlm_row(row: Any, path: str | Path, device_type: str) -> list[str]:
         runs: list[Run] = [
             (r.captured.input_ids, r.tokens, top) for r, top in zip(res, result.logits[name], strict=True)
         ]
-        scenario = Scenario(f"{row.kind}/{name}", row.kind, (), vlm.NEW_TOKENS)
+        scenario = Scenario(f"{row.kind}/{name}/{mode}", row.kind, (), vlm.NEW_TOKENS)
         oracle = vlm.teacher_forced_fn(row, Path(path), [r.captured for r in res])
         _, bad = check_against_hf(scenario, model_table.oracle_path(path), {"eager": runs}, "cpu", oracle)
         if row.kind in NEAR_TIE_ROWS.get(device_type, {}):
