@@ -172,6 +172,14 @@ def engine_scenarios() -> list[Scenario]:
     return base + extra
 
 
+def _check_graphed(where: str, mode: str, steps: Any) -> None:
+    """Graph mode: decode steps ran as graph replays/captures, none eagerly (``graph_runner.counting``)."""
+    if mode != "graph":
+        return
+    assert steps.graphed > 0, f"{where}: no decode step was graphed"
+    assert steps.eager_decode == 0, f"{where}: {steps.eager_decode} decode steps ran eagerly ({dict(steps.eager)})"
+
+
 def check(
     scenario: Scenario,
     path: str | Path,
@@ -185,7 +193,7 @@ def check(
     after each mode's engine closed (device-specific checks)."""
     import dlinfer.dispatch
 
-    from dlinfer_lmdeploy import devices
+    from dlinfer_lmdeploy import devices, graph_runner
     from dlinfer_lmdeploy.testing import model_table, vlm
     from dlinfer_lmdeploy.testing.bf16_check import check_against_hf
 
@@ -193,8 +201,9 @@ def check(
     results: dict[str, list[Run]] = {}
     calls: dict[str, collections.Counter[str]] = {}
     for mode in modes:
-        with vlm.count_ops() as counts:
+        with vlm.count_ops() as counts, graph_runner.counting() as steps:
             results[mode] = run(scenario, path, device_type, mode, counts)
+        _check_graphed(f"{scenario.name}/{mode}", mode, steps)
         calls[mode] = collections.Counter(counts)
         active = dlinfer.dispatch.current().name
         assert active == backend, f"{scenario.name}/{mode}: the ops ran on dlinfer backend '{active}', not '{backend}'"
@@ -235,6 +244,7 @@ def check_vlm_row(row: Any, path: str | Path, device_type: str, mode: str = "eag
     against the fp32 HF oracle fed LMDeploy's own inputs (``vlm.teacher_forced_fn``) -> failure messages (less the
     argmax-agreement ones of :data:`NEAR_TIE_ROWS`); also requires the mirrored image to change the tokens and the
     vision tower to make dlinfer op calls."""
+    from dlinfer_lmdeploy import graph_runner
     from dlinfer_lmdeploy.testing import model_table, vlm
     from dlinfer_lmdeploy.testing.bf16_check import check_against_hf
 
@@ -246,7 +256,9 @@ def check_vlm_row(row: Any, path: str | Path, device_type: str, mode: str = "eag
         logprobs_mode="raw_logits",
         **row.engine,
     )
-    result = vlm.run_row(Path(path), engine, logits=TOPK, skip=row.skipped)
+    with graph_runner.counting() as steps:
+        result = vlm.run_row(Path(path), engine, logits=TOPK, skip=row.skipped)
+    _check_graphed(f"{row.kind}/{mode}", mode, steps)
     failures: list[str] = []
     for name, res in result.results.items():
         runs: list[Run] = [
