@@ -9,7 +9,9 @@ engine generated:
 * the engine's logit error against fp32 (max and mean over the steps) must stay within ``FACTOR`` x HF's own bf16
   error + ``FLOOR``;
 * every chosen token must be the engine's own top-1 and within twice that tolerance of fp32's best logit;
-* the chosen token must be fp32's argmax about as often as HF bf16's argmax is (``AGREE_SLACK``);
+* the chosen tokens must be fp32's argmax about as often as HF bf16's argmax is (``AGREE_SLACK``), pooled over all
+  requests of a mode: per request (10-24 steps) a single near-tie flip moves the rate by 4-10 points, so the
+  statistic is taken over every step of the call (callers check a row's requests in one call);
 * with several modes (eager, graph) each passes the same checks; the length of their agreement is reported (the
   two may part at a near-tie).
 
@@ -76,6 +78,8 @@ def check_against_hf(
     failures: list[str] = []
     for mode, runs in results.items():
         pairs = [(p, g) for p, g, _ in runs]
+        n_steps = n_agree = 0
+        n_agree_hf = 0.0
         exact = teacher_forced(pairs, device=device, dtype=torch.float32)
         bf16 = teacher_forced(pairs, device=device, dtype=torch.bfloat16)
         for r, ((_, generated, top), f32, b16) in enumerate(zip(runs, exact, bf16, strict=True)):
@@ -99,6 +103,9 @@ def check_against_hf(
             best = f32.argmax(-1)
             agree = sum(int(best[i]) == t for i, t in enumerate(generated)) / len(generated)
             agree_hf = float((b16.argmax(-1) == best).float().mean())
+            n_steps += len(generated)
+            n_agree += round(agree * len(generated))
+            n_agree_hf += agree_hf * len(generated)
             mean_err, mean_hf = sum(err) / len(err), sum(hf_err) / len(hf_err)
             tol = FACTOR * max(hf_err) + FLOOR
             stats.append({
@@ -118,10 +125,11 @@ def check_against_hf(
                     f"{where}: step {bad} chose a token {deficits[bad]:.3f} below HF fp32's best logit "
                     f"(allowed {2 * tol:.3f}); top-2 gap there {gaps[bad]:.3f}"
                 )
-            if agree < agree_hf - AGREE_SLACK:
-                failures.append(
-                    f"{where}: the token is fp32's argmax at {agree:.0%} of the steps, HF bf16 manages {agree_hf:.0%}"
-                )
+        if n_steps and n_agree / n_steps < n_agree_hf / n_steps - AGREE_SLACK:
+            failures.append(
+                f"{scenario.name}/{mode}: the tokens are fp32's argmax at {n_agree / n_steps:.0%} of the {n_steps} "
+                f"steps of {len(runs)} requests, HF bf16 manages {n_agree_hf / n_steps:.0%}"
+            )
     if "eager" in results and "graph" in results:
         for r, ((_, e, _), (_, g, _)) in enumerate(zip(results["eager"], results["graph"], strict=True)):
             same = next((i for i, (x, y) in enumerate(zip(e, g, strict=True)) if x != y), len(e))

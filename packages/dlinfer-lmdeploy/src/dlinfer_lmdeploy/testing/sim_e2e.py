@@ -222,28 +222,11 @@ def vlm_rows() -> list[Any]:
     return [r for r in model_table.ROWS if r.modality == "VLM"]
 
 
-NEAR_TIE_ROWS: dict[str, dict[str, str]] = {
-    "ascend": {
-        "internvl3_5_hf": "one_image: 2 of 10 tokens are near-tie flips (chosen 0.08 below fp32's best); the CPU "
-        "reference backend in bf16 fails the same check on the same request with the same figures",
-    },
-    "camb": {
-        "internvl1_5": "text_batched_with_images: 2 of 10 tokens are near-tie flips; the CPU reference backend in "
-        "bf16 fails the same check on this request at 16 tokens",
-    },
-}
-"""device -> VLM kind -> why its argmax-agreement failures are tolerated: only the ``bf16_check`` message "the
-token is fp32's argmax at N% of the steps" (a per-request statistic over 10 steps, where HF bf16 happened to agree
-on all); the logit-error and chosen-token checks still apply."""
-
-_AGREEMENT = "the token is fp32's argmax at"
-
-
 def check_vlm_row(row: Any, path: str | Path, device_type: str, mode: str = "eager") -> list[str]:
     """Every ``vlm.SCENARIOS`` request of a VLM row in one bf16 engine on ``device_type`` (``mode``), each checked
-    against the fp32 HF oracle fed LMDeploy's own inputs (``vlm.teacher_forced_fn``) -> failure messages (less the
-    argmax-agreement ones of :data:`NEAR_TIE_ROWS`); also requires the mirrored image to change the tokens and the
-    vision tower to make dlinfer op calls."""
+    against the fp32 HF oracle fed LMDeploy's own inputs (``vlm.teacher_forced_fn``), all requests of the row in one
+    check (the argmax-agreement rate is pooled over them) -> failure messages; also requires the mirrored image to
+    change the tokens and the vision tower to make dlinfer op calls."""
     from dlinfer_lmdeploy import graph_runner
     from dlinfer_lmdeploy.testing import model_table, vlm
     from dlinfer_lmdeploy.testing.bf16_check import check_against_hf
@@ -259,17 +242,14 @@ def check_vlm_row(row: Any, path: str | Path, device_type: str, mode: str = "eag
     with graph_runner.counting() as steps:
         result = vlm.run_row(Path(path), engine, logits=TOPK, skip=row.skipped)
     _check_graphed(f"{row.kind}/{mode}", mode, steps)
-    failures: list[str] = []
+    runs: list[Run] = []
+    captured = []
     for name, res in result.results.items():
-        runs: list[Run] = [
-            (r.captured.input_ids, r.tokens, top) for r, top in zip(res, result.logits[name], strict=True)
-        ]
-        scenario = Scenario(f"{row.kind}/{name}/{mode}", row.kind, (), vlm.NEW_TOKENS)
-        oracle = vlm.teacher_forced_fn(row, Path(path), [r.captured for r in res])
-        _, bad = check_against_hf(scenario, model_table.oracle_path(path), {"eager": runs}, "cpu", oracle)
-        if row.kind in NEAR_TIE_ROWS.get(device_type, {}):
-            bad = [m for m in bad if _AGREEMENT not in m]
-        failures += bad
+        runs += [(r.captured.input_ids, r.tokens, top) for r, top in zip(res, result.logits[name], strict=True)]
+        captured += [r.captured for r in res]
+    scenario = Scenario(f"{row.kind} ({', '.join(result.results)})/{mode}", row.kind, (), vlm.NEW_TOKENS)
+    oracle = vlm.teacher_forced_fn(row, Path(path), captured)
+    _, failures = check_against_hf(scenario, model_table.oracle_path(path), {"eager": runs}, "cpu", oracle)
     if "one_image" in result.results and "mirrored_image" in result.results:
         if result.results["one_image"][0].tokens == result.results["mirrored_image"][0].tokens:
             failures.append(f"{row.kind}: mirroring the image did not change the tokens")
