@@ -2,7 +2,7 @@
 # One device call for issue-10 work on an NVIDIA GPU with the maca plugin: the model table end to end (LLM and VLM
 # rows, bf16 teacher-forcing checker, eager + graph), the vision-attention microbenchmark and the VLM serving benchmark.
 # Needs .carry/ from shared/tools/lmdeploy-device-carry.sh (+ the transformers 5.24 wheel the CPU oracles use).
-#   PHASES="vision tests vlm-bench" bash tools/gpu_model_table.sh        (figures under $OUT, or ./gpu-out)
+#   PHASES="vision tests vlm-bench compile-bench" bash tools/gpu_model_table.sh        (figures under $OUT, or ./gpu-out)
 set -u
 OUT=${OUT:-./gpu-out}; mkdir -p "$OUT"
 PHASES=${PHASES:-vision tests}
@@ -28,6 +28,11 @@ fi
 if [[ " $PHASES " == *" vlm-bench "* ]]; then
   timeout ${BENCH_TIMEOUT:-300} python3 packages/dlinfer-lmdeploy/bench/vlm_e2e_gpu.py --out "$OUT/bench-vlm.json" ${BENCH_ARGS:-} 2>&1 \
     | tee "$OUT/bench-vlm.log" | tail -30
+  rc=$(( rc | PIPESTATUS[0] ))
+fi
+if [[ " $PHASES " == *" compile-bench "* ]]; then
+  timeout ${BENCH_TIMEOUT:-540} python3 packages/dlinfer-maca/tools/compiled_decode_gpu.py --out "$OUT/compiled-decode.json" \
+    ${COMPILE_ARGS:---shapes 1b} 2>&1 | tee "$OUT/compiled-decode.log" | tail -20
   rc=$(( rc | PIPESTATUS[0] ))
 fi
 exit $rc
