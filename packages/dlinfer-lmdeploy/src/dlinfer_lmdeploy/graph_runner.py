@@ -219,7 +219,10 @@ class DlinferGraphRunner(GraphRunner):
         self.decode_forward: Any = self.model
         """What graphed decode steps call: the model, or its ``torch.compile(backend="dlinfer")``."""
         if compile_decode_enabled():
-            self.decode_forward = torch.compile(self.model, backend="dlinfer", fullgraph=False, dynamic=False)
+            from dlinfer.compile import dlinfer_backend  # the callable, not the name: the torch_dynamo_backends
+            # entry point exists only in an installed dlinfer-core, not in a PYTHONPATH checkout (seen on the H200)
+
+            self.decode_forward = torch.compile(self.model, backend=dlinfer_backend, fullgraph=False, dynamic=False)
         _RUNNERS.add(self)
 
     @property
