@@ -15,7 +15,8 @@ active only when the executor runs a dlinfer device:
   executor was running, logs its name, pid and exit status, and raises the same signal in the engine's main thread.
 * **Shutdown ends.** ``release`` joins the workers without a deadline; a worker whose interpreter is kept alive by
   child processes (e.g. Inductor's compile workers) makes it hang. Workers get ``JOIN_DEADLINE_S`` after SIGTERM,
-  then SIGKILL.
+  then SIGKILL; a second failure signal during release kills what is left; the shared buffers' notifiers, on which
+  a killed worker may have been waiting, are closed under a deadline (:func:`_close_buffers`).
 
 And one for the engine process of ``lmdeploy serve`` (inventory patch ``mp-engine-handshake``): its start-up
 handshake no longer dies when LMDeploy's manager shuts down before acknowledging the last release
@@ -24,6 +25,7 @@ handshake no longer dies when LMDeploy's manager shuts down before acknowledging
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -36,6 +38,7 @@ from dlinfer_lmdeploy.inventory import replacement
 logger = logging.getLogger("dlinfer_lmdeploy")
 
 JOIN_DEADLINE_S = 10.0
+NOTIFIER_CLOSE_DEADLINE_S = 5.0
 WATCH_INTERVAL_S = 0.5
 
 
@@ -107,12 +110,46 @@ def _mp_worker_watchdog(original: Any) -> Any:
     return __init__
 
 
+def _close_buffers(buffers: list[Any]) -> None:
+    """Close LMDeploy's shared-memory buffers once every worker has exited.
+
+    The segment is closed (kept mapped if the interrupted main thread still holds a view of it: ``BufferError``)
+    and unlinked. Its notifier (events, barrier) is closed in a daemon thread with a deadline: it wakes this
+    process's own waiters, but ``Event.set`` waits for every sleeper of its multiprocessing ``Condition`` to wake,
+    and a worker killed while waiting never does (seen at tp=4: the engine hung there after a worker failed).
+    """
+    for buf in buffers:
+        if buf.is_closed:
+            continue
+        with contextlib.suppress(BufferError):
+            buf.shm.close()
+        if buf.is_create:
+            with contextlib.suppress(FileNotFoundError):
+                buf.shm.unlink()
+        buf.is_closed = True
+    closer = threading.Thread(target=lambda: [buf.notifier.close() for buf in buffers], daemon=True,
+                              name="dlinfer-notifier-close")
+    closer.start()
+    closer.join(NOTIFIER_CLOSE_DEADLINE_S)
+    if closer.is_alive():
+        logger.warning("dlinfer-lmdeploy: executor notifiers not closed within %.0fs (a killed worker was waiting "
+                       "on them); continuing", NOTIFIER_CLOSE_DEADLINE_S)
+
+
 @replacement("mp-release-deadline")
 def _mp_release_deadline(original: Any) -> Any:
     def release(self: Any) -> None:
         stopped = getattr(self, "_dlinfer_stopped", None)
         if stopped is None:
             return original(self)
+        if getattr(self, "_dlinfer_releasing", False):
+            # Re-entered from LMDeploy's SIGUSR1 handler (a second worker reported a failure while the first
+            # release was running): kill what is left; the handler then exits the process.
+            for proc in self.procs:
+                if proc._proc is not None and proc._proc.exitcode is None:
+                    proc._proc.kill()
+            return None
+        self._dlinfer_releasing = True
         stopped.set()
         for proc in self.procs:
             proc.close()
@@ -126,9 +163,8 @@ def _mp_release_deadline(original: Any) -> Any:
                                p.name, JOIN_DEADLINE_S)
                 p.kill()
                 p.join()
-        self.comm_buf.close()
-        for ret_buf in self.ret_bufs:
-            ret_buf.close()
+        _close_buffers([self.comm_buf, *self.ret_bufs])
+        return None
 
     return release
 

@@ -76,12 +76,13 @@ def run(
             os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         raise GenerationTimeout(
-            f"generation {dict(overrides)} did not finish within {deadline_s:.0f}s; stderr tail (stacks of every "
-            f"process):\n{err[-12000:]}"
+            f"generation {dict(overrides)} did not finish within {deadline_s:.0f}s; stdout tail:\n{out[-3000:]}\n"
+            f"stderr tail (stacks of every process):\n{err[-12000:]}"
         ) from None
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"generation {dict(overrides)} failed: rc={proc.returncode}\n{err[-4000:]}")
+    if proc.returncode != 0 or not lines:  # LMDeploy logs (workers' errors included) to stdout
+        raise RuntimeError(f"generation {dict(overrides)} failed: rc={proc.returncode}\nstdout tail:\n{out[-4000:]}"
+                           f"\nstderr tail:\n{err[-4000:]}")
     return json.loads(lines[-1][len("RESULT ") :])
 
 
