@@ -22,7 +22,7 @@ fi
 if [[ " $PHASES " == *" tests "* ]]; then
   export DLINFER_E2E_STATS="$OUT/gpu-e2e-stats.jsonl" DLINFER_MODEL_TABLE_OUT="$OUT/model-table.json"
   timeout ${TEST_TIMEOUT:-420} python3 -m pytest -q -p no:cacheprovider packages/dlinfer-lmdeploy/tests -m gpu -rfE \
-    --durations=15 ${TEST_ARGS:-} > "$OUT/gpu-tests.log" 2>&1
+    --durations=15 ${TEST_K:+-k "$TEST_K"} ${TEST_ARGS:-} > "$OUT/gpu-tests.log" 2>&1
   rc=$?; tail -60 "$OUT/gpu-tests.log"
 fi
 if [[ " $PHASES " == *" vlm-bench "* ]]; then
