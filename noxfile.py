@@ -55,8 +55,8 @@ def _install_cpu_stack(session: nox.Session, torch_pins: tuple[str, ...] = (CPU_
 def tests(session: nox.Session) -> None:
     """Every package's CPU tests (reference, simulators, Triton interpreter, LMDeploy end-to-end)."""
     _install_cpu_stack(session)
-    if "dlinfer-lmdeploy" in _existing(PACKAGES):  # the serve extra: lmdeploy serve api_server tests
-        session.install("-e", f"{_pkg('dlinfer-lmdeploy')}[serve]", CPU_TORCH, TRITON_CPU)
+    if "dlinfer-lmdeploy" in _existing(PACKAGES):  # extras: serve (api_server tests), ray (ray executor tests)
+        session.install("-e", f"{_pkg('dlinfer-lmdeploy')}[serve,ray]", CPU_TORCH, TRITON_CPU)
     env = {"TRITON_INTERPRET": "1", "TORCH_DEVICE_BACKEND_AUTOLOAD": "0", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1"}
     selected = session.posargs or _existing(PACKAGES)

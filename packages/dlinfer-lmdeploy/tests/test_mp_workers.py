@@ -36,7 +36,8 @@ def test_workers_wire_dlinfer_without_the_autoload_hook(tiny_model, hf_greedy): 
 
     path = tiny_model("llama")
     env = dict(os.environ, DLINFER_LMDEPLOY_AUTOLOAD="0")
-    cmd = [sys.executable, "-m", "dlinfer_lmdeploy.testing.generate_cli", str(path), "6", '{"tp": 2}', "Hello world"]
+    mp = '{"tp": 2, "distributed_executor_backend": "mp"}'  # mp explicitly: with ray installed LMDeploy picks ray
+    cmd = [sys.executable, "-m", "dlinfer_lmdeploy.testing.generate_cli", str(path), "6", mp, "Hello world"]
     rc, out, err = _run(cmd, env)
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
     assert rc == 0 and lines, f"rc={rc}\n{err[-3000:]}"
@@ -49,7 +50,8 @@ _KILL_A_WORKER = textwrap.dedent("""
     import dlinfer_lmdeploy
     from dlinfer_lmdeploy.testing import runner
     from lmdeploy import pipeline
-    pipe = pipeline(sys.argv[1], backend_config=runner.engine_config(tp=2), log_level="ERROR")
+    cfg = runner.engine_config(tp=2, distributed_executor_backend="mp")
+    pipe = pipeline(sys.argv[1], backend_config=cfg, log_level="ERROR")
     print("GENERATED", runner.generate(pipe, ["Hello world"], 4), flush=True)
     procs = pipe.async_engine.engine.executor.procs
     victim = procs[1]._proc

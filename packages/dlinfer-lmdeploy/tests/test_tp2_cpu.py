@@ -20,10 +20,11 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.tp2]
 
 DEADLINE_S = 240
+TP2 = '{"tp": 2, "distributed_executor_backend": "mp"}'  # mp explicitly: with ray installed LMDeploy picks ray
 
 
 def _generate_tp2(path, prompts, n):  # type: ignore[no-untyped-def]
-    cmd = [sys.executable, "-m", "dlinfer_lmdeploy.testing.generate_cli", str(path), str(n), '{"tp": 2}', *prompts]
+    cmd = [sys.executable, "-m", "dlinfer_lmdeploy.testing.generate_cli", str(path), str(n), TP2, *prompts]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=DEADLINE_S)
