@@ -1,0 +1,250 @@
+"""Tensor-parallel LMDeploy on N NVIDIA GPUs: dlinfer (maca plugin) against LMDeploy's own CUDA backend.
+
+    python packages/dlinfer-lmdeploy/bench/lmdeploy_tp_gpu.py --tp 2 --models mixtral_8x7b,qwen2_57b_a14b --out tp2.json
+    python packages/dlinfer-lmdeploy/bench/lmdeploy_tp_gpu.py --tp 4 --models qwen2_57b_a14b,llama3_70b --out tp4.json
+    python packages/dlinfer-lmdeploy/bench/lmdeploy_tp_gpu.py --dry-run --tp 2  # CPU: tiny widths, cpu device
+
+Random bf16 models of the real shapes (full width; ``--layers`` cuts the depth to fit disk and time, the JSON says
+how many) are built locally on GPU 0. Then, per model and per device_type (``maca``, ``cuda``), each run in its own
+process under a deadline (``testing.child``: stacks of every rank on timeout, NVLink multicast off), graph mode:
+
+* throughput: 64 prompts of 128 tokens, 256 new tokens each, ignore_eos, greedy -> output tok/s;
+* batch 1: one 128-token prompt, 256 new tokens, streamed -> mean ms per output token (first token excluded);
+* all-reduce share of decode: LMDeploy's own torch profiler (``LMDEPLOY_PROFILE_CUDA``) runs in every rank from
+  ``--profile-delay`` s after the engine loop starts, for ``--profile-window`` s while the child streams batch-1
+  requests only; from rank 0's trace: GPU time of all-reduce kernels (NCCL ``AllReduce``, custom all-reduce) over
+  the GPU time of all kernels in the window (the 128-token prefill of each streamed request is in it too).
+
+``--tp-compare 1`` also runs the same model at tp=1 where it fits one GPU. LMDeploy's cuda runs on its mp executor
+(``--peer-executor``; ray where installed) and its child exits after printing its figures without closing the engine
+(``DLINFER_HARD_EXIT``: its mp release can hang on workers kept alive by Inductor compile workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lmdeploy_e2e_gpu import NEW_TOKENS, NUM_PROMPTS, PROMPT_TOKENS, _prompts  # noqa: E402
+
+SHAPES: dict[str, tuple[str, dict[str, Any], int]] = {
+    # name: (transformers config class, full-width config, real layer count)
+    "mixtral_8x7b": ("MixtralConfig", dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+        num_local_experts=8, num_experts_per_tok=2, rope_theta=1e6, max_position_embeddings=32768), 32),
+    "qwen2_57b_a14b": ("Qwen2MoeConfig", dict(
+        vocab_size=151936, hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
+        num_experts=64, num_experts_per_tok=8, moe_intermediate_size=2560, shared_expert_intermediate_size=20480,
+        norm_topk_prob=False, rope_theta=1e6, max_position_embeddings=32768), 28),
+    "llama3_70b": ("LlamaConfig", dict(
+        vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8,
+        rope_theta=500000.0, max_position_embeddings=8192), 80),
+}
+TINY = dict(hidden_size=128, intermediate_size=64, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+            vocab_size=512)  # --dry-run: the same heads and experts, tiny widths (head 128 -> hidden / heads)
+ALL_REDUCE = re.compile(r"allreduce|all_reduce|cross_device_reduce|reduce_scatter|allgather|multimem", re.I)
+
+
+def model_config(name: str, layers: int, tiny: bool = False) -> Any:
+    import transformers as tf
+
+    cls, params, _ = SHAPES[name]
+    params = {**params, "num_hidden_layers": layers, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2}
+    if tiny:
+        heads = params["num_attention_heads"]
+        params.update({k: v for k, v in TINY.items() if k in params or k == "hidden_size"})
+        params["hidden_size"] = heads * 4  # head size 4: widths tiny, heads and experts as the real model
+    return getattr(tf, cls)(**params)
+
+
+def build(name: str, layers: int, root: Path, device: str, tiny: bool = False) -> Path:
+    import torch
+
+    from dlinfer_lmdeploy.testing import tiny_models
+
+    path = root / f"{name}-{layers}l{'-tiny' if tiny else ''}"
+    tiny_models.build_on_device(model_config(name, layers, tiny), path, device=device, dtype=torch.bfloat16)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return path
+
+
+def _engine(model: str, device: str, tp: int, executor: str | None, dry: bool) -> Any:
+    from lmdeploy import PytorchEngineConfig, pipeline
+
+    import dlinfer_lmdeploy  # noqa: F401
+
+    cfg = PytorchEngineConfig(
+        device_type=device, tp=tp, eager_mode=False, max_batch_size=8 if dry else NUM_PROMPTS,
+        session_len=PROMPT_TOKENS + NEW_TOKENS + 64, cache_max_entry_count=0.2 if dry else 0.5,
+        block_size=16 if dry else 64, distributed_executor_backend=executor if tp > 1 else None,
+        dtype="float32" if dry else "auto",
+    )
+    return pipeline(model, backend_config=cfg, log_level="ERROR")
+
+
+def _stream_ms(pipe: Any, gen: Any, seed: int) -> tuple[float, int]:
+    stamps: list[float] = []
+    count = 0
+    for out in pipe.stream_infer(_prompts(1, PROMPT_TOKENS, seed=seed), gen_config=gen, do_preprocess=False):
+        n = len(out.token_ids or [])
+        if n:
+            stamps.append(time.perf_counter())
+            count += n
+    return ((stamps[-1] - stamps[0]) / max(count - 1, 1) * 1e3 if len(stamps) > 1 else float("nan")), count
+
+
+def run_one(model: str, device: str, tp: int, executor: str | None, profile: str | None, dry: bool) -> dict[str, Any]:
+    """In the child: build the engine, measure, print RESULT (``testing.child.emit``)."""
+    from lmdeploy import GenerationConfig
+
+    from dlinfer_lmdeploy.testing.child import emit
+
+    n_prompts, n_new = (4, 8) if dry else (NUM_PROMPTS, NEW_TOKENS)
+    t0 = time.perf_counter()
+    pipe = _engine(model, device, tp, executor, dry)
+    loop_start = time.perf_counter()
+    res: dict[str, Any] = {"device_type": device, "tp": tp, "executor": executor,
+                           "startup_s": round(loop_start - t0, 1)}
+    gen = GenerationConfig(max_new_tokens=n_new, do_sample=False, top_k=1, ignore_eos=True)
+    pipe(_prompts(2, 16), gen_config=GenerationConfig(max_new_tokens=4, ignore_eos=True), do_preprocess=False)
+    if profile is None:
+        prompts = _prompts(n_prompts, PROMPT_TOKENS)
+        t1 = time.perf_counter()
+        outs = pipe(prompts, gen_config=gen, do_preprocess=False)
+        elapsed = time.perf_counter() - t1
+        n_out = sum(len(o.token_ids) for o in outs)
+        ms, count = _stream_ms(pipe, gen, seed=1)
+        res.update(output_tokens=n_out, throughput_s=round(elapsed, 3), output_tok_per_s=round(n_out / elapsed, 1),
+                   batch1_ms_per_token=round(ms, 3), batch1_tokens=count,
+                   first_tokens=[list(o.token_ids[:32]) for o in outs[:4]])
+    else:  # batch-1 streams only, through the profiler's window (it dumps every rank's trace when it closes)
+        delay, window = (float(x) for x in profile.split(","))
+        while time.perf_counter() - loop_start < delay + window + 2:
+            _stream_ms(pipe, gen, seed=2)
+        prefix = os.environ["LMDEPLOY_PROFILE_OUT_PREFIX"]
+        deadline = time.perf_counter() + 120
+        while not glob.glob(f"{prefix}0.json*") and time.perf_counter() < deadline:
+            time.sleep(1)
+        time.sleep(5)  # the dump of a large trace may still be written
+        res["allreduce"] = allreduce_share(prefix)
+    emit(res)
+    pipe.close()
+    return res
+
+
+def allreduce_share(prefix: str) -> dict[str, Any]:
+    """From rank 0's Chrome trace: GPU time of all-reduce kernels / GPU time of all kernels (and the top kernels)."""
+    files = sorted(glob.glob(f"{prefix}0.json*"))
+    if not files:
+        return {"error": f"no trace {prefix}0.json*"}
+    opener = gzip.open if files[0].endswith(".gz") else open
+    with opener(files[0], "rt") as f:
+        trace = json.load(f)
+    kernels = [e for e in trace.get("traceEvents", []) if e.get("cat") == "kernel" and "dur" in e]
+    total = sum(e["dur"] for e in kernels)
+    ar = [e for e in kernels if ALL_REDUCE.search(e.get("name", ""))]
+    ar_us = sum(e["dur"] for e in ar)
+    by_name: dict[str, float] = {}
+    for e in ar:
+        by_name[e["name"][:80]] = by_name.get(e["name"][:80], 0.0) + e["dur"]
+    return {"kernels": len(kernels), "kernel_us": round(total, 1), "allreduce_kernels": len(ar),
+            "allreduce_us": round(ar_us, 1), "allreduce_share": round(ar_us / total, 4) if total else None,
+            "allreduce_by_name_us": dict(sorted(by_name.items(), key=lambda kv: -kv[1])[:5]), "trace": files[0]}
+
+
+def _child(args: argparse.Namespace, model: Path, device: str, tp: int, profile_dir: Path | None) -> dict[str, Any]:
+    from dlinfer_lmdeploy.testing import child
+
+    here = str(Path(__file__).resolve().parent)  # the child runs this file as a module
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+    executor = args.peer_executor if device == "cuda" else args.executor
+    if device == "cuda":
+        env[child.HARD_EXIT_ENV] = "1"
+    argv = ["--one", device, str(tp), "--model-dir", str(model), "--executor", str(executor)]
+    if args.dry_run:
+        argv.append("--dry-run")
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        activity = "LMDEPLOY_PROFILE_CPU" if args.dry_run else "LMDEPLOY_PROFILE_CUDA"  # dry run: the plumbing only
+        env.update({activity: "1"}, LMDEPLOY_PROFILE_DELAY=str(int(args.profile_delay)),
+                   LMDEPLOY_PROFILE_DURATION=str(int(args.profile_window)),
+                   LMDEPLOY_PROFILE_OUT_PREFIX=str(profile_dir / f"{device}_tp{tp}_rank"))
+        argv += ["--profile", f"{args.profile_delay},{args.profile_window}"]
+    what = f"{model.name} {device} tp={tp}{' profile' if profile_dir else ''}"
+    t0 = time.perf_counter()
+    try:
+        res = child.run_module("lmdeploy_tp_gpu", argv, deadline_s=args.timeout, env=env, what=what)
+    except (child.GenerationTimeout, RuntimeError) as exc:
+        print(f"[{what}] FAILED\n{str(exc)[-4000:]}", file=sys.stderr)
+        return {"model": model.name, "device_type": device, "tp": tp, "error": str(exc)[-4000:]}
+    res.update(model=model.name, wall_s=round(time.perf_counter() - t0, 1))
+    print(f"[{what}] {json.dumps({k: v for k, v in res.items() if k != 'first_tokens'})}", file=sys.stderr)
+    return res
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tp", type=int, default=2)
+    parser.add_argument("--tp-compare", default="", help="comma list of other tp sizes to run (e.g. 1)")
+    parser.add_argument("--models", default="mixtral_8x7b,qwen2_57b_a14b")
+    parser.add_argument("--layers", type=int, default=8, help="decoder layers of each model (real: 32/28/80)")
+    parser.add_argument("--devices", default="maca,cuda")
+    parser.add_argument("--executor", default="mp", help="dlinfer's executor at tp>1 (mp or ray)")
+    parser.add_argument("--peer-executor", default="mp", help="LMDeploy cuda's executor at tp>1")
+    parser.add_argument("--model-root", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "tp-bench")
+    parser.add_argument("--profile-delay", type=float, default=20.0)
+    parser.add_argument("--profile-window", type=float, default=4.0)
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--timeout", type=int, default=420, help="seconds per child")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--dry-run", action="store_true", help="CPU: tiny widths, cpu device, fp32, 2 layers")
+    parser.add_argument("--one", nargs=2, metavar=("DEVICE", "TP"), help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--profile", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.one:
+        executor = None if args.executor == "None" else args.executor
+        run_one(str(args.model_dir), args.one[0], int(args.one[1]), executor, args.profile, args.dry_run)
+        return 0
+    if args.dry_run:  # the profile runs with CPU activity only: it checks the trace plumbing (no kernels, no share)
+        args.devices, args.layers = "cpu", 2
+        args.profile_delay, args.profile_window = min(args.profile_delay, 6.0), min(args.profile_window, 2.0)
+    results: list[dict[str, Any]] = []
+    sizes = [args.tp] + [int(x) for x in args.tp_compare.split(",") if x]
+    for name in args.models.split(","):
+        t0 = time.perf_counter()
+        model = build(name, args.layers, args.model_root, "cpu" if args.dry_run else "cuda", tiny=args.dry_run)
+        print(f"{name}: {args.layers} of {SHAPES[name][2]} layers at {model} in {time.perf_counter() - t0:.0f}s",
+              file=sys.stderr)
+        for tp in sizes:
+            for device in args.devices.split(","):
+                results.append(_child(args, model, device, tp, None))
+                if not args.no_profile and tp > 1:
+                    prof = _child(args, model, device, tp, args.model_root / "profiles" / model.name)
+                    results[-1]["allreduce"] = prof.get("allreduce", {"error": prof.get("error")})
+                results[-1]["layers"] = args.layers
+                if args.out:  # partial results survive a time limit
+                    args.out.write_text(json.dumps(results, indent=2))
+    print("| model | tp | device_type | output tok/s | batch-1 ms/token | all-reduce share of decode GPU time |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        share = (r.get("allreduce") or {}).get("allreduce_share")
+        print(f"| {r['model']} ({args.layers} layers) | {r['tp']} | {r['device_type']} | "
+              f"{r.get('output_tok_per_s', 'error')} | {r.get('batch1_ms_per_token', '')} | {share} |")
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
