@@ -26,7 +26,7 @@ from dlinfer_lmdeploy.testing.scenarios import Scenario  # noqa: E402
 pytestmark = pytest.mark.skipif(os.environ.get("DLINFER_HARDWARE") == "1", reason="simulator tests")
 
 DEVICE = "ascend"
-MODES = ("eager", "graph")
+MODES = sim_e2e.SIMULATED_MODES[DEVICE]
 KINDS = sim_e2e.llm_kinds()
 SCENARIOS = sim_e2e.engine_scenarios()
 VLM_ROWS = sim_e2e.vlm_rows()

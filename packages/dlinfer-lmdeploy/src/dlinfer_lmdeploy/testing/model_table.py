@@ -285,7 +285,11 @@ def _gpu_cell(kind: str, results: dict) -> str:
 def _sim_cell(row: ModelRow, device: str, sim_results: dict[str, set[str]]) -> str:
     if device in row.refused:
         return f"refused: {row.refused[device]}"
-    return "bf16 checked (CI)" if row.kind in sim_results.get(device, set()) else "not run"
+    if row.kind not in sim_results.get(device, set()):
+        return "not run"
+    from dlinfer_lmdeploy.testing import sim_e2e
+
+    return f"bf16, {' + '.join(sim_e2e.SIMULATED_MODES[device])} (CI)"
 
 
 def markdown_table(results: dict | None = None, sim_results: dict[str, set[str]] | None = None) -> str:

@@ -32,6 +32,8 @@ NEW_TOKENS = 16
 that one near-tie flip stays within the checker's argmax-agreement slack (0.1: one step in 8 does not)"""
 
 DEVICES = ("ascend", "camb")
+SIMULATED_MODES: dict[str, tuple[str, ...]] = {"ascend": ("eager", "graph"), "camb": ("eager",)}
+"""device -> engine modes its simulator tests run: camb's simulated MLUGraph captures nothing, so only eager"""
 
 
 def _simulated_kinds() -> dict[str, tuple[str, ...]]:
