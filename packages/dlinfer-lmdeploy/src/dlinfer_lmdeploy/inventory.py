@@ -408,8 +408,11 @@ PATCHES: tuple[Patch, ...] = (
         target="lmdeploy.pytorch.engine.executor.mp_executor:MPExecutor.release",
         why=(
             "release() joins the workers without a deadline; a worker kept alive by its own child processes "
-            "(Inductor compile workers) hangs pipe.close(). For dlinfer devices each worker gets 10 s after "
-            "SIGTERM, then SIGKILL; otherwise it is the original."
+            "(Inductor compile workers) hangs pipe.close(). And after a worker failure (tp=4: a rank failing at "
+            "weight load) LMDeploy's SIGUSR1 handler re-entered release on a second signal, and closing the shared "
+            "buffers' notifiers blocked in Event.set waiting for killed workers to wake. For dlinfer devices each "
+            "worker gets 10 s after SIGTERM, then SIGKILL; a re-entry kills what is left; the buffers are closed and "
+            "unlinked, their notifiers closed under a 5 s deadline; otherwise it is the original."
         ),
         versions=SUPPORTED_LMDEPLOY,
         expect_params=("self",),
@@ -434,9 +437,9 @@ PATCHES: tuple[Patch, ...] = (
         why=(
             "The ray executor asks for a ray resource per worker and knows only cuda/maca (GPU), ascend (NPU) and "
             "camb (MLU); other names raise 'Unsupported device type'. For dlinfer devices the replacement returns "
-            "the plugin's declared extras['ray_resource'], LMDeploy's name for maca/ascend/camb, GPU for a plugin "
-            "on torch 'cuda', and 'dlinfer_host' for the CPU device (dlinfer_lmdeploy.ray_workers.ray_resource); "
-            "otherwise it is the original. On demand (ray extra)."
+            "the plugin's declared Backend.framework.ray_resource, LMDeploy's name for maca/ascend/camb, GPU for a "
+            "plugin on torch 'cuda', and 'dlinfer_host' for the CPU device "
+            "(dlinfer_lmdeploy.ray_workers.ray_resource); otherwise it is the original. On demand (ray extra)."
         ),
         versions=SUPPORTED_LMDEPLOY,
         expect_params=("device_type",),
