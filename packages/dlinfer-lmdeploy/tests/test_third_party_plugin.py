@@ -169,3 +169,37 @@ def test_plugin_graph_mode_matches_hf(toy_plugin, tiny_model, hf_greedy):  # typ
     assert steps.eager_decode == 0 and steps.graphed >= 9 + 9 and steps.prefill >= 2, steps
     assert toy_plugin.CALLS["graph_captured"] >= 2  # buckets 1 and 4 at least
     assert toy_plugin.CALLS["graph_created"] == toy_plugin.CALLS["graph_captured"]
+
+
+def _declared(**kw: object):  # type: ignore[no-untyped-def]
+    from dlinfer.plugin import Backend
+
+    return Backend(name="toyvendor", device_type="cpu", api_version=">=1.0,<2", is_available=lambda: True,
+                   load_ops=dict, **kw)  # type: ignore[arg-type]
+
+
+def test_framework_settings_are_typed_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LMDeploy device name and the ray resource come from ``Backend.framework``; ``extras`` decides nothing."""
+    from dlinfer.plugin import FrameworkSettings
+
+    from dlinfer_lmdeploy import devices
+
+    typed = _declared(framework=FrameworkSettings(lmdeploy_device="toydev", ray_resource="TOY"))
+    assert devices.lmdeploy_name(typed) == "toydev"
+    untyped = _declared(extras={"lmdeploy_device": "toydev", "ray_resource": "TOY"})
+    assert devices.lmdeploy_name(untyped) == "toyvendor"  # display-only
+
+
+def test_ray_resource_is_a_typed_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray")
+    from types import SimpleNamespace
+
+    from dlinfer.plugin import FrameworkSettings
+
+    from dlinfer_lmdeploy import devices, ray_workers
+
+    typed = _declared(framework=FrameworkSettings(ray_resource="TOY"))
+    untyped = _declared(extras={"ray_resource": "TOY"})
+    for backend, want in ((typed, "TOY"), (untyped, ray_workers.HOST_RESOURCE)):
+        monkeypatch.setattr(devices, "get", lambda name, b=backend: SimpleNamespace(backend=b, on_host=True))
+        assert ray_workers.ray_resource("toyvendor") == want

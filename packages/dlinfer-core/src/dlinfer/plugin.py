@@ -96,6 +96,20 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class FrameworkSettings:
+    """Typed settings a framework adaptor reads from a backend (``Backend.framework``); ``None`` keeps the
+    adaptor's default."""
+
+    lmdeploy_device: str | None = None
+    """LMDeploy device name (``device_type=`` of an engine); default: ``"cpu"`` for the reference backend, the
+    backend name otherwise."""
+    ray_resource: str | None = None
+    """Ray resource one tensor-parallel worker takes (a unit of it) under LMDeploy's ray executor; default:
+    LMDeploy's own name for maca/ascend/camb (GPU/NPU/MLU), ``GPU`` for a torch ``cuda`` device, a host resource
+    for host devices."""
+
+
+@dataclass(frozen=True)
 class Backend:
     """A backend's declaration. All callables are invoked lazily, never at declaration."""
 
@@ -127,6 +141,8 @@ class Backend:
     """Attention features served; framework adaptors check them when an engine is built."""
     max_batch_size: int | None = None
     """Default batch-size bound for serving engines (``None``: the adaptor's default)."""
+    framework: FrameworkSettings = field(default_factory=FrameworkSettings)
+    """Settings read by framework adaptors (LMDeploy device name, ray resource)."""
     description: str = ""
     extras: Mapping[str, Any] = field(default_factory=dict)
     """Free-form, display-only declarations (e.g. SoC name) shown by ``dlinfer info``; nothing reads them to

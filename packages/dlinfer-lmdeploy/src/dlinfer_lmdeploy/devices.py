@@ -1,7 +1,7 @@
 """Which LMDeploy ``device_type`` names are dlinfer devices, and activating one.
 
 Every discovered dlinfer backend becomes an LMDeploy device: its name is the backend's
-``extras["lmdeploy_device"]`` when declared, ``"cpu"`` for the built-in reference backend,
+``Backend.framework.lmdeploy_device`` when declared, ``"cpu"`` for the built-in reference backend,
 and the backend name otherwise (``maca``, ``ascend``, ``camb``, or a third party's name).
 LMDeploy's own ``cuda`` is never taken over.
 """
@@ -54,9 +54,9 @@ def declare_host_simulated(backend_name: str, simulated: bool = True) -> None:
 
 
 def lmdeploy_name(backend: Backend) -> str:
-    declared = backend.extras.get("lmdeploy_device") if backend.extras else None
+    declared = backend.framework.lmdeploy_device
     if declared:
-        return str(declared)
+        return declared
     return "cpu" if backend.name == REFERENCE else backend.name
 
 

@@ -5,9 +5,9 @@ Four replacements (inventory patches ``ray-device-resource``, ``ray-cluster-init
 ``distributed_executor_backend="ray"`` (importing this module imports ``ray``; the adaptor never does otherwise):
 
 * **The device's ray resource.** LMDeploy maps ``cuda``/``maca`` to ray's ``GPU``, ``ascend`` to ``NPU``, ``camb``
-  to ``MLU`` and refuses any other name. A dlinfer device uses its plugin's ``extras["ray_resource"]`` when declared,
-  LMDeploy's own name for ``maca``/``ascend``/``camb``, ``GPU`` for a plugin whose torch device is ``cuda``, and
-  :data:`HOST_RESOURCE` for the CPU device (ray forbids ``CPU`` as a custom resource).
+  to ``MLU`` and refuses any other name. A dlinfer device uses its plugin's ``Backend.framework.ray_resource`` when
+  declared, LMDeploy's own name for ``maca``/``ascend``/``camb``, ``GPU`` for a plugin whose torch device is
+  ``cuda``, and :data:`HOST_RESOURCE` for the CPU device (ray forbids ``CPU`` as a custom resource).
 * **A local cluster with that resource.** When no ray cluster is running, LMDeploy starts one with ``num_cpus`` only;
   for a host device it is started with :data:`HOST_RESOURCE` = tp as well (a cluster started with ``ray start``
   declares it itself: ``--resources '{"dlinfer_host": N}'``).
@@ -47,9 +47,9 @@ _VISIBILITY_ENV = {"GPU": "CUDA_VISIBLE_DEVICES", "NPU": "ASCEND_RT_VISIBLE_DEVI
 def ray_resource(device_name: str) -> str:
     """The ray resource one tensor-parallel worker of dlinfer device ``device_name`` takes (a unit of it)."""
     device = devices.get(device_name)
-    declared = device.backend.extras.get("ray_resource") if device.backend.extras else None
+    declared = device.backend.framework.ray_resource
     if declared:
-        return str(declared)
+        return declared
     if device_name in _BUILTIN:
         return _BUILTIN[device_name]
     if device.on_host:
@@ -59,7 +59,8 @@ def ray_resource(device_name: str) -> str:
         return _TORCH_TO_RAY[torch_device]
     raise devices.DeviceError(
         f"dlinfer device '{device_name}' (torch device '{torch_device}') has no ray resource: declare "
-        f"extras={{'ray_resource': NAME}} in the plugin's Backend and start ray with --resources '{{\"NAME\": N}}', "
+        f"framework=FrameworkSettings(ray_resource=NAME) in the plugin's Backend and start ray with "
+        f"--resources '{{\"NAME\": N}}', "
         f"or use distributed_executor_backend='mp' (one node)"
     )
 
