@@ -34,19 +34,9 @@ SCENARIOS = sim_e2e.engine_scenarios()
 VLM_ROWS = sim_e2e.vlm_rows()
 
 
-def _has_torchvision() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("torchvision") is not None
-
-
 @pytest.fixture(scope="module")
 def bf16_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """kind -> tiny bf16 checkpoint, for every row this run checks (built on the host before the device is
-    activated, as on Ascend)."""
-    kinds = set(KINDS) | {s.model for s in SCENARIOS}
-    kinds |= {r.kind for r in VLM_ROWS if _has_torchvision() or not r.needs_torchvision}
-    return {kind: sim_e2e.build_bf16(kind, tmp_path_factory.mktemp(f"camb_{kind}")) for kind in sorted(kinds)}
+    return sim_e2e.build_checkpoints(DEVICE, tmp_path_factory.mktemp)
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +69,10 @@ def camb_sim(bf16_models: dict[str, Path]) -> Iterator[dict[str, Path]]:
             mlu_sim.install()
 
 
-def _refusal(kind: str) -> str | None:
-    row = model_table.BY_KIND.get(kind)
-    return row.refused.get(DEVICE) if row is not None else None
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_row_bf16_eager_matches_hf_fp32(kind: str, camb_sim: dict[str, Path]) -> None:
-    if _refusal(kind):
-        pytest.skip(f"refused on {DEVICE}: {_refusal(kind)} (test_refused_rows_fail_at_build)")
+    if sim_e2e.refusal(DEVICE, kind):
+        pytest.skip(f"refused on {DEVICE}: {sim_e2e.refusal(DEVICE, kind)} (test_refused_rows_fail_at_build)")
     _, failures = sim_e2e.check(sim_e2e.row_scenario(kind), camb_sim[kind], DEVICE, MODES)
     assert not failures, "\n".join(failures)
 
@@ -109,13 +94,13 @@ def test_vlm_row_bf16_matches_hf_fp32(row: model_table.ModelRow, camb_sim: dict[
     one engine, eager, each request checked against the fp32 HF oracle fed LMDeploy's own inputs."""
     if row.needs_torchvision:
         pytest.importorskip("torchvision", reason=f"{row.kind}: its processor needs torchvision (nox -s tests-vlm)")
-    if _refusal(row.kind):
-        pytest.skip(f"refused on {DEVICE}: {_refusal(row.kind)} (test_refused_rows_fail_at_build)")
+    if sim_e2e.refusal(DEVICE, row.kind):
+        pytest.skip(f"refused on {DEVICE}: {sim_e2e.refusal(DEVICE, row.kind)} (test_refused_rows_fail_at_build)")
     failures = sim_e2e.check_vlm_row(row, camb_sim[row.kind], DEVICE)
     assert not failures, "\n".join(failures)
 
 
-_REFUSED = [k for k in [*KINDS, *(r.kind for r in VLM_ROWS)] if _refusal(k)]
+_REFUSED = [k for k in [*KINDS, *(r.kind for r in VLM_ROWS)] if sim_e2e.refusal(DEVICE, k)]
 
 
 @pytest.mark.parametrize("kind", _REFUSED or ["(none)"])

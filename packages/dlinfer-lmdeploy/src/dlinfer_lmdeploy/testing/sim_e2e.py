@@ -151,6 +151,27 @@ def build_bf16(kind: str, path: str | Path) -> Path:
     return tiny_models.build(kind, path, dtype=torch.bfloat16)
 
 
+def build_checkpoints(device_type: str, mktemp: Callable[[str], Path]) -> dict[str, Path]:
+    """kind -> tiny bf16 checkpoint for every row a simulator run checks: the LLM rows, the engine scenarios'
+    models and the VLM rows whose preprocessing can run here (torchvision); ``mktemp(name)`` gives a fresh folder.
+    Built on the host before the device is activated (the plugin's ``torch.cuda`` redirection points at the
+    simulated device module, which ``torch.manual_seed`` probes)."""
+    import importlib.util
+
+    has_torchvision = importlib.util.find_spec("torchvision") is not None
+    kinds = set(llm_kinds()) | {s.model for s in engine_scenarios()}
+    kinds |= {r.kind for r in vlm_rows() if has_torchvision or not r.needs_torchvision}
+    return {kind: build_bf16(kind, mktemp(f"{device_type}_{kind}")) for kind in sorted(kinds)}
+
+
+def refusal(device_type: str, kind: str) -> str | None:
+    """Why the model table says ``device_type`` refuses ``kind`` at engine build (None: served)."""
+    from dlinfer_lmdeploy.testing import model_table
+
+    row = model_table.BY_KIND.get(kind)
+    return row.refused.get(device_type) if row is not None else None
+
+
 HEAD128 = "qwen2_7b"
 """the head-128 row the engine scenarios also run on (Ascend: FIA's TND paged-prefill route; head 16 takes the
 per-token route)"""
