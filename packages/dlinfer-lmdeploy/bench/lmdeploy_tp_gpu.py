@@ -243,7 +243,7 @@ def main() -> int:
         share = (r.get("allreduce") or {}).get("allreduce_share")
         print(f"| {r['model']} ({args.layers} layers) | {r['tp']} | {r['device_type']} | "
               f"{r.get('output_tok_per_s', 'error')} | {r.get('batch1_ms_per_token', '')} | {share} |")
-    return 0 if all("error" not in r for r in results) else 1
+    return 0 if all("error" not in r and "error" not in (r.get("allreduce") or {}) for r in results) else 1
 
 
 if __name__ == "__main__":
