@@ -17,6 +17,7 @@ import torch
 import torch._dynamo
 from dlinfer import ops
 from dlinfer.custom_ops import CUSTOM_OPS
+from dlinfer.lowering import Lowering
 from dlinfer.testing.inputs import PagedSetup, paged_inputs
 
 from dlinfer_ascend import compiler
@@ -156,3 +157,81 @@ def test_compile_backend_hands_the_lowered_graph_to_torchair_get_compiler(
     assert [mode for mode, _ in torchair_sim.COMPILED] == [compiler.DEFAULT_MODE]
     aot = torchair_sim.COMPILED[0][1]
     assert not [n for n in aot.graph.nodes if n.target in DLINFER]
+
+
+def _acl_backend(monkeypatch: pytest.MonkeyPatch, lowering: dict | None = None) -> list:
+    """The ascend backend compiling through the ACL-graph stand-in (npu_sim/torchair.py:AclGraph) applied to the
+    lowered Dynamo graph (torchair applies it to the AOT graph, which keeps FIA's keyword list of SymInt inputs;
+    AOT itself is not part of this model). Returns the list the compiled graphs are appended to."""
+    made: list = []
+
+    def acl(gm, example_inputs):  # noqa: ANN001, ANN202
+        made.append(torchair_sim.AclGraph(gm))
+        return made[-1]
+
+    base = dlinfer.dispatch.current()
+    backend = dataclasses.replace(base, compile_backend=acl,
+                                  lowering=(lambda: lowering) if lowering is not None else base.lowering)
+    monkeypatch.setattr(dlinfer.dispatch, "current", lambda: backend)
+    return made
+
+
+def _replay_steps(static: list, made: list) -> None:
+    """Capture at step 0, then replay with new contents and new KV lengths (same shapes) filled into the captured
+    inputs in place, as a device-graph runner does; every step must equal eager on a copy of that step's inputs,
+    outputs and KV-cache writes, and the captured FIA must have run with this step's host lengths."""
+    fn = torch.compile(layer, backend="dlinfer", fullgraph=True, dynamic=False)
+    for step in range(3):
+        new = _inputs(10 + step, grow=step)
+        for s, n in zip(static, new, strict=True):
+            s.copy_(n)
+        eager = [t.clone() for t in new]
+        want = layer(*eager)
+        got = [o.clone() for o in fn(*static)]
+        assert len(made) == 1, "recompiled: the host lengths must not be guarded on"
+        if step:
+            lens = made[0].replayed_host_args("actual_seq_lengths_kv")
+            assert lens == [new[11].tolist()], f"step {step}: replayed FIA host lengths {lens}, " \
+                                                f"this step's are {new[11].tolist()} (baked at capture)"
+        for i, (w, o) in enumerate(zip(want, got, strict=True)):
+            assert torch.equal(w, o), f"step {step}: output {i} differs from eager"
+        assert torch.equal(eager[6], static[6]) and torch.equal(eager[7], static[7]), f"step {step}: KV writes"
+
+
+def test_acl_graph_capture_replays_new_host_lengths_equal_to_eager(
+        ascend: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = _acl_backend(monkeypatch)
+    _replay_steps(_inputs(10), made)
+    assert [list(r) for r in made[0].rulers] == [["actual_seq_lengths_kv"]]
+    assert all(kind == "index" for kind, _ in made[0].rulers[0]["actual_seq_lengths_kv"])
+
+
+def _broken_decode(**change) -> Lowering:  # noqa: ANN003
+    entry = TABLE["paged_decode_attention"]
+    return dataclasses.replace(entry, host_args={}, host_lists=False, **change)
+
+
+def test_acl_graph_capture_fails_on_a_lowering_that_bakes_host_lengths(
+        ascend: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken table whose decode entry reads the host lengths while lowering and passes them as constants:
+    torchair gives constant-only lists no update rule, so replays run with the capture step's lengths."""
+    static = _inputs(10)
+    good = TABLE["paged_decode_attention"]
+
+    def baked(a):  # noqa: ANN001, ANN202
+        args, kwargs = good.adapt(a)
+        return args, {**kwargs, "actual_seq_lengths_kv": [int(n) for n in static[11].tolist()]}
+
+    made = _acl_backend(monkeypatch, {**TABLE, "paged_decode_attention": _broken_decode(adapt=baked)})
+    with pytest.raises(AssertionError, match=r"step 1: replayed FIA host lengths .*\(baked at capture\)"):
+        _replay_steps(static, made)
+    assert made[0].rulers == [{}]
+
+
+def test_acl_graph_capture_refuses_host_lengths_passed_as_a_tensor(
+        ascend: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken table passing seqlens_kv_cpu itself: FIA would read it on the host at capture; torchair's update
+    rule takes only lists and refuses it when the graph is compiled."""
+    made = _acl_backend(monkeypatch, {**TABLE, "paged_decode_attention": _broken_decode()})
+    with pytest.raises(Exception, match="For updated param type only list is supported"):
+        _replay_steps(_inputs(10), made)

@@ -8,16 +8,26 @@ Documented semantics only (hiascend torchair guide torchair_00084 "get_compiler"
 - ``get_compiler(config)`` returns the FX compiler to pass as ``fw_compiler`` of ``aot_module_simplified``;
   it is called with the AOT (aten-level, functionalised) graph and its example inputs and returns a callable.
 
-Not modelled: GE conversion and compilation, ACL-graph capture and its replay-time host updates (the
-replay side of FIA host lengths is modelled by graphs.py for NPUGraph). The compiler here runs the graph
-eagerly and records what it was given, for tests.
+Not modelled: GE conversion and compilation. The compiler from :func:`get_compiler` runs the graph eagerly and
+records what it was given, for tests.
+
+:class:`AclGraph` models what the ACL-graph modes (``reduce-overhead`` / ``npugraph_ex``, ``AclConcreteGraph``)
+do with an FX graph: capture it once into an NPU graph and replay it, updating the host arguments of the ops in
+``_REPLACE_FUNC_MAP`` from the graph inputs by the rules of ``get_update_ruler`` (torch_npu 2.13.0
+``torchair/_acl_concrete_graph/acl_graph.py``; models-vlm-graph.md §C.4). Capture, replay and ``update`` are the
+simulated NPUGraph (graphs.py, vendor-apis.md §2.28): every other host value is baked at capture.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.fx as fx
+
+from . import graphs
+from .attention import npu_fused_infer_attention_score
 
 _MODES = ("max-autotune", "reduce-overhead", "npugraph_ex")
 COMPILED: list[tuple[str, torch.fx.GraphModule]] = []
@@ -52,3 +62,72 @@ def get_compiler(compiler_config: CompilerConfig | None = None) -> Any:
         return gm.forward
 
     return compiler
+
+
+REPLACE_FUNC_MAP: dict[Any, tuple[str, ...]] = {
+    npu_fused_infer_attention_score: ("actual_seq_lengths", "actual_seq_lengths_kv", "actual_shared_prefix_len"),
+}
+"""``acl_graph.py:_REPLACE_FUNC_MAP`` (FIA entry): FX node target -> ``updated_param_keys``. Keyed here by the
+simulated op, which is what ``torch.ops.npu.npu_fused_infer_attention_score`` resolves to under the simulator."""
+
+Ruler = list[tuple[str, Any]]
+
+
+def get_update_ruler(node: fx.Node, updated_param_keys: Sequence[str],
+                     placeholders: list[fx.Node]) -> dict[str, Ruler]:
+    """``acl_graph.py:get_update_ruler`` (keyword part): an updated keyword must be a list or tuple (else
+    RuntimeError) whose items are graph inputs (``("index", input position)``) or constants (``("fixed", v)``,
+    anything else: RuntimeError); a keyword with no graph-input item gets no rule (it stays as captured)."""
+    rulers: dict[str, Ruler] = {}
+    for name, value in node.kwargs.items():
+        if name not in updated_param_keys:
+            continue
+        if not isinstance(value, (list, tuple)):
+            raise RuntimeError(f"For updated param type only list is supported, but get [{value}].")
+        ruler: Ruler = []
+        for item in value:
+            if item in placeholders:
+                ruler.append(("index", placeholders.index(item)))
+            elif isinstance(item, (int, float, bool)) or item is None:
+                ruler.append(("fixed", item))
+            else:
+                raise RuntimeError(f"For updated param value only sym and constant is supported, but get [{item}].")
+        if any(kind == "index" for kind, _ in ruler):
+            rulers[name] = ruler
+    return rulers
+
+
+class AclGraph:
+    """An FX graph as an ACL-graph mode runs it: the first call captures ``gm`` into a simulated NPUGraph
+    (``auto_dispatch_capture=True``: FIA is captured updatable, §2.28); each later call copies its tensor inputs
+    into the captured ones (unless they are the same tensors), replays, and updates every captured FIA with the
+    values its rules take from this call's inputs (``gen_updated_input_func``). Returns the captured outputs."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.rulers = [get_update_ruler(n, REPLACE_FUNC_MAP[n.target], placeholders) for n in gm.graph.nodes
+                       if n.op == "call_function" and n.target in REPLACE_FUNC_MAP]
+        self.graph: graphs.NPUGraph | None = None
+        self.inputs: tuple[Any, ...] = ()
+        self.out: Any = None
+
+    def __call__(self, *args: Any) -> Any:
+        if self.graph is None:
+            self.inputs, self.graph = args, graphs.NPUGraph()
+            with graphs.graph(self.graph, auto_dispatch_capture=True):
+                self.out = self.gm(*args)
+            return self.out
+        for old, new in zip(self.inputs, args, strict=True):
+            if isinstance(old, torch.Tensor) and new is not old:
+                old.copy_(new)
+        self.graph.replay()
+        if self.graph.updatable:
+            self.graph.update([{k: [args[v] if kind == "index" else v for kind, v in r] for k, r in rulers.items()}
+                               for rulers in self.rulers])
+        return self.out
+
+    def replayed_host_args(self, name: str) -> list[Any]:
+        """The value of host argument ``name`` each captured updatable op ran with at the last replay."""
+        assert self.graph is not None
+        return [n.kwargs.get(name) for n in self.graph.updatable]
