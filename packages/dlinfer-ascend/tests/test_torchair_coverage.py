@@ -141,6 +141,15 @@ def test_lowered_fia_keywords_exist_in_the_torch_npu_meta_signature() -> None:
     assert set(kwargs) <= params, sorted(set(kwargs) - params)
 
 
+
+def test_the_acl_graph_stand_in_updates_the_keys_torchair_updates() -> None:
+    """npu_sim/torchair.py:AclGraph models _REPLACE_FUNC_MAP's FIA entry: the same updated_param_keys."""
+    import npu_sim.torchair as torchair_sim
+    from npu_sim.attention import npu_fused_infer_attention_score
+
+    keys, _ = replay_map()["torch.ops.npu.npu_fused_infer_attention_score.default"]
+    assert list(torchair_sim.REPLACE_FUNC_MAP[npu_fused_infer_attention_score]) == keys
+
 class _Val:
     """Stands in for an fx.Proxy: any method call returns another stand-in."""
 
