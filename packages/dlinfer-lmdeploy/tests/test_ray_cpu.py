@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -93,3 +97,43 @@ def test_ray_tp2_matches_hf(kind, tiny_model, hf_greedy):  # type: ignore[no-unt
     except (generate_cli.GenerationTimeout, RuntimeError) as exc:
         pytest.fail(str(exc))
     assert result["output_ids"] == hf_greedy(path, result["input_ids"], 8)
+
+
+_KILL_A_RAY_WORKER = textwrap.dedent("""
+    import os, signal, sys, time
+    import dlinfer_lmdeploy, ray
+    from dlinfer_lmdeploy.testing import runner
+    from lmdeploy import GenerationConfig, pipeline
+    pipe = pipeline(sys.argv[1], backend_config=runner.engine_config(tp=2, distributed_executor_backend="ray"),
+                    log_level="ERROR")
+    print("GENERATED", runner.generate(pipe, ["Hello world"], 4), flush=True)
+    worker = pipe.async_engine.engine.executor.workers[1]
+    pid = ray.get(worker.dlinfer_bind_device.remote())["pid"]
+    os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+    print("KILLED", pid, flush=True)
+    t = time.monotonic()
+    gen = GenerationConfig(max_new_tokens=4, do_sample=False, top_k=1, ignore_eos=True)
+    out = pipe(["Hello again"], gen_config=gen, do_preprocess=False)[0]
+    print("AFTER", out.finish_reason, len(out.token_ids), round(time.monotonic() - t, 1), flush=True)
+""")
+
+
+@needs_ray
+@pytest.mark.e2e
+@pytest.mark.tp2
+def test_ray_killed_worker_stops_the_engine(tiny_model):  # type: ignore[no-untyped-def]
+    """A ray worker killed from outside: the next request ends at once with an error, not a hang or tokens."""
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_A_RAY_WORKER, str(tiny_model("llama"))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, **RAY_ENV})
+    try:
+        out, err = proc.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"hang after a ray worker was killed; stderr tail:\n{err[-3000:]}")
+    assert "GENERATED" in out and "KILLED" in out, f"rc={proc.returncode}\n{out[-2000:]}\n{err[-3000:]}"
+    after = next(ln for ln in out.splitlines() if ln.startswith("AFTER")).split()
+    assert after[1] not in ("length", "stop") and int(after[2]) < 4, after  # no normal completion
+    assert float(after[3]) < 60, after
+    assert "ActorDiedError" in err or "actor died" in (err + out).lower(), err[-3000:]
