@@ -10,7 +10,7 @@ import torch
 from dlinfer.spec import OpSpec, Param
 
 _PY_TYPES = {"tensor": "torch.Tensor", "int": "int", "float": "float", "bool": "bool", "str": "str",
-             "dtype": "torch.dtype"}
+             "dtype": "torch.dtype", "plan": "object"}
 _SCHEMA_TYPES = {"tensor": "Tensor", "int": "SymInt", "float": "float", "bool": "bool", "str": "str",
                  "dtype": "ScalarType"}
 
@@ -21,6 +21,8 @@ def schema(spec: OpSpec) -> str:
     alias = iter("abcdefgh")
     star = False
     for p in spec.params:
+        if p.kind == "plan":  # eager only: never part of a traced graph
+            continue
         if p.keyword_only and not star:
             parts.append("*")
             star = True
@@ -117,7 +119,9 @@ def build_public(spec: OpSpec, ns: dict[str, Any]) -> Callable[..., Any]:
         f"        raise _ArgumentError({spec.name!r}, {p.name!r}, 'a value > 0 or None', repr({p.name}))\n    "
         for p in spec.params if p.positive)
     if spec.graph_op:
-        custom = f"return _custom_{spec.name}({call})"
+        traced = ", ".join(p.name if not p.keyword_only else f"{p.name}={p.name}" for p in spec.params
+                           if p.kind != "plan")
+        custom = f"return _custom_{spec.name}({traced})"
     else:
         custom = f"return _table.{spec.name}({call})"
     ns_local = dict(ns)

@@ -16,7 +16,7 @@ from typing import Any
 from dlinfer.compose import compose
 from dlinfer.errors import DlinferError, PluginError
 from dlinfer.plugin import Backend
-from dlinfer.registry import REFERENCE, REGISTRY, PluginRecord
+from dlinfer.registry import REFERENCE, REGISTRY, PluginRecord, drops_plan
 from dlinfer.spec import SPECS
 
 
@@ -125,7 +125,7 @@ def _activate(rec: PluginRecord, strict: bool) -> Backend:
         except Exception as exc:
             raise rec.fail(f"activate() failed: {type(exc).__name__}: {exc}") from exc
     for op in SPECS:
-        setattr(TABLE, op, ops.get(op) or (composed[op][0] if op in composed else reference[op]))
+        setattr(TABLE, op, drops_plan(op, ops.get(op) or (composed[op][0] if op in composed else reference[op])))
     for op in SPECS:
         if op in ops or (backend.name, op) in STATE.warned:
             continue

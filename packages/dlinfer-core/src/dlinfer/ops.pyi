@@ -153,6 +153,7 @@ def prefill_attention(
     softcap: float | None = ...,
     alibi_slopes: torch.Tensor | None = ...,
     cu_seqlens_q_cpu: torch.Tensor | None = ...,
+    plan: object | None = ...,
 ) -> torch.Tensor:
     """Varlen attention over the given k/v only (no cache): prefill without history and vision towers (causal=False). Scores are scale * q.k, then softcap, then ALiBi, then the mask; softmax in fp32. Causal alignment is bottom-right.
 
@@ -168,6 +169,7 @@ def prefill_attention(
         softcap: float (optional) scores become softcap * tanh(scores / softcap), > 0
         alibi_slopes: tensor (optional) [Hq] float32 per-head ALiBi slopes; adds slope * (j - p) to the scores
         cu_seqlens_q_cpu: tensor (optional) [B+1] int32 host mirror of cu_seqlens_q, for backends that declare host_seqlens
+        plan: plan (optional) the step's plan from the active backend's Backend.prepare_metadata (built once per step); None: the op derives what it needs from the other arguments. Same result either way
 
     Returns:
         out: [T, Hq, Dv] same:q
@@ -192,6 +194,7 @@ def paged_prefill_attention(
     kv_layout: str | None = ...,
     cu_seqlens_q_cpu: torch.Tensor | None = ...,
     seqlens_kv_cpu: torch.Tensor | None = ...,
+    plan: object | None = ...,
 ) -> torch.Tensor:
     """New tokens are already in the cache; query i of sequence b sits at position seqlens_kv[b] - q_len[b] + i. Scores are scale * q.k, then softcap, then ALiBi, then the mask; softmax in fp32. Causal alignment is bottom-right.
 
@@ -212,6 +215,7 @@ def paged_prefill_attention(
         kv_layout: str (optional) "NHD" or "HND"; None means the active backend's layout
         cu_seqlens_q_cpu: tensor (optional) [B+1] int32
         seqlens_kv_cpu: tensor (optional) [B] int32
+        plan: plan (optional) the step's plan from the active backend's Backend.prepare_metadata (built once per step); None: the op derives what it needs from the other arguments. Same result either way
 
     Returns:
         out: [T, Hq, Dv] same:q
@@ -232,6 +236,7 @@ def paged_decode_attention(
     alibi_slopes: torch.Tensor | None = ...,
     kv_layout: str | None = ...,
     seqlens_kv_cpu: torch.Tensor | None = ...,
+    plan: object | None = ...,
 ) -> torch.Tensor:
     """One new token per sequence attending to its whole cached context. Scores are scale * q.k, then softcap, then ALiBi, then the mask; softmax in fp32. Causal alignment is bottom-right.
 
@@ -248,6 +253,7 @@ def paged_decode_attention(
         alibi_slopes: tensor (optional) [Hq] float32 per-head ALiBi slopes; adds slope * (j - p) to the scores
         kv_layout: str (optional) "NHD" or "HND"; None means the active backend's layout
         seqlens_kv_cpu: tensor (optional) [B] int32
+        plan: plan (optional) the step's plan from the active backend's Backend.prepare_metadata (built once per step); None: the op derives what it needs from the other arguments. Same result either way
 
     Returns:
         out: [B, Hq, Dv] same:q

@@ -43,6 +43,28 @@ class DeviceGraph:
 
 
 @dataclass(frozen=True)
+class StepMetadata:
+    """One forward step's batch metadata, given once per step to ``Backend.prepare_metadata``.
+
+    The tensors are the ones the step's attention calls receive (device, int32): ``cu_seqlens_q`` [B+1],
+    ``seqlens_kv`` [B], ``block_table`` [B, MB]; the host mirrors are given when the backend declared
+    ``host_seqlens``. ``decode``: one new token per sequence (``paged_decode_attention``). Per-layer settings
+    (``window``, ``causal``, the scale) are not known here: a plan builds what depends on them lazily, once per
+    distinct value.
+    """
+
+    cu_seqlens_q: torch.Tensor
+    seqlens_kv: torch.Tensor
+    block_table: torch.Tensor
+    max_seqlen_q: int
+    max_seqlen_kv: int
+    block_size: int
+    decode: bool
+    cu_seqlens_q_cpu: torch.Tensor | None = None
+    seqlens_kv_cpu: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a backend's attention kernels serve, typed, so that a framework adaptor can refuse a model when its
     engine is built (not at the first request) and ``dlinfer info`` can show it.
@@ -141,6 +163,13 @@ class Backend:
     """Attention features served; framework adaptors check them when an engine is built."""
     max_batch_size: int | None = None
     """Default batch-size bound for serving engines (``None``: the adaptor's default)."""
+    prepare_metadata: Callable[[StepMetadata], Any] | None = None
+    """Once per step (FlashInfer's plan/run split): build a backend-specific plan from the step's
+    :class:`StepMetadata`; framework adaptors pass it to that step's attention ops as ``plan=``, so that index,
+    mask and offset tensors are built once per step, not once per layer. ``None``: no plan (ops get
+    ``plan=None``). An op must give the same result with and without the plan. A graph runner that replays a
+    captured step calls ``plan.refresh()`` (when the plan has it) after refilling the fixed metadata buffers, so
+    that a plan whose tensors were captured is rebuilt in place before the replay."""
     framework: FrameworkSettings = field(default_factory=FrameworkSettings)
     """Settings read by framework adaptors (LMDeploy device name, ray resource)."""
     description: str = ""

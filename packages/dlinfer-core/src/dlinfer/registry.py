@@ -107,13 +107,31 @@ def signature_mismatch(op: str, fn: Callable[..., Any]) -> str | None:
     params = [p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     got = [(p.name, p.kind == p.KEYWORD_ONLY) for p in params]
     want = [(p.name, p.keyword_only) for p in spec.params]
-    if got == want:
-        return None
+    if got == want or got == [(p.name, p.keyword_only) for p in spec.params if p.kind != "plan"]:
+        return None  # the plan keyword (API 1.2) is optional for an implementation
 
     def fmt(items: list[tuple[str, bool]]) -> str:
         return "(" + ", ".join(("*" if kw else "") + n for n, kw in items) + ")"
 
     return f"op '{op}' has parameters {fmt(got)}, spec expects {fmt(want)} (* = keyword-only)"
+
+
+def drops_plan(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` itself when it takes the spec's ``plan`` keyword (or the op has none), else a wrapper that drops it
+    (an implementation written for API < 1.2, or one that never uses a plan)."""
+    if not any(p.kind == "plan" for p in SPECS[op].params):
+        return fn
+    try:
+        if "plan" in inspect.signature(fn).parameters:
+            return fn
+    except (TypeError, ValueError):
+        pass
+
+    def without_plan(*args: Any, plan: object = None, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    without_plan.__wrapped_impl__ = fn  # type: ignore[attr-defined]
+    return without_plan
 
 
 def validate_ops(rec: PluginRecord, ops: Mapping[str, Callable[..., Any]]) -> list[str]:

@@ -18,10 +18,12 @@ from typing import Literal
 
 import torch
 
-API_VERSION = "1.1"
+API_VERSION = "1.2"
 """Version of the op/plugin API that dlinfer-core implements (plugins declare a range).
 1.1 added ``apply_rotary_pos_emb_inplace``; a 1.0 plugin still loads and gets it composed from its own
-``apply_rotary_pos_emb`` (``OpSpec.derived_from``), or the reference if it lacks that too."""
+``apply_rotary_pos_emb`` (``OpSpec.derived_from``), or the reference if it lacks that too.
+1.2 added the optional ``plan`` keyword of the attention ops (``Backend.prepare_metadata``); an implementation
+without it still registers and never receives it."""
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -31,7 +33,9 @@ KV_LAYOUTS: dict[str, tuple[str, ...]] = {
 }
 """Block shape per KV layout for the key cache; the value cache uses ``Dv`` in place of ``D``."""
 
-Kind = Literal["tensor", "int", "float", "bool", "str", "dtype"]
+Kind = Literal["tensor", "int", "float", "bool", "str", "dtype", "plan"]
+"""``"plan"``: the opaque per-step object of ``Backend.prepare_metadata``; eager only: it is not part of the
+``torch.library`` schema (a traced call drops it) and an implementation may omit the parameter."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,9 @@ _ATTN_OPTIONS = (
     Param("alibi_slopes", "tensor", ("Hq",), (torch.float32,), optional=True, keyword_only=True,
           doc="per-head ALiBi slopes; adds slope * (j - p) to the scores"),
 )
+_PLAN = _kw("plan", "plan", optional=True,
+            doc="the step's plan from the active backend's Backend.prepare_metadata (built once per step); "
+                "None: the op derives what it needs from the other arguments. Same result either way")
 _LAYOUT = _kw("kv_layout", "str", optional=True, doc='"NHD" or "HND"; None means the active backend\'s layout')
 _ATTN_SUMMARY = (
     "Scores are scale * q.k, then softcap, then ALiBi, then the mask; softmax in fp32. "
@@ -183,7 +190,7 @@ _add(OpSpec(
      _t("cu_seqlens_q", ("B+1",), (torch.int32,)),
      _kw("max_seqlen_q", "int"), _kw("causal", "bool", True), *_ATTN_OPTIONS,
      Param("cu_seqlens_q_cpu", "tensor", ("B+1",), (torch.int32,), optional=True, keyword_only=True,
-           doc="host mirror of cu_seqlens_q, for backends that declare host_seqlens")),
+           doc="host mirror of cu_seqlens_q, for backends that declare host_seqlens"), _PLAN),
     (Output("out", ("T", "Hq", "Dv"), "same:q"),),
     "Varlen attention over the given k/v only (no cache): prefill without history and vision towers "
     "(causal=False). " + _ATTN_SUMMARY,
@@ -196,7 +203,7 @@ _add(OpSpec(
      _t("seqlens_kv", ("B",), (torch.int32,)),
      _kw("max_seqlen_q", "int"), _kw("max_seqlen_kv", "int"), _kw("causal", "bool", True), *_ATTN_OPTIONS, _LAYOUT,
      Param("cu_seqlens_q_cpu", "tensor", ("B+1",), (torch.int32,), optional=True, keyword_only=True),
-     Param("seqlens_kv_cpu", "tensor", ("B",), (torch.int32,), optional=True, keyword_only=True)),
+     Param("seqlens_kv_cpu", "tensor", ("B",), (torch.int32,), optional=True, keyword_only=True), _PLAN),
     (Output("out", ("T", "Hq", "Dv"), "same:q"),),
     "New tokens are already in the cache; query i of sequence b sits at position "
     "seqlens_kv[b] - q_len[b] + i. " + _ATTN_SUMMARY,
@@ -207,7 +214,7 @@ _add(OpSpec(
     (_t("q", ("B", "Hq", "D")), _t("key_cache", "kv_cache_k", "same:q"), _t("value_cache", "kv_cache_v", "same:q"),
      _t("block_table", ("B", "MB"), (torch.int32,)), _t("seqlens_kv", ("B",), (torch.int32,)),
      _kw("max_seqlen_kv", "int"), *_ATTN_OPTIONS, _LAYOUT,
-     Param("seqlens_kv_cpu", "tensor", ("B",), (torch.int32,), optional=True, keyword_only=True)),
+     Param("seqlens_kv_cpu", "tensor", ("B",), (torch.int32,), optional=True, keyword_only=True), _PLAN),
     (Output("out", ("B", "Hq", "Dv"), "same:q"),),
     "One new token per sequence attending to its whole cached context. " + _ATTN_SUMMARY,
     options=("window", "softcap", "alibi_slopes"),

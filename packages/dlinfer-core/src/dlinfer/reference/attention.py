@@ -93,6 +93,7 @@ def prefill_attention(
     softcap: float | None,
     alibi_slopes: torch.Tensor | None,
     cu_seqlens_q_cpu: torch.Tensor | None,
+    plan: object = None,
 ) -> torch.Tensor:
     """Varlen attention of q [T, Hq, D] over k [T, Hkv, D] / v [T, Hkv, Dv] -> [T, Hq, Dv]."""
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
@@ -124,6 +125,7 @@ def paged_prefill_attention(
     kv_layout: str | None,
     cu_seqlens_q_cpu: torch.Tensor | None,
     seqlens_kv_cpu: torch.Tensor | None,
+    plan: object = None,
 ) -> torch.Tensor:
     """q [T, Hq, D] (new tokens, already cached) over each sequence's cached context -> [T, Hq, Dv]."""
     layout = kv_layout or "NHD"
@@ -160,6 +162,7 @@ def paged_decode_attention(
     alibi_slopes: torch.Tensor | None,
     kv_layout: str | None,
     seqlens_kv_cpu: torch.Tensor | None,
+    plan: object = None,
 ) -> torch.Tensor:
     """q [B, Hq, D], one token per sequence at position seqlens_kv[b] - 1 -> [B, Hq, Dv]."""
     batch = q.shape[0]

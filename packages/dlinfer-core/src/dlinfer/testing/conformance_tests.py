@@ -14,7 +14,8 @@ def test_conformance(dlinfer_run, dlinfer_backend, request: pytest.FixtureReques
     ops = REGISTRY.load_ops(dlinfer_backend)
     backend = REGISTRY.records[dlinfer_backend].backend
     device = request.config.getoption("--dlinfer-device") or backend.device_type
-    result = run_case(case, dtype, ops, REGISTRY.load_ops(REFERENCE), device=device, layout=layout)
+    result = run_case(case, dtype, ops, REGISTRY.load_ops(REFERENCE), device=device, layout=layout,
+                      prepare_metadata=backend.prepare_metadata)
     if result.status == "unsupported":
         pytest.skip(result.detail)
     assert result.status == "pass", f"{result.status} (seed {result.seed}): {result.detail}"

@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
+from dlinfer.plugin import StepMetadata
 from dlinfer.registry import REFERENCE, REGISTRY
-from dlinfer.spec import SPECS, OpSpec
+from dlinfer.spec import KV_LAYOUTS, SPECS, OpSpec
 from dlinfer.testing.cases import Case, cases_for
 from dlinfer.testing.compare import Diff, compare_tensor, merge, poison_allocator
 from dlinfer.testing.tolerances import tolerance
@@ -107,6 +108,8 @@ def call(spec: OpSpec, fn: Callable[..., Any], args: Mapping[str, Any]) -> Any:
     """Call an implementation the way dlinfer.ops does: tensors positionally, options by keyword."""
     pos = [args.get(p.name) for p in spec.params if not p.keyword_only]
     kw = {p.name: args.get(p.name, p.default) for p in spec.params if p.keyword_only}
+    if kw.get("plan", 0) is None:  # an implementation may omit the plan keyword (it is then never given one)
+        del kw["plan"]
     return fn(*pos, **kw)
 
 
@@ -129,6 +132,45 @@ def _canonical_topk(outs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return [(wn, w.gather(-1, order)), (iname, ids.gather(-1, order))]
 
 
+def step_metadata(op: str, args: Mapping[str, Any], layout: str) -> StepMetadata:
+    """The :class:`StepMetadata` a framework would give ``Backend.prepare_metadata`` for one attention call's
+    arguments (the same tensor objects, so that a plan recognises the call)."""
+    if op == "paged_decode_attention":
+        kv = args["seqlens_kv"]
+        cu = torch.arange(kv.shape[0] + 1, dtype=torch.int32, device=kv.device)
+    else:
+        cu = args["cu_seqlens_q"]
+        kv = args["seqlens_kv"] if op == "paged_prefill_attention" else (cu[1:] - cu[:-1])
+    table = args.get("block_table")
+    if table is None:
+        table = torch.zeros(kv.shape[0], 0, dtype=torch.int32, device=kv.device)
+    cache = args.get("key_cache")
+    block_size = 0 if cache is None else int(cache.shape[KV_LAYOUTS[layout].index("BS")])
+    kv_cpu = args.get("seqlens_kv_cpu")
+    return StepMetadata(cu_seqlens_q=cu, seqlens_kv=kv, block_table=table,
+                        max_seqlen_q=int(args.get("max_seqlen_q", 1)),
+                        max_seqlen_kv=int(args.get("max_seqlen_kv", args.get("max_seqlen_q", 1))),
+                        block_size=block_size, decode=op == "paged_decode_attention",
+                        cu_seqlens_q_cpu=args.get("cu_seqlens_q_cpu"),
+                        seqlens_kv_cpu=kv_cpu if op != "prefill_attention" else None)
+
+
+def _plan_diffs(spec: OpSpec, fn: Callable[..., Any], base: Mapping[str, Any], without: list[tuple[str, Any]],
+                prepare: Callable[[StepMetadata], Any], layout: str) -> list[Diff]:
+    """The op called with the backend's plan (twice, as two layers of one step) must give exactly the output it
+    gave without one."""
+    diffs = []
+    args = _clone(base)
+    args["plan"] = prepare(step_metadata(spec.name, args, layout))
+    for layer in (1, 2):
+        with_plan = _outputs(spec, call(spec, fn, args), args)
+        for (name, got), (_, want) in zip(with_plan, without):
+            if not (isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor) and torch.equal(got, want)):
+                diffs.append(Diff(False, 0.0, 0.0, f"'{name}' with the backend's plan (layer {layer}) differs from "
+                                                   "the output without a plan"))
+    return diffs
+
+
 def run_case(
     case: Case,
     dtype: torch.dtype,
@@ -138,8 +180,11 @@ def run_case(
     device: torch.device | str = "cpu",
     layout: str = "NHD",
     seed: int | None = None,
+    prepare_metadata: Callable[[StepMetadata], Any] | None = None,
 ) -> CaseResult:
-    """Run one case with a fresh seed: poison memory, call the backend, compare with the reference."""
+    """Run one case with a fresh seed: poison memory, call the backend, compare with the reference.
+    ``prepare_metadata`` (a backend's ``Backend.prepare_metadata``): an op taking a ``plan`` must also give the
+    same output with the plan built from the case's arguments."""
     spec = SPECS[case.op]
     seed = random.randrange(2**31) if seed is None else seed
     device = torch.device(device)
@@ -182,6 +227,8 @@ def run_case(
             if checked and not torch.equal(mine[p.name], base[p.name]):
                 diffs.append(Diff(False, 0.0, 0.0, f"input '{p.name}' was modified"))
         diffs += _untouched_outside(spec, mine, base)
+    if prepare_metadata is not None and any(p.kind == "plan" for p in spec.params):
+        diffs += _plan_diffs(spec, ops[case.op], base, got_outs, prepare_metadata, layout)
     d = merge(diffs)
     res.status = "pass" if d.ok else "fail"
     res.max_abs, res.max_rel, res.detail = d.max_abs, d.max_rel, d.detail
@@ -242,7 +289,7 @@ def run_conformance(
     results = []
     for i, (case, dt, lay) in enumerate(runs):
         r = run_case(case, dt, impl, reference, device=dev, layout=lay,
-                     seed=None if seed is None else seed + i)
+                     seed=None if seed is None else seed + i, prepare_metadata=rec.backend.prepare_metadata)
         results.append(r)
         if progress is not None:
             progress(i + 1, len(runs), r)
