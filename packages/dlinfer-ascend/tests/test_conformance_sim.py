@@ -19,7 +19,8 @@ REFUSED = {"softcap", "alibi_slopes"}
 def test_conformance(run: tuple) -> None:
     case, dtype, layout = run
     r = run_case(case, dtype, REGISTRY.load_ops("ascend"), REGISTRY.load_ops(REFERENCE), device="cpu",
-                 layout=layout)
+                 layout=layout,
+                 prepare_metadata=REGISTRY.records["ascend"].backend.prepare_metadata)
     if r.status == "unsupported":
         assert case.option in REFUSED, f"unexpected refusal of {case.option}: {r.detail}"
         assert "ascend" in r.detail

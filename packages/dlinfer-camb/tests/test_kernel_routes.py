@@ -82,7 +82,8 @@ def _paged_case(op: str, block_size: int) -> Case:
 def test_block_size_routes(camb_ops: dict, spy: list, op: str, block_size: int, paged: bool,
                            dtype: torch.dtype) -> None:
     REGISTRY.discover()
-    res = run_case(_paged_case(op, block_size), dtype, camb_ops, REGISTRY.load_ops(REFERENCE), layout="HND")
+    res = run_case(_paged_case(op, block_size), dtype, camb_ops, REGISTRY.load_ops(REFERENCE), layout="HND",
+                   prepare_metadata=REGISTRY.records["camb"].backend.prepare_metadata)  # with and without a plan
     assert res.status == "pass", res.detail
     kernels = {name for name, _, _ in spy}
     if op == "paged_decode_attention":

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from dlinfer.plugin import Backend, Capabilities, hookimpl
+from dlinfer.plugin import Backend, Capabilities, StepMetadata, hookimpl
 
 from dlinfer_ascend import BACKEND_NAME
 from dlinfer_ascend.runtime import WRITTEN_FOR, is_available
@@ -43,6 +43,12 @@ def _lowering() -> Mapping[str, Any]:
     return lowering()
 
 
+def _prepare_metadata(step: StepMetadata) -> Any:
+    from dlinfer_ascend.ops.plan import AscendPlan
+
+    return AscendPlan.from_step(step)
+
+
 def _soc() -> object:
     from dlinfer_ascend.soc import soc_info
 
@@ -63,6 +69,7 @@ def dlinfer_backend() -> Backend:
         kv_layout="NHD",
         block_sizes=BLOCK_SIZES,
         host_seqlens=True,
+        prepare_metadata=_prepare_metadata,
         slot_dtype=torch.int32,
         dtypes=(torch.float16, torch.bfloat16),  # the fused kernels serve no fp32 activations
         dist_backend="hccl",

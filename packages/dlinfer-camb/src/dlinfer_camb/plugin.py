@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from dlinfer.plugin import Backend, Capabilities, hookimpl
+from dlinfer.plugin import Backend, Capabilities, StepMetadata, hookimpl
 from dlinfer_camb import BACKEND_NAME
 from dlinfer_camb.graph import device_graph
 from dlinfer_camb.runtime import WRITTEN_FOR, is_available
@@ -32,6 +32,12 @@ def _activate() -> None:
     apply_device_patches()
 
 
+def _prepare_metadata(step: StepMetadata) -> Any:
+    from dlinfer_camb.ops.plan import CambPlan
+
+    return CambPlan.from_step(step)
+
+
 @hookimpl
 def dlinfer_backend() -> Backend:
     """Cambricon MLU (MLU370/590) through torch_mlu and torch_mlu_ops."""
@@ -44,6 +50,7 @@ def dlinfer_backend() -> Backend:
         kv_layout="HND",
         block_sizes=BLOCK_SIZES,
         host_seqlens=False,
+        prepare_metadata=_prepare_metadata,
         slot_dtype=torch.int32,
         dtypes=(torch.float16, torch.bfloat16),  # the fused kernels serve no fp32 activations
         dist_backend="cncl",

@@ -69,7 +69,7 @@ import torch
 from dlinfer.plugin import Backend
 from lmdeploy.pytorch.backends.graph_runner import GraphRunner
 
-from dlinfer_lmdeploy.metadata import DlinferAttentionMetadata
+from dlinfer_lmdeploy.metadata import DlinferAttentionMetadata, step_metadata
 
 logger = logging.getLogger("dlinfer_lmdeploy")
 
@@ -346,6 +346,8 @@ class DlinferGraphRunner(GraphRunner):
         if self.plugin.host_seqlens:
             meta.cu_seqlens_q_cpu = torch.arange(bucket + 1, dtype=torch.int32)
             meta.seqlens_kv_cpu = torch.ones(bucket, dtype=torch.int32)
+        if self.plugin.prepare_metadata is not None:  # a plan over the fixed buffers, refreshed by _fill
+            meta.plan = self.plugin.prepare_metadata(step_metadata(meta))
         buffers = {
             "input_ids": torch.zeros(1, bucket, dtype=input_ids.dtype, device=device),
             "position_ids": torch.zeros(1, bucket, dtype=torch.long, device=device),
@@ -385,6 +387,9 @@ class DlinferGraphRunner(GraphRunner):
             host = src.seqlens_kv_cpu if src.seqlens_kv_cpu is not None else src.kv_seqlens.cpu()
             dst.seqlens_kv_cpu[:b].copy_(host)
             dst.seqlens_kv_cpu[b:].fill_(1)
+        refresh = getattr(dst.plan, "refresh", None)
+        if refresh is not None:  # rebuild the plan over the refilled buffers, in place (Backend.prepare_metadata)
+            refresh()
         context = self.ctx_mgr.current_context()
         context.attn_metadata = dst
         context.q_seqlens = dst.q_seqlens

@@ -5,15 +5,23 @@ Built once per forward step by ``OpsBackend.update_step_context`` (LMDeploy call
 explicit batch metadata of the dlinfer spec (DESIGN.md §4): ``cu_seqlens_q`` and
 ``seqlens_kv`` (int32), the int32 block table, the slot mapping in the plugin's slot dtype,
 host mirrors only when the plugin asked for them (``Backend.host_seqlens``), and the KV
-layout the plugin declared.
+layout the plugin declared, and the plugin's once-per-step plan (``Backend.prepare_metadata``) that every
+attention call of the step receives as ``plan=``.
+
+Host mirrors: LMDeploy 0.18's ``StepContext`` carries the lengths as device tensors only (its host copies stay in
+the model agent's H2D transfer record), plus the host ints ``max_q_seqlen``, ``max_kv_seqlen`` and
+``sum_kv_seqlen``. The query offsets are therefore built on the host whenever those ints determine them (decode:
+``0..B``; prefill whose sequences all have ``max_q_seqlen`` tokens), and the lengths that remain are read in one
+device-to-host copy per step (none for a uniform prefill without history, whose KV lengths are its query lengths).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from dlinfer.plugin import Backend
+from dlinfer.plugin import Backend, StepMetadata
 from lmdeploy.pytorch.backends.attention import AttentionMetadata
 
 
@@ -38,6 +46,8 @@ class DlinferAttentionMetadata(AttentionMetadata):
     its slots cover every new token and attention runs as a paged prefill over the cache."""
     cu_seqlens_q_cpu: torch.Tensor | None = None
     seqlens_kv_cpu: torch.Tensor | None = None
+    plan: Any = None
+    """The plugin's plan for this step (``Backend.prepare_metadata``), passed to every attention call."""
 
 
 def cache_block_size(k_cache: torch.Tensor, kv_layout: str) -> int:
@@ -127,6 +137,49 @@ def build(step_context: object, backend: Backend) -> DlinferAttentionMetadata:
         multi_token_decode=multi_token_decode,
     )
     if backend.host_seqlens:
-        meta.cu_seqlens_q_cpu = cu_seqlens_q.cpu()
-        meta.seqlens_kv_cpu = kv_seqlens.cpu()
+        meta.cu_seqlens_q_cpu, meta.seqlens_kv_cpu = host_mirrors(
+            q_seqlens, kv_seqlens, num_tokens, max_q, one_token=is_decoding and not multi_token_decode,
+            no_history=prefill_no_cache)
+    if backend.prepare_metadata is not None:
+        meta.plan = backend.prepare_metadata(step_metadata(meta))
     return meta
+
+
+def step_metadata(meta: DlinferAttentionMetadata) -> StepMetadata:
+    """The plugin-facing view of a step's metadata (``Backend.prepare_metadata``'s argument)."""
+    return StepMetadata(
+        cu_seqlens_q=meta.cu_seqlens_q,
+        seqlens_kv=meta.kv_seqlens,
+        block_table=meta.block_offsets,
+        max_seqlen_q=meta.max_q_seqlen,
+        max_seqlen_kv=meta.max_kv_seqlen,
+        block_size=meta.block_size,
+        decode=bool(meta.is_decoding and not meta.multi_token_decode),
+        cu_seqlens_q_cpu=meta.cu_seqlens_q_cpu,
+        seqlens_kv_cpu=meta.seqlens_kv_cpu,
+    )
+
+
+def host_mirrors(q_seqlens: torch.Tensor, kv_seqlens: torch.Tensor, num_tokens: int, max_q: int, *,
+                 one_token: bool, no_history: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host int32 ``cu_seqlens_q`` [B+1] and ``seqlens_kv`` [B] with at most one device-to-host copy.
+
+    ``one_token``: one query token per sequence (offsets ``0..B``); ``no_history``: KV lengths are the query
+    lengths; a batch whose ``B * max_q`` equals ``num_tokens`` has every query length ``max_q``.
+    """
+    batch = q_seqlens.numel()
+    uniform = one_token or max_q * batch == num_tokens
+    q_cpu = torch.full((batch,), 1 if one_token else max_q, dtype=torch.int32) if uniform else None
+    if no_history and q_cpu is not None:
+        kv_cpu = q_cpu.clone()
+    elif q_cpu is not None:
+        kv_cpu = kv_seqlens.to("cpu", torch.int32)
+    elif no_history:
+        q_cpu = q_seqlens.to("cpu", torch.int32)
+        kv_cpu = q_cpu.clone()
+    else:  # both, in one copy
+        both = torch.stack((q_seqlens.to(torch.int32), kv_seqlens.to(torch.int32))).cpu()
+        q_cpu, kv_cpu = both[0], both[1]
+    cu_cpu = torch.zeros(batch + 1, dtype=torch.int32)
+    torch.cumsum(q_cpu, 0, out=cu_cpu[1:])
+    return cu_cpu, kv_cpu

@@ -21,12 +21,12 @@ import torch
 from dlinfer_ascend.ops._common import (
     check_half,
     check_layout,
-    host,
     refuse_score_options,
     softmax_scale,
     unsupported,
 )
 from dlinfer_ascend.ops._kernels import K
+from dlinfer_ascend.ops.plan import AscendPlan
 
 INT_MAX = 2147483647
 TND_DIMS = ((128, 128), (192, 128), (192, 192))
@@ -77,7 +77,8 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
                       *, max_seqlen_q: int, causal: bool = True, scale: float | None = None,
                       window: int | None = None, softcap: float | None = None,
                       alibi_slopes: torch.Tensor | None = None,
-                      cu_seqlens_q_cpu: torch.Tensor | None = None) -> torch.Tensor:
+                      cu_seqlens_q_cpu: torch.Tensor | None = None,
+                      plan: AscendPlan | None = None) -> torch.Tensor:
     """q [T,Hq,D], k [T,Hkv,D], v [T,Hkv,Dv], cu_seqlens_q int32 [B+1] -> [T,Hq,Dv]."""
     op = "prefill_attention"
     refuse_score_options(op, softcap, alibi_slopes)
@@ -91,13 +92,12 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     out = q.new_empty(t, hq, dv)
     if t == 0:
         return out
-    cu = host(cu_seqlens_q_cpu, cu_seqlens_q)
-    lens = cu[1:] - cu[:-1]
-    lens = lens[lens > 0].to(torch.int32)
+    plan = _plan(plan, cu_seqlens_q, None, cu_seqlens_q_cpu, None)
+    lens = plan.nonempty_qlens()
     sc = softmax_scale(scale, d)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     if causal:
-        mask = _atb_causal_mask(int(lens.max()), q.dtype, q.device, window)
+        mask = _atb_causal_mask(plan.max_q, q.dtype, q.device, window)
         K.atb._npu_flash_attention(q, k, v, mask, lens, sc, hq, hkv, out)
     else:
         K.atb._npu_flash_attention_unpad(q, k, v, lens, sc, hq, hkv, out)
@@ -114,18 +114,23 @@ def _fia(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
     return out
 
 
+def _plan(plan: AscendPlan | None, cu_seqlens_q: torch.Tensor | None, seqlens_kv: torch.Tensor | None,
+          cu_cpu: torch.Tensor | None, kv_cpu: torch.Tensor | None) -> AscendPlan:
+    """The step's plan when it describes these lengths, else a throwaway one built from the call's arguments."""
+    if plan is not None and plan.serves(cu_seqlens_q, seqlens_kv):
+        return plan
+    return AscendPlan(cu_seqlens_q, seqlens_kv, cu_cpu, kv_cpu)
+
+
 def _decode(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-            block_table: torch.Tensor, kv_cpu: torch.Tensor, kv_dev: torch.Tensor, *,
+            block_table: torch.Tensor, kv_cpu: torch.Tensor, kv_dev: torch.Tensor, plan: AscendPlan, *,
             scale: float, window: int | None) -> torch.Tensor:
     """One query token per batch entry: q [B,Hq,D] over kv_cpu[b] cached tokens -> [B,Hq,Dv]."""
     b, hq, d = q.shape
     mask = None
     if window is not None:
         # Q_S = 1 ignores sparse_mode; a full (B, KV_S) mask (1 = masked) carries the window.
-        kv_s = block_table.shape[1] * key_cache.shape[1]
-        cols = torch.arange(kv_s, device=q.device)[None, :]
-        last = kv_dev.to(torch.int64)[:, None] - 1
-        mask = (cols <= last - window) | (cols > last)
+        mask = plan.decode_mask(kv_dev, window, block_table.shape[1] * key_cache.shape[1])
     out = _fia(q.reshape(b, 1, hq, d), key_cache, value_cache, block_table, atten_mask=mask,
                actual_seq_lengths_kv=kv_cpu, num_heads=hq, scale=scale, input_layout="BSND",
                sparse_mode=0)
@@ -137,7 +142,8 @@ def paged_decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache
                            scale: float | None = None, window: int | None = None,
                            softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
                            kv_layout: str | None = None,
-                           seqlens_kv_cpu: torch.Tensor | None = None) -> torch.Tensor:
+                           seqlens_kv_cpu: torch.Tensor | None = None,
+                           plan: AscendPlan | None = None) -> torch.Tensor:
     """q [B,Hq,D] over NHD caches [NB,BS,Hkv,D*] via block_table [B,MB] -> [B,Hq,Dv]."""
     op = "paged_decode_attention"
     check_layout(op, kv_layout)
@@ -148,8 +154,8 @@ def paged_decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache
         raise unsupported(op, "block_size", f"{bs}; FIA decode needs a multiple of 16 <= 512")
     if q.shape[0] == 0:
         return q.new_empty(0, q.shape[1], value_cache.shape[-1])
-    kv_cpu = host(seqlens_kv_cpu, seqlens_kv)
-    return _decode(q.contiguous(), key_cache, value_cache, block_table, kv_cpu, seqlens_kv,
+    plan = _plan(plan, None, seqlens_kv, None, seqlens_kv_cpu)
+    return _decode(q.contiguous(), key_cache, value_cache, block_table, plan.kv_cpu, seqlens_kv, plan,
                    scale=softmax_scale(scale, q.shape[-1]), window=window)
 
 
@@ -169,7 +175,8 @@ def paged_prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cach
                             window: int | None = None, softcap: float | None = None,
                             alibi_slopes: torch.Tensor | None = None, kv_layout: str | None = None,
                             cu_seqlens_q_cpu: torch.Tensor | None = None,
-                            seqlens_kv_cpu: torch.Tensor | None = None) -> torch.Tensor:
+                            seqlens_kv_cpu: torch.Tensor | None = None,
+                            plan: AscendPlan | None = None) -> torch.Tensor:
     """q [T,Hq,D] (new tokens, already cached) over each sequence's cache -> [T,Hq,Dv]."""
     op = "paged_prefill_attention"
     check_layout(op, kv_layout)
@@ -184,55 +191,37 @@ def paged_prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cach
     if t == 0:
         return q.new_empty(0, hq, dv)
     q = q.contiguous()
-    cu = host(cu_seqlens_q_cpu, cu_seqlens_q)
-    kv_cpu = host(seqlens_kv_cpu, seqlens_kv)
-    qlens = cu[1:] - cu[:-1]
+    plan = _plan(plan, cu_seqlens_q, seqlens_kv, cu_seqlens_q_cpu, seqlens_kv_cpu)
     sc = softmax_scale(scale, d)
-    max_q = int(qlens.max())
+    max_q = plan.max_q
     if (d, dv) in TND_DIMS and max_q > 1:
-        return _fia(q, key_cache, value_cache, block_table, actual_seq_lengths=cu[1:],
-                    actual_seq_lengths_kv=kv_cpu, num_heads=hq, scale=sc, input_layout="TND",
+        return _fia(q, key_cache, value_cache, block_table, actual_seq_lengths=plan.cu[1:],
+                    actual_seq_lengths_kv=plan.kv_cpu, num_heads=hq, scale=sc, input_layout="TND",
                     **_mask_kwargs(causal, window, q.device))
     if bs in PROMPT_BLOCK_SIZES and max_q > 1:
-        return _padded_bsnd(q, key_cache, value_cache, block_table, qlens, cu, kv_cpu, max_q,
-                            scale=sc, causal=causal, window=window)
-    return _per_token(q, key_cache, value_cache, block_table, qlens, kv_cpu, scale=sc,
-                      causal=causal, window=window)
-
-
-def _token_index(qlens: torch.Tensor, cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Host: sequence id and in-sequence index of every packed token."""
-    seq = torch.repeat_interleave(torch.arange(qlens.numel()), qlens.long())
-    pos = torch.arange(int(cu[-1])) - cu[:-1].long()[seq]
-    return seq, pos
+        return _padded_bsnd(q, key_cache, value_cache, block_table, plan, scale=sc, causal=causal,
+                            window=window)
+    return _per_token(q, key_cache, value_cache, block_table, plan, scale=sc, causal=causal, window=window)
 
 
 def _padded_bsnd(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-                 block_table: torch.Tensor, qlens: torch.Tensor, cu: torch.Tensor,
-                 kv_cpu: torch.Tensor, max_q: int, *, scale: float, causal: bool,
+                 block_table: torch.Tensor, plan: AscendPlan, *, scale: float, causal: bool,
                  window: int | None) -> torch.Tensor:
     """Prompt-path FIA on q padded to (B, max_q, Hq, D); per-batch host q lengths."""
-    b = qlens.numel()
+    b, max_q = plan.qlens.numel(), plan.max_q
     t, hq, d = q.shape
-    seq, pos = _token_index(qlens, cu)
-    flat = (seq * max_q + pos).to(q.device, non_blocking=True)
+    flat = plan.padded_index(q.device)
     padded = q.new_zeros(b * max_q, hq, d).index_copy_(0, flat, q)
     out = _fia(padded.view(b, max_q, hq, d), key_cache, value_cache, block_table,
-               actual_seq_lengths=qlens.to(torch.int32), actual_seq_lengths_kv=kv_cpu,
+               actual_seq_lengths=plan.qlens.to(torch.int32), actual_seq_lengths_kv=plan.kv_cpu,
                num_heads=hq, scale=scale, input_layout="BSND",
                **_mask_kwargs(causal, window, q.device))
     return out.reshape(b * max_q, hq, -1).index_select(0, flat)
 
 
 def _per_token(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-               block_table: torch.Tensor, qlens: torch.Tensor, kv_cpu: torch.Tensor, *,
+               block_table: torch.Tensor, plan: AscendPlan, *,
                scale: float, causal: bool, window: int | None) -> torch.Tensor:
     """Every query token as a single-token FIA call: its KV length is its position + 1 (causal)."""
-    cu = torch.cat((torch.zeros(1, dtype=torch.int32), qlens.cumsum(0).to(torch.int32)))
-    seq, pos = _token_index(qlens, cu)
-    kv_seq = kv_cpu.long()[seq]
-    tok_kv = (kv_seq - qlens.long()[seq] + pos + 1) if causal else kv_seq
-    tok_kv = tok_kv.to(torch.int32)
-    seq_dev = seq.to(q.device, non_blocking=True)
-    return _decode(q, key_cache, value_cache, block_table.index_select(0, seq_dev), tok_kv,
-                   tok_kv.to(q.device, non_blocking=True), scale=scale, window=window)
+    tok_kv, tok_kv_dev, rows = plan.per_token(causal, block_table)
+    return _decode(q, key_cache, value_cache, rows, tok_kv, tok_kv_dev, plan, scale=scale, window=window)

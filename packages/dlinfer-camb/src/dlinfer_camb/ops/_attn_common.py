@@ -41,26 +41,3 @@ def alibi(op: str, slopes: torch.Tensor | None, causal: bool) -> torch.Tensor | 
         raise unsupported(op, "alibi_slopes with causal=False",
                           "the ALiBi bias of tmo.flash_attention for non-causal attention is not documented")
     return slopes.to(torch.float32).contiguous()
-
-
-def cumulative(lengths: torch.Tensor) -> torch.Tensor:
-    """Per-sequence lengths int32 [B] -> cumulative offsets with a leading 0, int32 [B+1] (on the same device)."""
-    return torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
-
-
-def gather_packed(
-    cache: torch.Tensor, block_table: torch.Tensor, seqlens: torch.Tensor, seqlens_cpu: torch.Tensor | None
-) -> torch.Tensor:
-    """HND cache [NB, H, BS, D] + block_table [B, MB] -> packed tokens [sum(seqlens), H, D] in sequence order.
-
-    Used to route block sizes a paged kernel does not serve to the packed (varlen) kernel. Reads the
-    total length on the host (seqlens_cpu when given, else one device->host copy).
-    """
-    bs = cache.shape[2]
-    total = int((seqlens_cpu if seqlens_cpu is not None else seqlens).sum())
-    lens = seqlens.to(torch.int64)
-    batch = torch.repeat_interleave(torch.arange(lens.shape[0], device=cache.device), lens, output_size=total)
-    starts = torch.cumsum(lens, 0) - lens
-    pos = torch.arange(total, device=cache.device) - starts[batch]
-    blocks = block_table.to(torch.int64)[batch, pos // bs]
-    return cache.permute(0, 2, 1, 3)[blocks, pos % bs]

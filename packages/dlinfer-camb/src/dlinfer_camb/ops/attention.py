@@ -12,13 +12,12 @@ from dlinfer_camb.ops._attn_common import (
     DECODE_MAX_BLOCK_SIZE,
     FLASH_PAGED_BLOCK_SIZES,
     alibi,
-    cumulative,
-    gather_packed,
     refuse_softcap,
     softmax_scale,
     window_left,
 )
 from dlinfer_camb.ops._common import K, require_half, require_layout
+from dlinfer_camb.ops.plan import CambPlan, gather_packed, plan_for
 
 
 def _flash(
@@ -48,6 +47,7 @@ def prefill_attention(
     softcap: float | None,
     alibi_slopes: torch.Tensor | None,
     cu_seqlens_q_cpu: torch.Tensor | None,
+    plan: CambPlan | None = None,
 ) -> torch.Tensor:
     """q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, Dv], cu_seqlens_q int32 [B+1] -> [T, Hq, Dv]."""
     op = "prefill_attention"
@@ -76,6 +76,7 @@ def paged_prefill_attention(
     kv_layout: str | None,
     cu_seqlens_q_cpu: torch.Tensor | None,
     seqlens_kv_cpu: torch.Tensor | None,
+    plan: CambPlan | None = None,
 ) -> torch.Tensor:
     """q [T, Hq, D] over HND caches [NB, Hkv, BS, D|Dv] (new tokens already cached) -> [T, Hq, Dv].
 
@@ -89,12 +90,12 @@ def paged_prefill_attention(
     kw = {"max_q": max_seqlen_q, "max_kv": max_seqlen_kv, "causal": causal,
           "scale": softmax_scale(scale, q.shape[-1]), "wl": window_left(op, window),
           "slopes": alibi(op, alibi_slopes, causal)}
-    cu_kv = cumulative(seqlens_kv)
+    plan = plan_for(plan, seqlens_kv, seqlens_kv_cpu)
+    cu_kv = plan.cu_kv()
     if key_cache.shape[2] in FLASH_PAGED_BLOCK_SIZES:
         return _flash(q, key_cache, value_cache, cu_seqlens_q, cu_kv, block_tables=block_table, **kw)
-    k = gather_packed(key_cache, block_table, seqlens_kv, seqlens_kv_cpu)
-    v = gather_packed(value_cache, block_table, seqlens_kv, seqlens_kv_cpu)
-    return _flash(q, k, v, cu_seqlens_q, cu_kv, **kw)
+    index = plan.packed(block_table, key_cache.shape[2])
+    return _flash(q, gather_packed(key_cache, index), gather_packed(value_cache, index), cu_seqlens_q, cu_kv, **kw)
 
 
 def paged_decode_attention(
@@ -111,6 +112,7 @@ def paged_decode_attention(
     alibi_slopes: torch.Tensor | None,
     kv_layout: str | None,
     seqlens_kv_cpu: torch.Tensor | None,
+    plan: CambPlan | None = None,
 ) -> torch.Tensor:
     """q [B, Hq, D], one token per sequence, over HND caches -> [B, Hq, Dv].
 
@@ -124,10 +126,10 @@ def paged_decode_attention(
     b, hq, d = q.shape
     sm_scale, wl, slopes = softmax_scale(scale, d), window_left(op, window), alibi(op, alibi_slopes, True)
     if key_cache.shape[2] > DECODE_MAX_BLOCK_SIZE:
-        k = gather_packed(key_cache, block_table, seqlens_kv, seqlens_kv_cpu)
-        v = gather_packed(value_cache, block_table, seqlens_kv, seqlens_kv_cpu)
-        cu_q = torch.arange(b + 1, dtype=torch.int32, device=q.device)
-        return _flash(q, k, v, cu_q, cumulative(seqlens_kv), max_q=1, max_kv=max_seqlen_kv, causal=True,
+        plan = plan_for(plan, seqlens_kv, seqlens_kv_cpu)
+        index = plan.packed(block_table, key_cache.shape[2])
+        k, v = gather_packed(key_cache, index), gather_packed(value_cache, index)
+        return _flash(q, k, v, plan.decode_cu_q(b, q.device), plan.cu_kv(), max_q=1, max_kv=max_seqlen_kv, causal=True,
                       scale=sm_scale, wl=wl, slopes=slopes)
     out = q.new_empty(b, 1, hq, value_cache.shape[-1])
     # max_context_len <= 0 lets the kernel derive it (graph capture); a positive value must be an upper bound.

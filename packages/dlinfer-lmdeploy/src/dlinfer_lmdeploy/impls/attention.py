@@ -70,6 +70,7 @@ class DlinferPagedAttentionImpl(AttentionImpl[DlinferAttentionMetadata]):
                 alibi_slopes=alibi,
                 kv_layout=md.kv_layout,
                 seqlens_kv_cpu=md.seqlens_kv_cpu,
+                plan=md.plan,
             )
         elif md.prefill_no_cache and key is not None:
             out = ops.prefill_attention(
@@ -84,6 +85,7 @@ class DlinferPagedAttentionImpl(AttentionImpl[DlinferAttentionMetadata]):
                 softcap=self.softcap,
                 alibi_slopes=alibi,
                 cu_seqlens_q_cpu=md.cu_seqlens_q_cpu,
+                plan=md.plan,
             )
         else:
             out = ops.paged_prefill_attention(
@@ -103,6 +105,7 @@ class DlinferPagedAttentionImpl(AttentionImpl[DlinferAttentionMetadata]):
                 kv_layout=md.kv_layout,
                 cu_seqlens_q_cpu=md.cu_seqlens_q_cpu,
                 seqlens_kv_cpu=md.seqlens_kv_cpu,
+                plan=md.plan,
             )
         # ``inplace`` is only a hint: LMDeploy 0.18's own CUDA attention ignores it as well (it returns a new tensor
         # and every model uses the returned output). Copying ``out`` back into ``query`` cost one device copy per

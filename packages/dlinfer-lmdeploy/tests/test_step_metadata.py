@@ -1,0 +1,128 @@
+"""The step's attention metadata: host mirrors with at most one device-to-host copy per step (was two), the
+plugin's plan built once per step and handed to every attention call of the step."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from dlinfer.plugin import Backend, StepMetadata
+from lmdeploy.messages import QuantPolicy
+
+from dlinfer_lmdeploy import metadata
+
+BS = 4
+_READS = ("cpu", "tolist", "item", "numpy", "__int__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every device-to-host read of a tensor (``.cpu()``, ``.to('cpu')``, ``tolist``, ``item``, ``int()``)."""
+    seen: list[str] = []
+    for name in _READS:
+        orig = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _orig=orig, _name=name, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+            seen.append(_name)
+            return _orig(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    orig_to = torch.Tensor.to
+
+    def to(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        target = kw.get("device", a[0] if a else None)
+        if isinstance(target, (str, torch.device)) and torch.device(target).type == "cpu":
+            seen.append("to(cpu)")
+        return orig_to(self, *a, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    return seen
+
+
+def _backend(prepare: Any = None, host_seqlens: bool = True) -> Backend:
+    return Backend(name="toy", device_type="cpu", api_version=">=1.0,<2", is_available=lambda: True,
+                   load_ops=dict, host_seqlens=host_seqlens, prepare_metadata=prepare)
+
+
+def _ctx(q: list[int], kv: list[int], decoding: bool) -> SimpleNamespace:
+    blocks = max(-(-k // BS) for k in kv)
+    cache = torch.zeros(64, BS, 1, 8)
+    qt = torch.tensor(q)
+    return SimpleNamespace(
+        kv_caches=[(cache, cache)], q_seqlens=qt, kv_seqlens=torch.tensor(kv, dtype=torch.int32),
+        q_start_loc=torch.cumsum(qt, 0) - qt,
+        block_offsets=torch.randperm(64)[: len(q) * blocks].view(len(q), blocks),
+        input_ids=torch.zeros(1, sum(q), dtype=torch.long), is_decoding=decoding, max_q_seqlen=max(q),
+        max_kv_seqlen=max(kv), sum_kv_seqlen=sum(kv), kv_quant_policy=QuantPolicy.NONE)
+
+
+STEPS = {  # q lengths, kv lengths, decoding, device-to-host reads per step (the old builder: 2 every step)
+    "decode": ([1, 1, 1], [9, 17, 4], True, 1),
+    "multi-token-decode": ([3, 3], [10, 12], True, 1),
+    "prefill-uniform-no-history": ([4, 4], [4, 4], False, 0),
+    "prefill-varlen-no-history": ([3, 5], [3, 5], False, 1),
+    "prefill-with-history": ([3, 5], [10, 5], False, 1),
+}
+
+
+@pytest.mark.parametrize("name", list(STEPS))
+def test_host_mirrors_take_at_most_one_copy(name: str, host_reads: list[str]) -> None:
+    q, kv, decoding, reads = STEPS[name]
+    ctx = _ctx(q, kv, decoding)
+    meta = metadata.build(ctx, _backend())
+    assert len(host_reads) == reads, host_reads
+    host_reads.clear()
+    want_cu = [0]
+    for n in q:
+        want_cu.append(want_cu[-1] + n)
+    assert meta.cu_seqlens_q_cpu.dtype == meta.seqlens_kv_cpu.dtype == torch.int32
+    assert meta.cu_seqlens_q_cpu.device.type == "cpu"
+    assert meta.cu_seqlens_q_cpu.tolist() == want_cu == meta.cu_seqlens_q.tolist()
+    assert meta.seqlens_kv_cpu.tolist() == kv == meta.kv_seqlens.tolist()
+
+
+def test_no_mirrors_without_host_seqlens(host_reads: list[str]) -> None:
+    meta = metadata.build(_ctx([3, 5], [10, 5], False), _backend(host_seqlens=False))
+    assert host_reads == [] and meta.cu_seqlens_q_cpu is None and meta.seqlens_kv_cpu is None
+
+
+@pytest.mark.parametrize("name", list(STEPS))
+def test_plan_is_prepared_once_per_step_from_the_step_tensors(name: str) -> None:
+    q, kv, decoding, _ = STEPS[name]
+    calls: list[StepMetadata] = []
+    token = object()
+
+    def prepare(step: StepMetadata) -> object:
+        calls.append(step)
+        return token
+
+    meta = metadata.build(_ctx(q, kv, decoding), _backend(prepare))
+    (step,) = calls
+    assert meta.plan is token
+    assert step.cu_seqlens_q is meta.cu_seqlens_q and step.seqlens_kv is meta.kv_seqlens
+    assert step.block_table is meta.block_offsets and step.seqlens_kv_cpu is meta.seqlens_kv_cpu
+    assert step.decode == (decoding and len(q) == sum(q)) and step.block_size == BS
+    assert (step.max_seqlen_q, step.max_seqlen_kv) == (meta.max_q_seqlen, meta.max_kv_seqlen)
+
+
+def test_every_attention_call_gets_the_step_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlinfer import ops
+
+    from dlinfer_lmdeploy.impls.attention import DlinferPagedAttentionImpl
+
+    token = object()
+    got: list[tuple[str, object]] = []
+    for op in ("paged_decode_attention", "paged_prefill_attention", "prefill_attention"):
+        monkeypatch.setattr(ops, op, lambda *a, _op=op, plan=None, **kw: got.append((_op, plan)))
+    monkeypatch.setattr(ops, "fill_kv_cache", lambda *a, **kw: None)
+    impl = DlinferPagedAttentionImpl(num_heads=1, head_size=8, num_kv_heads=1)
+    for name in ("decode", "prefill-uniform-no-history", "prefill-with-history"):
+        q, kv, decoding, _ = STEPS[name]
+        ctx = _ctx(q, kv, decoding)
+        meta = metadata.build(ctx, _backend(lambda step: token))
+        x = torch.zeros(sum(q), 1, 8)
+        impl.forward(x, x, x, ctx.kv_caches[0][0], ctx.kv_caches[0][1], meta)
+    assert got == [("paged_decode_attention", token), ("prefill_attention", token),
+                   ("paged_prefill_attention", token)]
