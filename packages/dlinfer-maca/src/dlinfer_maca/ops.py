@@ -122,7 +122,7 @@ def prefill_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor, *,
     max_seqlen_q: int, causal: bool = True, scale: float | None = None, window: int | None = None,
     softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
-    cu_seqlens_q_cpu: torch.Tensor | None = None,
+    cu_seqlens_q_cpu: torch.Tensor | None = None, plan: object = None,
 ) -> torch.Tensor:
     """Varlen attention over the packed new tokens: q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, Dv] -> [T, Hq, Dv]."""
     _check_device("prefill_attention", q)
@@ -135,7 +135,7 @@ def paged_prefill_attention(
     cu_seqlens_q: torch.Tensor, seqlens_kv: torch.Tensor, *, max_seqlen_q: int, max_seqlen_kv: int,
     causal: bool = True, scale: float | None = None, window: int | None = None, softcap: float | None = None,
     alibi_slopes: torch.Tensor | None = None, kv_layout: str | None = None,
-    cu_seqlens_q_cpu: torch.Tensor | None = None, seqlens_kv_cpu: torch.Tensor | None = None,
+    cu_seqlens_q_cpu: torch.Tensor | None = None, seqlens_kv_cpu: torch.Tensor | None = None, plan: object = None,
 ) -> torch.Tensor:
     """Prefill with history from the paged cache (new tokens already filled) -> [T, Hq, Dv]."""
     _check_device("paged_prefill_attention", q)
@@ -150,7 +150,7 @@ def paged_decode_attention(
     q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, block_table: torch.Tensor,
     seqlens_kv: torch.Tensor, *, max_seqlen_kv: int, scale: float | None = None, window: int | None = None,
     softcap: float | None = None, alibi_slopes: torch.Tensor | None = None, kv_layout: str | None = None,
-    seqlens_kv_cpu: torch.Tensor | None = None,
+    seqlens_kv_cpu: torch.Tensor | None = None, plan: object = None,
 ) -> torch.Tensor:
     """One query token per sequence over its paged context: q [B, Hq, D] -> [B, Hq, Dv] (split-K)."""
     _check_device("paged_decode_attention", q)
