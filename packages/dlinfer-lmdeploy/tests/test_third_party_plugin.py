@@ -1,7 +1,7 @@
 """A third-party dlinfer plugin, registered in the test through a real entry point, becomes an LMDeploy device.
 
 The toy plugin runs on the CPU but declares a different form from the reference backend:
-HND KV layout, block size 16 only, host-side sequence lengths, int32 slots. Its ops check
+HND KV layout, block size 16 only, host-side sequence lengths, int32 slots, a per-step plan. Its ops check
 that the adaptor delivers exactly that form, count their calls, and compute with the
 reference implementation, so generation must still equal HF greedy.
 """
@@ -48,9 +48,27 @@ PLUGIN_SOURCE = textwrap.dedent(
                     PROBLEMS.append(f"{name}: seqlens_kv_cpu {host!r} != {seqlens!r}")
             if name == "prefill_attention" and kwargs.get("cu_seqlens_q_cpu") is None:
                 PROBLEMS.append("prefill_attention without cu_seqlens_q_cpu")
+            if name in ("prefill_attention", "paged_decode_attention", "paged_prefill_attention"):
+                plan = kwargs.get("plan")
+                lengths = {"prefill_attention": (3, "cu_seqlens_q"), "paged_decode_attention": (4, "seqlens_kv"),
+                           "paged_prefill_attention": (5, "seqlens_kv")}[name]
+                if not isinstance(plan, Plan) or getattr(plan.step, lengths[1]) is not args[lengths[0]]:
+                    PROBLEMS.append(f"{name}: plan {plan!r} is not this step's")
+                else:
+                    CALLS["planned"] += 1
             return fn(*args, **kwargs)
 
         return op
+
+
+    class Plan:
+        # once per step (Backend.prepare_metadata); the graph runner refreshes the plan of its fixed buffers
+        def __init__(self, step):
+            CALLS["plans"] += 1
+            self.step = step
+
+        def refresh(self):
+            CALLS["plan_refreshed"] += 1
 
 
     def _load_ops():
@@ -84,6 +102,7 @@ PLUGIN_SOURCE = textwrap.dedent(
             kv_layout="HND",
             block_sizes=(16,),
             host_seqlens=True,
+            prepare_metadata=Plan,
             slot_dtype=torch.int32,
             dist_backend="gloo",
             graph=DeviceGraph(graph_factory=RerunGraph, capture=_capture),
@@ -150,6 +169,10 @@ def test_plugin_generates_like_hf(toy_plugin, tiny_model, hf_greedy):  # type: i
     assert toy_plugin.PROBLEMS == []
     for op in ("fill_kv_cache", "prefill_attention", "paged_decode_attention", "paged_prefill_attention", "linear"):
         assert toy_plugin.CALLS[op] > 0, op
+    attention = sum(toy_plugin.CALLS[op] for op in ("prefill_attention", "paged_decode_attention",
+                                                    "paged_prefill_attention"))
+    assert toy_plugin.CALLS["planned"] == attention  # every attention call got its step's plan
+    assert 0 < toy_plugin.CALLS["plans"] < attention  # once per step, not per layer
 
 
 @pytest.mark.e2e
@@ -169,6 +192,7 @@ def test_plugin_graph_mode_matches_hf(toy_plugin, tiny_model, hf_greedy):  # typ
     assert steps.eager_decode == 0 and steps.graphed >= 9 + 9 and steps.prefill >= 2, steps
     assert toy_plugin.CALLS["graph_captured"] >= 2  # buckets 1 and 4 at least
     assert toy_plugin.CALLS["graph_created"] == toy_plugin.CALLS["graph_captured"]
+    assert toy_plugin.CALLS["plan_refreshed"] >= steps.graphed  # rebuilt over the refilled buffers before each
 
 
 def _declared(**kw: object):  # type: ignore[no-untyped-def]
