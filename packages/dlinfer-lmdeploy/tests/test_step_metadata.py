@@ -3,6 +3,7 @@ plugin's plan built once per step and handed to every attention call of the step
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,8 +19,16 @@ _READS = ("cpu", "tolist", "item", "numpy", "__int__")
 
 
 @pytest.fixture
-def host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every device-to-host read of a tensor (``.cpu()``, ``.to('cpu')``, ``tolist``, ``item``, ``int()``)."""
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every device-to-host read of a tensor (``.cpu()``, ``.to('cpu')``, ``tolist``, ``item``, ``int()``).
+
+    The CPU device's ``CudaToHostMode`` (left active in this thread by any earlier in-process engine of the test
+    session) is suspended: it rewrites ``.to`` calls and would make the count depend on the test order."""
+    from dlinfer_lmdeploy import cpu_device
+
+    suspended = getattr(cpu_device._STATE.local, "mode", None) is not None
+    if suspended:
+        cpu_device._exit_mode_in_this_thread()
     seen: list[str] = []
     for name in _READS:
         orig = getattr(torch.Tensor, name)
@@ -38,7 +47,9 @@ def host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return orig_to(self, *a, **kw)
 
     monkeypatch.setattr(torch.Tensor, "to", to)
-    return seen
+    yield seen
+    if suspended:
+        cpu_device._enter_mode_in_this_thread()
 
 
 def _backend(prepare: Any = None, host_seqlens: bool = True) -> Backend:
