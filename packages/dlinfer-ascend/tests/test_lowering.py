@@ -21,7 +21,7 @@ from dlinfer.lowering import Lowering
 from dlinfer.testing.inputs import PagedSetup, paged_inputs
 
 from dlinfer_ascend import compiler
-from dlinfer_ascend.lowering import TABLE, table
+from dlinfer_ascend.lowering import GE_SUBSTITUTES, TABLE, table
 
 DLINFER = {op: name for name, op in CUSTOM_OPS.items()}
 H = 8 * 64
@@ -119,25 +119,90 @@ def test_a_windowed_decode_is_declined_and_runs_through_eager_dispatch(ascend: R
     assert torch.ops.dlinfer.paged_decode_attention.default in [n.target for n in ascend.graphs[0].graph.nodes]
 
 
-def test_ge_mode_table_holds_converter_backed_entries_only_and_refuses_the_rest(ascend: Recorder) -> None:
-    assert set(table("max-autotune")) == {op for op, e in TABLE.items() if e.extras["ge_converters"]}
-    assert "fill_kv_cache" not in table("max-autotune") and "fill_kv_cache" in table("npugraph_ex")
+def test_ge_mode_table_holds_converter_backed_entries_and_substitutes_only() -> None:
+    ge = table("max-autotune")
+    assert set(ge) == {op for op, e in TABLE.items() if e.extras["ge_converters"]} | set(GE_SUBSTITUTES)
+    assert all(e.extras["ge_converters"] for e in ge.values())
+    # the substitute is GE-only: the ACL-graph modes keep the eager kernel (ATB), so eager == graph by construction
+    assert ge["fill_kv_cache"].target == "npu.npu_scatter_pa_kv_cache_functional"
+    assert table("npugraph_ex")["fill_kv_cache"].target == "atb._npu_reshape_and_cache"
     with pytest.raises(ValueError, match="expected one of"):
         table("default")
+
+
+def _ge_backend(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The ascend backend in max-autotune: the GE table, compile_backend's GE refusal check, then the graph runs
+    eagerly (GE conversion is not modelled here; torchair's AOT step would trace the simulated kernels, which have
+    no fake implementations). Returns the list of checked graphs."""
     compiler.set_mode("max-autotune")
     torch._dynamo.reset()
-    layer_gm: list = []
-    compile_backend = compiler.compile_backend
+    checked: list = []
 
-    def capture(gm, example_inputs):  # noqa: ANN001, ANN202
-        layer_gm.append(gm)
-        return compile_backend(gm, example_inputs)
+    def ge(gm, example_inputs):  # noqa: ANN001, ANN202
+        compiler.check_ge_convertible(gm)
+        checked.append(gm)
+        return gm.forward
 
-    backend = dataclasses.replace(dlinfer.dispatch.current(), compile_backend=capture)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dlinfer.dispatch, "current", lambda: backend)
-        with pytest.raises(Exception, match=r"max-autotune.*\['fill_kv_cache'\].*DLINFER_ASCEND_COMPILE_MODE"):
-            torch.compile(layer, backend="dlinfer", fullgraph=True, dynamic=False)(*_inputs(4))
+    backend = dataclasses.replace(dlinfer.dispatch.current(), compile_backend=ge)
+    monkeypatch.setattr(dlinfer.dispatch, "current", lambda: backend)
+    return checked
+
+
+def test_ge_mode_lowers_a_decode_layer_with_substitutes_equal_to_eager(
+        ascend: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """max-autotune is no longer refused for a decode layer: the ATB cache write becomes ScatterPaKvCache
+    (functional, copied back into the caches); outputs and KV writes equal eager (the ATB write) bit for bit."""
+    checked = _ge_backend(monkeypatch)
+    fn = torch.compile(layer, backend="dlinfer", fullgraph=True, dynamic=False)
+    for seed in (5, 6):
+        eager_in, graph_in = _inputs(seed, grow=seed - 5), _inputs(seed, grow=seed - 5)
+        before = eager_in[6].clone()
+        want, got = layer(*eager_in), fn(*graph_in)
+        for w, o in zip(want, got, strict=True):
+            assert torch.equal(w, o)
+        assert not torch.equal(before, eager_in[6]), "the step wrote nothing: the cache check would be vacuous"
+        assert torch.equal(eager_in[6], graph_in[6]) and torch.equal(eager_in[7], graph_in[7])
+    assert len(checked) == 1
+    names = [getattr(n.target, "__name__", str(n.target)) for n in checked[0].graph.nodes]
+    assert "npu_scatter_pa_kv_cache_functional" in names and "_npu_reshape_and_cache" not in names, names
+    assert not [n for n in checked[0].graph.nodes if n.target in DLINFER]
+
+
+def test_ge_mode_still_refuses_nodes_without_a_converter_backed_lowering(
+        ascend: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    _ge_backend(monkeypatch)
+
+    def windowed(q, kc, vc, bt, kv, kv_cpu):  # noqa: ANN001, ANN202
+        return ops.paged_decode_attention(q, kc, vc, bt, kv, max_seqlen_kv=128, window=8, kv_layout="NHD",
+                                          seqlens_kv_cpu=kv_cpu)
+
+    a = _inputs(4)
+    with pytest.raises(Exception, match=r"max-autotune.*\['paged_decode_attention'\].*DLINFER_ASCEND_COMPILE_MODE"):
+        torch.compile(windowed, backend="dlinfer", fullgraph=True, dynamic=False)(a[3], a[6], a[7], a[9], a[10],
+                                                                                   a[11])
+
+
+def test_simulated_scatter_pa_kv_cache_matches_an_independent_oracle_and_refuses_undocumented_slots(
+        ascend: Recorder) -> None:
+    """npu_sim's ScatterPaKvCache (Norm) against a loop oracle written here; negative slots are outside the
+    documented range and are refused (Unconfirmed), duplicate slots are undefined (refused)."""
+    from npu_sim import Unconfirmed
+    from npu_sim.cache import npu_scatter_pa_kv_cache_functional as scatter
+
+    g = torch.Generator().manual_seed(7)
+    k, v = torch.randn(5, 2, 16, generator=g).half(), torch.randn(5, 2, 8, generator=g).half()
+    kc, vc = torch.randn(4, 16, 2, 16, generator=g).half(), torch.randn(4, 16, 2, 8, generator=g).half()
+    slots = torch.randperm(64, generator=g)[:5].to(torch.int32)
+    ko, vo = scatter(k, v, kc, vc, slots, cache_mode="Norm")
+    want_k, want_v = kc.clone(), vc.clone()
+    for t, s in enumerate(slots.tolist()):
+        want_k.view(-1, 2, 16)[s], want_v.view(-1, 2, 8)[s] = k[t], v[t]
+    assert torch.equal(ko, want_k) and torch.equal(vo, want_v)
+    assert not torch.equal(ko, kc), "inputs unchanged (functional) and outputs written"
+    with pytest.raises(Unconfirmed, match="negative slots"):
+        scatter(k, v, kc, vc, torch.tensor([0, 1, -1, 3, 4], dtype=torch.int32), cache_mode="Norm")
+    with pytest.raises(Exception, match="duplicate"):
+        scatter(k, v, kc, vc, torch.tensor([0, 1, 1, 3, 4], dtype=torch.int32), cache_mode="Norm")
 
 
 def test_compile_backend_hands_the_lowered_graph_to_torchair_get_compiler(

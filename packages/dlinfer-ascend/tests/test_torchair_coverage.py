@@ -27,7 +27,7 @@ from functools import lru_cache
 
 import pytest
 
-from dlinfer_ascend.lowering import GE_MODE, TABLE, table
+from dlinfer_ascend.lowering import GE_MODE, GE_SUBSTITUTES, TABLE, table
 
 TORCH_NPU = "2.13.0"
 TORCHAIR = "torch_npu/dynamo/torchair/"
@@ -90,7 +90,7 @@ def test_the_wheel_is_parsed() -> None:
 
 @pytest.mark.parametrize("op", sorted(table(GE_MODE)))
 def test_every_ge_target_has_a_torchair_converter(op: str) -> None:
-    entry = TABLE[op]
+    entry = table(GE_MODE)[op]
     needed = entry.extras["ge_converters"]
     assert _fx_target(entry.target) in needed, "the GE converters must include the lowered target itself"
     missing = [c for c in needed if c not in converters()]
@@ -140,6 +140,27 @@ def test_lowered_fia_keywords_exist_in_the_torch_npu_meta_signature() -> None:
     _, kwargs = TABLE["paged_decode_attention"].adapt(Args(values, metas))
     assert set(kwargs) <= params, sorted(set(kwargs) - params)
 
+
+@pytest.mark.parametrize("op", sorted(GE_SUBSTITUTES))
+def test_ge_substitutes_replace_converterless_targets_and_take_the_meta_signature_keywords(op: str) -> None:
+    """A GE substitute stands in for an ACL-table target without a converter; the keywords the substitute is
+    called with exist in torch_npu's meta registration of it (e.g. cache_mode for ScatterPaKvCache)."""
+    import torch
+    from dlinfer.lowering import Args
+
+    assert _fx_target(TABLE[op].target) not in converters()
+    assert _fx_target(GE_SUBSTITUTES[op].target) in converters()
+    name = GE_SUBSTITUTES[op].target.split(".")[1]
+    meta = ast.parse(_text("torch_npu/op_plugin/meta/_meta_registrations.py"))
+    fn = next(n for n in ast.walk(meta) if isinstance(n, ast.FunctionDef) and n.name == f"{name}_meta")
+    params = {a.arg for a in fn.args.args + fn.args.kwonlyargs}
+    kv, cache = torch.empty(3, 2, 64, dtype=torch.float16), torch.empty(4, 16, 2, 64, dtype=torch.float16)
+    names = ["key", "value", "key_cache", "value_cache", "slot_mapping"]
+    values = dict(zip(names, [_Val(n) for n in names], strict=True), kv_layout="NHD")
+    metas = {"key": kv, "value": kv, "key_cache": cache, "value_cache": cache,
+             "slot_mapping": torch.empty(3, dtype=torch.int32)}
+    args, kwargs = GE_SUBSTITUTES[op].adapt(Args(values, metas))
+    assert len(args) <= len(fn.args.args) and set(kwargs) <= params, (len(args), sorted(set(kwargs) - params))
 
 
 def test_the_acl_graph_stand_in_updates_the_keys_torchair_updates() -> None:

@@ -8,8 +8,9 @@ describes for custom backends (hiascend torchair_00084; torch_npu 2.13.0 ``torch
 
 Mode (``DLINFER_ASCEND_COMPILE_MODE``, or :func:`set_mode`): ``npugraph_ex`` (default) or
 ``reduce-overhead`` capture the FX graph into an ACL graph whose FIA host lengths torchair updates at replay;
-``max-autotune`` builds a GE graph and is refused unless every remaining node has a converter-backed target
-(dlinfer nodes the GE table does not lower, e.g. the ATB cache write, are named in the error).
+``max-autotune`` builds a GE graph: its table lowers the ATB cache write to a GE-convertible substitute
+(``lowering.GE_SUBSTITUTES``), and it is refused unless every remaining node has a converter-backed target
+(dlinfer nodes the GE table does not lower, e.g. fused_moe or a windowed decode, are named in the error).
 """
 
 from __future__ import annotations
@@ -67,18 +68,22 @@ def _torchair() -> Any:
     return torchair
 
 
+def check_ge_convertible(gm: fx.GraphModule) -> None:
+    """Refuse a lowered graph for ``max-autotune`` if dlinfer nodes remain (no converter-backed lowering)."""
+    left = _dlinfer_nodes(gm)
+    if left:
+        raise NotImplementedError(
+            f"dlinfer-ascend compile mode '{GE_MODE}' (GE graph): op(s) {left} have no lowering to a torchair "
+            f"converter-backed kernel; use {ENV}={DEFAULT_MODE} (ACL graph), which runs them as captured kernels")
+
+
 def compile_backend(gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable[..., Any]:
     """``Backend.compile_backend``: torchair's FX compiler over the lowered graph, in the configured mode."""
     from torch._functorch.aot_autograd import aot_module_simplified
 
     mode = compile_mode()
     if mode == GE_MODE:
-        left = _dlinfer_nodes(gm)
-        if left:
-            raise NotImplementedError(
-                f"dlinfer-ascend compile mode '{GE_MODE}' (GE graph): op(s) {left} have no lowering to a torchair "
-                f"converter-backed kernel; use {ENV}={DEFAULT_MODE} (ACL graph), which runs them as captured "
-                "kernels")
+        check_ge_convertible(gm)
     torchair = _torchair()
     config = torchair.CompilerConfig()
     config.mode = mode

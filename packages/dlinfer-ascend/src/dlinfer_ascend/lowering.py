@@ -9,8 +9,12 @@ dispatch, which refuses or routes as in eager mode).
 ``extras["ge_converters"]``: the ops whose torchair GE converters a ``max-autotune`` (GE graph) compile needs
 (``torch.ops.<ns>.<op>.<overload>`` spellings, checked against the pinned torch_npu wheel's torchair in
 tests/test_torchair_coverage.py); ``()`` where torchair has none (ATB ops), which keeps the entry out of the GE
-table. ``host_args``: FIA's host lengths, which torchair's ACL-graph replay updates (its ``_REPLACE_FUNC_MAP``,
-keyed by the FX node target, lists the parameter names): they must be graph inputs, never baked constants.
+table unless :data:`GE_SUBSTITUTES` gives one. Substitutes (models-vlm-graph.md §C.5) are used only in the GE
+mode: they are other kernels than eager's, equal on the simulator but with precision unverified on hardware; the
+ACL-graph modes keep eager's kernels.
+
+``host_args``: FIA's host lengths, which torchair's ACL-graph replay updates (its ``_REPLACE_FUNC_MAP``, keyed
+by the FX node target, lists the parameter names): they must be graph inputs, never baked constants.
 torchair's update rule (``acl_graph.py:get_update_ruler``) takes such a parameter only as a list whose items are
 graph inputs (SymInts) or constants, and FIA's schema types it ``SymInt[]?``: hence ``host_lists=True``, the
 lowering passes one int graph input per sequence, filled from ``seqlens_kv_cpu`` on every call.
@@ -62,6 +66,26 @@ def _fill_kv_cache(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined
         return Declined("empty step, unknown shape or a non-NHD layout")
     s = a["slot_mapping"] if slots.dtype == torch.int32 else a["slot_mapping"].to(torch.int32)
     return (_contig(a, "key"), _contig(a, "value"), a["key_cache"], a["value_cache"], s), {}
+
+
+def _fill_kv_cache_ge(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
+    """``npu_scatter_pa_kv_cache_functional``, cache_mode 'Norm' (ND caches [nb,bs,Hkv,D], the ATB write's layout).
+
+    Chosen over ``npu_scatter_nd_update_`` (no bounds checking, vendor-apis.md §2.11: a -1 slot would write out
+    of bounds); its documented slot range is ``[0, nb*bs-1]`` (torch_npu 2.13.0 ``_op_plugin_docs.py``), while
+    op-plugin's test golden skips negative slots as ATB's does: -1 (padding) slots are unverified on hardware.
+    """
+    key, kc = a.meta("key"), a.meta("key_cache")
+    if key is None or kc is None or key.shape[0] == 0 or a["kv_layout"] not in (None, "NHD"):
+        return Declined("empty step, unknown shape or a non-NHD layout")
+    return ((_contig(a, "key"), _contig(a, "value"), a["key_cache"], a["value_cache"], _contig(a, "slot_mapping")),
+            {"cache_mode": "Norm"})
+
+
+def _write_back(r: Any, a: Args) -> None:
+    """The functional scatter returns new caches: copy them into the dlinfer op's mutated caches."""
+    a["key_cache"].copy_(r[0])
+    a["value_cache"].copy_(r[1])
 
 
 def _decode(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
@@ -138,10 +162,23 @@ the rotary ops (route depends on strides), paged_prefill_attention and prefill_a
 depend on host values), fused_moe (host-side routing), the w8a8 / weight-quant matmuls."""
 
 
+GE_SUBSTITUTES: dict[str, Lowering] = {
+    "fill_kv_cache": Lowering("npu.npu_scatter_pa_kv_cache_functional", _fill_kv_cache_ge, _write_back,
+                              note="GE substitute for the ATB cache write (ScatterPaKvCache)",
+                              extras={"ge_converters": _npu("npu_scatter_pa_kv_cache_functional")}),
+}
+"""op -> lowering used instead of :data:`TABLE`'s entry in the GE mode only (the entry's target has no converter).
+fused_moe's ``npu_moe_token_unpermute`` -> ``npu_moe_finalize_routing`` is not here: fused_moe is not lowered in
+any mode (host-side routing), so a MoE graph is still refused by ``max-autotune``."""
+
+
 def table(mode: str) -> dict[str, Lowering]:
-    """The entries for a torchair mode: every entry for ACL-graph modes, converter-backed ones for GE."""
+    """The entries for a torchair mode: every entry for ACL-graph modes; for GE the converter-backed ones plus
+    :data:`GE_SUBSTITUTES`."""
     if mode not in MODES:
         raise ValueError(f"dlinfer-ascend compile mode {mode!r}: expected one of {list(MODES)}")
     if mode == GE_MODE:
-        return {op: e for op, e in TABLE.items() if e.extras["ge_converters"]}
+        ge = {op: e for op, e in TABLE.items() if e.extras["ge_converters"]}
+        ge.update(GE_SUBSTITUTES)
+        return ge
     return dict(TABLE)
