@@ -168,6 +168,37 @@ def test_ge_mode_lowers_a_decode_layer_with_substitutes_equal_to_eager(
     assert not [n for n in checked[0].graph.nodes if n.target in DLINFER]
 
 
+def moe_layer(x, w, gate_up, down, logits):  # noqa: ANN001, ANN201
+    h = ops.rms_norm(x, w, eps=1e-6)
+    weights, ids = ops.moe_gating_topk_softmax(logits, topk=2, renormalize=True)
+    return ops.fused_moe(h, gate_up, down, weights, ids) + x
+
+
+def _moe_inputs(seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    t, hid, inter, e = 5, 64, 32, 4
+    return [torch.randn(t, hid, generator=g).half(), (torch.randn(hid, generator=g) + 1).half(),
+            (torch.randn(e, 2 * inter, hid, generator=g) / 8).half(),
+            (torch.randn(e, hid, inter, generator=g) / 6).half(), torch.randn(t, e, generator=g)]
+
+
+def test_ge_mode_lowers_a_moe_layer_with_finalize_routing_equal_to_eager(
+        ascend: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fused_moe in GE mode: eager's routing and grouped matmuls as glue nodes, finalised by
+    npu_moe_finalize_routing (k-major index) instead of npu_moe_token_unpermute; equal to eager on the simulator
+    (both accumulate in fp32 in the simulator, in the same order: no tolerance needed there; hardware unverified)."""
+    assert "fused_moe" not in table("npugraph_ex")  # ACL modes: eager kernels, captured
+    checked = _ge_backend(monkeypatch)
+    fn = torch.compile(moe_layer, backend="dlinfer", fullgraph=True, dynamic=False)
+    for seed in (20, 21):
+        args = _moe_inputs(seed)
+        want, got = moe_layer(*args), fn(*args)
+        assert want.abs().max() > 0.1 and torch.equal(want, got), (want - got).abs().max()
+    names = [getattr(n.target, "__name__", str(n.target)) for n in checked[0].graph.nodes]
+    assert "npu_moe_finalize_routing" in names and "npu_moe_token_unpermute" not in names, names
+    assert not [n for n in checked[0].graph.nodes if n.target in DLINFER]
+
+
 def test_ge_mode_still_refuses_nodes_without_a_converter_backed_lowering(
         ascend: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
     _ge_backend(monkeypatch)
@@ -300,3 +331,28 @@ def test_acl_graph_capture_refuses_host_lengths_passed_as_a_tensor(
     made = _acl_backend(monkeypatch, {**TABLE, "paged_decode_attention": _broken_decode()})
     with pytest.raises(Exception, match="For updated param type only list is supported"):
         _replay_steps(_inputs(10), made)
+
+
+def test_simulated_moe_finalize_routing_matches_the_documented_formula() -> None:
+    """npu_sim's MoeFinalizeRouting against the torch_npu docstring's formula written as a loop here
+    (out[i] = skip1 + skip2 + sum_k scales[i,k] * (rows[idx[i + k*N]] + bias[expert[i,k]]))."""
+    from npu_sim.moe import npu_moe_finalize_routing
+
+    g = torch.Generator().manual_seed(9)
+    n, k, h, e = 4, 3, 8, 5
+    rows = torch.randn(n * k, h, generator=g)
+    skip1, skip2, bias = torch.randn(n, h, generator=g), torch.randn(n, h, generator=g), torch.randn(e, h, generator=g)
+    scales = torch.rand(n, k, generator=g)
+    idx = torch.randperm(n * k, generator=g).to(torch.int32)
+    expert = torch.randint(0, e, (n, k), generator=g, dtype=torch.int32)
+    want = torch.empty(n, h)
+    for i in range(n):
+        acc = skip1[i] + skip2[i]
+        for j in range(k):
+            acc = acc + scales[i, j] * (rows[idx[i + j * n]] + bias[expert[i, j]])
+        want[i] = acc
+    got = npu_moe_finalize_routing(rows, skip1, skip2, bias, scales, idx, expert, 0, k)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    plain = npu_moe_finalize_routing(rows, None, None, None, scales, idx, None, 0, k)
+    torch.testing.assert_close(plain, want - skip1 - skip2 - (scales[..., None] * bias[expert.long()]).sum(1),
+                               rtol=1e-5, atol=1e-5)

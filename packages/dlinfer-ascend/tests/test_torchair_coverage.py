@@ -142,23 +142,32 @@ def test_lowered_fia_keywords_exist_in_the_torch_npu_meta_signature() -> None:
 
 
 @pytest.mark.parametrize("op", sorted(GE_SUBSTITUTES))
-def test_ge_substitutes_replace_converterless_targets_and_take_the_meta_signature_keywords(op: str) -> None:
+def test_ge_substitutes_replace_converterless_targets_and_take_the_meta_signature_keywords(
+        op: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A GE substitute stands in for an ACL-table target without a converter; the keywords the substitute is
     called with exist in torch_npu's meta registration of it (e.g. cache_mode for ScatterPaKvCache)."""
     import torch
     from dlinfer.lowering import Args
 
-    assert _fx_target(TABLE[op].target) not in converters()
+    if op in TABLE:
+        assert _fx_target(TABLE[op].target) not in converters()
     assert _fx_target(GE_SUBSTITUTES[op].target) in converters()
     name = GE_SUBSTITUTES[op].target.split(".")[1]
     meta = ast.parse(_text("torch_npu/op_plugin/meta/_meta_registrations.py"))
     fn = next(n for n in ast.walk(meta) if isinstance(n, ast.FunctionDef) and n.name == f"{name}_meta")
     params = {a.arg for a in fn.args.args + fn.args.kwonlyargs}
-    kv, cache = torch.empty(3, 2, 64, dtype=torch.float16), torch.empty(4, 16, 2, 64, dtype=torch.float16)
-    names = ["key", "value", "key_cache", "value_cache", "slot_mapping"]
-    values = dict(zip(names, [_Val(n) for n in names], strict=True), kv_layout="NHD")
-    metas = {"key": kv, "value": kv, "key_cache": cache, "value_cache": cache,
-             "slot_mapping": torch.empty(3, dtype=torch.int32)}
+    h = torch.float16
+    metas = {
+        "fill_kv_cache": {"key": torch.empty(3, 2, 64, dtype=h), "value": torch.empty(3, 2, 64, dtype=h),
+                          "key_cache": torch.empty(4, 16, 2, 64, dtype=h),
+                          "value_cache": torch.empty(4, 16, 2, 64, dtype=h),
+                          "slot_mapping": torch.empty(3, dtype=torch.int32)},
+        "fused_moe": {"x": torch.empty(3, 32, dtype=h), "gate_up": torch.empty(4, 16, 32, dtype=h),
+                      "down": torch.empty(4, 32, 8, dtype=h), "topk_weights": torch.empty(3, 2),
+                      "topk_ids": torch.empty(3, 2, dtype=torch.int32)},
+    }[op]
+    values = {**{n: _Val(n) for n in metas}, "kv_layout": "NHD"}
+    monkeypatch.setattr("dlinfer_ascend.lowering.resolve", lambda target: target)  # no torch_npu here: glue ops
     args, kwargs = GE_SUBSTITUTES[op].adapt(Args(values, metas))
     assert len(args) <= len(fn.args.args) and set(kwargs) <= params, (len(args), sorted(set(kwargs) - params))
 
@@ -172,10 +181,16 @@ def test_the_acl_graph_stand_in_updates_the_keys_torchair_updates() -> None:
     assert list(torchair_sim.REPLACE_FUNC_MAP[npu_fused_infer_attention_score]) == keys
 
 class _Val:
-    """Stands in for an fx.Proxy: any method call returns another stand-in."""
+    """Stands in for an fx.Proxy (and its tracer): any attribute, call or item is another stand-in."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __getattr__(self, attr: str):  # noqa: ANN204
-        return lambda *a, **k: _Val(f"{self.name}.{attr}")
+    def __getattr__(self, attr: str) -> _Val:
+        return _Val(f"{self.name}.{attr}")
+
+    def __call__(self, *args: object, **kwargs: object) -> _Val:
+        return _Val(f"{self.name}()")
+
+    def __getitem__(self, i: object) -> _Val:
+        return _Val(f"{self.name}[{i}]")

@@ -8,9 +8,9 @@ describes for custom backends (hiascend torchair_00084; torch_npu 2.13.0 ``torch
 
 Mode (``DLINFER_ASCEND_COMPILE_MODE``, or :func:`set_mode`): ``npugraph_ex`` (default) or
 ``reduce-overhead`` capture the FX graph into an ACL graph whose FIA host lengths torchair updates at replay;
-``max-autotune`` builds a GE graph: its table lowers the ATB cache write to a GE-convertible substitute
-(``lowering.GE_SUBSTITUTES``), and it is refused unless every remaining node has a converter-backed target
-(dlinfer nodes the GE table does not lower, e.g. fused_moe or a windowed decode, are named in the error).
+``max-autotune`` builds a GE graph: its table lowers the ATB cache write and fused_moe's unpermute to
+GE-convertible substitutes (``lowering.GE_SUBSTITUTES``), and it is refused unless every remaining node has a
+converter-backed target (dlinfer nodes the GE table does not lower, e.g. a windowed decode, are named in the error).
 """
 
 from __future__ import annotations

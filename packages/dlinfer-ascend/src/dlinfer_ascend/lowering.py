@@ -26,7 +26,7 @@ import math
 from typing import Any
 
 import torch
-from dlinfer.lowering import Args, Declined, Lowering
+from dlinfer.lowering import Args, Declined, Lowering, resolve
 
 ACL_MODES = ("npugraph_ex", "reduce-overhead")
 GE_MODE = "max-autotune"
@@ -86,6 +86,38 @@ def _write_back(r: Any, a: Args) -> None:
     """The functional scatter returns new caches: copy them into the dlinfer op's mutated caches."""
     a["key_cache"].copy_(r[0])
     a["value_cache"].copy_(r[1])
+
+
+def _fused_moe_ge(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
+    """The eager fused_moe chain (init_routing_v2 -> grouped_matmul -> swiglu -> grouped_matmul, as glue nodes),
+    finalised by ``npu_moe_finalize_routing`` (GE MoeFinalizeRouting) instead of ``npu_moe_token_unpermute``.
+
+    Its index is k-major (entry ``i + k*N``, torch_npu 2.13.0 ``_op_plugin_docs.py``) while init_routing_v2's
+    ``expanded_row_idx`` is token-major (``n*topk + j``, vendor-apis.md §2.21): transposed here.
+    """
+    from dlinfer_ascend.ops.moe import MAX_GROUP_LIST
+
+    x, gate_up, ids = a.meta("x"), a.meta("gate_up"), a.meta("topk_ids")
+    if x is None or gate_up is None or ids is None or x.shape[0] == 0:
+        return Declined("empty step or unknown shapes")
+    t, e, k = x.shape[0], gate_up.shape[0], ids.shape[1]
+    if e > MAX_GROUP_LIST:
+        return Declined(f"{e} experts > {MAX_GROUP_LIST} (eager splits them on the host)")
+    tracer = a["x"].tracer
+
+    def call(op: str, *args: Any, **kwargs: Any) -> Any:
+        return tracer.create_proxy("call_function", resolve(op), args, kwargs)
+
+    idx = a["topk_ids"] if ids.dtype == torch.int32 else a["topk_ids"].to(torch.int32)
+    routed = call("npu.npu_moe_init_routing_v2", _contig(a, "x"), idx.contiguous(), active_num=t * k, expert_num=e,
+                  expert_tokens_num_type=1, expert_tokens_num_flag=True, active_expert_range=[0, e], quant_mode=-1)
+    counts = routed[2]
+    gmm = dict(group_list=counts, split_item=2, group_type=0, group_list_type=1)
+    h = call("npu.npu_grouped_matmul", [routed[0]], [a["gate_up"].transpose(1, 2)], **gmm)[0]
+    y = call("npu.npu_grouped_matmul", [call("npu.npu_swiglu", h, -1)], [a["down"].transpose(1, 2)], **gmm)[0]
+    probs = a["topk_weights"] if a.meta("topk_weights").dtype == x.dtype else a["topk_weights"].to(x.dtype)
+    src_to_dst = routed[1].view(t, k).t().contiguous().view(-1)
+    return (y, None, None, None, probs.contiguous(), src_to_dst, None), {"drop_pad_mode": 0, "k": k}
 
 
 def _decode(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
@@ -159,17 +191,22 @@ TABLE: dict[str, Lowering] = {
 }
 """op -> lowering. Not listed (they run through the eager dispatch): linear (torch_npu's aten matmul either way),
 the rotary ops (route depends on strides), paged_prefill_attention and prefill_attention (route and ATB masks
-depend on host values), fused_moe (host-side routing), the w8a8 / weight-quant matmuls."""
+depend on host values), fused_moe (host-side routing; GE mode: :data:`GE_SUBSTITUTES`), the w8a8 / weight-quant
+matmuls."""
 
 
 GE_SUBSTITUTES: dict[str, Lowering] = {
     "fill_kv_cache": Lowering("npu.npu_scatter_pa_kv_cache_functional", _fill_kv_cache_ge, _write_back,
                               note="GE substitute for the ATB cache write (ScatterPaKvCache)",
                               extras={"ge_converters": _npu("npu_scatter_pa_kv_cache_functional")}),
+    "fused_moe": Lowering("npu.npu_moe_finalize_routing", _fused_moe_ge,
+                          note="GE-only lowering: npu_moe_token_unpermute has no converter (MoeFinalizeRouting)",
+                          extras={"ge_converters": _npu("npu_moe_finalize_routing") + _npu("npu_moe_init_routing_v2")
+                                  + _npu("npu_grouped_matmul") + _npu("npu_swiglu")}),
 }
-"""op -> lowering used instead of :data:`TABLE`'s entry in the GE mode only (the entry's target has no converter).
-fused_moe's ``npu_moe_token_unpermute`` -> ``npu_moe_finalize_routing`` is not here: fused_moe is not lowered in
-any mode (host-side routing), so a MoE graph is still refused by ``max-autotune``."""
+"""op -> lowering used in the GE mode only, instead of :data:`TABLE`'s entry (whose target has no converter) or
+where TABLE has none (fused_moe: not lowered in the ACL modes, where its eager kernels run as captured ones;
+more than MAX_GROUP_LIST experts are declined, as eager splits them on the host)."""
 
 
 def table(mode: str) -> dict[str, Lowering]:

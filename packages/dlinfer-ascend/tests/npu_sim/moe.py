@@ -157,3 +157,49 @@ def npu_moe_token_unpermute(permuted_tokens: torch.Tensor, sorted_indices: torch
     gathered = permuted_tokens.float()[idx].view(n, topk, -1)
     w = probs.float().view(n, topk, 1) if probs is not None else torch.ones(n, topk, 1)
     return (gathered * w).sum(1).to(permuted_tokens.dtype)
+
+
+def npu_moe_finalize_routing(expanded_permuted_rows: torch.Tensor, skip1: torch.Tensor | None,
+                             skip2: torch.Tensor | None, bias: torch.Tensor | None, scales: torch.Tensor | None,
+                             expanded_src_to_dst_row: torch.Tensor, export_for_source_row: torch.Tensor | None,
+                             drop_pad_mode: int | None = 0, k: int | None = 1) -> torch.Tensor:
+    """torch_npu 2.13.0 ``_op_plugin_docs.py:npu_moe_finalize_routing`` (GE MoeFinalizeRouting).
+
+    out[i] = skip1[i] + skip2[i] + sum_k scales[i,k] * (rows[expanded_src_to_dst_row[i + k*N]] + bias[e_ik]),
+    e_ik = export_for_source_row[i,k]; rows (N*K, H), scales (N, K) of the rows' dtype, index int32 (N*K)
+    (k-major: entry i + k*N, unlike npu_moe_token_unpermute's n*topk + j), in [0, N*K-1] for drop_pad_mode 0
+    (the only documented value). skip2 None requires skip1 None. Accumulated in fp32, output in the rows'
+    dtype (the doc does not state the accumulation precision; the same assumption as npu_moe_token_unpermute).
+    """
+    fn = "npu_moe_finalize_routing"
+    check(drop_pad_mode in (None, 0), fn, f"drop_pad_mode {drop_pad_mode}: only 0 is documented")
+    device_tensor(fn, "expanded_permuted_rows", expanded_permuted_rows, dtypes=FLOAT_DTYPES, dim=2)
+    dt = expanded_permuted_rows.dtype
+    device_tensor(fn, "expanded_src_to_dst_row", expanded_src_to_dst_row, dtypes=(torch.int32,), dim=1)
+    check(skip1 is None or skip2 is not None, fn, "skip2 is None but skip1 is given")
+    if scales is not None:
+        device_tensor(fn, "scales", scales, dtypes=(dt,), dim=2)
+        kk = scales.shape[1]
+    else:
+        check(k is not None and k >= 1, fn, "scales is None: k must be given")
+        kk = int(k)  # type: ignore[arg-type]
+    total, h = expanded_permuted_rows.shape
+    check(expanded_src_to_dst_row.numel() == total and total % kk == 0, fn,
+          f"expanded_src_to_dst_row {tuple(expanded_src_to_dst_row.shape)} is not (N*K,) for rows {total}, K {kk}")
+    n = total // kk
+    idx = expanded_src_to_dst_row.long()
+    check(bool(((idx >= 0) & (idx < total)).all()), fn, "expanded_src_to_dst_row out of [0, N*K-1]")
+    rows = expanded_permuted_rows.float()[idx].view(kk, n, h).transpose(0, 1)  # [N, K, H]
+    if bias is not None:
+        device_tensor(fn, "bias", bias, dtypes=(dt,), dim=2)
+        check(export_for_source_row is not None, fn, "bias needs export_for_source_row")
+        device_tensor(fn, "export_for_source_row", export_for_source_row, dtypes=(torch.int32,), dim=2)
+        rows = rows + bias.float()[export_for_source_row.long()]
+    w = scales.float().view(n, kk, 1) if scales is not None else torch.ones(n, kk, 1)
+    out = (rows * w).sum(1)
+    for name, skip in (("skip1", skip1), ("skip2", skip2)):
+        if skip is not None:
+            device_tensor(fn, name, skip, dtypes=(dt,), dim=2)
+            check(tuple(skip.shape) == (n, h), fn, f"{name} {tuple(skip.shape)} is not ({n},{h})")
+            out = out + skip.float()
+    return out.to(dt)

@@ -24,6 +24,7 @@ NPU_OPS = {
     "npu_moe_init_routing_v2": moe.npu_moe_init_routing_v2,
     "npu_grouped_matmul": moe.npu_grouped_matmul,
     "npu_moe_token_unpermute": moe.npu_moe_token_unpermute,
+    "npu_moe_finalize_routing": moe.npu_moe_finalize_routing,
     "npu_scatter_pa_kv_cache_functional": cache.npu_scatter_pa_kv_cache_functional,
     "npu_dynamic_quant": quant.npu_dynamic_quant,
     "npu_quant_matmul": quant.npu_quant_matmul,

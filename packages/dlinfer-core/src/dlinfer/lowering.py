@@ -142,15 +142,25 @@ def _node(value: Any) -> Any:
     return value.node if isinstance(value, fx.Proxy) else value
 
 
+def _keep_meta(old: fx.Node, new: Any) -> None:
+    """Give a lowered output the example value Dynamo recorded for the output it replaces (later entries read it)."""
+    if isinstance(new, fx.Node):
+        for key in ("val", "example_value"):
+            if key in old.meta:
+                new.meta.setdefault(key, old.meta[key])
+
+
 def _replace(gm: fx.GraphModule, node: fx.Node, outs: Any) -> None:
     """Point the users of ``node`` (the op's value, or ``getitem`` of it) at the lowered outputs."""
     if isinstance(outs, tuple):
         for user in list(node.users):
             if not (user.op == "call_function" and user.target is operator.getitem):
                 raise RuntimeError(f"lowering {node.target}: its tuple output is used whole by {user.format_node()}")
+            _keep_meta(user, _node(outs[user.args[1]]))
             user.replace_all_uses_with(_node(outs[user.args[1]]))
             gm.graph.erase_node(user)
     elif outs is not None:
+        _keep_meta(node, _node(outs))
         node.replace_all_uses_with(_node(outs))
     elif node.users:
         raise RuntimeError(f"lowering {node.target}: the lowered op returns nothing but the node has users")
