@@ -126,13 +126,19 @@ def run_one(model_dir: str, device: str, mode: str, block_size: int, streams: in
     }
 
 
-def build_model(model_dir: Path) -> None:
+def build_model(model_dir: Path, shape: str = "1b", layers: int | None = None) -> Path:
+    """Random bf16 weights on the GPU: the Llama-3.2-1B shape, or a full-width one of ``shapes.SHAPES``."""
     import torch
 
     from dlinfer_lmdeploy.testing import tiny_models
 
+    if shape != "1b":
+        from shapes import SHAPES, build
+
+        return build(shape, layers or SHAPES[shape][2], model_dir.parent, "cuda")
     tiny_models.build_on_device(tiny_models.llama_3_2_1b_config(), model_dir, device="cuda", dtype=torch.bfloat16)
     torch.cuda.empty_cache()
+    return model_dir
 
 
 def _run_process(args: argparse.Namespace, device: str, mode: str) -> dict[str, object]:
@@ -226,6 +232,8 @@ def summarize(results: list[dict[str, object]], modes: list[str]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "llama-3.2-1b-rand")
+    parser.add_argument("--shape", default="1b", help="1b (Llama-3.2-1B) or a name of bench/shapes.py")
+    parser.add_argument("--layers", type=int, default=None, help="decoder layers (default: the real model's)")
     parser.add_argument("--devices", default="maca,cuda")
     parser.add_argument("--modes", default="eager,graph")
     parser.add_argument("--rounds", type=int, default=1, help="processes per (device_type, mode), interleaved")
@@ -242,13 +250,13 @@ def main() -> int:
         return 0
 
     t0 = time.perf_counter()
-    build_model(args.model_dir)
+    args.model_dir = build_model(args.model_dir, args.shape, args.layers)
     print(f"model ready in {time.perf_counter() - t0:.1f}s at {args.model_dir}", file=sys.stderr)
     modes = args.modes.split(",")
     results: list[dict[str, object]] = []
     for mode in modes:
         for device in schedule(args.devices.split(","), args.rounds):
-            results.append(_run_process(args, device, mode))
+            results.append({**_run_process(args, device, mode), "shape": args.shape, "layers": args.layers})
             if args.out:  # partial results survive a time limit
                 args.out.write_text(json.dumps(results, indent=2))
     print("\n".join(summarize(results, modes)))

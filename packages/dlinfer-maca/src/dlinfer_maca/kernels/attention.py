@@ -170,9 +170,11 @@ def paged_decode_fwd(
     q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, block_table: torch.Tensor,
     seqlens_kv: torch.Tensor, max_seqlen_kv: int, layout: str, scale: float | None = None,
     window: int | None = None, softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
-    num_splits: int | None = None,
+    num_splits: int | None = None, tune: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
-    """Decode attention: ``q [B, Hq, D]`` over paged K/V -> ``[B, Hq, Dv]`` in q.dtype."""
+    """Decode attention: ``q [B, Hq, D]`` over paged K/V -> ``[B, Hq, Dv]`` in q.dtype.
+
+    ``num_splits`` and ``tune`` (BLOCK_N, num_warps, num_stages) override the heuristics (benchmark sweeps)."""
     B, Hq, D = q.shape
     kb, ks, kh, page = kv_strides(key_cache, layout)
     vb, vs, vh, _ = kv_strides(value_cache, layout)
@@ -186,6 +188,9 @@ def paged_decode_fwd(
     interp = interpreting()
     wide = max(D, DV) > 128
     block_n = 64 if interp else (32 if wide else 64)
+    warps, stages = (4 if not wide else 8), (2 if wide else 3)
+    if tune is not None:
+        block_n, warps, stages = tune
     sms = num_sms(q.device)
     if num_splits is None:
         splits, chunk = decode_num_splits(B, Hkv, max_seqlen_kv, block_n, sms)
@@ -212,7 +217,7 @@ def paged_decode_fwd(
         BLOCK_D=next_pow2(D), BLOCK_DV=block_dv,
         USE_SOFTCAP=softcap is not None, USE_ALIBI=alibi_slopes is not None, USE_WINDOW=window is not None,
         DOT_PREC=dot_precision(q.dtype),
-        num_warps=4 if not wide else 8, num_stages=2 if wide else 3,
+        num_warps=warps, num_stages=stages,
     )
     if splits > 1:
         _decode_merge_kernel[(B, Hq)](

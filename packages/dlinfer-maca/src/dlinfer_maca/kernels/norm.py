@@ -10,17 +10,26 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import next_pow2, round_half_even
+from ._utils import interpreting, next_pow2, round_half_even
 
 
 @triton.jit
-def _quantize_row(y, cols, mask, q_ptr, scale_ptr, row, stride_q):
+def _rint(x, HW_RINT: tl.constexpr):
+    """Round to nearest, ties to even: one ``cvt.rni`` on the GPU, arithmetic in the interpreter."""
+    if HW_RINT:
+        return tl.extra.cuda.libdevice.rint(x)
+    else:
+        return round_half_even(x)
+
+
+@triton.jit
+def _quantize_row(y, cols, mask, q_ptr, scale_ptr, row, stride_q, HW_RINT: tl.constexpr):
     """Symmetric per-row int8: scale = max|y| / 127, q = round(y / scale)."""
     amax = tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0)
     scale = amax / 127.0
     safe = tl.where(scale == 0.0, 1.0, scale)
     # y * (1 / scale) may differ from torch's y / scale by one step at exact ties (the spec allows it)
-    q = round_half_even(y * (1.0 / safe))
+    q = _rint(y * (1.0 / safe), HW_RINT)
     q = tl.minimum(tl.maximum(q, -127.0), 127.0)
     tl.store(q_ptr + row * stride_q + cols, q.to(tl.int8), mask=mask)
     tl.store(scale_ptr + row, scale)
@@ -31,7 +40,7 @@ def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, added_ptr, scale_ptr,
     stride_x, stride_r, stride_o, stride_a,
     H, eps,
-    BLOCK: tl.constexpr, HAS_RES: tl.constexpr, QUANT: tl.constexpr,
+    BLOCK: tl.constexpr, HAS_RES: tl.constexpr, QUANT: tl.constexpr, HW_RINT: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -48,18 +57,19 @@ def _rms_norm_kernel(
     y = xf * rstd * w
     if QUANT:
         # quantise the normed row as rms_norm would return it (rounded to x.dtype)
-        _quantize_row(y.to(x.dtype).to(tl.float32), cols, mask, out_ptr, scale_ptr, row, stride_o)
+        _quantize_row(y.to(x.dtype).to(tl.float32), cols, mask, out_ptr, scale_ptr, row, stride_o, HW_RINT)
     else:
         tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _dynamic_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x, stride_q, H, BLOCK: tl.constexpr):
+def _dynamic_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x, stride_q, H, BLOCK: tl.constexpr,
+                          HW_RINT: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < H
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    _quantize_row(x, cols, mask, q_ptr, scale_ptr, row, stride_q)
+    _quantize_row(x, cols, mask, q_ptr, scale_ptr, row, stride_q, HW_RINT)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -68,8 +78,14 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-def _warps(block: int) -> int:
-    return min(max(block // 256, 1), 16)
+def _warps(block: int, quant: bool = False) -> int:
+    """Warps per row program: one per 256 elements, at most 16 (8 for the quantising kernels, whose second
+    reduction over the row costs another cross-warp exchange)."""
+    return min(max(block // 256, 1), 8 if quant else 16)
+
+
+def _hw_rint() -> bool:
+    return not interpreting()
 
 
 def rms_norm_fwd(
@@ -78,6 +94,7 @@ def rms_norm_fwd(
     eps: float,
     residual: torch.Tensor | None = None,
     quant: bool = False,
+    num_warps: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """RMSNorm over the last dim of ``x [..., H]`` (fp16/bf16/fp32, weight ``[H]``).
 
@@ -102,7 +119,8 @@ def rms_norm_fwd(
             x2, r2, weight.contiguous(), out, added, scale,
             x2.stride(0), r2.stride(0), out.stride(0), added.stride(0),
             H, float(eps),
-            BLOCK=block, HAS_RES=residual is not None, QUANT=quant, num_warps=_warps(block),
+            BLOCK=block, HAS_RES=residual is not None, QUANT=quant, HW_RINT=quant and _hw_rint(),
+            num_warps=_warps(block, quant) if num_warps is None else num_warps,
         )
     res: tuple[torch.Tensor, ...]
     res = (out.view(*lead, H), scale.view(lead)) if quant else (out.view(*lead, H),)
@@ -111,7 +129,7 @@ def rms_norm_fwd(
     return res
 
 
-def dynamic_quant_fwd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def dynamic_quant_fwd(x: torch.Tensor, num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token symmetric int8 quantisation of ``x [..., H]`` -> ``(int8 [..., H], fp32 [...])``."""
     H = x.shape[-1]
     lead = x.shape[:-1]
@@ -121,5 +139,6 @@ def dynamic_quant_fwd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = torch.empty((M,), dtype=torch.float32, device=x.device)
     if M > 0:
         block = next_pow2(H)
-        _dynamic_quant_kernel[(M,)](x2, q, scale, x2.stride(0), q.stride(0), H, BLOCK=block, num_warps=_warps(block))
+        _dynamic_quant_kernel[(M,)](x2, q, scale, x2.stride(0), q.stride(0), H, BLOCK=block, HW_RINT=_hw_rint(),
+                                    num_warps=_warps(block, True) if num_warps is None else num_warps)
     return q.view(*lead, H), scale.view(lead)

@@ -1,0 +1,10 @@
+# Sourced by the GPU drivers: LMDeploy 0.18 from .carry/ (shared/tools/lmdeploy-device-carry.sh) into /tmp/site,
+# the dlinfer packages from the source tree, the maca plugin, NVLink multicast off (device README).
+SITE=/tmp/site
+if [ ! -d $SITE/lmdeploy ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .carry/whl/*.whl \
+    && tar xzf .carry/lmdeploy-0.18.0-nots.tgz -C $SITE || return 1
+fi
+export PYTHONPATH=$SITE:packages/dlinfer-core/src:packages/dlinfer-maca/src:packages/dlinfer-lmdeploy/src
+export DLINFER_PLUGINS=dlinfer_maca.plugin PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
