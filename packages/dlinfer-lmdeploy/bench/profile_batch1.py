@@ -1,92 +1,141 @@
-"""Profile LMDeploy eager batch-1 decode: dlinfer (maca plugin) against LMDeploy's own cuda backend.
+"""Host time per eager decode step at batch 1: dlinfer (maca plugin) against LMDeploy's own cuda backend.
 
-    python packages/dlinfer-lmdeploy/bench/profile_batch1.py --out $OUT
+    python packages/dlinfer-lmdeploy/bench/profile_batch1.py --out $OUT             # GPU: Llama-3-8B shape
+    python packages/dlinfer-lmdeploy/bench/profile_batch1.py --dry-run --out /tmp/p # CPU: cpu device, tiny model
 
-Builds the same Llama-3.2-1B-shaped model as ``lmdeploy_e2e_gpu.py``; then, per device_type (each in its
-own process), replays the benchmark's sequence (warm-up, 64-prompt throughput run, batch-1 stream) and
-runs two more batch-1 streams:
+A Llama-3-8B-shaped model (``tiny_models.llama_3_8b_config``: hidden 4096, 32 layers, 32/8 heads, MLP 14336,
+vocabulary 128256) with random bf16 weights is built on the GPU (``tiny_models.build_on_device``, as the e2e
+bench builds its model; ``--shape 1b`` for the Llama-3.2-1B shape); then each device_type (maca, cuda) runs in its
+own process, eager mode, batch 1:
 
-* per output token: stamps of the stream (mean / median / max gap), Triton compiles (with the phase
-  and seconds they took);
-* per decode forward (``model_forward`` of LMDeploy's model agent): host time of the whole call, of the
-  model's ``forward`` alone and its GPU time (CUDA events), and the period between steps;
-* torch.profiler over 20 decode steps (CPU ops of the engine thread, CUDA kernels, runtime API calls):
-  kernels and launches per step, top CPU ops; cProfile over 20 further decode steps (Python hot spots).
+* a timed stream: per decode step, the host (wall) time and engine-thread CPU time of LMDeploy's
+  ``model_forward`` (context build + model forward, where eager launches happen), the step period (one
+  ``model_forward`` start to the next: scheduling, sampling and the wait for the GPU included) and the GPU time of
+  the model's ``forward`` (CUDA events);
+* a profiled stream: torch.profiler over ``PROF`` decode steps, parsed from its exported trace: per step the device
+  kernels by class (Triton, cuBLAS, other) and copies (DtoD, HtoD, DtoH, memset), host syncs (stream / device /
+  event synchronize calls), counted for the whole step and inside ``model_forward``; cProfile over ``CPROF`` further
+  steps in the engine thread: Python self time by package (dlinfer, dlinfer_maca, dlinfer_lmdeploy, lmdeploy,
+  torch, triton, other; a C function's time goes to its caller's package, kept apart as "C calls"), and the
+  inclusive time of dlinfer functions entered from outside dlinfer; then ``ATEN`` steps under a
+  ``TorchDispatchMode`` counting the aten ops that reach the backend (views apart).
 
-Writes ``<device>_summary.json``, ``<device>_profile.txt`` and a short table to stdout.
+Kernel classes are heuristics, stated here: a kernel is cuBLAS when its name matches ``CUBLAS_RE``, Triton when a
+Triton JIT function of that name was compiled in the process or it was launched through the driver API
+(``cuLaunchKernel*``, Triton's launcher), otherwise "other" (aten kernels). The cProfile window adds its own
+overhead to every Python call: its figures are proportions, the timed stream gives the absolute host time.
+
+``--dry-run``: device ``cpu`` (the reference backend through the same adaptor), a tiny model (``--layers`` deep),
+CPU profiler only; launches are then the aten ops per step. Writes ``<device>_summary.json`` (all figures),
+``<device>_profile.txt`` (top kernels, API calls, cProfile tables), ``summary.json`` (all devices) and prints a
+short table.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gzip
 import io
 import json
 import os
 import pstats
+import re
 import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lmdeploy_e2e_gpu import NEW_TOKENS, NUM_PROMPTS, PROMPT_TOKENS, _prompts, build_model  # noqa: E402
+from lmdeploy_e2e_gpu import PROMPT_TOKENS, _prompts  # noqa: E402
 
-PROF_STEPS = (30, 50)  # decode forwards [30, 50) of the profiled stream under torch.profiler
-CPROF_STEPS = (80, 100)  # and [80, 100) under cProfile
+NEW_TOKENS = 96  # per stream; decode steps of the profiled stream, in order:
+SKIP, PROF, CPROF, ATEN = 6, 20, 20, 5  # untouched, torch.profiler, cProfile, aten-op count (2 idle between)
+CUBLAS_RE = re.compile(r"gemm|gemv|cutlass|xmma|nvjet|cublas|splitkreduce", re.I)
+SYNC_APIS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cuStreamSynchronize",
+             "cuCtxSynchronize", "cuEventSynchronize")
+DRIVER_LAUNCH = ("cuLaunchKernel", "cuLaunchKernelEx")
+FWD_MARK = "profile_batch1::model_forward"
+PACKAGES = ("dlinfer_lmdeploy", "dlinfer_maca", "dlinfer", "lmdeploy", "torch", "triton")
+PY_ROWS = ("dlinfer", "dlinfer_maca", "dlinfer_lmdeploy", "lmdeploy", "torch", "triton", "dlinfer.reference",
+           "cpu_device", "other")
 
 
 class Recorder:
     def __init__(self) -> None:
         self.phase = "init"
+        self.gpu = True
+        self.triton_names: set[str] = set()
         self.compiles: list[dict[str, object]] = []
-        self.forwards: list[dict[str, object]] = []  # model_forward calls
-        self.inner: list[dict[str, object]] = []  # model.forward calls (with CUDA events)
+        self.steps: list[dict[str, Any]] = []  # decode model_forward calls
+        self.current: dict[str, Any] = {}  # the decode step in progress
         self.decode_index = 0
-        self.torch_prof = None
-        self.cprof = None
-        self.prof_text = ""
-        self.cprof_text = ""
+        self.torch_prof: Any = None
+        self.cprof: cProfile.Profile | None = None
+        self.aten: Counter[str] | None = None
+        self.aten_mode: Any = None
+        self.results: dict[str, Any] = {}
+        self.texts: list[str] = []
 
 
 REC = Recorder()
 
 
+def _sync() -> None:
+    if REC.gpu:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# -- instrumentation ----------------------------------------------------------------------------------------------
 def _instrument(out_dir: Path, device: str) -> None:
     import torch
-    import triton.runtime.jit as tjit
     from lmdeploy.pytorch.engine.model_agent import agent
     from lmdeploy.pytorch.models import llama
 
-    orig_compile = tjit.JITFunction._do_compile
+    if REC.gpu:
+        import triton.runtime.jit as tjit
 
-    def _do_compile(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        try:
-            return orig_compile(self, *args, **kwargs)
-        finally:
-            REC.compiles.append(
-                {"phase": REC.phase, "kernel": getattr(self, "__name__", "?"), "s": round(time.perf_counter() - t0, 4)}
-            )
+        orig_compile = tjit.JITFunction._do_compile
 
-    tjit.JITFunction._do_compile = _do_compile
+        def _do_compile(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            t0 = time.perf_counter()
+            try:
+                return orig_compile(self, *args, **kwargs)
+            finally:
+                name = getattr(self, "__name__", "?")
+                REC.triton_names.add(name)
+                REC.compiles.append({"phase": REC.phase, "kernel": name, "s": round(time.perf_counter() - t0, 4)})
+
+        tjit.JITFunction._do_compile = _do_compile
 
     orig_mf = agent.model_forward
 
     def model_forward(model, inputs, *args, **kwargs):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
+        decoding = bool(getattr(inputs, "is_decoding", False)) and int(inputs.seq_length.numel()) == 1
+        if not (decoding and REC.phase in ("timed", "prof")):
+            return orig_mf(model, inputs, *args, **kwargs)
+        i = REC.decode_index
+        REC.decode_index += 1
+        if REC.phase == "prof":
+            _windows(i, out_dir, device)
+        mark = torch.profiler.record_function(FWD_MARK) if REC.torch_prof is not None else None
+        if mark is not None:
+            mark.__enter__()
+        REC.current = step = {"index": i}
+        t0, c0 = time.perf_counter(), time.thread_time()
         out = orig_mf(model, inputs, *args, **kwargs)
-        REC.forwards.append(
-            {
-                "phase": REC.phase,
-                "decoding": bool(getattr(inputs, "is_decoding", False)),
-                "batch": int(inputs.seq_length.numel()),
-                "t0": t0,
-                "host_s": time.perf_counter() - t0,
-            }
-        )
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        if mark is not None:
+            mark.__exit__(None, None, None)
+        if REC.phase == "timed":
+            step.update(t0=t0, wall_s=wall, cpu_s=cpu)
+            REC.steps.append(step)
         return out
 
     agent.model_forward = model_forward
@@ -94,119 +143,239 @@ def _instrument(out_dir: Path, device: str) -> None:
     orig_fwd = llama.LlamaForCausalLM.forward
 
     def forward(self, input_ids, *args, **kwargs):  # type: ignore[no-untyped-def]
-        decoding = input_ids.numel() <= 1
-        if REC.phase == "b1_prof" and decoding:
-            i = REC.decode_index
-            if i == PROF_STEPS[0]:
-                from torch.profiler import ProfilerActivity, profile
-
-                REC.torch_prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-                REC.torch_prof.__enter__()
-            elif i == PROF_STEPS[1] and REC.torch_prof is not None:
-                torch.cuda.synchronize()
-                REC.torch_prof.__exit__(None, None, None)
-                _summarise_torch_prof(REC.torch_prof, PROF_STEPS[1] - PROF_STEPS[0], out_dir, device)
-                REC.torch_prof = None
-            elif i == CPROF_STEPS[0]:
-                REC.cprof = cProfile.Profile()
-                REC.cprof.enable()
-            elif i == CPROF_STEPS[1] and REC.cprof is not None:
-                REC.cprof.disable()
-                s = io.StringIO()
-                st = pstats.Stats(REC.cprof, stream=s)
-                st.sort_stats("tottime").print_stats(45)
-                st.sort_stats("cumulative").print_stats(70)
-                REC.cprof_text = s.getvalue()
-                REC.cprof = None
-            REC.decode_index += 1
-        ev0 = torch.cuda.Event(enable_timing=True)
-        ev1 = torch.cuda.Event(enable_timing=True)
+        if not (REC.gpu and REC.phase == "timed" and input_ids.numel() == 1):
+            return orig_fwd(self, input_ids, *args, **kwargs)
+        ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         ev0.record()
-        t0 = time.perf_counter()
         out = orig_fwd(self, input_ids, *args, **kwargs)
-        host = time.perf_counter() - t0
         ev1.record()
-        REC.inner.append({"phase": REC.phase, "decoding": decoding, "host_s": host, "ev": (ev0, ev1)})
+        REC.current.setdefault("events", []).append((ev0, ev1))
         return out
 
     llama.LlamaForCausalLM.forward = forward
 
 
-def _summarise_torch_prof(prof, steps: int, out_dir: Path, device: str) -> None:  # type: ignore[no-untyped-def]
-    from collections import Counter
+def _windows(i: int, out_dir: Path, device: str) -> None:
+    """Open / close the profiling windows of the profiled stream at decode step ``i`` (engine thread)."""
+    from torch.profiler import ProfilerActivity, profile
 
-    events = prof.events()
-    kernels: Counter[str] = Counter()
-    kernel_us: Counter[str] = Counter()
+    p0 = SKIP
+    c0 = p0 + PROF + 2
+    a0 = c0 + CPROF + 2
+    if i == p0:
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if REC.gpu else [])
+        REC.torch_prof = profile(activities=acts)
+        REC.torch_prof.__enter__()
+    elif i == p0 + PROF and REC.torch_prof is not None:
+        _sync()
+        prof, REC.torch_prof = REC.torch_prof, None
+        prof.__exit__(None, None, None)
+        REC.results["profiler"] = _summarise_trace(prof, PROF, out_dir, device)
+    elif i == c0:
+        REC.cprof = cProfile.Profile()
+        REC.cprof.enable()
+    elif i == c0 + CPROF and REC.cprof is not None:
+        REC.cprof.disable()
+        REC.results["python"] = _summarise_cprofile(REC.cprof, CPROF)
+        REC.cprof = None
+    elif i == a0:
+        REC.aten = Counter()
+        REC.aten_mode = _aten_counter(REC.aten)
+        REC.aten_mode.__enter__()
+    elif i == a0 + ATEN and REC.aten_mode is not None:
+        REC.aten_mode.__exit__(None, None, None)
+        REC.results["aten_ops"] = _summarise_aten(REC.aten or Counter(), ATEN)
+        REC.aten_mode = None
+
+
+def _aten_counter(counts: Counter[str]) -> Any:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            counts[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    return Count()
+
+
+# -- summaries ----------------------------------------------------------------------------------------------------
+def _kernel_class(name: str, launcher: str | None) -> str:
+    if CUBLAS_RE.search(name):
+        return "cublas"
+    if name in REC.triton_names or (launcher or "").startswith(DRIVER_LAUNCH):
+        return "triton"
+    return "other"
+
+
+def _summarise_trace(prof: Any, steps: int, out_dir: Path, device: str) -> dict[str, Any]:
+    """Per-step launch figures from the profiler's exported trace (kernels joined to their launch call)."""
+    path = out_dir / f"{device}_trace.json"
+    prof.export_chrome_trace(str(path))
+    trace = json.loads(path.read_text())
+    with gzip.open(str(path) + ".gz", "wt") as f:
+        json.dump(trace, f)
+    path.unlink()
+    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
+    fwd = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == FWD_MARK
+                 and e.get("cat") in ("user_annotation", "cpu_op"))
+
+    def in_fwd(ts: float) -> bool:
+        return any(a <= ts <= b for a, b in fwd)
+
+    launch: dict[Any, dict[str, Any]] = {}
     api: Counter[str] = Counter()
     api_us: Counter[str] = Counter()
+    syncs = Counter({"step": 0, "forward": 0})
     for e in events:
-        dev = str(getattr(e, "device_type", ""))
-        if "CUDA" in dev:
-            kernels[e.name[:90]] += 1
-            kernel_us[e.name[:90]] += e.device_time_total if hasattr(e, "device_time_total") else 0
-        elif e.name.startswith(("cuda", "cu")) and not e.name.startswith("cudnn"):
-            api[e.name] += 1
-            api_us[e.name] += e.cpu_time_total
+        if e.get("cat") in ("cuda_runtime", "cuda_driver"):
+            api[e["name"]] += 1
+            api_us[e["name"]] += e.get("dur", 0)
+            corr = (e.get("args") or {}).get("correlation")
+            if corr is not None:
+                launch[corr] = e
+            if e["name"] in SYNC_APIS:
+                syncs["step"] += 1
+                syncs["forward"] += in_fwd(e["ts"])
+    classes = ("triton", "cublas", "other", "DtoD", "HtoD", "DtoH", "memset", "copy_other")
+    count = {scope: Counter({c: 0 for c in classes}) for scope in ("step", "forward")}
+    kernels: Counter[str] = Counter()
+    kernel_us: Counter[str] = Counter()
+    for e in events:
+        cat = e.get("cat")
+        if cat not in ("kernel", "gpu_memcpy", "gpu_memset"):
+            continue
+        src = launch.get((e.get("args") or {}).get("correlation"))
+        name = e["name"]
+        if cat == "kernel":
+            cls = _kernel_class(name, src["name"] if src else None)
+        elif cat == "gpu_memset":
+            cls = "memset"
+        else:
+            m = re.search(r"(DtoD|HtoD|DtoH)", name)
+            cls = m.group(1) if m else "copy_other"
+        kernels[f"[{cls}] {name[:90]}"] += 1
+        kernel_us[f"[{cls}] {name[:90]}"] += e.get("dur", 0)
+        count["step"][cls] += 1
+        if src is not None and in_fwd(src["ts"]):
+            count["forward"][cls] += 1
+    cpu_ops = Counter(e["name"] for e in events if e.get("cat") == "cpu_op" and e["name"].startswith("aten::"))
+    per = {scope: {k: round(v / steps, 2) for k, v in c.items()} for scope, c in count.items()}
+    for scope in per:
+        per[scope]["launches"] = round(sum(count[scope].values()) / steps, 2)
+        per[scope]["host_syncs"] = round(syncs[scope] / steps, 2)
+    res: dict[str, Any] = {
+        "steps": steps,
+        "forward_spans_found": len(fwd),
+        "per_step": per["step"],
+        "per_step_in_model_forward": per["forward"],
+        "api_calls_per_step": {k: round(v / steps, 2) for k, v in api.most_common(20)},
+        "aten_cpu_ops_per_step_profiler": round(sum(cpu_ops.values()) / steps, 1),
+    }
     lines = [f"=== {device}: torch.profiler over {steps} decode steps (batch 1) ==="]
-    lines.append(f"device events per step: {sum(kernels.values()) / steps:.1f}")
-    lines.append("-- device events (count per step, total us per step)")
-    for name, n in kernels.most_common(40):
-        lines.append(f"{n / steps:8.2f} {kernel_us[name] / steps:9.1f}  {name}")
+    lines.append("-- device events (count per step, device us per step)")
+    lines += [f"{n / steps:8.2f} {kernel_us[k] / steps:9.1f}  {k}" for k, n in kernels.most_common(50)]
     lines.append("-- runtime / driver API calls (count per step, host us per step)")
-    for name, n in api.most_common(25):
-        lines.append(f"{n / steps:8.2f} {api_us[name] / steps:9.1f}  {name}")
-    ka = prof.key_averages()
+    lines += [f"{n / steps:8.2f} {api_us[k] / steps:9.1f}  {k}" for k, n in api.most_common(25)]
     lines.append("-- CPU ops by self CPU time (all steps)")
-    lines.append(ka.table(sort_by="self_cpu_time_total", row_limit=45, max_name_column_width=70))
-    REC.prof_text = "\n".join(lines)
-    try:
-        prof.export_chrome_trace(str(out_dir / f"{device}_trace.json"))
-    except Exception as exc:  # noqa: BLE001
-        REC.prof_text += f"\n(trace export failed: {exc})"
+    lines.append(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=70))
+    REC.texts.append("\n".join(lines))
+    return res
 
 
-def _stream_b1(pipe, gen, seed: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    stamps: list[float] = []
-    count = 0
-    for out in pipe.stream_infer(_prompts(1, PROMPT_TOKENS, seed=seed), gen_config=gen, do_preprocess=False):
-        k = len(out.token_ids or [])
-        if k:
-            stamps.append(time.perf_counter())
-            count += k
-    gaps = [(b - a) * 1e3 for a, b in zip(stamps, stamps[1:], strict=False)]
-    top = sorted(range(len(gaps)), key=lambda i: -gaps[i])[:6]
+def _package(filename: str) -> str:
+    """The package a code object belongs to; the reference backend (the CPU's stand-in for vendor kernels) and the
+    CPU device's torch.cuda redirection (absent on accelerators) are kept apart from the adaptor."""
+    if filename.startswith("<dlinfer.ops."):  # the generated public op wrappers
+        return "dlinfer"
+    norm = filename.replace("\\", "/")
+    if "/dlinfer/reference/" in norm:
+        return "dlinfer.reference"
+    if norm.endswith("/dlinfer_lmdeploy/cpu_device.py"):
+        return "cpu_device"
+    for pkg in PACKAGES:
+        if f"/{pkg}/" in norm:
+            return pkg
+    return "other"
+
+
+def _summarise_cprofile(prof: cProfile.Profile, steps: int) -> dict[str, Any]:
+    """Python time per step by package: self time of Python functions, C calls charged to their caller's package."""
+    st = pstats.Stats(prof)
+    self_us: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+    by_file: Counter[str] = Counter()
+    inclusive_dlinfer = 0.0
+    dl = ("dlinfer", "dlinfer_maca", "dlinfer_lmdeploy")
+    for func, (_cc, nc, tt, _ct, callers) in st.stats.items():  # type: ignore[attr-defined]
+        filename = func[0]
+        if filename == "~":  # a C function: its time goes to the callers' packages, per call edge
+            for caller, edge in callers.items():
+                self_us[f"{_package(caller[0])} (C calls)"] += edge[2] * 1e6
+            continue
+        pkg = _package(filename)
+        self_us[pkg] += tt * 1e6
+        calls[pkg] += nc
+        if pkg in dl:
+            by_file[f"{pkg}: {Path(filename).name}"] += tt * 1e6
+            inclusive_dlinfer += sum(edge[3] for caller, edge in callers.items()
+                                     if _package(caller[0]) not in dl) * 1e6
+    total = sum(self_us.values())
+    s = io.StringIO()
+    ps = pstats.Stats(prof, stream=s)
+    ps.sort_stats("tottime").print_stats(40)
+    ps.sort_stats("cumulative").print_stats(60)
+    REC.texts.append(f"=== cProfile over {steps} decode steps ===\n{s.getvalue()}")
     return {
-        "tokens": count,
-        "ms_per_token": round((stamps[-1] - stamps[0]) * 1e3 / max(count - 1, 1), 3),
-        "gap_median_ms": round(statistics.median(gaps), 3),
-        "gap_p90_ms": round(sorted(gaps)[int(0.9 * len(gaps))], 3),
-        "gap_max": [(i, round(gaps[i], 2)) for i in top],
+        "steps": steps,
+        "note": "cProfile on: absolute figures inflated by the profiler; compare shares",
+        "total_us_per_step": round(total / steps, 1),
+        "self_us_per_step": {k: round(v / steps, 1) for k, v in self_us.most_common()},
+        "python_calls_per_step": {k: round(v / steps, 1) for k, v in calls.most_common()},
+        "dlinfer_inclusive_us_per_step": round(inclusive_dlinfer / steps, 1),
+        "dlinfer_self_us_per_step_by_file": {k: round(v / steps, 1) for k, v in by_file.most_common(15)},
     }
 
 
-def _per_step(phase: str) -> dict[str, float]:
-    fw = [f for f in REC.forwards if f["phase"] == phase and f["decoding"]]
-    inner = [f for f in REC.inner if f["phase"] == phase and f["decoding"]]
-    periods = [(b["t0"] - a["t0"]) * 1e3 for a, b in zip(fw, fw[1:], strict=False)]
-    gpu = [i["ev"][0].elapsed_time(i["ev"][1]) for i in inner]
+_VIEWS = ("aten.view", "aten._unsafe_view", "aten.reshape", "aten.t", "aten.transpose", "aten.slice",
+          "aten.select", "aten.expand", "aten.unsqueeze", "aten.squeeze", "aten.as_strided", "aten.permute",
+          "aten.detach", "aten.alias", "aten.split", "aten.split_with_sizes", "aten.unbind", "aten.narrow")
+
+
+def _summarise_aten(counts: Counter[str], steps: int) -> dict[str, Any]:
+    views = sum(n for k, n in counts.items() if k in _VIEWS)
+    total = sum(counts.values())
+    return {
+        "steps": steps,
+        "per_step": round(total / steps, 1),
+        "non_view_per_step": round((total - views) / steps, 1),
+        "views_per_step": round(views / steps, 1),
+        "top": {k: round(n / steps, 2) for k, n in counts.most_common(25)},
+    }
+
+
+def _timed_summary() -> dict[str, Any]:
+    steps = REC.steps[4:]  # the first decode steps of a stream warm caches
     med = statistics.median
+    periods = [(b["t0"] - a["t0"]) * 1e3 for a, b in zip(steps, steps[1:], strict=False)]
+    gpu = [sum(e0.elapsed_time(e1) for e0, e1 in s.get("events", [])) for s in steps if s.get("events")]
     return {
-        "decode_steps": len(fw),
-        "step_period_ms_median": round(med(periods), 3) if periods else float("nan"),
-        "model_forward_host_ms_median": round(med([f["host_s"] * 1e3 for f in fw]), 3) if fw else float("nan"),
-        "model_fwd_only_host_ms_median": round(med([i["host_s"] * 1e3 for i in inner]), 3) if inner else float("nan"),
-        "model_fwd_gpu_ms_median": round(med(gpu), 3) if gpu else float("nan"),
+        "decode_steps": len(steps),
+        "host_wall_ms_median": round(med(s["wall_s"] for s in steps) * 1e3, 3),
+        "host_wall_ms_p90": round(sorted(s["wall_s"] for s in steps)[int(0.9 * len(steps))] * 1e3, 3),
+        "engine_thread_cpu_ms_median": round(med(s["cpu_s"] for s in steps) * 1e3, 3),
+        "step_period_ms_median": round(med(periods), 3) if periods else None,
+        "gpu_forward_ms_median": round(med(gpu), 3) if gpu else None,
     }
 
 
-def _op_microbench() -> dict[str, float]:
-    """Host microseconds per dlinfer op call at batch-1 decode shapes (no sync inside the loop)."""
+def _op_microbench(shape: dict[str, int], dev: str = "cuda") -> dict[str, float]:
+    """Host microseconds per dlinfer op call at batch-1 decode shapes of the model (no sync inside the loop)."""
     import torch
     from dlinfer import ops
 
-    dev, dt = "cuda", torch.bfloat16
-    H, Hq, Hkv, D, inter = 2048, 32, 8, 64, 8192
+    dt = torch.bfloat16
+    H, Hq, Hkv, D, inter = (shape[k] for k in ("hidden", "heads", "kv_heads", "head_dim", "inter"))
     x = torch.randn(1, H, device=dev, dtype=dt)
     w = torch.randn(H, device=dev, dtype=dt)
     qkv = torch.randn(1, (Hq + 2 * Hkv) * D, device=dev, dtype=dt)
@@ -215,9 +384,8 @@ def _op_microbench() -> dict[str, float]:
     v = qkv[:, (Hq + Hkv) * D :].view(1, Hkv, D)
     cos = torch.randn(1, D, device=dev, dtype=dt)
     sin = torch.randn(1, D, device=dev, dtype=dt)
-    bs, nblocks = 64, 64
-    kc = torch.randn(nblocks, bs, Hkv, D, device=dev, dtype=dt)
-    vc = torch.randn(nblocks, bs, Hkv, D, device=dev, dtype=dt)
+    kc = torch.randn(64, 64, Hkv, D, device=dev, dtype=dt)
+    vc = torch.randn(64, 64, Hkv, D, device=dev, dtype=dt)
     bt = torch.arange(8, device=dev, dtype=torch.int32)[None]
     seqlens = torch.tensor([300], device=dev, dtype=torch.int32)
     slot = torch.tensor([299], device=dev, dtype=torch.int64)
@@ -226,131 +394,223 @@ def _op_microbench() -> dict[str, float]:
     cases = {
         "rms_norm": lambda: ops.rms_norm(x, w, eps=1e-5),
         "add_rms_norm": lambda: ops.add_rms_norm(x, x, w, eps=1e-5),
-        "apply_rotary_pos_emb": lambda: ops.apply_rotary_pos_emb(q, k, cos, sin),
+        "apply_rotary_pos_emb_inplace": lambda: ops.apply_rotary_pos_emb_inplace(q, k, cos, sin),
         "fill_kv_cache": lambda: ops.fill_kv_cache(k, v, kc, vc, slot, kv_layout="NHD"),
         "paged_decode_attention(ctx300)": lambda: ops.paged_decode_attention(
             q, kc, vc, bt, seqlens, max_seqlen_kv=300, kv_layout="NHD"
         ),
         "silu_and_mul": lambda: ops.silu_and_mul(gu),
-        "linear(2048x2048)": lambda: ops.linear(x, wq),
-        "torch.empty(1x2048)": lambda: torch.empty((1, H), device=dev, dtype=dt),
-        "tensor.copy_(1x32x64)": lambda: q.copy_(q),
+        f"linear({H}x{H})": lambda: ops.linear(x, wq),
+        "torch.empty(1xH)": lambda: torch.empty((1, H), device=dev, dtype=dt),
+        "tensor.copy_(q)": lambda: q.copy_(q),
     }
     res: dict[str, float] = {}
     for name, fn in cases.items():
         for _ in range(20):
             fn()
-        torch.cuda.synchronize()
+        _sync()
         n = 300
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
-        host = (time.perf_counter() - t0) / n * 1e6
-        torch.cuda.synchronize()
-        res[name] = round(host, 2)
+        res[name] = round((time.perf_counter() - t0) / n * 1e6, 2)
+        _sync()
     return res
 
 
-def run_one(model_dir: str, device: str, block_size: int, out_dir: Path) -> dict[str, object]:
+# -- one device ---------------------------------------------------------------------------------------------------
+def _stream(pipe: Any, gen: Any, seed: int) -> int:
+    count = 0
+    for out in pipe.stream_infer(_prompts(1, PROMPT_TOKENS, seed=seed), gen_config=gen, do_preprocess=False):
+        count += len(out.token_ids or [])
+    return count
+
+
+def _write(out_dir: Path, device: str, result: dict[str, Any]) -> None:
+    (out_dir / f"{device}_summary.json").write_text(json.dumps({**result, **REC.results}, indent=1))
+
+
+def run_one(model_dir: str, device: str, block_size: int, out_dir: Path, dry_run: bool) -> dict[str, Any]:
     import torch
     from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 
     import dlinfer_lmdeploy  # noqa: F401
 
+    REC.gpu = not dry_run
+    if dry_run:
+        torch.set_num_threads(1)
     _instrument(out_dir, device)
     cfg = PytorchEngineConfig(
         device_type=device,
         eager_mode=True,
-        max_batch_size=NUM_PROMPTS,
+        max_batch_size=4,
         session_len=PROMPT_TOKENS + NEW_TOKENS + 64,
-        cache_max_entry_count=0.5,
         block_size=block_size,
+        **({"dtype": "float32", "num_gpu_blocks": 64} if dry_run else {"cache_max_entry_count": 0.5}),
     )
     REC.phase = "startup"
+    t0 = time.perf_counter()
     pipe = pipeline(model_dir, backend_config=cfg, log_level="ERROR")
+    result: dict[str, Any] = {
+        "device_type": device,
+        "gpu": torch.cuda.get_device_name(0) if REC.gpu else "none (dry run, cpu)",
+        "startup_s": round(time.perf_counter() - t0, 1),
+    }
     gen = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, top_k=1, ignore_eos=True)
-    result: dict[str, object] = {"device_type": device, "gpu": torch.cuda.get_device_name(0)}
     try:
-        prompts = _prompts(NUM_PROMPTS, PROMPT_TOKENS)
         REC.phase = "warmup"
-        pipe(prompts[:4], gen_config=GenerationConfig(max_new_tokens=16, ignore_eos=True), do_preprocess=False)
-        REC.phase = "throughput"
-        torch.cuda.synchronize()
         t0 = time.perf_counter()
-        outs = pipe(prompts, gen_config=gen, do_preprocess=False)
-        torch.cuda.synchronize()
-        n_out = sum(len(o.token_ids) for o in outs)
-        result["throughput_tok_s"] = round(n_out / (time.perf_counter() - t0), 1)
-        for phase, seed in (("b1_first", 1), ("b1_second", 2), ("b1_prof", 3)):
-            REC.phase = phase
-            result[phase] = _stream_b1(pipe, gen, seed)
-            torch.cuda.synchronize()
-            result[phase]["steps"] = _per_step(phase)  # type: ignore[index]
+        pipe(_prompts(1, PROMPT_TOKENS), gen_config=GenerationConfig(max_new_tokens=16, ignore_eos=True),
+             do_preprocess=False)
+        _stream(pipe, GenerationConfig(max_new_tokens=8, ignore_eos=True), seed=9)
+        _sync()
+        result["warmup_s"] = round(time.perf_counter() - t0, 1)
+        REC.phase, REC.decode_index = "timed", 0
+        _stream(pipe, gen, seed=1)
+        _sync()
+        result["timed"] = _timed_summary()
+        _write(out_dir, device, result)  # partial figures survive a later failure or time-out
+        REC.phase, REC.decode_index = "prof", 0
+        _stream(pipe, gen, seed=2)
+        _sync()
     finally:
         REC.phase = "close"
         pipe.close()
-    result["compiles"] = REC.compiles
-    if device != "cuda":
-        try:
-            result["op_host_us"] = _op_microbench()
-        except Exception as exc:  # noqa: BLE001
-            result["op_host_us"] = f"failed: {type(exc).__name__}: {exc}"
-    (out_dir / f"{device}_profile.txt").write_text(REC.prof_text + "\n\n=== cProfile ===\n" + REC.cprof_text)
+    result.update(REC.results)
+    result["compiles_after_warmup"] = [c for c in REC.compiles if c["phase"] not in ("startup", "warmup")]
+    result["compiles_total"] = len(REC.compiles)
+    result["python_version"] = sys.version.split()[0]
+    result["torch_version"] = torch.__version__
+    (out_dir / f"{device}_profile.txt").write_text("\n\n".join(REC.texts))
     return result
+
+
+# -- driver -------------------------------------------------------------------------------------------------------
+def _config(shape: str, dry_run: bool, layers: int | None) -> Any:
+    from dlinfer_lmdeploy.testing import tiny_models
+
+    over: dict[str, Any] = {} if layers is None else {"num_hidden_layers": layers}
+    if dry_run:  # the 8B head structure (32/8 heads, GQA 4) at tiny widths
+        over = {"hidden_size": 256, "intermediate_size": 512, "head_dim": 8, "vocab_size": 512,
+                "num_hidden_layers": 4, **over}
+    return tiny_models.llama_3_8b_config(**over) if shape == "8b" else tiny_models.llama_3_2_1b_config(**over)
+
+
+def build(model_dir: Path, shape: str, dry_run: bool, layers: int | None) -> dict[str, int]:
+    import torch
+
+    from dlinfer_lmdeploy.testing import tiny_models
+
+    cfg = _config(shape, dry_run, layers)
+    dev = "cpu" if dry_run else "cuda"
+    tiny_models.build_on_device(cfg, model_dir, device=dev, dtype=torch.bfloat16)
+    if not dry_run:
+        torch.cuda.empty_cache()
+    return {"hidden": cfg.hidden_size, "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim, "inter": cfg.intermediate_size,
+            "vocab": cfg.vocab_size}
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: one column per device."""
+
+    def get(r: dict[str, Any], *path: str) -> Any:
+        for p in path:
+            r = r.get(p) if isinstance(r, dict) else None  # type: ignore[assignment]
+        return "-" if r is None else r
+
+    spec: list[tuple[str, Any]] = [
+        ("host wall ms / step (model_forward, median)", ("timed", "host_wall_ms_median")),
+        ("engine-thread CPU ms / step (median)", ("timed", "engine_thread_cpu_ms_median")),
+        ("step period ms (median)", ("timed", "step_period_ms_median")),
+        ("GPU ms / forward (median)", ("timed", "gpu_forward_ms_median")),
+        ("launches / step (device events)", ("profiler", "per_step", "launches")),
+        ("  of which in model_forward", ("profiler", "per_step_in_model_forward", "launches")),
+        ("Triton kernels / step", ("profiler", "per_step", "triton")),
+        ("cuBLAS kernels / step", ("profiler", "per_step", "cublas")),
+        ("other kernels / step", ("profiler", "per_step", "other")),
+        ("DtoD copies / step", ("profiler", "per_step", "DtoD")),
+        ("HtoD / DtoH copies / step", None),
+        ("host syncs / step", ("profiler", "per_step", "host_syncs")),
+        ("aten ops / step (dispatch mode; non-view)", None),
+        *((f"Python us / step: {pkg} (self + C calls)", pkg) for pkg in PY_ROWS),
+        ("Python us / step: inside dlinfer, inclusive", ("python", "dlinfer_inclusive_us_per_step")),
+    ]
+    lines = ["| per decode step | " + " | ".join(r["device_type"] for r in rows) + " |",
+             "|---|" + "---|" * len(rows)]
+    for label, path in spec:
+        cells = []
+        for r in rows:
+            if isinstance(path, str):
+                su = get(r, "python", "self_us_per_step")
+                su = su if isinstance(su, dict) else {}
+                cells.append(f"{su.get(path, 0.0):.0f} + {su.get(path + ' (C calls)', 0.0):.0f}")
+            elif path is not None:
+                cells.append(str(get(r, *path)))
+            elif label.startswith("HtoD"):
+                cells.append(f"{get(r, 'profiler', 'per_step', 'HtoD')} / {get(r, 'profiler', 'per_step', 'DtoH')}")
+            else:
+                cells.append(f"{get(r, 'aten_ops', 'per_step')} ({get(r, 'aten_ops', 'non_view_per_step')})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "llama-3.2-1b-rand")
-    parser.add_argument("--devices", default="maca,cuda")
+    parser.add_argument("--model-dir", type=Path, default=None, help="default: $TMPDIR/llama-<shape>-rand[-tiny]")
+    parser.add_argument("--shape", choices=("8b", "1b"), default="8b")
+    parser.add_argument("--layers", type=int, default=None, help="override the layer count (default: the shape's)")
+    parser.add_argument("--devices", default=None, help="default maca,cuda (dry run: cpu)")
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("."))
-    parser.add_argument("--timeout", type=int, default=240)
+    parser.add_argument("--timeout", type=int, default=200, help="seconds per device process")
+    parser.add_argument("--dry-run", action="store_true", help="CPU: cpu device, tiny model, no CUDA profiling")
     parser.add_argument("--one", metavar="DEVICE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.model_dir is None:
+        tag = f"{args.shape}{'-tiny' if args.dry_run else ''}{'' if args.layers is None else f'-{args.layers}l'}"
+        args.model_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-{tag}-rand"
+    devices = (args.devices or ("cpu" if args.dry_run else "maca,cuda")).split(",")
 
     if args.one:
-        res = run_one(str(args.model_dir), args.one, args.block_size, args.out)
+        res = run_one(str(args.model_dir), args.one, args.block_size, args.out, args.dry_run)
+        if not args.dry_run and args.one != "cuda":
+            try:
+                res["op_host_us"] = _op_microbench(json.loads((args.out / "shape.json").read_text()))
+            except Exception as exc:  # noqa: BLE001
+                res["op_host_us"] = f"failed: {type(exc).__name__}: {exc}"
         (args.out / f"{args.one}_summary.json").write_text(json.dumps(res, indent=1))
         print("RESULT " + json.dumps(res))
         return 0
 
-    if not (args.model_dir / "config.json").exists():
-        build_model(args.model_dir)
+    t0 = time.perf_counter()
+    shape = build(args.model_dir, args.shape, args.dry_run, args.layers)
+    (args.out / "shape.json").write_text(json.dumps(shape))
+    print(f"model {shape} ready in {time.perf_counter() - t0:.1f}s at {args.model_dir}", file=sys.stderr)
     rows = []
-    for device in args.devices.split(","):
-        cmd = [sys.executable, __file__, "--one", device, "--model-dir", str(args.model_dir), "--out", str(args.out)]
-        cmd += ["--block-size", str(args.block_size)]
+    for device in devices:
+        cmd = [sys.executable, __file__, "--one", device, "--model-dir", str(args.model_dir), "--out", str(args.out),
+               "--block-size", str(args.block_size)] + (["--dry-run"] if args.dry_run else [])
+        t1 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            print(f"[{device}] timeout", file=sys.stderr)
+        except subprocess.TimeoutExpired as exc:
+            print(f"[{device}] timeout after {args.timeout}s\n{str(exc.stderr or '')[-3000:]}", file=sys.stderr)
             continue
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             print(f"[{device}] FAILED rc={proc.returncode}\n{(proc.stderr or proc.stdout)[-4000:]}", file=sys.stderr)
             continue
-        rows.append(json.loads(lines[-1][len("RESULT ") :]))
-    for r in rows:
-        print(f"## {r['device_type']}: throughput {r['throughput_tok_s']} tok/s")
-        for phase in ("b1_first", "b1_second", "b1_prof"):
-            p = r[phase]
-            print(
-                f"  {phase}: {p['ms_per_token']} ms/token, median gap {p['gap_median_ms']}, p90 {p['gap_p90_ms']}, "
-                f"max {p['gap_max'][:3]}; steps {p['steps']}"
-            )
-        comp = {}
-        for c in r["compiles"]:
-            key = c["phase"]
-            comp.setdefault(key, []).append(f"{c['kernel']}:{c['s']}")
-        for k, v in comp.items():
-            if k not in ("startup",):
-                print(f"  compiles in {k}: {v}")
-        print(f"  compiles in startup: {len(comp.get('startup', []))}")
-        if "op_host_us" in r:
-            print(f"  op host us/call: {r['op_host_us']}")
-    return 0 if len(rows) == len(args.devices.split(",")) else 1
+        row = json.loads(lines[-1][len("RESULT ") :])
+        row["wall_s"] = round(time.perf_counter() - t1, 1)
+        print(f"[{device}] done in {row['wall_s']} s", file=sys.stderr)
+        rows.append(row)
+    summary = {"shape": shape, "model_dir": str(args.model_dir), "dry_run": args.dry_run, "rows": rows}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"shape {shape}, batch 1, eager, {NEW_TOKENS} new tokens per stream after a {PROMPT_TOKENS}-token prompt")
+    print("\n".join(table(rows)))
+    return 0 if len(rows) == len(devices) else 1
 
 
 if __name__ == "__main__":

@@ -408,6 +408,18 @@ def llama_3_2_1b_config(**overrides: Any) -> Any:
     return tf.LlamaConfig(**params)
 
 
+def llama_3_8b_config(**overrides: Any) -> Any:
+    """A Llama-3-8B-shaped config: hidden 4096, 32 layers, 32/8 heads of 128, MLP 14336, vocabulary 128256,
+    untied embeddings, rope theta 500000 without scaling (random weights are filled in by the caller)."""
+    params: dict[str, Any] = dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, max_position_embeddings=8192, rope_scaling=None,
+        tie_word_embeddings=False,
+    )
+    params.update(overrides)
+    return llama_3_2_1b_config(**params)
+
+
 def build_on_device(config: Any, path: str | Path, *, device: str = "cuda", dtype: Any = None, seed: int = 0) -> Path:
     """Random-weight checkpoint of ``config`` initialised on ``device`` (fast for 1B-class models)."""
     import transformers as tf
