@@ -1,13 +1,20 @@
 """Quantised GEMMs: W8A8 (int8 x int8 -> int32, scaled epilogue) and W4A16 (AWQ-style, dequant in the K loop).
 
-W4A16 layout (produced once at load time by :func:`awq_prepare`): the canonical AWQ
-``qweight int32 [IN, OUT/8]`` has its nibbles in AWQ order (nibble i holds column
-``8c + AWQ_ORDER[i]``); we repack so nibble i holds column ``8c + i``, which makes the
-in-kernel unpack a plain shift by ``4 * (col % 8)``. ``qzeros`` is repacked the same way;
-``scales [IN/g, OUT]`` is kept.
+W4A16 layout (produced once at load time by :func:`awq_prepare`; only :func:`w4a16_fwd` reads it).
+The canonical AWQ ``qweight int32 [IN, OUT/8]`` holds in nibble i of word c the column
+``8c + AWQ_ORDER[i]``. We repack the columns in chunks of ``NCHUNK = 128``: in chunk t, nibble
+i of word ``16t + c`` holds column ``128t + 16i + c`` (OUT padded with zero columns up to a
+multiple of 128). Shifting a loaded ``[BLOCK_K, BLOCK_N/8]`` tile of words by ``4i`` then gives
+the weights of 16 contiguous columns per chunk directly, in the loaded register layout, so the
+kernel needs no reshape/join (each of the 8 nibble planes is its own ``tl.dot`` into its own
+accumulator). ``qzeros [IN/g, OUT/8]`` gets the same permutation; ``scales [IN/g, OUT]`` is kept.
+The layout depends on no kernel configuration (any ``BLOCK_N`` that is a multiple of 128 works).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -16,43 +23,145 @@ import triton.language as tl
 from ._utils import interpreting, num_sms
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+NCHUNK = 128  # W4A16 layout: columns interleaved within chunks of 128 (16 words x 8 nibbles)
 
 
-def _gemm_config(M: int, int8: bool) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), skinny tiles for decode-sized M."""
-    if interpreting():
-        return 16, 64, 64, 4, 1  # few, large blocks: per-op Python overhead dominates
-    bk = 128 if int8 else 64
-    if M <= 16:
-        return 16, 64, bk, 4, 4
-    if M <= 64:
-        return 64, 64, bk, 4, 4
-    return 128, 128, bk, 8, 3
+# ----------------------------------------------------------------------------- split-K counters
+
+
+@functools.lru_cache(maxsize=8)
+def _counters_for(device: str) -> list[torch.Tensor]:
+    return [torch.zeros(0, dtype=torch.int32, device=device)]
+
+
+def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Per-tile arrival counters for the in-kernel split-K reduction (zero at rest: the last
+    program of each tile resets its counter). Kept per device and grown, never shrunk."""
+    box = _counters_for(str(device))
+    if box[0].numel() < n:
+        box[0] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+    return box[0]
+
+
+@triton.jit
+def _group_pid(pid, num_m, num_n, GROUP_M: tl.constexpr):
+    """Grouped program order (GROUP_M row-tiles share each column tile's weights in L2)."""
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % width) % size_m, (pid % width) // size_m
+
+
+@triton.jit
+def _last_arrival(cnt_ptr, tile, n_split):
+    """True in the last of the ``n_split`` programs of ``tile`` to get here (after all of them
+    stored their partials); that program resets the counter."""
+    tl.debug_barrier()  # every thread's partial stores precede the release below
+    old = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    last = old == n_split - 1
+    if last:
+        tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
+    return last
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+class GemmConfig(NamedTuple):
+    """One launch configuration. ``split_k`` 0 = choose from the SM count; ``reduce``: 0 = fp32 partial
+    buffer summed by torch, 1 = in-kernel (last program of a tile sums the partials); ``unpack`` (W4A16):
+    0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    split_k: int = 0
+    reduce: int = 1
+    unpack: int = 0
+    group_m: int = 8
+
+
+# Defaults by M (upper bound inclusive -> config); picked before GPU sweeps, see tools/tune_quant_gpu.py.
+W4A16_TABLE: tuple[tuple[int, GemmConfig], ...] = (
+    (16, GemmConfig(16, 128, 128, 4, 4, 0, 1, 0)),
+    (64, GemmConfig(64, 128, 128, 4, 3, 0, 1, 0)),
+    (256, GemmConfig(128, 128, 64, 8, 3, 1, 1, 0)),
+    (1 << 62, GemmConfig(128, 256, 64, 8, 3, 1, 1, 0)),
+)
+W8A8_TABLE: tuple[tuple[int, GemmConfig], ...] = (
+    (16, GemmConfig(16, 64, 256, 4, 4, 0, 1)),
+    (64, GemmConfig(64, 64, 128, 4, 4, 0, 1)),
+    (256, GemmConfig(128, 128, 128, 8, 3, 1, 1)),
+    (1 << 62, GemmConfig(128, 256, 128, 8, 3, 1, 1)),
+)
+_INTERP = GemmConfig(16, 128, 32, 4, 1, 0, 1, 0)  # interpreter: few, large blocks (Python overhead per op)
+
+
+def pick_config(table: tuple[tuple[int, GemmConfig], ...], M: int) -> GemmConfig:
+    """The first row of ``table`` whose M bound covers ``M``."""
+    return next(c for bound, c in table if bound >= M)
+
+
+def _auto_split(tiles: int, k_iters: int, device: torch.device) -> int:
+    """About 4 programs per SM, at least 2 K steps each."""
+    return max(1, min(triton.cdiv(4 * num_sms(device), tiles), k_iters // 2))
+
+
+# ----------------------------------------------------------------------------- W8A8
 
 
 @triton.jit
 def _w8a8_kernel(
-    a_ptr, b_ptr, o_ptr, as_ptr, bs_ptr, bias_ptr, M, N, K,
+    a_ptr, b_ptr, o_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, cnt_ptr, M, N, K, K_PER_SPLIT, n_split,
     stride_am, stride_bn, stride_om,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    """Program ``(tile, s)`` covers ``K_PER_SPLIT`` of K for one output tile; with ``n_split > 1``
+    it stores an int32 partial to ``ws [SPLIT_K, M, N]`` and (REDUCE=1) the last program of the
+    tile sums them (exact in int32) and applies the scales."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    tile = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m, pid_n = _group_pid(tile, num_m, num_n, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     mmask = offs_m < M
     nmask = offs_n < N
-    a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :]
-    b_ptrs = b_ptr + offs_n.to(tl.int64)[None, :] * stride_bn + offs_k[:, None]
+    k_lo = pid_k * K_PER_SPLIT
+    k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
+    a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + (k_lo + offs_k)[None, :]
+    b_ptrs = b_ptr + offs_n.to(tl.int64)[None, :] * stride_bn + (k_lo + offs_k)[:, None]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
-    for k0 in range(0, K, BLOCK_K):
-        kmask = (k0 + offs_k) < K
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kmask = (k0 + offs_k) < k_hi
         a = tl.load(a_ptrs, mask=mmask[:, None] & kmask[None, :], other=0)
         b = tl.load(b_ptrs, mask=kmask[:, None] & nmask[None, :], other=0)
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
+    omask = mmask[:, None] & nmask[None, :]
+    mn = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    if not SPLIT:
+        _w8_epilogue(acc, o_ptr, as_ptr, bs_ptr, bias_ptr, offs_m, offs_n, mmask, nmask, stride_om, HAS_BIAS)
+    else:
+        tl.store(ws_ptr + pid_k * M * N + mn, acc, mask=omask)
+        if REDUCE == 1:  # noqa: SIM102 - constexpr, then a runtime branch
+            if _last_arrival(cnt_ptr, tile, n_split):
+                acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+                for s in range(n_split):
+                    acc += tl.load(ws_ptr + s * M * N + mn, mask=omask, other=0, cache_modifier=".cg")
+                _w8_epilogue(acc, o_ptr, as_ptr, bs_ptr, bias_ptr, offs_m, offs_n, mmask, nmask, stride_om,
+                             HAS_BIAS)
+
+
+@triton.jit
+def _w8_epilogue(acc, o_ptr, as_ptr, bs_ptr, bias_ptr, offs_m, offs_n, mmask, nmask, stride_om,
+                 HAS_BIAS: tl.constexpr):
     sa = tl.load(as_ptr + offs_m, mask=mmask, other=0.0)
     sb = tl.load(bs_ptr + offs_n, mask=nmask, other=0.0)
     out = acc.to(tl.float32) * sa[:, None] * sb[None, :]
@@ -64,9 +173,10 @@ def _w8a8_kernel(
 
 def linear_w8a8_fwd(
     x_q: torch.Tensor, w_q: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
-    bias: torch.Tensor | None, out_dtype: torch.dtype,
+    bias: torch.Tensor | None, out_dtype: torch.dtype, config: GemmConfig | None = None,
 ) -> torch.Tensor:
-    """``(x_q [..., IN] @ w_q [OUT, IN]^T) * x_scale[..., None] * w_scale (+ bias)`` -> ``[..., OUT]``."""
+    """``(x_q [..., IN] @ w_q [OUT, IN]^T) * x_scale[..., None] * w_scale (+ bias)`` -> ``[..., OUT]``.
+    ``config`` overrides the table (sweeps)."""
     K = x_q.shape[-1]
     N = w_q.shape[0]
     lead = x_q.shape[:-1]
@@ -75,106 +185,227 @@ def linear_w8a8_fwd(
     w = w_q.contiguous()
     sa = x_scale.reshape(-1).contiguous()
     out = torch.empty((M, N), dtype=out_dtype, device=x_q.device)
-    if M > 0 and N > 0:
-        bm, bn, bk, warps, stages = _gemm_config(M, True)
-        _w8a8_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
-            a, w, out, sa, w_scale.contiguous(), bias if bias is not None else sa, M, N, K,
-            a.stride(0), w.stride(0), out.stride(0),
-            HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
-        )
+    if M == 0 or N == 0:
+        return out.view(*lead, N)
+    cfg = config or (_INTERP._replace(block_k=64) if interpreting() else pick_config(W8A8_TABLE, M))
+    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
+    k_iters = triton.cdiv(K, cfg.block_k)
+    split = cfg.split_k or _auto_split(tiles, k_iters, x_q.device)
+    split = max(1, min(split, k_iters))
+    k_per_split = triton.cdiv(k_iters, split) * cfg.block_k
+    split = triton.cdiv(K, k_per_split)
+    ws = torch.empty((split, M, N), dtype=torch.int32, device=x_q.device) if split > 1 else out
+    cnt = _tile_counters(x_q.device, tiles) if split > 1 and cfg.reduce == 1 else ws
+    _w8a8_kernel[(tiles, split)](
+        a, w, out, sa, w_scale.contiguous(), bias if bias is not None else sa, ws, cnt, M, N, K, k_per_split, split,
+        a.stride(0), w.stride(0), out.stride(0),
+        SPLIT=split > 1, REDUCE=cfg.reduce, HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if split > 1 and cfg.reduce == 0:
+        acc = ws.sum(dim=0, dtype=torch.int32).float() * sa[:, None] * w_scale.float()
+        if bias is not None:
+            acc += bias.float()
+        out = acc.to(out_dtype)
     return out.view(*lead, N)
 
 
 # ----------------------------------------------------------------------------- W4A16
 
 
-def _reorder_nibbles(packed: torch.Tensor) -> torch.Tensor:
-    """AWQ nibble order -> natural order (nibble i holds column 8c + i)."""
+def _awq_unpack(packed: torch.Tensor) -> torch.Tensor:
+    """AWQ int32 [R, C/8] -> int32 values [R, C] in 0..15 (column order)."""
     p = packed.to(torch.int32)
-    out = torch.zeros_like(p)
+    vals = torch.empty(*p.shape, 8, dtype=torch.int32, device=p.device)
     for i, col in enumerate(AWQ_ORDER):
-        out |= ((p >> (4 * i)) & 0xF) << (4 * col)
-    return out
+        vals[..., col] = (p >> (4 * i)) & 0xF
+    return vals.flatten(-2)
+
+
+def _chunk_pack(vals: torch.Tensor) -> torch.Tensor:
+    """int values [R, N] -> int32 [R, ceil(N/128)*16]: nibble i of word 16t + c holds column 128t + 16i + c."""
+    R, N = vals.shape
+    n_pad = triton.cdiv(N, NCHUNK) * NCHUNK
+    v = torch.zeros(R, n_pad, dtype=torch.int64, device=vals.device)
+    v[:, :N] = vals
+    v = v.view(R, n_pad // NCHUNK, 8, NCHUNK // 8)  # [r, t, i, c]
+    packed = torch.zeros(R, n_pad // NCHUNK, NCHUNK // 8, dtype=torch.int64, device=vals.device)
+    for i in range(8):
+        packed |= v[:, :, i, :] << (4 * i)
+    packed = torch.where(packed >= 2**31, packed - 2**32, packed)
+    return packed.view(R, n_pad // 8).to(torch.int32).contiguous()
 
 
 def awq_prepare(
     qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Load-time conversion of a canonical AWQ checkpoint to this backend's natural nibble order."""
+    """Load-time conversion of a canonical AWQ checkpoint (see the module docstring) to the chunked layout:
+    qweight int32 [IN, ceil(OUT/128)*16], scales [IN/g, OUT] (kept), qzeros int32 [IN/g, ceil(OUT/128)*16]."""
     del group_size
-    return _reorder_nibbles(qweight).contiguous(), scales.contiguous(), _reorder_nibbles(qzeros).contiguous()
+    N = scales.shape[-1]
+    qw = _chunk_pack(_awq_unpack(qweight)[:, :N])
+    qz = _chunk_pack(_awq_unpack(qzeros)[:, :N])
+    return qw, scales.contiguous(), qz
+
+
+@triton.jit
+def _w4_plane(acc, x, p, zw, s_ptrs, cols, N, P: tl.constexpr, UNPACK: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Accumulate nibble plane P: ``acc += (x @ (q_P - z_P)) * s_P`` for the plane's ``[BLOCK_N/8]`` columns."""
+    q = (p >> (4 * P)) & 0xF
+    z = ((zw >> (4 * P)) & 0xF)[None, :]
+    if UNPACK == 1:  # 16-bit float with the nibble in its low mantissa bits: (magic + q) - (magic + z) exactly
+        if x.dtype == tl.bfloat16:
+            MAGIC: tl.constexpr = 0x4300  # 128.0
+        else:
+            MAGIC: tl.constexpr = 0x6400  # 1024.0
+        wq = (q | MAGIC).to(tl.int16).to(x.dtype, bitcast=True)
+        wz = (z | MAGIC).to(tl.int16).to(x.dtype, bitcast=True)
+        w = wq - wz
+    else:
+        w = (q - z).to(x.dtype)
+    s = tl.load(s_ptrs + 16 * P, mask=(cols + 16 * P) < N, other=0.0).to(tl.float32)
+    return acc + tl.dot(x, w, input_precision=DOT_PREC) * s[None, :]
+
+
+@triton.jit
+def _w4_store(acc, o_ptr, bias_ptr, rows, mmask, cols, N, stride_om, P: tl.constexpr, HAS_BIAS: tl.constexpr):
+    c = cols + 16 * P
+    cmask = c < N
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    tl.store(o_ptr + rows[:, None] * stride_om + c[None, :], acc.to(o_ptr.dtype.element_ty),
+             mask=mmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _w4_partial(acc, ws_ptr, rows, mmask, cols, N, P: tl.constexpr):
+    c = cols + 16 * P
+    tl.store(ws_ptr + rows[:, None] * N + c[None, :], acc, mask=mmask[:, None] & (c < N)[None, :])
+
+
+@triton.jit
+def _w4_gather(ws_ptr, rows, mmask, cols, M, N, P: tl.constexpr, n_split,
+               BLOCK_M: tl.constexpr, SUB: tl.constexpr):
+    c = cols + 16 * P
+    ptrs = ws_ptr + rows[:, None] * N + c[None, :]
+    mask = mmask[:, None] & (c < N)[None, :]
+    acc = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
+    for s in range(n_split):
+        acc += tl.load(ptrs + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+    return acc
 
 
 @triton.jit
 def _w4a16_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, part_ptr, M, N, K, GROUP, K_PER_SPLIT,
+    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, K, NW, GROUP, K_PER_SPLIT, n_split,
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
-    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr, UNPACK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
     """``BLOCK_K`` divides the group size, so each K step lies in one quantisation group: the
     integer weights ``q - z`` (exact in fp16/bf16) go through the tensor cores and the group's
     per-column scale is applied to the fp32 partial sum, never rounding a dequantised weight.
-    Packed words are loaded once each (``[BLOCK_K, BLOCK_N / 8]`` int32) and unpacked in
-    registers: nibble i of word c is column ``8c + i`` after :func:`awq_prepare`. With
-    ``SPLIT_K > 1`` program ``(m, n, s)`` covers ``K_PER_SPLIT`` rows of K and writes an fp32
-    partial tile (decode-sized M needs the extra programs to keep enough loads in flight)."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    PACK: tl.constexpr = BLOCK_N // 8
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_p = pid_n * PACK + tl.arange(0, PACK)
+    Word j of the tile (``BLOCK_N/8`` words per K row) covers columns ``base + 128*(j//16) + j%16
+    + 16*i`` for nibble i (see :func:`awq_prepare`), so plane i is a plain shift of the loaded tile.
+    Program ``(tile, s)`` covers ``K_PER_SPLIT`` of K; with ``n_split > 1`` it stores an fp32
+    partial to ``ws [SPLIT_K, M, N]`` and (REDUCE=1) the last program of the tile sums them."""
+    SUB: tl.constexpr = BLOCK_N // 8
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    tile = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m, pid_n = _group_pid(tile, num_m, num_n, GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mmask = rows < M
+    rows = rows.to(tl.int64)
+    j = tl.arange(0, SUB)
+    words = pid_n * SUB + j
+    wmask = words < NW
+    cols = pid_n * BLOCK_N + (j // 16) * 128 + j % 16  # column of nibble 0 of each word
     offs_k = tl.arange(0, BLOCK_K)
-    shifts = (tl.arange(0, 8) * 4)[None, None, :]
-    mmask = offs_m < M
-    nmask = offs_n < N
-    pmask = offs_p < tl.cdiv(N, 8)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     k_lo = pid_k * K_PER_SPLIT
-    for k0 in range(k_lo, tl.minimum(k_lo + K_PER_SPLIT, K), BLOCK_K):
+    k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
+    acc0 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
+    acc4 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
+    acc5 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
+    acc6 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
+    acc7 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         kk = k0 + offs_k
-        kmask = kk < K
-        x = tl.load(x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + kk[None, :],
-                    mask=mmask[:, None] & kmask[None, :], other=0.0)
-        packed = tl.load(qw_ptr + kk.to(tl.int64)[:, None] * stride_qk + offs_p[None, :],
-                         mask=kmask[:, None] & pmask[None, :], other=0)
+        kmask = kk < k_hi
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        p = tl.load(qw_ptr + kk.to(tl.int64)[:, None] * stride_qk + words[None, :],
+                    mask=kmask[:, None] & wmask[None, :], other=0)
         grp = k0 // GROUP
-        zp = tl.load(z_ptr + grp * stride_zk + offs_p, mask=pmask, other=0)
-        s = tl.load(s_ptr + grp * stride_sk + offs_n, mask=nmask, other=0.0).to(tl.float32)
-        q = tl.reshape((packed[:, :, None] >> shifts) & 0xF, (BLOCK_K, BLOCK_N))
-        z = tl.reshape((zp[None, :, None] >> shifts) & 0xF, (1, BLOCK_N))
-        part = tl.dot(x, (q - z).to(x.dtype), input_precision=DOT_PREC)
-        acc += part * s[None, :]
-    omask = mmask[:, None] & nmask[None, :]
-    if SPLIT_K > 1:
-        tl.store(part_ptr + (pid_k * M + offs_m.to(tl.int64))[:, None] * N + offs_n[None, :], acc, mask=omask)
+        zw = tl.load(z_ptr + grp * stride_zk + words, mask=wmask, other=0)
+        s_ptrs = s_ptr + grp * stride_sk + cols
+        acc0 = _w4_plane(acc0, x, p, zw, s_ptrs, cols, N, 0, UNPACK, DOT_PREC)
+        acc1 = _w4_plane(acc1, x, p, zw, s_ptrs, cols, N, 1, UNPACK, DOT_PREC)
+        acc2 = _w4_plane(acc2, x, p, zw, s_ptrs, cols, N, 2, UNPACK, DOT_PREC)
+        acc3 = _w4_plane(acc3, x, p, zw, s_ptrs, cols, N, 3, UNPACK, DOT_PREC)
+        acc4 = _w4_plane(acc4, x, p, zw, s_ptrs, cols, N, 4, UNPACK, DOT_PREC)
+        acc5 = _w4_plane(acc5, x, p, zw, s_ptrs, cols, N, 5, UNPACK, DOT_PREC)
+        acc6 = _w4_plane(acc6, x, p, zw, s_ptrs, cols, N, 6, UNPACK, DOT_PREC)
+        acc7 = _w4_plane(acc7, x, p, zw, s_ptrs, cols, N, 7, UNPACK, DOT_PREC)
+    if not SPLIT:
+        _w4_store8(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, o_ptr, bias_ptr, rows, mmask, cols, N, stride_om,
+                   HAS_BIAS)
     else:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        tl.store(o_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :],
-                 acc.to(o_ptr.dtype.element_ty), mask=omask)
+        wp = ws_ptr + pid_k * M * N
+        _w4_partial(acc0, wp, rows, mmask, cols, N, 0)
+        _w4_partial(acc1, wp, rows, mmask, cols, N, 1)
+        _w4_partial(acc2, wp, rows, mmask, cols, N, 2)
+        _w4_partial(acc3, wp, rows, mmask, cols, N, 3)
+        _w4_partial(acc4, wp, rows, mmask, cols, N, 4)
+        _w4_partial(acc5, wp, rows, mmask, cols, N, 5)
+        _w4_partial(acc6, wp, rows, mmask, cols, N, 6)
+        _w4_partial(acc7, wp, rows, mmask, cols, N, 7)
+        if REDUCE == 1:  # noqa: SIM102 - constexpr, then a runtime branch
+            if _last_arrival(cnt_ptr, tile, n_split):
+                _w4_store8(_w4_gather(ws_ptr, rows, mmask, cols, M, N, 0, n_split, BLOCK_M, SUB),
+                           _w4_gather(ws_ptr, rows, mmask, cols, M, N, 1, n_split, BLOCK_M, SUB),
+                           _w4_gather(ws_ptr, rows, mmask, cols, M, N, 2, n_split, BLOCK_M, SUB),
+                           _w4_gather(ws_ptr, rows, mmask, cols, M, N, 3, n_split, BLOCK_M, SUB),
+                           _w4_gather(ws_ptr, rows, mmask, cols, M, N, 4, n_split, BLOCK_M, SUB),
+                           _w4_gather(ws_ptr, rows, mmask, cols, M, N, 5, n_split, BLOCK_M, SUB),
+                           _w4_gather(ws_ptr, rows, mmask, cols, M, N, 6, n_split, BLOCK_M, SUB),
+                           _w4_gather(ws_ptr, rows, mmask, cols, M, N, 7, n_split, BLOCK_M, SUB),
+                           o_ptr, bias_ptr, rows, mmask, cols, N, stride_om, HAS_BIAS)
 
 
-def _w4a16_config(M: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): narrow N tiles at decode sizes for more programs."""
-    if interpreting():
-        return 16, 64, 64, 4, 1
-    if M <= 16:
-        return 16, 64, 128, 4, 3
-    if M <= 64:
-        return 64, 64, 128, 4, 3
-    return 64, 128, 64, 4, 3
+@triton.jit
+def _w4_store8(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, o_ptr, bias_ptr, rows, mmask, cols, N, stride_om,
+               HAS_BIAS: tl.constexpr):
+    _w4_store(acc0, o_ptr, bias_ptr, rows, mmask, cols, N, stride_om, 0, HAS_BIAS)
+    _w4_store(acc1, o_ptr, bias_ptr, rows, mmask, cols, N, stride_om, 1, HAS_BIAS)
+    _w4_store(acc2, o_ptr, bias_ptr, rows, mmask, cols, N, stride_om, 2, HAS_BIAS)
+    _w4_store(acc3, o_ptr, bias_ptr, rows, mmask, cols, N, stride_om, 3, HAS_BIAS)
+    _w4_store(acc4, o_ptr, bias_ptr, rows, mmask, cols, N, stride_om, 4, HAS_BIAS)
+    _w4_store(acc5, o_ptr, bias_ptr, rows, mmask, cols, N, stride_om, 5, HAS_BIAS)
+    _w4_store(acc6, o_ptr, bias_ptr, rows, mmask, cols, N, stride_om, 6, HAS_BIAS)
+    _w4_store(acc7, o_ptr, bias_ptr, rows, mmask, cols, N, stride_om, 7, HAS_BIAS)
 
 
 def w4a16_fwd(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor,
-    bias: torch.Tensor | None, group_size: int, split_k: int | None = None,
+    bias: torch.Tensor | None, group_size: int, split_k: int | None = None, config: GemmConfig | None = None,
 ) -> torch.Tensor:
-    """``x [..., IN] @ dequant(W)`` with W from :func:`awq_prepare`'s layout -> ``[..., OUT]``."""
+    """``x [..., IN] @ dequant(W)`` with W from :func:`awq_prepare`'s layout -> ``[..., OUT]``.
+    ``split_k`` / ``config`` override the table (tests, sweeps)."""
+    if group_size % 16 != 0 or group_size <= 0:
+        raise NotImplementedError(f"dlinfer.ops.weight_quant_matmul: group_size={group_size} is not supported "
+                                  "by 'maca' (needs a multiple of 16)")
     K = x.shape[-1]
     N = scales.shape[-1]
+    NW = triton.cdiv(N, NCHUNK) * (NCHUNK // 8)
+    if tuple(qweight.shape) != (K, NW) or qzeros.shape[-1] != NW:
+        raise ValueError(f"dlinfer.ops.weight_quant_matmul: qweight {tuple(qweight.shape)} / qzeros "
+                         f"{tuple(qzeros.shape)} are not in maca's layout for IN={K}, OUT={N} (expected qweight "
+                         f"({K}, {NW})); pass the output of weight_quant_prepare")
     lead = x.shape[:-1]
     a = x.reshape(-1, K)
     a = a if a.stride(-1) == 1 else a.contiguous()
@@ -182,27 +413,30 @@ def w4a16_fwd(
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out.view(*lead, N)
-    bm, bn, bk, warps, stages = _w4a16_config(M)
-    bk = next((b for b in (bk, 64, 32, 16) if b <= group_size and group_size % b == 0), 0)
-    if bk == 0:
-        raise NotImplementedError(f"dlinfer.ops.weight_quant_matmul: group_size={group_size} is not supported "
-                                  "by 'maca' (needs a multiple of 16)")
-    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    cfg = config or (_INTERP if interpreting() else pick_config(W4A16_TABLE, M))
+    if cfg.block_n % NCHUNK:
+        raise ValueError(f"w4a16: BLOCK_N={cfg.block_n} must be a multiple of {NCHUNK}")
+    bk = next(b for b in (cfg.block_k, 128, 64, 32, 16) if b <= group_size and group_size % b == 0)
+    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
     k_iters = triton.cdiv(K, bk)
-    if split_k is None:  # about 8 programs per SM, at least 2 K steps each
-        split_k = max(1, min(triton.cdiv(8 * num_sms(x.device), tiles), k_iters // 2))
-    split_k = max(1, min(split_k, k_iters))
-    k_per_split = triton.cdiv(k_iters, split_k) * bk
-    split_k = triton.cdiv(K, k_per_split)
-    part = torch.empty((split_k, M, N), dtype=torch.float32, device=x.device) if split_k > 1 else out
-    _w4a16_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), split_k)](
-        a, qweight, scales, qzeros, bias if bias is not None else a, out, part, M, N, K, group_size, k_per_split,
-        a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
-        SPLIT_K=split_k, HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps, num_stages=stages,
+    split = split_k or cfg.split_k or _auto_split(tiles, k_iters, x.device)
+    split = max(1, min(split, k_iters))
+    k_per_split = triton.cdiv(k_iters, split) * bk
+    split = triton.cdiv(K, k_per_split)
+    ws = torch.empty((split, M, N), dtype=torch.float32, device=x.device) if split > 1 else out
+    cnt = _tile_counters(x.device, tiles) if split > 1 and cfg.reduce == 1 else ws
+    unpack = cfg.unpack if x.dtype in (torch.float16, torch.bfloat16) else 0
+    if interpreting() and x.dtype == torch.bfloat16:
+        unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits; the magic path is checked on GPU only
+    _w4a16_kernel[(tiles, split)](
+        a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, cnt, M, N, K, NW, group_size,
+        k_per_split, split, a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
+        SPLIT=split > 1, REDUCE=cfg.reduce, HAS_BIAS=bias is not None, UNPACK=unpack,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,
+        DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32", num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if split_k > 1:
-        acc = part.sum(dim=0)
+    if split > 1 and cfg.reduce == 0:
+        acc = ws.sum(dim=0)
         if bias is not None:
             acc += bias.float()
         out = acc.to(x.dtype)
