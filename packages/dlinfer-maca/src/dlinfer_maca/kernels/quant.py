@@ -13,7 +13,6 @@ The layout depends on no kernel configuration (any ``BLOCK_N`` that is a multipl
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -29,18 +28,22 @@ NCHUNK = 128  # W4A16 layout: columns interleaved within chunks of 128 (16 words
 # ----------------------------------------------------------------------------- split-K counters
 
 
-@functools.lru_cache(maxsize=8)
-def _counters_for(device: str) -> list[torch.Tensor]:
-    return [torch.zeros(0, dtype=torch.int32, device=device)]
+_COUNTERS: dict[tuple[str, int], torch.Tensor] = {}
 
 
-def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
-    """Per-tile arrival counters for the in-kernel split-K reduction (zero at rest: the last
-    program of each tile resets its counter). Kept per device and grown, never shrunk."""
-    box = _counters_for(str(device))
-    if box[0].numel() < n:
-        box[0] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-    return box[0]
+def _tile_counters(device: torch.device, n: int) -> torch.Tensor | None:
+    """Per-tile arrival counters for the in-kernel split-K reduction, one buffer per (device, stream) so
+    that kernels on concurrent streams never share one. Zero at rest: the last program of each tile
+    resets its counter. None when a buffer would have to be allocated during CUDA-graph capture (the
+    caller then reduces with torch instead)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        buf = _COUNTERS[key] = torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device)
+    return buf
 
 
 @triton.jit
@@ -195,14 +198,16 @@ def linear_w8a8_fwd(
     k_per_split = triton.cdiv(k_iters, split) * cfg.block_k
     split = triton.cdiv(K, k_per_split)
     ws = torch.empty((split, M, N), dtype=torch.int32, device=x_q.device) if split > 1 else out
-    cnt = _tile_counters(x_q.device, tiles) if split > 1 and cfg.reduce == 1 else ws
+    cnt = _tile_counters(x_q.device, tiles) if split > 1 and cfg.reduce == 1 else None
+    reduce = int(cnt is not None)
     _w8a8_kernel[(tiles, split)](
-        a, w, out, sa, w_scale.contiguous(), bias if bias is not None else sa, ws, cnt, M, N, K, k_per_split, split,
+        a, w, out, sa, w_scale.contiguous(), bias if bias is not None else sa, ws, ws if cnt is None else cnt,
+        M, N, K, k_per_split, split,
         a.stride(0), w.stride(0), out.stride(0),
-        SPLIT=split > 1, REDUCE=cfg.reduce, HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        SPLIT=split > 1, REDUCE=reduce, HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if split > 1 and cfg.reduce == 0:
+    if split > 1 and not reduce:
         acc = ws.sum(dim=0, dtype=torch.int32).float() * sa[:, None] * w_scale.float()
         if bias is not None:
             acc += bias.float()
@@ -424,18 +429,20 @@ def w4a16_fwd(
     k_per_split = triton.cdiv(k_iters, split) * bk
     split = triton.cdiv(K, k_per_split)
     ws = torch.empty((split, M, N), dtype=torch.float32, device=x.device) if split > 1 else out
-    cnt = _tile_counters(x.device, tiles) if split > 1 and cfg.reduce == 1 else ws
+    cnt = _tile_counters(x.device, tiles) if split > 1 and cfg.reduce == 1 else None
+    reduce = int(cnt is not None)
     unpack = cfg.unpack if x.dtype in (torch.float16, torch.bfloat16) else 0
     if interpreting() and x.dtype == torch.bfloat16:
         unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits; the magic path is checked on GPU only
     _w4a16_kernel[(tiles, split)](
-        a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, cnt, M, N, K, NW, group_size,
+        a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, ws if cnt is None else cnt,
+        M, N, K, NW, group_size,
         k_per_split, split, a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
-        SPLIT=split > 1, REDUCE=cfg.reduce, HAS_BIAS=bias is not None, UNPACK=unpack,
+        SPLIT=split > 1, REDUCE=reduce, HAS_BIAS=bias is not None, UNPACK=unpack,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,
         DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32", num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if split > 1 and cfg.reduce == 0:
+    if split > 1 and not reduce:
         acc = ws.sum(dim=0)
         if bias is not None:
             acc += bias.float()
