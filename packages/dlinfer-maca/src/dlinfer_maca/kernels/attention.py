@@ -155,12 +155,19 @@ def _decode_merge_kernel(
 
 
 def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_kv: int, block_n: int, sms: int) -> tuple[int, int]:
-    """(splits, tokens per split). With at least one (sequence, KV head) program per SM the context is
-    not split (the merge pass would cost more than it gains: measured on H100); below that, about
-    four programs per SM, never less than one key block per split."""
+    """(splits, tokens per split). With two or more (sequence, KV head) programs per SM the context is not split
+    (the merge pass would cost more than it gains); with one to two per SM, two splits (the second wave would
+    otherwise run half empty: B32 x 8 KV heads on 132 SMs, 1.11x faster at ctx 8192 on the H200); below that,
+    about four programs per SM, never less than one key block per split (H200 sweep,
+    tools/tune_norm_decode_gpu.py)."""
     n_blocks = max(1, triton.cdiv(max_seqlen_kv, block_n))
     programs = max(batch * num_kv_heads, 1)
-    want = 1 if programs >= sms else triton.cdiv(4 * sms, programs)
+    if programs >= 2 * sms:
+        want = 1
+    elif programs >= sms:
+        want = 2
+    else:
+        want = triton.cdiv(4 * sms, programs)
     splits = max(1, min(want, n_blocks, 64))
     chunk = triton.cdiv(n_blocks, splits) * block_n
     return max(1, triton.cdiv(max(max_seqlen_kv, 1), chunk)), chunk
@@ -188,15 +195,16 @@ def paged_decode_fwd(
     interp = interpreting()
     wide = max(D, DV) > 128
     block_n = 64 if interp else (32 if wide else 64)
-    warps, stages = (4 if not wide else 8), (2 if wide else 3)
-    if tune is not None:
-        block_n, warps, stages = tune
     sms = num_sms(q.device)
     if num_splits is None:
         splits, chunk = decode_num_splits(B, Hkv, max_seqlen_kv, block_n, sms)
     else:
         splits = num_splits
         chunk = triton.cdiv(triton.cdiv(max(max_seqlen_kv, 1), splits), block_n) * block_n
+    # many short splits (small batches): a shallower pipeline starts sooner (H200 sweep)
+    warps, stages = (8, 2) if wide else (4, 2 if splits >= 16 else 3)
+    if tune is not None:
+        block_n, warps, stages = tune
     block_g = max(16, next_pow2(G))
     block_dv = next_pow2(DV)
     if splits > 1:

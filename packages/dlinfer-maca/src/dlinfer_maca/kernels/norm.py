@@ -25,7 +25,7 @@ def _rint(x, HW_RINT: tl.constexpr):
 @triton.jit
 def _quantize_row(y, cols, mask, q_ptr, scale_ptr, row, stride_q, HW_RINT: tl.constexpr):
     """Symmetric per-row int8: scale = max|y| / 127, q = round(y / scale)."""
-    amax = tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0)
+    amax = tl.max(tl.abs(y), axis=0)  # masked lanes hold 0
     scale = amax / 127.0
     safe = tl.where(scale == 0.0, 1.0, scale)
     # y * (1 / scale) may differ from torch's y / scale by one step at exact ties (the spec allows it)
@@ -39,10 +39,10 @@ def _quantize_row(y, cols, mask, q_ptr, scale_ptr, row, stride_q, HW_RINT: tl.co
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, added_ptr, scale_ptr,
     stride_x, stride_r, stride_o, stride_a,
-    H, eps,
-    BLOCK: tl.constexpr, HAS_RES: tl.constexpr, QUANT: tl.constexpr, HW_RINT: tl.constexpr,
+    H: tl.constexpr, eps,
+    BLOCK: tl.constexpr, HAS_RES: tl.constexpr, QUANT: tl.constexpr, HW_RINT: tl.constexpr, I64: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
+    row = tl.program_id(0).to(tl.int64) if I64 else tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < H
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
@@ -63,9 +63,11 @@ def _rms_norm_kernel(
 
 
 @triton.jit
-def _dynamic_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x, stride_q, H, BLOCK: tl.constexpr,
-                          HW_RINT: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _dynamic_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x: tl.constexpr, stride_q: tl.constexpr, H: tl.constexpr,
+                          BLOCK: tl.constexpr, HW_RINT: tl.constexpr, I64: tl.constexpr):
+    """One row per program. Strides and H are compile-time (a model has few distinct values): address math
+    folds and a power-of-two H needs no mask."""
+    row = tl.program_id(0).to(tl.int64) if I64 else tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < H
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
@@ -78,14 +80,22 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-def _warps(block: int, quant: bool = False) -> int:
-    """Warps per row program: one per 256 elements, at most 16 (8 for the quantising kernels, whose second
-    reduction over the row costs another cross-warp exchange)."""
-    return min(max(block // 256, 1), 8 if quant else 16)
+def _warps(block: int, quant: bool = False, rows: int = 1) -> int:
+    """Warps per row program: one per 256 elements, at most 16; the quantising kernels (a second reduction over
+    the row) at most 8, and 4 for rows of <= 4096 elements in batches of >= 1024 rows (H200 sweep,
+    tools/tune_norm_decode_gpu.py)."""
+    if quant:
+        return 4 if block <= 4096 and rows >= 1024 else min(max(block // 256, 1), 8)
+    return min(max(block // 256, 1), 16)
 
 
 def _hw_rint() -> bool:
     return not interpreting()
+
+
+def _needs_i64(*rows: torch.Tensor) -> bool:
+    """64-bit row offsets only where an element offset of a ``[rows, H]`` view can pass 2**31."""
+    return any(t.shape[0] * t.stride(0) + t.shape[1] >= 2**31 for t in rows)
 
 
 def rms_norm_fwd(
@@ -120,7 +130,8 @@ def rms_norm_fwd(
             x2.stride(0), r2.stride(0), out.stride(0), added.stride(0),
             H, float(eps),
             BLOCK=block, HAS_RES=residual is not None, QUANT=quant, HW_RINT=quant and _hw_rint(),
-            num_warps=_warps(block, quant) if num_warps is None else num_warps,
+            I64=_needs_i64(x2, r2, out, added),
+            num_warps=_warps(block, quant, M) if num_warps is None else num_warps,
         )
     res: tuple[torch.Tensor, ...]
     res = (out.view(*lead, H), scale.view(lead)) if quant else (out.view(*lead, H),)
@@ -140,5 +151,6 @@ def dynamic_quant_fwd(x: torch.Tensor, num_warps: int | None = None) -> tuple[to
     if M > 0:
         block = next_pow2(H)
         _dynamic_quant_kernel[(M,)](x2, q, scale, x2.stride(0), q.stride(0), H, BLOCK=block, HW_RINT=_hw_rint(),
-                                    num_warps=_warps(block, True) if num_warps is None else num_warps)
+                                    I64=_needs_i64(x2, q),
+                                    num_warps=_warps(block, True, M) if num_warps is None else num_warps)
     return q.view(*lead, H), scale.view(lead)
