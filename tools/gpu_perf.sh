@@ -3,7 +3,8 @@
 #   PHASES="tests tune tune-quant opbench e2e host" bash tools/gpu_perf.sh      (outputs under $OUT, or ./gpu-out)
 # tests: the model table's GPU tests (tools/gpu_model_table.sh); tune: launch-setting sweep of the quantisers and
 # paged decode; tune-quant: the W4A16/W8A8 sweep; opbench: python -m dlinfer_maca.bench --only $BENCH_ONLY;
-# e2e: lmdeploy_e2e_gpu.py $E2E_ARGS; host: profile_batch1.py $HOST_ARGS. Each phase has its own timeout.
+# e2e: lmdeploy_e2e_gpu.py $E2E_ARGS; profile: lmdeploy_tp_gpu.py at tp=1 with a profiled decode window
+# ($PROFILE_MODELS, $PROFILE_LAYERS); host: profile_batch1.py $HOST_ARGS. Each phase has its own timeout.
 set -u
 OUT=${OUT:-./gpu-out}; mkdir -p "$OUT"
 PHASES=${PHASES:-tune}
@@ -35,6 +36,12 @@ fi
 if phase e2e; then
   timeout ${E2E_TIMEOUT:-540} python3 packages/dlinfer-lmdeploy/bench/lmdeploy_e2e_gpu.py --out "$OUT/e2e.json" ${E2E_ARGS:-} \
     2>&1 | tee "$OUT/e2e.log" | tail -40
+  rc=$(( rc | PIPESTATUS[0] ))
+fi
+if phase profile; then  # graph mode, tp=1: tok/s, batch-1 ms/token and the kernel time by kind from a profiled window
+  timeout ${PROFILE_TIMEOUT:-540} python3 packages/dlinfer-lmdeploy/bench/lmdeploy_tp_gpu.py --tp 1 --profile-tp1 --cleanup \
+    --models ${PROFILE_MODELS:-llama3_8b} --layers ${PROFILE_LAYERS:-32} --model-root /tmp/perf-models \
+    --out "$OUT/tp1-${PROFILE_TAG:-profile}.json" ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/tp1-${PROFILE_TAG:-profile}.log" | tail -20
   rc=$(( rc | PIPESTATUS[0] ))
 fi
 if phase host; then

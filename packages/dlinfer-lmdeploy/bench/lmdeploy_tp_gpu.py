@@ -39,6 +39,16 @@ from lmdeploy_e2e_gpu import NEW_TOKENS, NUM_PROMPTS, PROMPT_TOKENS, _prompts  #
 from shapes import SHAPES, build  # noqa: E402
 
 ALL_REDUCE = re.compile(r"allreduce|all_reduce|cross_device_reduce|reduce_scatter|allgather|multimem", re.I)
+KERNEL_KINDS = (  # first match wins: where the GPU time of a decode window goes
+    ("all-reduce", ALL_REDUCE),
+    ("attention", re.compile(r"decode|attn|attention|flash", re.I)),
+    ("moe", re.compile(r"moe|expert|fused_moe|grouped", re.I)),
+    ("gemm", re.compile(r"gemm|gemv|cutlass|xmma|nvjet|matmul|splitk", re.I)),
+    ("norm", re.compile(r"rms|norm", re.I)),
+    ("rotary", re.compile(r"rotary|rope", re.I)),
+    ("kv-fill", re.compile(r"fill_kv|kv_cache|cache", re.I)),
+    ("activation", re.compile(r"silu|gelu|act", re.I)),
+)
 
 
 def _engine(model: str, device: str, tp: int, executor: str | None, dry: bool) -> Any:
@@ -115,6 +125,11 @@ def allreduce_share(prefix: str) -> dict[str, Any]:
         trace = json.load(f)
     kernels = [e for e in trace.get("traceEvents", []) if e.get("cat") == "kernel" and "dur" in e]
     total = sum(e["dur"] for e in kernels)
+    span = (max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)) if kernels else 0.0
+    by_kind: dict[str, float] = {}
+    for e in kernels:
+        kind = next((k for k, pat in KERNEL_KINDS if pat.search(e.get("name", ""))), "other")
+        by_kind[kind] = by_kind.get(kind, 0.0) + e["dur"]
     ar = [e for e in kernels if ALL_REDUCE.search(e.get("name", ""))]
     ar_us = sum(e["dur"] for e in ar)
     by_name: dict[str, float] = {}
@@ -122,7 +137,10 @@ def allreduce_share(prefix: str) -> dict[str, Any]:
         by_name[e["name"][:80]] = by_name.get(e["name"][:80], 0.0) + e["dur"]
     return {"kernels": len(kernels), "kernel_us": round(total, 1), "allreduce_kernels": len(ar),
             "allreduce_us": round(ar_us, 1), "allreduce_share": round(ar_us / total, 4) if total else None,
-            "allreduce_by_name_us": dict(sorted(by_name.items(), key=lambda kv: -kv[1])[:5]), "trace": files[0]}
+            "allreduce_by_name_us": dict(sorted(by_name.items(), key=lambda kv: -kv[1])[:5]),
+            "window_span_us": round(span, 1), "gpu_busy_share": round(total / span, 4) if span else None,
+            "kernel_us_by_kind": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+            "trace": files[0]}
 
 
 def _child(args: argparse.Namespace, model: Path, device: str, tp: int, profile_dir: Path | None) -> dict[str, Any]:
@@ -168,6 +186,8 @@ def main() -> int:
     parser.add_argument("--profile-delay", type=float, default=20.0)
     parser.add_argument("--profile-window", type=float, default=4.0)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--profile-tp1", action="store_true", help="also profile tp=1 runs (kernel time by kind)")
+    parser.add_argument("--cleanup", action="store_true", help="delete each model after its runs (disk)")
     parser.add_argument("--timeout", type=int, default=420, help="seconds per child")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--dry-run", action="store_true", help="CPU: tiny widths, cpu device, fp32, 2 layers")
@@ -193,12 +213,16 @@ def main() -> int:
         for tp in sizes:
             for device in args.devices.split(","):
                 results.append(_child(args, model, device, tp, None))
-                if not args.no_profile and tp > 1:
+                if not args.no_profile and (tp > 1 or args.profile_tp1):
                     prof = _child(args, model, device, tp, args.model_root / "profiles" / model.name)
                     results[-1]["allreduce"] = prof.get("allreduce", {"error": prof.get("error")})
                 results[-1]["layers"] = args.layers
                 if args.out:  # partial results survive a time limit
                     args.out.write_text(json.dumps(results, indent=2))
+        if args.cleanup:  # the next model needs the disk
+            import shutil
+
+            shutil.rmtree(model, ignore_errors=True)
     print("| model | tp | device_type | output tok/s | batch-1 ms/token | all-reduce share of decode GPU time |")
     print("|---|---|---|---|---|---|")
     for r in results:
