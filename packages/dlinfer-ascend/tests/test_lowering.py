@@ -132,7 +132,8 @@ def test_ge_mode_table_holds_converter_backed_entries_and_substitutes_only() -> 
 
 def _ge_backend(monkeypatch: pytest.MonkeyPatch) -> list:
     """The ascend backend in max-autotune: the GE table, compile_backend's GE refusal check, then the graph runs
-    eagerly (GE conversion is not modelled here; torchair's AOT step would trace the simulated kernels, which have
+    eagerly with the GE converters' semantics where they differ from the eager kernels' (npu_sim/torchair.py;
+    GE conversion is not modelled here; torchair's AOT step would trace the simulated kernels, which have
     no fake implementations). Returns the list of checked graphs."""
     compiler.set_mode("max-autotune")
     torch._dynamo.reset()
@@ -141,7 +142,7 @@ def _ge_backend(monkeypatch: pytest.MonkeyPatch) -> list:
     def ge(gm, example_inputs):  # noqa: ANN001, ANN202
         compiler.check_ge_convertible(gm)
         checked.append(gm)
-        return gm.forward
+        return torchair_sim.ge_converter_semantics(gm).forward  # GE's out-of-place rotary converter
 
     backend = dataclasses.replace(dlinfer.dispatch.current(), compile_backend=ge)
     monkeypatch.setattr(dlinfer.dispatch, "current", lambda: backend)

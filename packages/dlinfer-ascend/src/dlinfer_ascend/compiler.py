@@ -8,9 +8,10 @@ describes for custom backends (hiascend torchair_00084; torch_npu 2.13.0 ``torch
 
 Mode (``DLINFER_ASCEND_COMPILE_MODE``, or :func:`set_mode`): ``npugraph_ex`` (default) or
 ``reduce-overhead`` capture the FX graph into an ACL graph whose FIA host lengths torchair updates at replay;
-``max-autotune`` builds a GE graph: its table lowers the ATB cache write and fused_moe's unpermute to
-GE-convertible substitutes (``lowering.GE_SUBSTITUTES``), and it is refused unless every remaining node has a
-converter-backed target (dlinfer nodes the GE table does not lower, e.g. a windowed decode, are named in the error).
+``max-autotune`` builds a GE graph: its table lowers the ATB cache write, ATB prefill attention and fused_moe's
+unpermute to GE-convertible substitutes (``lowering.GE_SUBSTITUTES``), and it is refused unless every remaining node
+has a converter-backed target (dlinfer nodes the GE table does not lower, e.g. a windowed decode, are named in the
+error with the reason their lowering declined).
 """
 
 from __future__ import annotations
@@ -70,11 +71,16 @@ def _torchair() -> Any:
 
 def check_ge_convertible(gm: fx.GraphModule) -> None:
     """Refuse a lowered graph for ``max-autotune`` if dlinfer nodes remain (no converter-backed lowering)."""
+    from dlinfer.lowering import REPORT
+
     left = _dlinfer_nodes(gm)
     if left:
+        kept = gm.meta[REPORT].kept if REPORT in gm.meta else {}
+        why = "; ".join(f"{op}: {', '.join(sorted(kept[op]))}" for op in left if op in kept)
         raise NotImplementedError(
             f"dlinfer-ascend compile mode '{GE_MODE}' (GE graph): op(s) {left} have no lowering to a torchair "
-            f"converter-backed kernel; use {ENV}={DEFAULT_MODE} (ACL graph), which runs them as captured kernels")
+            f"converter-backed kernel{f' ({why})' if why else ''}; use {ENV}={DEFAULT_MODE} (ACL graph), which "
+            "runs them as captured kernels")
 
 
 def compile_backend(gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable[..., Any]:

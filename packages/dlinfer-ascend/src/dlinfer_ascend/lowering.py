@@ -26,13 +26,22 @@ import math
 from typing import Any
 
 import torch
-from dlinfer.lowering import Args, Declined, Lowering, resolve
+import torch.fx as fx
+from dlinfer.lowering import Args, Declined, Emitted, Lowering, resolve
 
 ACL_MODES = ("npugraph_ex", "reduce-overhead")
 GE_MODE = "max-autotune"
 MODES = ACL_MODES + (GE_MODE,)
 HALF = (torch.float16, torch.bfloat16)
 FIA = "npu.npu_fused_infer_attention_score"
+ROPE, ROTARY_MUL = "npu.npu_apply_rotary_pos_emb", "npu.npu_rotary_mul"
+QUANT_MATMUL, WEIGHT_QUANT_MATMUL = "npu.npu_quant_matmul", "npu.npu_weight_quant_batchmatmul"
+
+
+def _call(a: Args, op: str | Any, *args: Any, **kwargs: Any) -> fx.Proxy:
+    """Emit ``op(*args, **kwargs)`` (a ``"ns.op"`` string or a callable) as a node before the lowered one."""
+    tracer = next(v.tracer for v in a.values() if isinstance(v, fx.Proxy))
+    return tracer.create_proxy("call_function", resolve(op) if isinstance(op, str) else op, args, kwargs)
 
 
 def _contig(a: Args, name: str) -> Any:
@@ -103,10 +112,8 @@ def _fused_moe_ge(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
     t, e, k = x.shape[0], gate_up.shape[0], ids.shape[1]
     if e > MAX_GROUP_LIST:
         return Declined(f"{e} experts > {MAX_GROUP_LIST} (eager splits them on the host)")
-    tracer = a["x"].tracer
-
     def call(op: str, *args: Any, **kwargs: Any) -> Any:
-        return tracer.create_proxy("call_function", resolve(op), args, kwargs)
+        return _call(a, op, *args, **kwargs)
 
     idx = a["topk_ids"] if ids.dtype == torch.int32 else a["topk_ids"].to(torch.int32)
     routed = call("npu.npu_moe_init_routing_v2", _contig(a, "x"), idx.contiguous(), active_num=t * k, expert_num=e,
@@ -142,6 +149,216 @@ def _decode(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
         sparse_mode=0)
 
 
+def _rotated_heads(a: Args) -> tuple[Any, Any] | Declined:
+    """The eager route of ``ops.elementwise._rotated_heads`` as nodes: [T,H,R] rotated heads of q and k.
+
+    Rotate-half over R in {64, 128} with one dtype: ``npu_apply_rotary_pos_emb`` on dense [1,T,H,R] copies (eager
+    hands it such copies, or q/k themselves when they are dense and R == D). Its outputs are used, never the
+    mutated inputs: eager's kernel works in place (vendor-apis.md §2.3), torchair's GE converter copies q/k first
+    (TensorMove) and returns new tensors (torch_npu 2.13.0 ``ge_converter/custom/apply_rotary_pos_emb.py``); the
+    outputs are right under both. Otherwise ``npu_rotary_mul`` (§2.4), out of place.
+    """
+    from dlinfer_ascend.ops.elementwise import _fused
+
+    q, k, cos = a.meta("q"), a.meta("k"), a.meta("cos")
+    if q is None or k is None or cos is None or q.shape[0] == 0:
+        return Declined("empty step or unknown shapes")
+    t, r = cos.shape
+    c, s = a["cos"].to(q.dtype), a["sin"].to(q.dtype)
+    if _fused(q, k, r, a["interleaved"]):
+        c4, s4 = c.reshape(1, t, 1, r), s.reshape(1, t, 1, r)
+        xr = a["q"][..., :r].unsqueeze(0).clone(memory_format=torch.contiguous_format)
+        yr = a["k"][..., :r].unsqueeze(0).clone(memory_format=torch.contiguous_format)
+        out = _call(a, ROPE, xr, yr, c4, s4, "BSND", "half")
+        return out[0].squeeze(0), out[1].squeeze(0)
+    mode = "interleave" if a["interleaved"] else "half"
+    c3, s3 = c.reshape(t, 1, r), s.reshape(t, 1, r)
+    qr = _call(a, ROTARY_MUL, a["q"][..., :r].contiguous(), c3, s3, mode)
+    kr = _call(a, ROTARY_MUL, a["k"][..., :r].contiguous(), c3.to(k.dtype), s3.to(k.dtype), mode)
+    return qr, kr
+
+
+def _rotary(a: Args) -> Emitted | Declined:
+    """``apply_rotary_pos_emb``: (q', k') new tensors, dims >= R passed through (eager's concatenation)."""
+    heads = _rotated_heads(a)
+    if isinstance(heads, Declined):
+        return heads
+    r, d = a.meta("cos").shape[-1], a.meta("q").shape[-1]
+    if r == d:
+        return Emitted(heads)
+    return Emitted((torch.cat((heads[0], a["q"][..., r:]), -1), torch.cat((heads[1], a["k"][..., r:]), -1)))
+
+
+def _rotary_inplace(a: Args) -> Emitted | Declined:
+    """``apply_rotary_pos_emb_inplace``: the rotated heads copied into q[..., :R] / k[..., :R] (q/k are mutated)."""
+    heads = _rotated_heads(a)
+    if isinstance(heads, Declined):
+        return heads
+    r = a.meta("cos").shape[-1]
+    a["q"][..., :r].copy_(heads[0])
+    a["k"][..., :r].copy_(heads[1])
+    return Emitted(None)
+
+
+def _linear(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return (a["x"], a["weight"], a["bias"]), {}
+
+
+def _norm_quant(a: Args) -> Emitted:
+    """``rms_norm_w8a8``: eager's ``npu_dynamic_quant(npu_rms_norm(x)[0])`` -> (int8, scale)."""
+    y = _call(a, "npu.npu_rms_norm", _contig(a, "x"), a["weight"], a["eps"])[0]
+    r = _call(a, "npu.npu_dynamic_quant", y)
+    return Emitted((r[0], r[1]))
+
+
+def _add_norm_quant(a: Args) -> Emitted:
+    """``add_rms_norm_w8a8``: eager's ``npu_add_rms_norm`` then ``npu_dynamic_quant`` -> (int8, scale, x + residual)."""
+    n = _call(a, "npu.npu_add_rms_norm", *_add_rms_norm(a)[0])
+    r = _call(a, "npu.npu_dynamic_quant", n[0])
+    return Emitted((r[0], r[1], n[2]))
+
+
+def _w8a8_scales(a: Args) -> tuple[Any, Any]:
+    return a["x_scale"].reshape(-1).float(), a["w_scale"].float()
+
+
+def _linear_w8a8(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
+    """``ops.quant.linear_w8a8``'s ``npu_quant_matmul`` call for each output dtype (§2.24)."""
+    x, out_dtype = a.meta("x_q"), a["out_dtype"]
+    if x is None:
+        return Declined("unknown shapes")
+    x2 = a["x_q"].reshape(-1, x.shape[-1])
+    xs, ws = _w8a8_scales(a)
+    bias = a["bias"]
+    if out_dtype == torch.bfloat16:
+        return (x2, a["w_q"].t(), ws), dict(pertoken_scale=xs, bias=None if bias is None else bias.float(),
+                                            output_dtype=torch.bfloat16)
+    if out_dtype == torch.float16:
+        return (x2, a["w_q"].t(), ws), dict(pertoken_scale=xs, output_dtype=torch.float16)
+    if out_dtype == torch.float32:
+        return (x2, a["w_q"].t(), torch.ones_like(ws)), dict(output_dtype=torch.int32)
+    return Declined(f"out_dtype {out_dtype} (eager refuses it)")
+
+
+def _linear_w8a8_out(y: Any, a: Args) -> Any:
+    """Eager's epilogue: fp16 adds the bias in fp32 afterwards; fp32 dequantises the int32 accumulator."""
+    bias, out_dtype = a["bias"], a["out_dtype"]
+    if out_dtype == torch.float16 and bias is not None:
+        y = (y.float() + bias.float()).to(torch.float16)
+    elif out_dtype == torch.float32:
+        xs, ws = _w8a8_scales(a)
+        y = y.float() * xs[:, None] * ws
+        if bias is not None:
+            y = y + bias.float()
+    return y.reshape(*a.meta("x_q").shape[:-1], a.meta("w_q").shape[0])
+
+
+def _weight_quant(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
+    """``ops.quant.weight_quant_matmul``'s ``npu_weight_quant_batchmatmul`` call (§2.22)."""
+    x, sc = a.meta("x"), a.meta("scales")
+    if x is None or sc is None or not isinstance(a["group_size"], int):
+        return Declined("unknown shapes or group size")
+    n_in, n_out, g = x.shape[-1], sc.shape[-1], a["group_size"]
+    per_group = g < n_in
+    s = a["scales"] if sc.dtype == x.dtype else a["scales"].to(x.dtype)
+    off = a["qzeros"] if a.meta("qzeros").dtype == x.dtype else a["qzeros"].to(x.dtype)
+    if not per_group:
+        s, off = s.reshape(1, n_out), off.reshape(1, n_out)
+    b = a["bias"]
+    if b is not None:
+        b = b.to(torch.float16) if x.dtype == torch.float16 else b.float()
+    return ((a["x"].reshape(-1, n_in).contiguous(), a["qweight"], s, off),
+            dict(bias=b, antiquant_group_size=g if per_group else 0))
+
+
+def _weight_quant_out(y: Any, a: Args) -> Any:
+    return y.reshape(*a.meta("x").shape[:-1], a.meta("scales").shape[-1])
+
+
+def _compressed_mask(a: Args, device: torch.device) -> Any:
+    """FIA's 2048x2048 triu(1) bool mask (sparse modes 3/4, §2.6) as graph nodes (eager caches one per device)."""
+    return _call(a, torch.ones, (2048, 2048), dtype=torch.bool, device=device).triu(1)
+
+
+def _mask_kwargs(a: Args, device: torch.device) -> dict[str, Any]:
+    """Eager's ``ops.attention._mask_kwargs``: causal -> sparse_mode 3, a window -> 4, non-causal -> 0 (no mask)."""
+    if not a["causal"]:
+        return {"sparse_mode": 0, "atten_mask": None}
+    if a["window"] is None:
+        return {"sparse_mode": 3, "atten_mask": _compressed_mask(a, device)}
+    return {"sparse_mode": 4, "atten_mask": _compressed_mask(a, device), "pre_tokens": a["window"] - 1,
+            "next_tokens": 0}
+
+
+def _attention_options(a: Args) -> Declined | None:
+    for opt in ("softcap", "alibi_slopes"):
+        if a[opt] is not None:
+            return Declined(f"{opt} (eager refuses it)")
+    if a["window"] is not None and not a["causal"]:
+        return Declined("a window with causal=False (eager refuses it)")
+    return None
+
+
+def _paged_prefill(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
+    """Eager's TND route of ``paged_prefill_attention``: FIA TND over the paged NHD caches, cumulative host query
+    lengths (``cu_seqlens_q_cpu[1:]``, no leading 0) and per-sequence host KV lengths (§2.6).
+
+    Eager takes it when (D, Dv) is a documented TND pair and the step's longest query is > 1; the graph decides on
+    the ``max_seqlen_q`` it was traced with (a constant): other routes (padded BSND, per-token) build host-side
+    indices and are declined.
+    """
+    from dlinfer_ascend.ops.attention import TND_DIMS
+
+    q, kc, vc = a.meta("q"), a.meta("key_cache"), a.meta("value_cache")
+    bad = _attention_options(a)
+    if bad is not None:
+        return bad
+    if q is None or kc is None or q.dtype not in HALF or a["kv_layout"] not in (None, "NHD") or q.shape[0] == 0:
+        return Declined("unknown shapes, dtype, layout or empty step outside the FIA TND route")
+    (_, hq, d), (bs, hkv), dv = q.shape, kc.shape[1:3], vc.shape[-1]
+    if (d, dv) not in TND_DIMS or not isinstance(a["max_seqlen_q"], int) or a["max_seqlen_q"] <= 1:
+        return Declined(f"head dims {(d, dv)} / max_seqlen_q {a['max_seqlen_q']} outside eager's TND route")
+    if bs % 16 or bs > 512:
+        return Declined(f"block size {bs}")
+    scale = float(a["scale"]) if a["scale"] is not None else 1.0 / math.sqrt(d)
+    return (a["q"].contiguous(), a["key_cache"].flatten(2), a["value_cache"].flatten(2)), dict(
+        block_table=a["block_table"], block_size=bs, num_key_value_heads=hkv,
+        actual_seq_lengths=a["cu_seqlens_q_cpu"], actual_seq_lengths_kv=a["seqlens_kv_cpu"], num_heads=hq,
+        scale=scale, input_layout="TND", **_mask_kwargs(a, q.device))
+
+
+PREFILL_GE_DIMS = ((128, 128),)
+"""(D, Dv) the GE prefill substitute takes: FIA's non-paged TND is documented for D = 128; the QK-192 pairs fall
+under the docstring's separate TND restriction block (N in {8..128}, Q_N == K_N, bf16, q < kv per batch for
+sparse 3), which a causal self-attention step cannot meet."""
+
+
+def _prefill_ge(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
+    """GE substitute for ``prefill_attention`` (ATB SelfAttention, no converter): FIA, TND without paging.
+
+    q [T,Hq,D], k/v [T,Hkv,D] packed as TND; ``actual_seq_lengths`` and ``actual_seq_lengths_kv`` both the
+    cumulative host lengths ``cu_seqlens_q_cpu[1:]`` (torch_npu 2.13.0 ``_op_plugin_docs.py``: in TND both lists
+    are cumulative, "在非PA场景下, 第b个值表示前b个Batch的S轴累加长度"); causal -> sparse_mode 3 (q == kv per
+    sequence, so bottom-right equals ATB's top-left causal), a window -> 4 (pre_tokens W-1), non-causal -> 0 without
+    a mask (ATB's unpad route). A different kernel from eager's ATB one: equal on the simulator, precision
+    unverified on hardware, as is FIA's acceptance of GQA and fp16 in non-paged TND (the docstring's restriction
+    block listing Q_N == K_N and bf16 may or may not apply to D = 128).
+    """
+    q, k, v = a.meta("q"), a.meta("k"), a.meta("v")
+    bad = _attention_options(a)
+    if bad is not None:
+        return bad
+    if q is None or k is None or v is None or q.dtype not in HALF or q.shape[0] == 0:
+        return Declined("unknown shapes, dtype or empty step")
+    d, dv = q.shape[-1], v.shape[-1]
+    if (d, dv) not in PREFILL_GE_DIMS:
+        return Declined(f"head dims {(d, dv)}: FIA's non-paged TND is documented for {list(PREFILL_GE_DIMS)}")
+    scale = float(a["scale"]) if a["scale"] is not None else 1.0 / math.sqrt(d)
+    return (_contig(a, "q"), _contig(a, "k"), _contig(a, "v")), dict(
+        actual_seq_lengths=a["cu_seqlens_q_cpu"], actual_seq_lengths_kv=a["cu_seqlens_q_cpu"], num_heads=q.shape[1],
+        num_key_value_heads=k.shape[1], scale=scale, input_layout="TND", **_mask_kwargs(a, q.device))
+
+
 def _gating(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (a["logits"].float().contiguous(), None, a["topk"]), {}
 
@@ -173,6 +390,12 @@ def _npu(op: str) -> tuple[str, ...]:
     return (f"torch.ops.npu.{op}.default",)
 
 
+_ATEN_MASK = ("torch.ops.aten.ones.default", "torch.ops.aten.triu.default")
+"""The compressed-mask glue of FIA's sparse modes 3/4."""
+_ATEN_LINEAR = tuple(f"torch.ops.aten.{op}.default" for op in ("t", "mm", "addmm", "matmul", "view", "_unsafe_view"))
+"""What AOT autograd decomposes ``aten.linear`` into (CompositeImplicitAutograd): torchair converts these."""
+
+
 TABLE: dict[str, Lowering] = {
     "rms_norm": Lowering("npu.npu_rms_norm", _rms_norm, _first, extras={"ge_converters": _npu("npu_rms_norm")}),
     "add_rms_norm": Lowering("npu.npu_add_rms_norm", _add_rms_norm, _norm_pair,
@@ -188,17 +411,44 @@ TABLE: dict[str, Lowering] = {
     "paged_decode_attention": Lowering(FIA, _decode, _decode_out,
                                        host_args={"actual_seq_lengths_kv": "seqlens_kv_cpu"}, host_lists=True,
                                        extras={"ge_converters": _npu("npu_fused_infer_attention_score")}),
+    "paged_prefill_attention": Lowering(FIA, _paged_prefill, _first,
+                                        host_args={"actual_seq_lengths": "cu_seqlens_q_cpu",
+                                                   "actual_seq_lengths_kv": "seqlens_kv_cpu"},
+                                        host_lists=True, host_skip={"actual_seq_lengths": 1},
+                                        extras={"ge_converters": _npu("npu_fused_infer_attention_score")
+                                                + _ATEN_MASK}),
+    "apply_rotary_pos_emb": Lowering(ROPE, _rotary, note="route (fused / rotary_mul) chosen from shapes",
+                                     extras={"ge_converters": _npu("npu_apply_rotary_pos_emb")
+                                             + _npu("npu_rotary_mul")}),
+    "apply_rotary_pos_emb_inplace": Lowering(ROPE, _rotary_inplace, note="route chosen from shapes",
+                                             extras={"ge_converters": _npu("npu_apply_rotary_pos_emb")
+                                                     + _npu("npu_rotary_mul")}),
+    "linear": Lowering("aten.linear", _linear, extras={"ge_converters": _ATEN_LINEAR, "aot_decomposed": True}),
+    "rms_norm_w8a8": Lowering("npu.npu_dynamic_quant", _norm_quant,
+                              extras={"ge_converters": _npu("npu_dynamic_quant") + _npu("npu_rms_norm")}),
+    "add_rms_norm_w8a8": Lowering("npu.npu_dynamic_quant", _add_norm_quant,
+                                  extras={"ge_converters": _npu("npu_dynamic_quant") + _npu("npu_add_rms_norm")}),
+    "linear_w8a8": Lowering(QUANT_MATMUL, _linear_w8a8, _linear_w8a8_out,
+                            extras={"ge_converters": _npu("npu_quant_matmul")}),
+    "weight_quant_matmul": Lowering(WEIGHT_QUANT_MATMUL, _weight_quant, _weight_quant_out,
+                                    extras={"ge_converters": _npu("npu_weight_quant_batchmatmul")}),
 }
-"""op -> lowering. Not listed (they run through the eager dispatch): linear (torch_npu's aten matmul either way),
-the rotary ops (route depends on strides), paged_prefill_attention and prefill_attention (route and ATB masks
-depend on host values), fused_moe (host-side routing; GE mode: :data:`GE_SUBSTITUTES`), the w8a8 / weight-quant
-matmuls."""
+"""op -> lowering. Not listed (they run through the eager dispatch): prefill_attention (ATB, whose mask and host
+lengths are built on the host; GE mode: :data:`GE_SUBSTITUTES`), fused_moe (host-side routing; GE mode:
+:data:`GE_SUBSTITUTES`). Declined nodes also stay: paged_prefill_attention outside eager's TND route (padded BSND,
+per-token), a windowed decode, empty steps."""
 
 
 GE_SUBSTITUTES: dict[str, Lowering] = {
     "fill_kv_cache": Lowering("npu.npu_scatter_pa_kv_cache_functional", _fill_kv_cache_ge, _write_back,
                               note="GE substitute for the ATB cache write (ScatterPaKvCache)",
                               extras={"ge_converters": _npu("npu_scatter_pa_kv_cache_functional")}),
+    "prefill_attention": Lowering(FIA, _prefill_ge, _first,
+                                  host_args={"actual_seq_lengths": "cu_seqlens_q_cpu",
+                                             "actual_seq_lengths_kv": "cu_seqlens_q_cpu"},
+                                  host_lists=True, host_skip={"actual_seq_lengths": 1, "actual_seq_lengths_kv": 1},
+                                  note="GE substitute for ATB SelfAttention: FIA TND without paging",
+                                  extras={"ge_converters": _npu("npu_fused_infer_attention_score") + _ATEN_MASK}),
     "fused_moe": Lowering("npu.npu_moe_finalize_routing", _fused_moe_ge,
                           note="GE-only lowering: npu_moe_token_unpermute has no converter (MoeFinalizeRouting)",
                           extras={"ge_converters": _npu("npu_moe_finalize_routing") + _npu("npu_moe_init_routing_v2")

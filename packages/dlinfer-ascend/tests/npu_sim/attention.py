@@ -86,7 +86,9 @@ def _fia_impl(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kw:
     nkv = kw["num_key_value_heads"] or n
 
     check(layout in ("TND", "BSND"), fn, f"input_layout {layout!r} is not modelled (TND, BSND)")
-    check(block_table is not None, fn, "only the PagedAttention form (block_table given) is modelled")
+    if block_table is None:
+        check(layout == "TND", fn, "without block_table only the TND layout is modelled")
+        return _fia_tnd_unpaged(fn, query, key, value, **kw)
     device_tensor(fn, "query", query, dtypes=HALF_DTYPES, dim=3 if layout == "TND" else 4)
     device_tensor(fn, "key", key, dtypes=(query.dtype,))
     device_tensor(fn, "value", value, dtypes=(query.dtype,))
@@ -206,6 +208,64 @@ def _fia_impl(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kw:
             out[i, :q_len] = attend(query[i, :q_len], kk, vv, scale, allowed, empty_rows)
     lse_placeholder = torch.full((1,), float("nan"))  # shape UNCONFIRMED (§2.6); never rely on it
     return out.to(query.dtype), lse_placeholder
+
+
+def _fia_tnd_unpaged(fn: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kw: Any
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """FIA without paging, TND: q [T,N,D], k [Tk,Nkv,D], v [Tk,Nkv,Dv] packed sequences (torch_npu 2.13.0
+    ``_op_plugin_docs.py`` npu_fused_infer_attention_score: with TND ``actual_seq_lengths`` is mandatory and
+    cumulative, its element count is the batch; ``actual_seq_lengths_kv`` is mandatory and, without page attention,
+    cumulative too ("在非PA场景下, 第b个值表示前b个Batch的S轴累加长度"); sparse modes as §2.6).
+
+    (D, Dv) = (128, 128) only (vendor-apis.md §2.6, TND without rope documented for D = 128); the QK-192 pairs fall
+    under the docstring's TND restriction block (Q_N == K_N, bf16, q < kv per batch for sparse 3), not modelled.
+    """
+    n, mode, mask = kw["num_heads"], kw["sparse_mode"], kw["atten_mask"]
+    nkv = kw["num_key_value_heads"] or n
+    device_tensor(fn, "query", query, dtypes=HALF_DTYPES, dim=3)
+    device_tensor(fn, "key", key, dtypes=(query.dtype,), dim=3)
+    device_tensor(fn, "value", value, dtypes=(query.dtype,), dim=3)
+    t, d, dv = query.shape[0], query.shape[-1], value.shape[-1]
+    check(query.shape[1] == n, fn, f"num_heads={n} but query has {query.shape[1]} heads")
+    check(key.shape[1] == nkv and value.shape[:2] == key.shape[:2] and key.shape[2] == d, fn,
+          f"key {tuple(key.shape)} / value {tuple(value.shape)} do not match (Tk, Nkv={nkv}, D={d})")
+    check(n <= 256 and n % nkv == 0 and n // nkv <= 64, fn, f"num_heads={n}, num_key_value_heads={nkv}")
+    if (d, dv) != (128, 128):
+        raise NotModelled(f"{fn}: non-paged TND with D={d}, Dv={dv} is not modelled (D = 128 only)")
+    for name in ("actual_seq_lengths", "actual_seq_lengths_kv"):
+        check(kw[name] is not None, fn, f"TND requires {name} (cumulative)")
+    cum_q = host_ints(fn, "actual_seq_lengths", kw["actual_seq_lengths"])
+    cum_k = host_ints(fn, "actual_seq_lengths_kv", kw["actual_seq_lengths_kv"])
+    for name, cum, total in (("actual_seq_lengths", cum_q, t), ("actual_seq_lengths_kv", cum_k, key.shape[0])):
+        check(all(x <= y for x, y in zip([0, *cum], cum, strict=False)), fn,
+              f"TND {name} must be cumulative (non-decreasing, no leading 0): {cum[:8]}")
+        check(bool(cum) and cum[-1] == total, fn, f"TND {name} must end at {total}, got {cum[-1:]}")
+    check(len(cum_k) == len(cum_q), fn, f"{len(cum_q)} query vs {len(cum_k)} key batches")
+    if mode in (3, 4):
+        _check_compressed(fn, mask, mode)
+    elif mode == 0:
+        check(mask is None, fn, "a full mask with TND is not modelled")
+    else:
+        raise NotModelled(f"{fn}: sparse_mode {mode} is not modelled")
+    check(kw["inner_precise"] in (0, 1, 2, 3), fn, f"inner_precise {kw['inner_precise']} invalid")
+    empty_rows = "zero" if kw["inner_precise"] in (2, 3) else "nan"
+    pre, nxt = kw["pre_tokens"], kw["next_tokens"]
+    out = torch.full((t, n, dv), float("nan"), dtype=torch.float32)
+    spans_q, spans_k = zip([0, *cum_q], cum_q, strict=False), zip([0, *cum_k], cum_k, strict=False)
+    for (q0, q1), (k0, k1) in zip(spans_q, spans_k, strict=True):
+        q_len, k_len = q1 - q0, k1 - k0
+        if q_len == 0:
+            continue
+        rows, cols = torch.arange(q_len).unsqueeze(1), torch.arange(k_len).unsqueeze(0)
+        p = rows + (k_len - q_len)
+        if mode == 0:
+            allowed = torch.ones(q_len, k_len, dtype=torch.bool)
+        elif mode == 3:
+            allowed = cols <= p
+        else:
+            allowed = (cols >= p - pre) & (cols <= p + nxt)
+        out[q0:q1] = attend(query[q0:q1], key[k0:k1], value[k0:k1], kw["scale"], allowed, empty_rows)
+    return out.to(query.dtype), torch.full((1,), float("nan"))
 
 
 _NOT_MODELLED = (

@@ -20,6 +20,7 @@ simulated NPUGraph (graphs.py, vendor-apis.md §2.28): every other host value is
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -131,3 +132,29 @@ class AclGraph:
         """The value of host argument ``name`` each captured updatable op ran with at the last replay."""
         assert self.graph is not None
         return [n.kwargs.get(name) for n in self.graph.updatable]
+
+
+def _apply_rotary_pos_emb_ge(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                             layout: str = "BSH", rotary_mode: str = "half") -> tuple[torch.Tensor, torch.Tensor]:
+    """torchair's GE converter of ``npu_apply_rotary_pos_emb`` (torch_npu 2.13.0
+    ``_ge_concrete_graph/ge_converter/custom/apply_rotary_pos_emb.py``): ``TensorMove`` of query and key, then
+    ``ApplyRotaryPosEmb`` on the copies, whose outputs it returns: in a GE graph the inputs are left unchanged,
+    while the eager kernel rotates them in place (vendor-apis.md §2.3)."""
+    from .rotary import npu_apply_rotary_pos_emb
+
+    return npu_apply_rotary_pos_emb(query.clone(), key.clone(), cos, sin, layout, rotary_mode)
+
+
+def ge_converter_semantics(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` with the nodes whose GE converter semantics differ from the eager kernel's replaced by a
+    model of the converter (only ``npu_apply_rotary_pos_emb``: out of place in GE). GE compilation itself is not
+    modelled."""
+    from .rotary import npu_apply_rotary_pos_emb
+
+    graph = fx.Graph()
+    graph._codegen = copy.deepcopy(gm.graph._codegen)
+    graph.output(graph.graph_copy(gm.graph, {}))
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is npu_apply_rotary_pos_emb:
+            node.target = _apply_rotary_pos_emb_ge
+    return fx.GraphModule(gm, graph)

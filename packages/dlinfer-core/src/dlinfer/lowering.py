@@ -13,9 +13,10 @@ parameter names and asks the entry to rewrite it in place:
 - ``output(result, args)`` maps the target's result to the dlinfer op's outputs (a proxy, or a tuple of
   them for multi-output ops; ``None`` for ops that return nothing); the default is the result itself.
 
-An entry may decline a node (``adapt`` returns a :class:`Declined` reason, e.g. a host length that is not a
-graph input); ops without an entry or declined stay ``dlinfer::<op>`` nodes, which run through dlinfer's
-eager dispatch, and are reported by name once per (backend, op, reason).
+An ``adapt`` whose kernel depends on the node (a route chosen from shapes) may instead emit the vendor nodes
+itself and return :class:`Emitted` outputs. An entry may decline a node (``adapt`` returns a :class:`Declined`
+reason, e.g. a host length that is not a graph input); ops without an entry or declined stay ``dlinfer::<op>``
+nodes, which run through dlinfer's eager dispatch, and are reported by name once per (backend, op, reason).
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ class Declined:
     """Returned by ``Lowering.adapt`` when this node cannot be lowered; ``why`` is reported."""
 
     why: str
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """Returned by ``Lowering.adapt`` that emitted the vendor nodes itself (the kernel depends on the node, e.g. a
+    route chosen from shapes): ``outs`` are the dlinfer op's outputs, as ``Lowering.output`` would return them.
+    Not allowed with ``host_args`` (their checks need the target's keyword arguments)."""
+
+    outs: Any
 
 
 class Args(Mapping[str, Any]):
@@ -70,7 +80,7 @@ class Args(Mapping[str, Any]):
         return isinstance(v, fx.Proxy) and v.node.op == "placeholder"
 
 
-Adapter = Callable[[Args], "tuple[tuple[Any, ...], dict[str, Any]] | Declined"]
+Adapter = Callable[[Args], "tuple[tuple[Any, ...], dict[str, Any]] | Declined | Emitted"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,10 @@ class Lowering:
     FIA ``actual_seq_lengths_kv``). :func:`lower` then passes a list of new graph inputs, one int per element of
     the host tensor, which the compiled callable fills from the tensor on every call (:func:`with_host_inputs`)
     and which are symbolic (unspecialised) while the graph compiler traces, so no length is baked."""
+    host_skip: Mapping[str, int] = field(default_factory=dict)
+    """With ``host_lists``: target keyword -> how many leading elements of its host tensor the target does not take
+    (1 for a cumulative-lengths tensor's leading 0 where the target wants end offsets only, e.g. FIA's TND
+    ``actual_seq_lengths`` from ``cu_seqlens_q_cpu``)."""
     note: str = ""
     extras: Mapping[str, Any] = field(default_factory=dict)
     """Vendor facts about the target (e.g. its graph-compiler converter), for the vendor's own checks."""
@@ -202,25 +216,41 @@ def lower(gm: fx.GraphModule, table: Mapping[str, Lowering], *, backend: str = "
             if isinstance(adapted, Declined):
                 report.keep(name, adapted.why)
                 continue
-            target_args, target_kwargs = adapted
-            bad = [k for k, src in entry.host_args.items() if target_kwargs.get(k) is not args[src]]
-            if bad:
-                raise RuntimeError(f"lowering {name}: {entry.target} argument(s) {bad} must be the graph inputs "
-                                   f"{[entry.host_args[k] for k in bad]} themselves")
-            if entry.host_lists:
-                target_kwargs = dict(target_kwargs)
-                for k, src in entry.host_args.items():
-                    target_kwargs[k] = [fx.Proxy(n, tracer) for n in _host_list(gm, args[src].node, lists)]
-            result = tracer.create_proxy("call_function", resolve(entry.target), target_args, target_kwargs)
-            outs = entry.output(result, args) if entry.output is not None else result
+            if isinstance(adapted, Emitted):
+                if entry.host_args:
+                    raise RuntimeError(f"lowering {name}: an entry with host_args must return the target's arguments")
+                outs = adapted.outs
+            else:
+                outs = _emit_target(gm, entry, name, args, adapted, tracer, lists)
         _replace(gm, node, outs)
         report.lowered[name] = report.lowered.get(name, 0) + 1
     gm.graph.lint()
     gm.recompile()
+    gm.meta[REPORT] = report
     _report(backend, report)
     return report
 
 
+def _emit_target(gm: fx.GraphModule, entry: Lowering, name: str, args: Args,
+                 adapted: tuple[tuple[Any, ...], dict[str, Any]], tracer: fx.proxy.GraphAppendingTracer,
+                 lists: dict[fx.Node, list[fx.Node]]) -> Any:
+    """Insert ``entry.target(*adapted)`` (host lengths as int graph inputs) and map its result to the op's outputs."""
+    target_args, target_kwargs = adapted
+    bad = [k for k, src in entry.host_args.items() if target_kwargs.get(k) is not args[src]]
+    if bad:
+        raise RuntimeError(f"lowering {name}: {entry.target} argument(s) {bad} must be the graph inputs "
+                           f"{[entry.host_args[k] for k in bad]} themselves")
+    if entry.host_lists:
+        target_kwargs = dict(target_kwargs)
+        for k, src in entry.host_args.items():
+            skip = entry.host_skip.get(k, 0)
+            target_kwargs[k] = [fx.Proxy(n, tracer) for n in _host_list(gm, args[src].node, lists)[skip:]]
+    result = tracer.create_proxy("call_function", resolve(entry.target), target_args, target_kwargs)
+    return entry.output(result, args) if entry.output is not None else result
+
+
+REPORT = "dlinfer_lowering_report"
+"""``gm.meta`` key: the :class:`LoweringReport` of the last :func:`lower` over the graph (why nodes stayed)."""
 HOST_INPUTS = "dlinfer_host_inputs"
 """``gm.meta`` key: ``[(input index of a host tensor, element index)]``, one per int input :func:`lower` appended."""
 
