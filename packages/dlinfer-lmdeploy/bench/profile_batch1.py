@@ -27,7 +27,8 @@ overhead to every Python call: its figures are proportions, the timed stream giv
 
 ``--dry-run``: device ``cpu`` (the reference backend through the same adaptor), a tiny model (``--layers`` deep),
 CPU profiler only; launches are then the aten ops per step. Writes ``<device>_summary.json`` (all figures),
-``<device>_profile.txt`` (top kernels, API calls, cProfile tables), ``summary.json`` (all devices) and prints a
+``<device>_profile.txt`` (top kernels, API calls, cProfile tables), ``<device>_trace.json.gz`` (the profiler
+trace), ``<device>_cprofile.pstats``, ``summary.json`` (all devices) and prints a
 short table.
 """
 
@@ -176,6 +177,7 @@ def _windows(i: int, out_dir: Path, device: str) -> None:
         REC.cprof.enable()
     elif i == c0 + CPROF and REC.cprof is not None:
         REC.cprof.disable()
+        REC.cprof.dump_stats(str(out_dir / f"{device}_cprofile.pstats"))
         REC.results["python"] = _summarise_cprofile(REC.cprof, CPROF)
         REC.cprof = None
     elif i == a0:
@@ -430,7 +432,37 @@ def _write(out_dir: Path, device: str, result: dict[str, Any]) -> None:
     (out_dir / f"{device}_summary.json").write_text(json.dumps({**result, **REC.results}, indent=1))
 
 
-def run_one(model_dir: str, device: str, block_size: int, out_dir: Path, dry_run: bool) -> dict[str, Any]:
+def _empty_last(x: Any, last: int) -> Any:
+    return x.new_empty((*x.shape[:-1], last))
+
+
+NULL_FAST: dict[str, Any] = {  # the ops of a dense decode step, without the generic shape binding's cost
+    "rms_norm": lambda x, weight, **kw: x.new_empty(x.shape),
+    "add_rms_norm": lambda x, residual, weight, **kw: (x.new_empty(x.shape), x.new_empty(x.shape)),
+    "linear": lambda x, weight, bias=None, **kw: _empty_last(x, weight.shape[0]),
+    "silu_and_mul": lambda x, **kw: _empty_last(x, x.shape[-1] // 2),
+    "apply_rotary_pos_emb_inplace": lambda *a, **kw: None,
+    "fill_kv_cache": lambda *a, **kw: None,
+    "paged_decode_attention": lambda q, key_cache, value_cache, *a, **kw: _empty_last(q, value_cache.shape[-1]),
+}
+
+
+def null_kernels() -> None:
+    """Replace every op of the active dispatch table by an empty result of the right shape (in-place ops do
+    nothing; ops outside ``NULL_FAST`` use the spec's shape function, ``dlinfer.custom_ops``' fake kernel): what is
+    left of a step is the host work of LMDeploy, the adaptor and torch, as on a device whose kernels run
+    asynchronously. Tokens are meaningless."""
+    from dlinfer import dispatch
+    from dlinfer.custom_ops import _fake
+    from dlinfer.spec import SPECS
+
+    for name, spec in SPECS.items():
+        if spec.graph_op:
+            setattr(dispatch.TABLE, name, NULL_FAST.get(name) or _fake(spec))
+
+
+def run_one(model_dir: str, device: str, block_size: int, out_dir: Path, dry_run: bool,
+            null: bool = False) -> dict[str, Any]:
     import torch
     from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 
@@ -451,7 +483,10 @@ def run_one(model_dir: str, device: str, block_size: int, out_dir: Path, dry_run
     REC.phase = "startup"
     t0 = time.perf_counter()
     pipe = pipeline(model_dir, backend_config=cfg, log_level="ERROR")
+    if null:
+        null_kernels()
     result: dict[str, Any] = {
+        "null_kernels": null,
         "device_type": device,
         "gpu": torch.cuda.get_device_name(0) if REC.gpu else "none (dry run, cpu)",
         "startup_s": round(time.perf_counter() - t0, 1),
@@ -565,8 +600,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--timeout", type=int, default=200, help="seconds per device process")
     parser.add_argument("--dry-run", action="store_true", help="CPU: cpu device, tiny model, no CUDA profiling")
+    parser.add_argument("--null-kernels", action="store_true",
+                        help="with --dry-run: every dlinfer op replaced by its shape function (host work only)")
     parser.add_argument("--one", metavar="DEVICE", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.null_kernels and not args.dry_run:
+        parser.error("--null-kernels needs --dry-run (the cpu device)")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.model_dir is None:
         tag = f"{args.shape}{'-tiny' if args.dry_run else ''}{'' if args.layers is None else f'-{args.layers}l'}"
@@ -574,7 +613,7 @@ def main() -> int:
     devices = (args.devices or ("cpu" if args.dry_run else "maca,cuda")).split(",")
 
     if args.one:
-        res = run_one(str(args.model_dir), args.one, args.block_size, args.out, args.dry_run)
+        res = run_one(str(args.model_dir), args.one, args.block_size, args.out, args.dry_run, args.null_kernels)
         if not args.dry_run and args.one != "cuda":
             try:
                 res["op_host_us"] = _op_microbench(json.loads((args.out / "shape.json").read_text()))
@@ -592,6 +631,7 @@ def main() -> int:
     for device in devices:
         cmd = [sys.executable, __file__, "--one", device, "--model-dir", str(args.model_dir), "--out", str(args.out),
                "--block-size", str(args.block_size)] + (["--dry-run"] if args.dry_run else [])
+        cmd += ["--null-kernels"] if args.null_kernels else []
         t1 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
