@@ -73,7 +73,9 @@ def _last_arrival(cnt_ptr, tile, n_split):
 class GemmConfig(NamedTuple):
     """One launch configuration. ``split_k`` 0 = choose from the SM count; ``reduce``: 0 = fp32 partial
     buffer summed by torch, 1 = in-kernel (last program of a tile sums the partials); ``unpack`` (W4A16):
-    0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers."""
+    0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers; ``join`` (W4A16): 0 = one narrow ``tl.dot``
+    per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``, 2 = joined with the
+    group scales folded into the weights before the MMA (one rounding per dequantised weight)."""
 
     block_m: int
     block_n: int
@@ -84,22 +86,25 @@ class GemmConfig(NamedTuple):
     reduce: int = 1
     unpack: int = 0
     group_m: int = 8
+    join: int = 0
 
 
-# Defaults by M (upper bound inclusive -> config); picked before GPU sweeps, see tools/tune_quant_gpu.py.
+# Defaults by M (upper bound inclusive -> config), chosen from register / shared-memory use of sm_90 builds
+# before any GPU timing; tools/tune_quant_gpu.py times the alternatives and prints rows to paste here.
+# GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join)
 W4A16_TABLE: tuple[tuple[int, GemmConfig], ...] = (
-    (16, GemmConfig(16, 128, 128, 4, 4, 0, 1, 0)),
-    (64, GemmConfig(64, 128, 128, 4, 3, 0, 1, 0)),
-    (256, GemmConfig(128, 128, 64, 8, 3, 1, 1, 0)),
-    (1 << 62, GemmConfig(128, 256, 64, 8, 3, 1, 1, 0)),
+    (16, GemmConfig(16, 128, 64, 4, 4, 0, 1, 1, 8, 1)),
+    (64, GemmConfig(64, 128, 64, 4, 3, 0, 1, 1, 8, 1)),
+    (256, GemmConfig(128, 128, 64, 8, 3, 0, 1, 1, 8, 2)),
+    (1 << 62, GemmConfig(128, 256, 64, 8, 3, 1, 1, 1, 8, 2)),
 )
 W8A8_TABLE: tuple[tuple[int, GemmConfig], ...] = (
     (16, GemmConfig(16, 64, 256, 4, 4, 0, 1)),
     (64, GemmConfig(64, 64, 128, 4, 4, 0, 1)),
-    (256, GemmConfig(128, 128, 128, 8, 3, 1, 1)),
+    (256, GemmConfig(128, 128, 128, 8, 3, 0, 1)),
     (1 << 62, GemmConfig(128, 256, 128, 8, 3, 1, 1)),
 )
-_INTERP = GemmConfig(16, 128, 32, 4, 1, 0, 1, 0)  # interpreter: few, large blocks (Python overhead per op)
+_INTERP = GemmConfig(16, 128, 32, 4, 1, 0, 1, 0, 8, 1)  # interpreter: few, large blocks (Python overhead per op)
 
 
 def pick_config(table: tuple[tuple[int, GemmConfig], ...], M: int) -> GemmConfig:
@@ -107,9 +112,11 @@ def pick_config(table: tuple[tuple[int, GemmConfig], ...], M: int) -> GemmConfig
     return next(c for bound, c in table if bound >= M)
 
 
-def _auto_split(tiles: int, k_iters: int, device: torch.device) -> int:
-    """About 4 programs per SM, at least 2 K steps each."""
-    return max(1, min(triton.cdiv(4 * num_sms(device), tiles), k_iters // 2))
+def _auto_split(tiles: int, k_iters: int, device: torch.device, num_warps: int, M: int, K: int) -> int:
+    """Split K until the programs fill the SMs (about 16 warps per SM), keeping at least 2 K steps per program
+    and the fp32 partials (``split * M`` values per column) small against the weights (K values per column)."""
+    slots = num_sms(device) * max(1, 16 // num_warps)
+    return max(1, min(triton.cdiv(slots, tiles), k_iters // 2, K // (16 * M)))
 
 
 # ----------------------------------------------------------------------------- W8A8
@@ -193,7 +200,7 @@ def linear_w8a8_fwd(
     cfg = config or (_INTERP._replace(block_k=64) if interpreting() else pick_config(W8A8_TABLE, M))
     tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
     k_iters = triton.cdiv(K, cfg.block_k)
-    split = cfg.split_k or _auto_split(tiles, k_iters, x_q.device)
+    split = cfg.split_k or _auto_split(tiles, k_iters, x_q.device, cfg.num_warps, M, K)
     split = max(1, min(split, k_iters))
     k_per_split = triton.cdiv(k_iters, split) * cfg.block_k
     split = triton.cdiv(K, k_per_split)
@@ -254,20 +261,26 @@ def awq_prepare(
 
 
 @triton.jit
-def _w4_plane(acc, x, p, zw, s_ptrs, cols, N, P: tl.constexpr, UNPACK: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Accumulate nibble plane P: ``acc += (x @ (q_P - z_P)) * s_P`` for the plane's ``[BLOCK_N/8]`` columns."""
+def _w4_weights(p, zw, P: tl.constexpr, UNPACK: tl.constexpr, dtype: tl.constexpr):
+    """Nibble plane P of the packed tile as ``q - z`` (small integers, exact) in ``dtype``."""
     q = (p >> (4 * P)) & 0xF
     z = ((zw >> (4 * P)) & 0xF)[None, :]
     if UNPACK == 1:  # 16-bit float with the nibble in its low mantissa bits: (magic + q) - (magic + z) exactly
-        if x.dtype == tl.bfloat16:
+        if dtype == tl.bfloat16:
             MAGIC: tl.constexpr = 0x4300  # 128.0
         else:
             MAGIC: tl.constexpr = 0x6400  # 1024.0
-        wq = (q | MAGIC).to(tl.int16).to(x.dtype, bitcast=True)
-        wz = (z | MAGIC).to(tl.int16).to(x.dtype, bitcast=True)
-        w = wq - wz
+        wq = (q | MAGIC).to(tl.int16).to(dtype, bitcast=True)
+        wz = (z | MAGIC).to(tl.int16).to(dtype, bitcast=True)
+        return wq - wz
     else:
-        w = (q - z).to(x.dtype)
+        return (q - z).to(dtype)
+
+
+@triton.jit
+def _w4_plane(acc, x, p, zw, s_ptrs, cols, N, P: tl.constexpr, UNPACK: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Accumulate nibble plane P: ``acc += (x @ (q_P - z_P)) * s_P`` for the plane's ``[BLOCK_N/8]`` columns."""
+    w = _w4_weights(p, zw, P, UNPACK, x.dtype)
     s = tl.load(s_ptrs + 16 * P, mask=(cols + 16 * P) < N, other=0.0).to(tl.float32)
     return acc + tl.dot(x, w, input_precision=DOT_PREC) * s[None, :]
 
@@ -395,6 +408,81 @@ def _w4_store8(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, o_ptr, bias_ptr, 
     _w4_store(acc7, o_ptr, bias_ptr, rows, mmask, cols, N, stride_om, 7, HAS_BIAS)
 
 
+@triton.jit
+def _w4a16_join_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, K, NW, GROUP, K_PER_SPLIT, n_split,
+    stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
+    SPLIT: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr, UNPACK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    DOT_PREC: tl.constexpr, FOLD: tl.constexpr,
+):
+    """The same product as :func:`_w4a16_kernel` with one ``tl.dot`` per K step (large M: one wide MMA
+    instead of 8 narrow ones): the 8 nibble planes are joined into a ``[BLOCK_K, BLOCK_N]`` operand whose
+    tile column ``8j + P`` is plane P of word j, and the accumulator is permuted back to column order once,
+    before the epilogue. ``FOLD``: scale the weights before the MMA (one rounding of each dequantised weight
+    to x's dtype, as LMDeploy's kernel does) so the MMA accumulates in place, instead of scaling each
+    partial product (exact weights, but a second fp32 tile live per K step)."""
+    SUB: tl.constexpr = BLOCK_N // 8
+    CH: tl.constexpr = BLOCK_N // 128
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    tile = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m, pid_n = _group_pid(tile, num_m, num_n, GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mmask = rows < M
+    rows = rows.to(tl.int64)
+    words = pid_n * SUB + tl.arange(0, SUB)
+    wmask = words < NW
+    jj = tl.arange(0, BLOCK_N)
+    pcols = pid_n * BLOCK_N + (jj // 128) * 128 + (jj // 8) % 16 + 16 * (jj % 8)  # column of tile column jj
+    offs_k = tl.arange(0, BLOCK_K)
+    k_lo = pid_k * K_PER_SPLIT
+    k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kk = k0 + offs_k
+        kmask = kk < k_hi
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        p = tl.load(qw_ptr + kk.to(tl.int64)[:, None] * stride_qk + words[None, :],
+                    mask=kmask[:, None] & wmask[None, :], other=0)
+        grp = k0 // GROUP
+        zw = tl.load(z_ptr + grp * stride_zk + words, mask=wmask, other=0)
+        w04 = tl.join(_w4_weights(p, zw, 0, UNPACK, x.dtype), _w4_weights(p, zw, 4, UNPACK, x.dtype))
+        w26 = tl.join(_w4_weights(p, zw, 2, UNPACK, x.dtype), _w4_weights(p, zw, 6, UNPACK, x.dtype))
+        w15 = tl.join(_w4_weights(p, zw, 1, UNPACK, x.dtype), _w4_weights(p, zw, 5, UNPACK, x.dtype))
+        w37 = tl.join(_w4_weights(p, zw, 3, UNPACK, x.dtype), _w4_weights(p, zw, 7, UNPACK, x.dtype))
+        w = tl.reshape(tl.join(tl.join(w04, w26), tl.join(w15, w37)), (BLOCK_K, BLOCK_N))  # index 4a+2b+c = plane
+        s = tl.load(s_ptr + grp * stride_sk + pcols, mask=pcols < N, other=0.0)
+        if FOLD:  # dequantised weight rounded to x's dtype once; the MMA accumulates in place
+            ws_ = (w.to(tl.float32) * s.to(tl.float32)[None, :]).to(x.dtype)  # = a correctly rounded w * s
+            acc = tl.dot(x, ws_, acc, input_precision=DOT_PREC)
+        else:  # exact integer weights, the group scale applied to the fp32 partial product
+            acc += tl.dot(x, w, input_precision=DOT_PREC) * s.to(tl.float32)[None, :]
+    # tile column 8j + P with j = 16t + c holds column 128t + 16P + c: back to column order
+    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, CH, 16, 8)), (0, 1, 3, 2)), (BLOCK_M, BLOCK_N))
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    omask = mmask[:, None] & (cols < N)[None, :]
+    mn = rows[:, None] * N + cols[None, :]
+    if not SPLIT:
+        _w4_full_store(acc, o_ptr, bias_ptr, rows, omask, cols, N, stride_om, HAS_BIAS)
+    else:
+        tl.store(ws_ptr + pid_k * M * N + mn, acc, mask=omask)
+        if REDUCE == 1:  # noqa: SIM102 - constexpr, then a runtime branch
+            if _last_arrival(cnt_ptr, tile, n_split):
+                acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+                for sp in range(n_split):
+                    acc += tl.load(ws_ptr + sp * M * N + mn, mask=omask, other=0.0, cache_modifier=".cg")
+                _w4_full_store(acc, o_ptr, bias_ptr, rows, omask, cols, N, stride_om, HAS_BIAS)
+
+
+@triton.jit
+def _w4_full_store(acc, o_ptr, bias_ptr, rows, omask, cols, N, stride_om, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(o_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(o_ptr.dtype.element_ty), mask=omask)
+
+
 def w4a16_fwd(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor,
     bias: torch.Tensor | None, group_size: int, split_k: int | None = None, config: GemmConfig | None = None,
@@ -424,7 +512,7 @@ def w4a16_fwd(
     bk = next(b for b in (cfg.block_k, 128, 64, 32, 16) if b <= group_size and group_size % b == 0)
     tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
     k_iters = triton.cdiv(K, bk)
-    split = split_k or cfg.split_k or _auto_split(tiles, k_iters, x.device)
+    split = split_k or cfg.split_k or _auto_split(tiles, k_iters, x.device, cfg.num_warps, M, K)
     split = max(1, min(split, k_iters))
     k_per_split = triton.cdiv(k_iters, split) * bk
     split = triton.cdiv(K, k_per_split)
@@ -434,13 +522,15 @@ def w4a16_fwd(
     unpack = cfg.unpack if x.dtype in (torch.float16, torch.bfloat16) else 0
     if interpreting() and x.dtype == torch.bfloat16:
         unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits; the magic path is checked on GPU only
-    _w4a16_kernel[(tiles, split)](
+    kernel, extra = (_w4a16_join_kernel, {"FOLD": cfg.join == 2}) if cfg.join else (_w4a16_kernel, {})
+    kernel[(tiles, split)](
         a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, ws if cnt is None else cnt,
         M, N, K, NW, group_size,
         k_per_split, split, a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
         SPLIT=split > 1, REDUCE=reduce, HAS_BIAS=bias is not None, UNPACK=unpack,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,
         DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32", num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **extra,
     )
     if split > 1 and not reduce:
         acc = ws.sum(dim=0)

@@ -1,0 +1,135 @@
+"""Quantised GEMM kernels (W4A16 AWQ, W8A8) against fp64 oracles, over every kernel variant and path.
+
+Each launch configuration the config tables or the sweep (tools/tune_quant_gpu.py) may pick is covered:
+the per-plane and the joined W4A16 kernels, exact and scale-folded, both int4 unpack methods, with and
+without split-K, with the in-kernel (last-arrival) and the torch reduction of the partials; M in {1, 5, 16,
+33}, OUT not a multiple of the 128-column layout chunk, IN spanning several groups. Runs on CUDA when present,
+else under TRITON_INTERPRET=1 (conftest). Fresh random inputs per test; outputs are fresh buffers.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _ref import assert_close
+from conftest import DEVICE, ON_GPU
+
+from dlinfer.spec import AWQ_ORDER
+from dlinfer.testing.inputs import awq_pack
+from dlinfer_maca.kernels import quant
+from dlinfer_maca.kernels.quant import GemmConfig
+
+pytestmark = pytest.mark.interpreter
+
+# interpreter: small tiles; GPU: the table's tile shapes
+BASE = quant._INTERP if not ON_GPU else GemmConfig(16, 128, 64, 4, 3, 0, 1, 1, 8, 1)
+
+
+def _w4_case(M: int, K: int, N: int, g: int, dtype: torch.dtype, bias: bool = False):
+    q = torch.randint(0, 16, (K, N))
+    z = torch.randint(0, 16, (K // g, N))
+    s = (torch.rand(K // g, N) * 0.02 + 0.005).to(dtype)
+    x = torch.randn(M, K).to(dtype)
+    b = torch.randn(N).to(dtype) if bias else None
+    W = (q - z.repeat_interleave(g, 0)).double() * s.double().repeat_interleave(g, 0)  # independent dequant
+    ref = x.double() @ W + (b.double() if b is not None else 0)
+    prepared = quant.awq_prepare(awq_pack(q).to(DEVICE), s.to(DEVICE), awq_pack(z).to(DEVICE), g)
+    dev = (x.to(DEVICE), b.to(DEVICE) if b is not None else None)
+    return prepared, dev, ref
+
+
+def _run_w4(M, K, N, g, dtype, cfg, bias=False, split_k=None):
+    (qw, sc, qz), (x, b), ref = _w4_case(M, K, N, g, dtype, bias)
+    out = quant.w4a16_fwd(x, qw, sc, qz, b, g, split_k=split_k, config=cfg)
+    assert out.shape == (M, N) and out.dtype == dtype
+    return out, ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("unpack", [0, 1])
+@pytest.mark.parametrize("join", [0, 1, 2], ids=["planes", "joined", "joined-folded"])
+def test_w4a16_kernel_variants(join, unpack, dtype):
+    """Every kernel body (8 per-plane dots / joined operand, exact / folded scales, both unpacks), split-K with
+    the in-kernel reduction, bias, OUT = 264 (two full chunks and a partial one), IN over 6 groups."""
+    cfg = BASE._replace(join=join, unpack=unpack, split_k=3, reduce=1, block_n=256 if join else 128)
+    out, ref = _run_w4(5, 192, 264, 32, dtype, cfg, bias=True)
+    assert_close(out, ref, dtype, factor=2)
+
+
+@pytest.mark.parametrize("M", [1, 5, 16, 33])
+@pytest.mark.parametrize("path", ["no-split", "auto", "split-torch-sum", "split-in-kernel"])
+def test_w4a16_sizes_and_split_paths(M, path):
+    dtype = torch.float16
+    split, reduce = {"no-split": (1, 1), "auto": (0, 1), "split-torch-sum": (3, 0), "split-in-kernel": (4, 1)}[path]
+    N = 136 if M % 2 else 72  # 128 + 8 and 72: OUT tails of the 128-column chunk
+    cfg = BASE._replace(split_k=split, reduce=reduce, block_m=16 if M <= 16 else 32)
+    out, ref = _run_w4(M, 256, N, 64, dtype, cfg)
+    assert_close(out, ref, dtype, factor=2)
+
+
+def test_w4a16_fp32_and_default_config():
+    out, ref = _run_w4(3, 128, 40, 128, torch.float32, None)  # the table / interpreter default
+    assert_close(out, ref, torch.float32, factor=2)
+    out, ref = _run_w4(2, 128, 40, 32, torch.float16, None, split_k=2)
+    assert_close(out, ref, torch.float16, factor=2)
+
+
+def test_w4a16_split_counters_reset():
+    """The in-kernel split-K reduction leaves its per-tile counters at zero, so a second call is right too."""
+    (qw, sc, qz), (x, _), ref = _w4_case(4, 256, 136, 64, torch.float16)
+    cfg = BASE._replace(split_k=4, reduce=1)
+    first = quant.w4a16_fwd(x, qw, sc, qz, None, 64, config=cfg)
+    second = quant.w4a16_fwd(x, qw, sc, qz, None, 64, config=cfg)
+    assert_close(first, ref, torch.float16, factor=2)
+    assert torch.equal(first, second)
+    assert all(int(buf.abs().sum()) == 0 for buf in quant._COUNTERS.values())
+
+
+def test_awq_prepare_layout():
+    """Decode the prepared words with the documented formula (nibble i of word 16t + c = column 128t + 16i + c)
+    and compare with the values that went into the canonical AWQ packing."""
+    K, N = 8, 200
+    q = torch.randint(0, 16, (K, N))
+    qw, _, qz = quant.awq_prepare(awq_pack(q), torch.ones(1, N), awq_pack(q[:1]), 8)
+    assert qw.shape == (K, 2 * 16) and qw.dtype == torch.int32 and qz.shape == (1, 32)
+    dec = torch.zeros(K, 256, dtype=torch.int64)
+    w = qw.to(torch.int64) & 0xFFFFFFFF
+    for t in range(2):
+        for c in range(16):
+            for i in range(8):
+                dec[:, 128 * t + 16 * i + c] = (w[:, 16 * t + c] >> (4 * i)) & 0xF
+    assert torch.equal(dec[:, :N], q) and int(dec[:, N:].abs().sum()) == 0
+    assert AWQ_ORDER == quant.AWQ_ORDER
+
+
+def test_w4a16_rejects_unprepared_weights():
+    x = torch.randn(1, 64, device=DEVICE, dtype=torch.float16)
+    qw = torch.zeros(64, 4, dtype=torch.int32, device=DEVICE)  # canonical AWQ [IN, OUT/8], not prepared
+    with pytest.raises(ValueError, match=r"weight_quant_matmul: .*weight_quant_prepare"):
+        quant.w4a16_fwd(x, qw, torch.ones(2, 32, device=DEVICE, dtype=torch.float16),
+                        torch.zeros(2, 4, dtype=torch.int32, device=DEVICE), None, 32)
+
+
+@pytest.mark.parametrize("M", [1, 5, 33])
+@pytest.mark.parametrize("path", ["no-split", "split-in-kernel", "split-torch-sum"])
+def test_w8a8_sizes_and_split_paths(M, path):
+    split, reduce = {"no-split": (1, 1), "split-in-kernel": (3, 1), "split-torch-sum": (2, 0)}[path]
+    K, N = 320, 136
+    xq = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=DEVICE)
+    wq = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=DEVICE)
+    xs, ws = torch.rand(M, device=DEVICE) / 100 + 1e-3, torch.rand(N, device=DEVICE) / 100 + 1e-3
+    b = torch.randn(N, device=DEVICE).to(torch.bfloat16)
+    cfg = GemmConfig(16 if M <= 16 else 32, 64, 64, 4, 1 if not ON_GPU else 3, split, reduce)
+    out = quant.linear_w8a8_fwd(xq, wq, xs, ws, b, torch.bfloat16, config=cfg)
+    ref = (xq.double() @ wq.double().T) * xs.double()[:, None] * ws.double() + b.double()
+    assert out.dtype == torch.bfloat16
+    assert_close(out, ref, torch.bfloat16)
+
+
+def test_config_tables_cover_every_m():
+    for table in (quant.W4A16_TABLE, quant.W8A8_TABLE):
+        assert [b for b, _ in table] == sorted(b for b, _ in table)
+        for M in (1, 16, 17, 64, 65, 256, 257, 1 << 20):
+            cfg = quant.pick_config(table, M)
+            assert isinstance(cfg, GemmConfig) and cfg.block_k % 16 == 0
+    assert all(c.block_n % quant.NCHUNK == 0 for _, c in quant.W4A16_TABLE)
