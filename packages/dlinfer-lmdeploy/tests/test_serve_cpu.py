@@ -9,9 +9,13 @@ Needs the ``serve`` extra (installed by the CI ``tests`` session).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +91,27 @@ def test_load_64_concurrent(server: serve_load.Server) -> None:
     assert time.monotonic() - t0 < 300
 
 
+def test_token_counts_and_timings(server: serve_load.Server) -> None:
+    """The figures' inputs: with ignore_eos every request reports exactly its max_tokens as usage (streamed: the
+    include_usage chunk), streamed requests get a first-token time within their latency and one gap per chunk."""
+    load = [
+        serve_load.Request(key, prompt, max_tokens, chat, stream)
+        for key, (prompt, max_tokens, chat, stream) in enumerate(
+            [("abc", 5, False, True), ("hello there", 7, True, True), ("x", 6, False, False), ("yz", 9, True, False)]
+        )
+    ]
+    results = serve_load.send(server.url, server.model_name, load, concurrency=4, timeout_s=180, ignore_eos=True)
+    for res in results:
+        r = res.request
+        assert res.error is None and res.finish_reason == "length", (r, res.error)
+        assert res.output_tokens == r.max_tokens, (r, res.output_tokens)
+        if r.stream:
+            assert res.ttft_s is not None and 0 < res.ttft_s <= res.latency_s
+            assert res.chunks >= 1 and len(res.itl_s) == res.chunks - 1
+        else:
+            assert res.ttft_s is None and res.chunks == 0
+
+
 def test_graceful_shutdown_leaves_no_process(server: serve_load.Server) -> None:
     pids = server.tree_pids()
     assert len(pids) >= 2, "the server runs its engine in a child process"
@@ -106,3 +131,73 @@ def test_load_check_can_fail() -> None:
     results[1].error = "ReadTimeout"
     results[2].finish_reason = None
     assert len(serve_load.check_load(results, expected)) == 3
+
+
+def _result(stream: bool, ttft: float | None, latency: float, tokens: int | None, **kw: object) -> serve_load.Result:
+    req = serve_load.Request(0, "p", 8, chat=False, stream=stream)
+    return serve_load.Result(req, finish_reason="length", ttft_s=ttft, latency_s=latency, output_tokens=tokens,
+                             **kw)  # type: ignore[arg-type]
+
+
+def test_summarize_figures() -> None:
+    """Requests/s and tokens/s count completed requests only; TTFT/ITL/TPOT come from the streamed ones."""
+    results = [
+        _result(True, 0.5, 2.5, 5, itl_s=[0.4, 0.6, 0.5, 0.5], chunks=5),
+        _result(True, 1.0, 4.0, 4, itl_s=[1.0, 1.0, 1.0], chunks=4),
+        _result(False, None, 3.0, 8),
+        _result(True, 0.2, 0.3, None, cancelled=True),
+        _result(False, None, 1.0, None, error="ReadTimeout"),
+    ]
+    s = serve_load.summarize(results, wall_s=5.0)
+    assert (s["completed"], s["streamed"], s["cancelled"], s["errors"]) == (3, 2, 1, 1)
+    assert s["requests_per_s"] == 0.6 and s["output_tokens"] == 17 and s["output_tok_per_s"] == 3.4
+    assert s["ttft_p50_ms"] == 750.0 and s["ttft_p99_ms"] == 1000.0
+    assert s["itl_p50_ms"] == 600.0 and s["itl_p99_ms"] == 1000.0  # gaps 0.4 0.5 0.5 0.6 1 1 1
+    assert s["tpot_p50_ms"] == 750.0  # (2.5 - 0.5) / 4 and (4.0 - 1.0) / 3
+    assert s["chunks_per_token"] == 1.0
+    results[2].output_tokens = None  # a completed request without usage: no token figures rather than wrong ones
+    assert serve_load.summarize(results, wall_s=5.0)["output_tok_per_s"] is None
+
+
+def test_table_medians_and_ratio() -> None:
+    def run(device: str, rps: float, ttft: float) -> dict[str, object]:
+        return {"summary": {"device": device, "completed": 10, "cancelled": 0, "errors": 0, "requests_per_s": rps,
+                            "ttft_p50_ms": ttft}, "problems": []}
+
+    runs = [("1", run("maca", 10.0, 50.0)), ("2", run("cuda", 8.0, 40.0)), ("3", run("cuda", 12.0, 60.0)),
+            ("4", run("maca", 14.0, 70.0)), ("5", {"summary": {"device": "maca", "error": "boom"}, "problems": []})]
+    text = serve_load.table(runs)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
+            if line.startswith("| ")}
+    assert rows["maca"][:2] == ["2", "12.0"] and rows["maca"][3] == "60.0"  # runs, req/s, TTFT p50
+    assert rows["cuda"][:2] == ["2", "10.0"] and rows["cuda"][3] == "50.0"
+    assert rows["maca / cuda"][1] == "1.200" and rows["maca / cuda"][3] == "1.200"
+    assert "failed: boom" in rows["5"][1]
+
+
+@pytest.mark.timeout(120)
+def test_deadline_ends_a_hung_run_with_stacks(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--deadline during the server's start: the client's and the server's Python stacks are printed, the server's
+    process group is gone, the JSON says why, the exit status is 124."""
+    import psutil
+
+    out = tmp_path / "run.json"
+    pid_file = tmp_path / "server.pid"
+    log = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "dlinfer_lmdeploy.testing.serve_load", str(tiny_model("llama")), "--device", "cpu",
+           "--deadline", "3", "--log", str(log), "--json", str(out), "--pid-file", str(pid_file)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 124, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Python stacks of the client" in proc.stderr and "most recent call first" in proc.stderr
+    assert "Fatal Python error: Aborted" in log.read_text(errors="replace")  # the server's faulthandler
+    pgid = int(pid_file.read_text())
+    left = [p.pid for p in psutil.process_iter() if _pgid(p.pid) == pgid]
+    assert left == [], f"server processes left: {left}"
+    assert "deadline of 3 s passed" in json.loads(out.read_text())["summary"]["error"]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
