@@ -17,7 +17,15 @@ ACL-graph modes keep eager's kernels.
 by the FX node target, lists the parameter names): they must be graph inputs, never baked constants.
 torchair's update rule (``acl_graph.py:get_update_ruler``) takes such a parameter only as a list whose items are
 graph inputs (SymInts) or constants, and FIA's schema types it ``SymInt[]?``: hence ``host_lists=True``, the
-lowering passes one int graph input per sequence, filled from ``seqlens_kv_cpu`` on every call.
+lowering passes one int graph input per sequence, filled from ``seqlens_kv_cpu`` on every call (TND's cumulative
+``actual_seq_lengths`` from ``cu_seqlens_q_cpu`` without its leading 0: ``host_skip``).
+
+Kernels whose semantics differ between eager and a GE graph: ``npu_apply_rotary_pos_emb`` works in place in eager
+and out of place in GE (its converter TensorMoves q/k): the rotary entries use its outputs, right under both. GE-only
+substitutes: the ATB cache write (ScatterPaKvCache), ATB prefill attention (FIA, non-paged TND, D = 128) and
+fused_moe's unpermute (MoeFinalizeRouting); their hardware precision and the contract gaps named in their docstrings
+are unverified. Entries whose kernel depends on shapes (rotary, the norm+quant chains) emit their nodes themselves
+(:class:`dlinfer.lowering.Emitted`); ``target`` then names the main kernel.
 """
 
 from __future__ import annotations
