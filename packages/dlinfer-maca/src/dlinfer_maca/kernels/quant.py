@@ -28,16 +28,16 @@ NCHUNK = 128  # W4A16 layout: columns interleaved within chunks of 128 (16 words
 # ----------------------------------------------------------------------------- split-K counters
 
 
-_COUNTERS: dict[tuple[str, int], torch.Tensor] = {}
+_COUNTERS: dict[str, torch.Tensor] = {}
 
 
 def _tile_counters(device: torch.device, n: int) -> torch.Tensor | None:
-    """Per-tile arrival counters for the in-kernel split-K reduction, one buffer per (device, stream) so
-    that kernels on concurrent streams never share one. Zero at rest: the last program of each tile
-    resets its counter. None when a buffer would have to be allocated during CUDA-graph capture (the
-    caller then reduces with torch instead)."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), stream)
+    """Per-tile arrival counters for the in-kernel split-K reduction, one buffer per device (zero at rest: the
+    last program of each tile resets its counter). Kernels that use them must not run concurrently on two
+    streams of one device (LMDeploy runs the model on one stream; a CUDA graph captures on its own stream but
+    replays in order). Allocated eagerly (``awq_prepare``, the first eager call); None when it would have to
+    be allocated or grown during CUDA-graph capture (the caller then sums the partials with torch)."""
+    key = str(device)
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < n:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -254,6 +254,7 @@ def awq_prepare(
     """Load-time conversion of a canonical AWQ checkpoint (see the module docstring) to the chunked layout:
     qweight int32 [IN, ceil(OUT/128)*16], scales [IN/g, OUT] (kept), qzeros int32 [IN/g, ceil(OUT/128)*16]."""
     del group_size
+    _tile_counters(qweight.device, 0)  # outside any graph capture
     N = scales.shape[-1]
     qw = _chunk_pack(_awq_unpack(qweight)[:, :N])
     qz = _chunk_pack(_awq_unpack(qzeros)[:, :N])
