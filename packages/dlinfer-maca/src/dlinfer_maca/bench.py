@@ -465,26 +465,53 @@ def bench_moe(bm: Bench, ops: Any) -> None:
 
 
 def bench_quant_gemm(bm: Bench, ops: Any) -> None:
-    dt = torch.bfloat16
-    for M, K, N in ((1, 4096, 4096), (256, 4096, 4096), (4096, 4096, 14336)):
+    """W8A8 and W4A16 (AWQ, fp16: LMDeploy's AWQ kernel is fp16-only) at decode and prefill sizes. Our output is
+    checked against an fp64 oracle (a miss is printed as CHECK FAILED); peers against ours (peer_err)."""
+    dt = torch.float16
+
+    def check(op: str, shape: str, out: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
+        err = rel_err(out, ref)
+        if not err <= tol:
+            print(f"  CHECK FAILED {op} {shape}: rel err {err:.2e} against the fp64 oracle (tolerance {tol:.0e})",
+                  flush=True)
+
+    awq_linear = None
+    if bm.lmd:
+        try:
+            from lmdeploy.pytorch.kernels.cuda.awq_kernels import awq_linear
+        except Exception as exc:  # noqa: BLE001
+            print(f"  LMDeploy awq_linear not importable: {type(exc).__name__}: {exc}")
+
+    for M, K, N in ((1, 4096, 14336), (16, 4096, 14336), (256, 4096, 14336), (4096, 4096, 14336)):
         xq = torch.randint(-127, 128, (M, K), device=bm.dev, dtype=torch.int8)
         wq = torch.randint(-127, 128, (N, K), device=bm.dev, dtype=torch.int8)
-        xs = torch.rand(M, device=bm.dev) / 100
-        ws = torch.rand(N, device=bm.dev) / 100
+        xs = torch.rand(M, device=bm.dev) / 100 + 1e-3
+        ws = torch.rand(N, device=bm.dev) / 100 + 1e-3
         xb = torch.randn(M, K, device=bm.dev, dtype=dt)
         wb = torch.randn(N, K, device=bm.dev, dtype=dt)
+        shape = f"M{M} K{K} N{N} ->fp16"
+        fn = lambda: ops.linear_w8a8(xq, wq, xs, ws, out_dtype=dt)  # noqa: E731
+        check("linear_w8a8", shape, fn(), (xq.double() @ wq.double().t()) * xs.double()[:, None] * ws.double(), 2e-3)
+        xp = xq if M > 16 else F.pad(xq, (0, 0, 0, 32 - M))  # torch._int_mm needs M > 16
 
-        def eager_w8a8() -> torch.Tensor:
-            if M <= 16:  # torch._int_mm needs M > 16
-                return ((xq.float() @ wq.float().t()) * xs[:, None] * ws).to(dt)
-            return (torch._int_mm(xq, wq.t()).float() * xs[:, None] * ws).to(dt)
+        def int_mm() -> torch.Tensor:
+            return (torch._int_mm(xp, wq.t())[:M].float() * xs[:, None] * ws).to(dt)
 
-        flops = 2 * M * N * K
-        bm.add("linear_w8a8", f"M{M} K{K} N{N} ->bf16", lambda: ops.linear_w8a8(xq, wq, xs, ws, out_dtype=dt),
-               flops=flops, tops_ceiling=bm.int8_tops,
-               peers={"torch._int_mm+scale": eager_w8a8, "bf16 F.linear (cuBLAS)": lambda: F.linear(xb, wb)})
+        peers: dict[str, Fn | None] = {
+            "torch._int_mm+scale" + (" (M padded to 32)" if M <= 16 else ""): int_mm,
+            "fp16 F.linear (cuBLAS)": lambda: F.linear(xb, wb)}
+        if bm.lmd:
+            peers["lmdeploy"] = lambda: bm.lmd.matmul_kernel_dynamic_quant(xq, wq, xs[:, None], ws[:, None],
+                                                                            output_dtype=dt)
+        if M <= 16:
+            bm.add("linear_w8a8", shape, fn, nbytes=N * K + M * K + M * N * 2, peers=peers)
+        else:
+            bm.add("linear_w8a8", shape, fn, flops=2 * M * N * K, tops_ceiling=bm.int8_tops, peers=peers)
+    torch.cuda.empty_cache()
 
-    for M, K, N, g in ((1, 4096, 11008, 128), (16, 4096, 11008, 128), (256, 4096, 11008, 128)):
+    g = 128
+    for M, K, N in ((1, 4096, 14336), (16, 4096, 14336), (1, 14336, 4096), (16, 14336, 4096),
+                    (256, 4096, 14336), (1024, 4096, 14336)):
         q = torch.randint(0, 16, (K, N), device=bm.dev, dtype=torch.int32)
         z = torch.randint(0, 16, (K // g, N), device=bm.dev, dtype=torch.int32)
         s = (torch.rand(K // g, N, device=bm.dev) * 0.02 + 0.005).to(dt)
@@ -492,24 +519,31 @@ def bench_quant_gemm(bm: Bench, ops: Any) -> None:
         qz = _awq_pack(z)
         pw, ps, pz = ops.weight_quant_prepare(qw, s, qz, group_size=g)
         x = torch.randn(M, K, device=bm.dev, dtype=dt)
-        wdq = ((q - z.repeat_interleave(g, 0)).float() * s.float().repeat_interleave(g, 0)).to(dt)
-        wdq_t = wdq.t().contiguous()
-        nbytes = K * N // 2 + (K // g) * N * (2 + 0.5) + M * (K + N) * 2
+        wdq = (q - z.repeat_interleave(g, 0)).double() * s.double().repeat_interleave(g, 0)  # [K, N]
+        wdq_t = wdq.t().to(dt).contiguous()
+        shape = f"W4A16 M{M} K{K} N{N} g{g} fp16"
         fn = lambda: ops.weight_quant_matmul(x, pw, ps, pz, group_size=g)  # noqa: E731
-        if M <= 16:
-            bm.add("weight_quant_matmul", f"W4A16 M{M} K{K} N{N} g{g}", fn, nbytes=nbytes,
-                   peers={"bf16 F.linear (dequantised W)": lambda: F.linear(x, wdq_t)})
+        check("weight_quant_matmul", shape, fn(), x.double() @ wdq, 2e-3)
+        del wdq
+        peers = {"fp16 F.linear (dequantised W, cuBLAS)": lambda: F.linear(x, wdq_t)}
+        if awq_linear is not None:
+            peers["lmdeploy awq_linear"] = lambda: awq_linear(x, qw, s, qz)
+        if M <= 16:  # int4 weight-bandwidth floor: packed weights, scales, zeros, activations in and out
+            nbytes = K * N // 2 + (K // g) * N * (2 + 0.5) + M * (K + N) * 2
+            bm.add("weight_quant_matmul", shape, fn, nbytes=nbytes, peers=peers)
         else:
-            bm.add("weight_quant_matmul", f"W4A16 M{M} K{K} N{N} g{g}", fn, flops=2 * M * N * K,
-                   peers={"bf16 F.linear (dequantised W)": lambda: F.linear(x, wdq_t)})
+            bm.add("weight_quant_matmul", shape, fn, flops=2 * M * N * K, peers=peers)
+    torch.cuda.empty_cache()
 
 
 def _awq_pack(q: torch.Tensor) -> torch.Tensor:
-    order = (0, 2, 4, 6, 1, 3, 5, 7)
+    """int values [R, C] in 0..15 -> canonical AWQ int32 [R, C/8] (nibble i holds column 8c + AWQ_ORDER[i])."""
+    from dlinfer.spec import AWQ_ORDER
+
     r, c = q.shape
     cols = q.view(r, c // 8, 8).long()
     packed = torch.zeros(r, c // 8, dtype=torch.int64, device=q.device)
-    for i, col in enumerate(order):
+    for i, col in enumerate(AWQ_ORDER):
         packed |= cols[..., col] << (4 * i)
     return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
 
