@@ -66,10 +66,13 @@ def check_against_hf(
     results: dict[str, list[Run]],
     device: str,
     teacher_forced: TeacherForced | None = None,
+    calibration: torch.dtype = torch.bfloat16,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """``results``: mode -> runs of every request in order -> (per-request statistics, failure messages).
     ``teacher_forced``: how HF recomputes the logits (default: ``hf_oracle.teacher_forced`` on ``path``; VLMs pass
-    ``vlm.teacher_forced_fn``, which feeds the captured images)."""
+    ``vlm.teacher_forced_fn``, which feeds the captured images). ``calibration``: the dtype whose HF error sets the
+    tolerance (bf16; an fp16 engine may pass fp16, an fp32 engine fp64: HF's own rounding sensitivity, e.g. where
+    activations are re-quantised and one rounding flip moves the logits; the stats keep their ``hf_bf16_*`` names)."""
     eos = _eos(path)
     banned = {eos} if isinstance(eos, int) else set(eos)
     if teacher_forced is None:
@@ -81,7 +84,8 @@ def check_against_hf(
         n_steps = n_agree = 0
         n_agree_hf = 0.0
         exact = teacher_forced(pairs, device=device, dtype=torch.float32)
-        bf16 = teacher_forced(pairs, device=device, dtype=torch.bfloat16)
+        bf16 = teacher_forced(pairs, device=device, dtype=calibration)
+        cal = str(calibration).removeprefix("torch.")
         for r, ((_, generated, top), f32, b16) in enumerate(zip(runs, exact, bf16, strict=True)):
             where = f"{scenario.name}/{mode} request {r}"
             if not len(generated) == len(top) == scenario.new_tokens:
@@ -117,7 +121,7 @@ def check_against_hf(
             if err[worst] > tol or mean_err > FACTOR * mean_hf + FLOOR:
                 failures.append(
                     f"{where}: logit error against HF fp32 max {err[worst]:.3f} (step {worst}) / mean {mean_err:.3f} "
-                    f"exceeds {FACTOR} x HF's own bf16 error (max {max(hf_err):.3f} / mean {mean_hf:.3f}) + {FLOOR}"
+                    f"exceeds {FACTOR} x HF's own {cal} error (max {max(hf_err):.3f} / mean {mean_hf:.3f}) + {FLOOR}"
                 )
             bad = next((i for i, d in enumerate(deficits) if d > 2 * tol), None)
             if bad is not None:
@@ -128,7 +132,7 @@ def check_against_hf(
         if n_steps and n_agree / n_steps < n_agree_hf / n_steps - AGREE_SLACK:
             failures.append(
                 f"{scenario.name}/{mode}: the tokens are fp32's argmax at {n_agree / n_steps:.0%} of the {n_steps} "
-                f"steps of {len(runs)} requests, HF bf16 manages {n_agree_hf / n_steps:.0%}"
+                f"steps of {len(runs)} requests, HF {cal} manages {n_agree_hf / n_steps:.0%}"
             )
     if "eager" in results and "graph" in results:
         for r, ((_, e, _), (_, g, _)) in enumerate(zip(results["eager"], results["graph"], strict=True)):

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from dlinfer_lmdeploy.testing.model_table import oracle_path
 
 
-def greedy(path: str | Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy continuation of each prompt (one at a time, fp32), mirroring LMDeploy's ``ignore_eos``:
-    generation does not stop at EOS and the EOS ids are banned (LMDeploy turns stop words into bad words).
-    ``path`` is the tiny checkpoint LMDeploy served; the model loaded is ``model_table.oracle_path(path)``."""
+def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Any:
+    """The HF model of the tiny checkpoint at ``path`` (``model_table.oracle_path(path)``), eval mode, on ``device``."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(oracle_path(path)), dtype=torch.float32)
-    model.eval()
+    return AutoModelForCausalLM.from_pretrained(str(oracle_path(path)), dtype=dtype).to(device).eval()
+
+
+Loader = Callable[..., Any]
+"""``(path, dtype, device) -> model``, as :func:`load` (e.g. ``tiny_quant.load_oracle`` for quantised checkpoints)"""
+
+
+def greedy(
+    path: str | Path, prompts: list[list[int]], max_new_tokens: int, *, loader: Loader = load
+) -> list[list[int]]:
+    """Greedy continuation of each prompt (one at a time, fp32), mirroring LMDeploy's ``ignore_eos``:
+    generation does not stop at EOS and the EOS ids are banned (LMDeploy turns stop words into bad words).
+    ``path`` is the tiny checkpoint LMDeploy served; the model is ``loader(path, torch.float32, "cpu")``."""
+    model = loader(path, torch.float32, "cpu")
     eos = model.config.eos_token_id
     banned = [eos] if isinstance(eos, int) else list(eos or [])
     outs = []
@@ -69,17 +81,16 @@ def teacher_forced(
     *,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
+    loader: Loader = load,
 ) -> list[torch.Tensor]:
     """Hugging Face's logits for tokens generated elsewhere (e.g. by LMDeploy in bf16).
 
     For each ``(prompt_ids, generated_ids)``, one forward pass over ``prompt + generated`` gives the
     logits that predicted every generated token from exactly the prefix the other engine had:
     fp32 ``[len(generated), V]`` on ``device``, computed in ``dtype``. EOS is set to -inf, as LMDeploy
-    bans it under ``ignore_eos``. The model loaded is ``model_table.oracle_path(path)``.
+    bans it under ``ignore_eos``. The model is ``loader(path, dtype, device)`` (default: ``oracle_path(path)``).
     """
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(oracle_path(path)), dtype=dtype).to(device).eval()
+    model = loader(path, dtype, device)
     eos = model.config.eos_token_id
     banned = [eos] if isinstance(eos, int) else list(eos or [])
     out = []

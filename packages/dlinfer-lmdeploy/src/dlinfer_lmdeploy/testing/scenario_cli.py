@@ -2,10 +2,11 @@
 
     python -m dlinfer_lmdeploy.testing.scenario_cli SCENARIO MODEL DEVICE MODE '{"tp": 2}' TOPK
 
-Runs every phase of ``scenarios.BY_NAME[SCENARIO]`` on one engine (``device_type=DEVICE``, bf16, eager or graph
-``MODE``, ``logprobs_mode="raw_logits"``, the scenario's engine overrides, then the given ones) and prints one
-``RESULT`` line: ``{"runs": [[input_ids, generated_ids, [{token: logit}, ...]], ...]}`` in request order, the
-``bf16_check.Run`` triples. :func:`run` runs it under a deadline (stacks of every rank on timeout).
+Runs every phase of ``scenarios.BY_NAME[SCENARIO]`` (or ``tiny_quant.SCENARIOS[SCENARIO]``) on one engine
+(``device_type=DEVICE``, bf16, eager or graph ``MODE``, ``logprobs_mode="raw_logits"``, the scenario's engine
+overrides, then the given ones) and prints one ``RESULT`` line: ``{"runs": [[input_ids, generated_ids,
+[{token: logit}, ...]], ...]}`` in request order, the ``bf16_check.Run`` triples. :func:`run` runs it under a
+deadline (stacks of every rank on timeout).
 """
 
 from __future__ import annotations
@@ -72,11 +73,11 @@ def run(
 
 def main(argv: list[str]) -> int:
     import dlinfer_lmdeploy  # noqa: F401  (explicit wiring)
-    from dlinfer_lmdeploy.testing import runner
+    from dlinfer_lmdeploy.testing import runner, tiny_quant
     from dlinfer_lmdeploy.testing.scenarios import BY_NAME
 
     name, model, device, mode, extra, topk = argv[0], argv[1], argv[2], argv[3], json.loads(argv[4]), int(argv[5])
-    scenario = BY_NAME[name]
+    scenario = BY_NAME[name] if name in BY_NAME else tiny_quant.SCENARIOS[name]
     runs: list[Any] = []
     with runner.open_pipeline(model, engine_overrides(scenario, device, mode, extra)) as pipe:
         for phase in scenario.phases:

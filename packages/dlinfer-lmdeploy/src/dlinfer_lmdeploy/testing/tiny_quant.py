@@ -1,0 +1,204 @@
+"""Tiny quantised checkpoints in the formats LMDeploy 0.18 loads, and their dequantised-weight oracles.
+
+* **AWQ W4A16** (``quantization_config = {quant_method: awq, version: gemm, bits: 4, group_size, zero_point: true}``,
+  as ``lmdeploy lite auto_awq`` writes it): every decoder-layer linear is stored as ``qweight`` int32
+  ``[IN, OUT/8]``, ``qzeros`` int32 ``[IN/g, OUT/8]`` and ``scales`` fp16 ``[IN/g, OUT]``; nibble ``i`` (bits
+  ``4i..4i+3``) of packed column ``c`` holds output column ``8c + AWQ_PACK_ORDER[i]``
+  (``lmdeploy/lite/quantization/modules/linear.py::WeightOnlyQLinear.from_linear``, AutoAWQ's order). The weight is
+  ``W[i, o] = (q[i, o] - z[i // g, o]) * s[i // g, o]``. LMDeploy runs AWQ models in fp16 whatever the checkpoint
+  says (``pytorch/config.py::_update_torch_dtype``, ``nn/linear/awq.py::AwqLinear``).
+* **W8A8 smooth-quant** (``quantization_config = {quant_method: smooth_quant, quant_dtype: int8}``, as ``lmdeploy
+  lite smooth_quant`` writes it): every decoder-layer linear is stored as ``weight`` int8 ``[OUT, IN]`` and ``scale``
+  fp32 ``[OUT, 1]`` (``QLinear.from_float``: per output channel, ``scale = max|w| / 127``); the RMSNorm weights keep
+  their float values (``QRMSNorm.from_float``; the smoothing factors the tool folds into them are a calibration
+  choice, not a format: a random checkpoint needs none). At run time LMDeploy quantises activations per token
+  (``rms_norm_w8a8`` for the inputs of q/k/v and gate/up, ``dynamic_quant`` for those of o_proj and down_proj).
+
+Both start from the tiny random float Llama of ``tiny_models`` (quantising its weights gives realistic codes,
+zeros and scales). The oracle, a plain HF ``LlamaForCausalLM`` under ``<path>/oracle`` (fp32), holds the
+**dequantised** weights; for W8A8, :func:`load_oracle` also fake-quantises the input of every quantised linear per
+token (``round(x / s) * s`` with ``s = max|x| / 127``, the ``dynamic_quant`` spec) with forward pre-hooks, written
+here with torch and independent of dlinfer's ops.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dlinfer_lmdeploy.testing import hf_oracle, tiny_models
+from dlinfer_lmdeploy.testing.model_table import ORACLE_SUBDIR
+from dlinfer_lmdeploy.testing.scenarios import PROMPTS, Scenario
+
+QUANT_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""the decoder-layer linears both formats quantise (embeddings, norms and lm_head stay float)"""
+AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+"""nibble i of a packed int32 holds output column ``8c + AWQ_PACK_ORDER[i]`` (LMDeploy lite's ``pack_order``)"""
+AWQ_GROUP_SIZE = 32
+"""divides every width of the tiny models (hidden 64/128, MLP 128/256); maca needs a multiple of 16"""
+INT8_MAX = 127
+
+
+def _is_quantised(name: str) -> bool:
+    return name.endswith(".weight") and name.split(".")[-2] in QUANT_LINEARS and ".layers." in name
+
+
+def awq_quantise(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit min-max quantisation of an HF weight ``w [OUT, IN]`` in groups of ``group_size`` inputs ->
+    (codes int32 ``[IN, OUT]`` in 0..15, zeros int32 ``[IN/g, OUT]``, scales fp16 ``[IN/g, OUT]``)."""
+    out_f, in_f = w.shape
+    if in_f % group_size:
+        raise ValueError(f"awq_quantise: IN={in_f} is not a multiple of group_size={group_size}")
+    g = w.t().float().reshape(in_f // group_size, group_size, out_f)
+    lo, hi = g.amin(1).clamp(max=0.0), g.amax(1).clamp(min=0.0)
+    scales = ((hi - lo) / 15).clamp(min=1e-5).half()
+    s = scales.float()
+    zeros = torch.round(-lo / s).clamp(0, 15)
+    codes = (torch.round(g / s[:, None]) + zeros[:, None]).clamp(0, 15)
+    return codes.reshape(in_f, out_f).int(), zeros.int(), scales
+
+
+def awq_pack(codes: torch.Tensor) -> torch.Tensor:
+    """int ``[R, C]`` of 4-bit values -> int32 ``[R, C/8]`` in AWQ's nibble order (:data:`AWQ_PACK_ORDER`)."""
+    rows, cols = codes.shape
+    if cols % 8:
+        raise ValueError(f"awq_pack: {cols} columns is not a multiple of 8")
+    c = codes.long().reshape(rows, cols // 8, 8)
+    packed = torch.zeros(rows, cols // 8, dtype=torch.long)
+    for i, col in enumerate(AWQ_PACK_ORDER):
+        packed |= c[..., col] << (4 * i)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+def awq_dequantise(codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """(codes ``[IN, OUT]``, zeros/scales ``[IN/g, OUT]``) -> the HF weight ``[OUT, IN]`` in fp32."""
+    group = codes.shape[0] // zeros.shape[0]
+    w = (codes.float() - zeros.float().repeat_interleave(group, 0)) * scales.float().repeat_interleave(group, 0)
+    return w.t().contiguous()
+
+
+def w8a8_quantise(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 of ``w [OUT, IN]`` -> (int8 ``[OUT, IN]``, fp32 scale ``[OUT, 1]``)."""
+    scale = (w.float().abs().amax(1, keepdim=True) / INT8_MAX).clamp(min=1e-8)
+    return torch.round(w.float() / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scale
+
+
+def _write(
+    path: Path, kind: str, seed: int, dtype: torch.dtype, quantization_config: dict[str, Any], quantise: Any
+) -> Path:
+    """The float tiny ``kind`` at ``path/oracle``; its linears quantised by ``quantise(name, w) -> (tensors, w_deq)``
+    into ``path``; the oracle rewritten in fp32 with the dequantised weights."""
+    from safetensors.torch import load_file, save_file
+
+    oracle = tiny_models.build(kind, path / ORACLE_SUBDIR, seed=seed, dtype=dtype)
+    state = load_file(str(oracle / "model.safetensors"))
+    quantised: dict[str, torch.Tensor] = {}
+    dequantised: dict[str, torch.Tensor] = {}
+    for name, w in state.items():
+        if _is_quantised(name):
+            tensors, w_deq = quantise(name.removesuffix(".weight"), w)
+            quantised.update(tensors)
+            dequantised[name] = w_deq
+        else:
+            quantised[name] = w.contiguous()
+            dequantised[name] = w.float().contiguous()
+    save_file(quantised, str(path / "model.safetensors"), metadata={"format": "pt"})
+    save_file(dequantised, str(oracle / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((oracle / "config.json").read_text())
+    (oracle / "config.json").write_text(json.dumps({**config, "torch_dtype": "float32", "dtype": "float32"}, indent=2))
+    config.update(quantization_config=quantization_config)
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    if (oracle / "generation_config.json").exists():
+        (path / "generation_config.json").write_text((oracle / "generation_config.json").read_text())
+    tiny_models.build_tokenizer(path)
+    return path
+
+
+def write_awq(
+    path: str | Path, *, kind: str = "llama3", seed: int = 0, dtype: torch.dtype = torch.float16,
+    group_size: int = AWQ_GROUP_SIZE,
+) -> Path:
+    """An AWQ W4A16 checkpoint of the tiny ``kind`` at ``path`` (float tensors in ``dtype``; LMDeploy runs it in
+    fp16) and its dequantised fp32 oracle at ``path/oracle``; returns ``path``."""
+
+    def quantise(prefix: str, w: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        codes, zeros, scales = awq_quantise(w, group_size)
+        tensors = {f"{prefix}.qweight": awq_pack(codes), f"{prefix}.qzeros": awq_pack(zeros),
+                   f"{prefix}.scales": scales.contiguous()}  # fmt: skip
+        return tensors, awq_dequantise(codes, zeros, scales)
+
+    config = dict(quant_method="awq", version="gemm", bits=4, group_size=group_size, zero_point=True)
+    return _write(Path(path), kind, seed, dtype, config, quantise)
+
+
+def write_w8a8(path: str | Path, *, kind: str = "llama3", seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+    """A W8A8 smooth-quant checkpoint of the tiny ``kind`` at ``path`` (float tensors in ``dtype``) and its
+    dequantised fp32 oracle at ``path/oracle`` (load it with :func:`load_oracle`); returns ``path``."""
+
+    def quantise(prefix: str, w: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        w_q, scale = w8a8_quantise(w)
+        return {f"{prefix}.weight": w_q, f"{prefix}.scale": scale}, (w_q.float() * scale).contiguous()
+
+    return _write(Path(path), kind, seed, dtype, dict(quant_method="smooth_quant", quant_dtype="int8"), quantise)
+
+
+def build_awq(path: str | Path, *, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
+    """Model-table style builder: AWQ W4A16 of the tiny Llama3 (head 64, GQA 4), group size 32."""
+    return write_awq(path, dtype=dtype, seed=seed)
+
+
+def build_w8a8(path: str | Path, *, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
+    """Model-table style builder: W8A8 smooth-quant of the tiny Llama3 (head 64, GQA 4)."""
+    return write_w8a8(path, dtype=dtype, seed=seed)
+
+
+def fake_quant_per_token(x: torch.Tensor) -> torch.Tensor:
+    """``round(x / s).clamp(-127, 127) * s`` with ``s = max|x| / 127`` per token (last dim), in fp32 (fp64 for fp64
+    inputs); returned in ``x.dtype``. All-zero tokens stay zero."""
+    xf = x if x.dtype == torch.float64 else x.float()
+    s = xf.abs().amax(-1, keepdim=True) / INT8_MAX
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    return (torch.round(xf / s).clamp(-INT8_MAX, INT8_MAX) * s).to(x.dtype)
+
+
+def quant_method(path: str | Path) -> str | None:
+    """``quantization_config.quant_method`` of the checkpoint at ``path`` (None when it is not quantised)."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    return (config.get("quantization_config") or {}).get("quant_method")
+
+
+def load_oracle(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Any:
+    """The dequantised-weight HF model of the quantised checkpoint at ``path`` (eval mode, on ``device``); for a
+    smooth-quant checkpoint the input of every quantised linear is fake-quantised per token (pre-hooks)."""
+    model = hf_oracle.load(path, dtype, device)
+    if quant_method(path) == "smooth_quant":
+        for name, module in model.named_modules():
+            if name.split(".")[-1] in QUANT_LINEARS and ".layers." in f".{name}":
+                module.register_forward_pre_hook(lambda _m, args: (fake_quant_per_token(args[0]), *args[1:]))
+    return model
+
+
+_W8A8_OPS = ("rms_norm_w8a8", "add_rms_norm_w8a8", "dynamic_quant", "linear_w8a8")
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "quant_awq", "llama3 (AWQ W4A16)", (PROMPTS, PROMPTS[1:2]), 16,
+            min_calls={"weight_quant_matmul": 1, "rms_norm": 1},
+            no_calls=_W8A8_OPS,
+            doc="AWQ W4A16 tiny Llama3 (group 32): three prompts batched, then one alone",
+        ),
+        Scenario(
+            "quant_w8a8", "llama3 (W8A8 smooth-quant)", (PROMPTS, PROMPTS[1:2]), 16,
+            min_calls=dict.fromkeys(_W8A8_OPS, 1),
+            no_calls=("weight_quant_matmul", "rms_norm"),
+            doc="W8A8 smooth-quant tiny Llama3: three prompts batched, then one alone",
+        ),
+    )
+}
+"""the quantised end-to-end scenarios (CPU and GPU tests; ``scenario_cli`` runs them by name in a child)"""
+BUILDERS = {"quant_awq": build_awq, "quant_w8a8": build_w8a8}
+"""scenario name -> builder of its checkpoint"""
