@@ -170,7 +170,9 @@ DECODE_CASES = [
     (3, 4, 1, 32, 32, 16, [5, 40, 17], "NHD", None, None),
     (2, 8, 4, 64, 32, 8, [33, 1], "HND", None, None),
     (2, 2, 2, 16, 16, 16, [150, 9], "NHD", 3, None),  # multi-split merge
-    (2, 4, 2, 32, 32, 16, [150, 70], "NHD", 2, 64),  # max_seqlen_kv too small: the last split takes the tail
+    (2, 4, 2, 32, 32, 16, [150, 70], "NHD", 2, 64),  # max_seqlen_kv too small: the splits still cover each length
+    (3, 4, 2, 32, 32, 16, [150, 1, 33], "NHD", 8, 1024),  # graph capacity >> lengths: 8 splits of each own length
+    (3, 4, 2, 32, 32, 16, [150, 1, 33], "NHD", None, 4096),  # the heuristic's split count for the capacity
     (2, 4, 4, 32, 32, 64, [150, 70], "HND", 2, None),  # one page per key block
 ]
 

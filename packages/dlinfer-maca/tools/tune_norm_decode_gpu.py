@@ -89,7 +89,7 @@ def sweep_decode(lmd: Any) -> None:
         ref = F.scaled_dot_product_attention(q[:, :, None], kd, vd, enable_gqa=True).squeeze(2)
         del kd, vd
         args = (q, p["key_cache"], p["value_cache"], p["block_table"], p["seqlens_kv"], ctx, "NHD")
-        picked = decode_num_splits(B, hkv, ctx, 64, num_sms(dev))[0]
+        picked = decode_num_splits(B, hkv, ctx, 64, num_sms(dev))
         nbytes = 2 * B * ctx * hkv * d * 2
         cells: dict[str, float] = {}
         worst = 0.0

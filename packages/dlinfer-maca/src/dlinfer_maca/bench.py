@@ -202,7 +202,7 @@ def explore_decode_splits(bm: Bench) -> None:
     for B, ctx in ((1, 1024), (1, 8192), (8, 8192), (32, 1024)):
         p = _paged(bm, B, ctx, 8, 128, 64, torch.bfloat16)
         q = torch.randn(B, 32, 128, device=bm.dev, dtype=torch.bfloat16)
-        picked = decode_num_splits(B, 8, ctx, 64, num_sms(bm.dev))[0]
+        picked = decode_num_splits(B, 8, ctx, 64, num_sms(bm.dev))
         cells = []
         for sp in (1, 4, 8, 16, 32, 64):
             if sp > math.ceil(ctx / 64):

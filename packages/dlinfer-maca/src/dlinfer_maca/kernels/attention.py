@@ -8,7 +8,9 @@ share a KV head are stacked into the M dimension of one ``tl.dot`` (GQA head gro
 so every K/V byte is read once per group. The context is cut into splits so that small
 batches with long contexts still fill the GPU; a second tiny kernel merges the splits
 with their log-sum-exp. The split count is a pure function of Python ints (batch, heads,
-``max_seqlen_kv``), so it is CUDA-graph safe and never autotuned on the hot path.
+``max_seqlen_kv``), so it is CUDA-graph safe and never autotuned on the hot path; each
+sequence's own length is divided among the splits inside the kernel, so a graph captured
+for the longest context still runs a short one as a few one-block programs.
 
 Prefill: FlashAttention-2 style forward, one program per (query block, sequence, query
 head); keys are read from the packed k/v (``prefill_attention``) or gathered through the
@@ -64,7 +66,7 @@ def _decode_split_kernel(
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_ob, stride_oh,
     scale, softcap, window,
-    G, Hq, chunk, NUM_SPLITS,
+    G, Hq, NUM_SPLITS,
     PAGE: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, DIRECT: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -75,10 +77,12 @@ def _decode_split_kernel(
     sp = tl.program_id(2)
     seqlen = tl.load(seqlens_ptr + b)
     pos = seqlen - 1
+    # the splits share this sequence's own length (not max_seqlen_kv, which is the capacity in a captured
+    # graph): a short context in a graph sized for long ones runs as few one-block programs, not as a few
+    # long serial ones; splits past the end exit at once
+    chunk = tl.cdiv(tl.cdiv(seqlen, BLOCK_N), NUM_SPLITS) * BLOCK_N
     start = sp * chunk
     end = tl.minimum(start + chunk, seqlen)
-    if sp == NUM_SPLITS - 1:  # the last split takes any tail past max_seqlen_kv (graph replays)
-        end = seqlen
     if USE_WINDOW:
         start = tl.maximum(start, pos - window + 1)
 
@@ -154,8 +158,9 @@ def _decode_merge_kernel(
     tl.store(o_ptr + b * stride_ob + h * stride_oh + dv, out.to(o_ptr.dtype.element_ty), mask=dv < DV)
 
 
-def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_kv: int, block_n: int, sms: int) -> tuple[int, int]:
-    """(splits, tokens per split). With two or more (sequence, KV head) programs per SM the context is not split
+def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_kv: int, block_n: int, sms: int) -> int:
+    """Splits of the context per (sequence, KV head); the kernel divides each sequence's own length among them
+    (in whole key blocks). With two or more (sequence, KV head) programs per SM the context is not split
     (the merge pass would cost more than it gains); with one to two per SM, two splits (the second wave would
     otherwise run half empty: B32 x 8 KV heads on 132 SMs, 1.11x faster at ctx 8192 on the H200); below that,
     about four programs per SM, never less than one key block per split (H200 sweep,
@@ -168,9 +173,7 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_kv: int, block_n
         want = 2
     else:
         want = triton.cdiv(4 * sms, programs)
-    splits = max(1, min(want, n_blocks, 64))
-    chunk = triton.cdiv(n_blocks, splits) * block_n
-    return max(1, triton.cdiv(max(max_seqlen_kv, 1), chunk)), chunk
+    return max(1, min(want, n_blocks, 64))
 
 
 def paged_decode_fwd(
@@ -196,11 +199,7 @@ def paged_decode_fwd(
     wide = max(D, DV) > 128
     block_n = 64 if interp else (32 if wide else 64)
     sms = num_sms(q.device)
-    if num_splits is None:
-        splits, chunk = decode_num_splits(B, Hkv, max_seqlen_kv, block_n, sms)
-    else:
-        splits = num_splits
-        chunk = triton.cdiv(triton.cdiv(max(max_seqlen_kv, 1), splits), block_n) * block_n
+    splits = decode_num_splits(B, Hkv, max_seqlen_kv, block_n, sms) if num_splits is None else max(1, num_splits)
     # many short splits (small batches): a shallower pipeline starts sooner (H200 sweep)
     warps, stages = (8, 2) if wide else (4, 2 if splits >= 16 else 3)
     if tune is not None:
@@ -220,7 +219,7 @@ def paged_decode_fwd(
         block_table.stride(0), out.stride(0), out.stride(1),
         float(scale if scale is not None else 1.0 / math.sqrt(D)),
         float(softcap or 1.0), int(window or 0),
-        G, Hq, chunk, splits,
+        G, Hq, splits,
         PAGE=page, D=D, DV=DV, DIRECT=splits == 1, BLOCK_G=block_g, BLOCK_N=block_n,
         BLOCK_D=next_pow2(D), BLOCK_DV=block_dv,
         USE_SOFTCAP=softcap is not None, USE_ALIBI=alibi_slopes is not None, USE_WINDOW=window is not None,

@@ -73,7 +73,8 @@ def _last_arrival(cnt_ptr, tile, n_split):
 class GemmConfig(NamedTuple):
     """One launch configuration. ``split_k`` 0 = choose from the SM count; ``reduce``: 0 = fp32 partial
     buffer summed by torch, 1 = in-kernel (last program of a tile sums the partials); ``unpack`` (W4A16):
-    0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers; ``join`` (W4A16): 0 = one narrow ``tl.dot``
+    0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers, 2 = the same two nibbles per instruction in
+    inline PTX (CUDA, joined kernel; 1 elsewhere); ``join`` (W4A16): 0 = one narrow ``tl.dot``
     per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``, 2 = joined with the
     group scales folded into the weights before the MMA (one rounding per dequantised weight)."""
 
@@ -410,6 +411,44 @@ def _w4_store8(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, o_ptr, bias_ptr, 
 
 
 @triton.jit
+def _magic_pairs(w, P: tl.constexpr, dtype: tl.constexpr):
+    """For each int32 word, two 16-bit floats ``(magic + nibble P, magic + nibble P + 4)`` made by one
+    shift and one ``lop3`` (the nibbles land in the low mantissa bits of 1024.0 / 128.0): CUDA only."""
+    if dtype == tl.bfloat16:
+        return tl.inline_asm_elementwise(
+            asm="{ .reg .b32 t; shr.u32 t, $2, $3; lop3.b32 t, t, 0x000f000f, 0x43004300, 0xea; mov.b32 {$0, $1}, t; }",
+            constraints="=h,=h,r,n", args=[w, 4 * P], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(
+            asm="{ .reg .b32 t; shr.u32 t, $2, $3; lop3.b32 t, t, 0x000f000f, 0x64006400, 0xea; mov.b32 {$0, $1}, t; }",
+            constraints="=h,=h,r,n", args=[w, 4 * P], dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+
+
+@triton.jit
+def _w4_pair(p, zw, P: tl.constexpr, UNPACK: tl.constexpr, dtype: tl.constexpr):
+    """Planes P and P + 4 (``q - z``, exact) of the packed tile."""
+    if UNPACK == 2:
+        lo, hi = _magic_pairs(p, P, dtype)
+        zlo, zhi = _magic_pairs(zw, P, dtype)
+        return lo - zlo[None, :], hi - zhi[None, :]
+    else:
+        return _w4_weights(p, zw, P, UNPACK, dtype), _w4_weights(p, zw, P + 4, UNPACK, dtype)
+
+
+@triton.jit
+def _w4_joined(p, zw, UNPACK: tl.constexpr, dtype: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The 8 planes of ``p [BLOCK_K, BLOCK_N/8]`` as one ``[BLOCK_K, BLOCK_N]`` operand: tile column
+    ``8j + 4a + 2b + c`` is plane ``2a + b + 4c`` of word j (the last join pairs planes P and P + 4)."""
+    v0, v4 = _w4_pair(p, zw, 0, UNPACK, dtype)
+    v1, v5 = _w4_pair(p, zw, 1, UNPACK, dtype)
+    v2, v6 = _w4_pair(p, zw, 2, UNPACK, dtype)
+    v3, v7 = _w4_pair(p, zw, 3, UNPACK, dtype)
+    lo = tl.join(tl.join(v0, v2), tl.join(v1, v3))  # [.., a, b] = plane 2a + b
+    hi = tl.join(tl.join(v4, v6), tl.join(v5, v7))  # plane 4 + 2a + b
+    return tl.reshape(tl.join(lo, hi), (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
 def _w4a16_join_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, K, NW, GROUP, K_PER_SPLIT, n_split,
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
@@ -419,7 +458,8 @@ def _w4a16_join_kernel(
 ):
     """The same product as :func:`_w4a16_kernel` with one ``tl.dot`` per K step (large M: one wide MMA
     instead of 8 narrow ones): the 8 nibble planes are joined into a ``[BLOCK_K, BLOCK_N]`` operand whose
-    tile column ``8j + P`` is plane P of word j, and the accumulator is permuted back to column order once,
+    tile column ``8j + r`` is plane ``r // 2 + 4 (r % 2)`` of word j (planes P and P + 4 adjacent, so that
+    the 16-bit pair made from one 32-bit word stays together), and the accumulator is permuted back once,
     before the epilogue. ``FOLD``: scale the weights before the MMA (one rounding of each dequantised weight
     to x's dtype, as LMDeploy's kernel does) so the MMA accumulates in place, instead of scaling each
     partial product (exact weights, but a second fp32 tile live per K step)."""
@@ -436,7 +476,8 @@ def _w4a16_join_kernel(
     words = pid_n * SUB + tl.arange(0, SUB)
     wmask = words < NW
     jj = tl.arange(0, BLOCK_N)
-    pcols = pid_n * BLOCK_N + (jj // 128) * 128 + (jj // 8) % 16 + 16 * (jj % 8)  # column of tile column jj
+    r = jj % 8  # = 4a + 2b + c, holding plane 2a + b + 4c (see _w4_joined)
+    pcols = pid_n * BLOCK_N + (jj // 128) * 128 + (jj // 8) % 16 + 16 * ((r // 2) + 4 * (r % 2))
     offs_k = tl.arange(0, BLOCK_K)
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
@@ -449,19 +490,15 @@ def _w4a16_join_kernel(
                     mask=kmask[:, None] & wmask[None, :], other=0)
         grp = k0 // GROUP
         zw = tl.load(z_ptr + grp * stride_zk + words, mask=wmask, other=0)
-        w04 = tl.join(_w4_weights(p, zw, 0, UNPACK, x.dtype), _w4_weights(p, zw, 4, UNPACK, x.dtype))
-        w26 = tl.join(_w4_weights(p, zw, 2, UNPACK, x.dtype), _w4_weights(p, zw, 6, UNPACK, x.dtype))
-        w15 = tl.join(_w4_weights(p, zw, 1, UNPACK, x.dtype), _w4_weights(p, zw, 5, UNPACK, x.dtype))
-        w37 = tl.join(_w4_weights(p, zw, 3, UNPACK, x.dtype), _w4_weights(p, zw, 7, UNPACK, x.dtype))
-        w = tl.reshape(tl.join(tl.join(w04, w26), tl.join(w15, w37)), (BLOCK_K, BLOCK_N))  # index 4a+2b+c = plane
+        w = _w4_joined(p, zw, UNPACK, x.dtype, BLOCK_K, BLOCK_N)
         s = tl.load(s_ptr + grp * stride_sk + pcols, mask=pcols < N, other=0.0)
         if FOLD:  # dequantised weight rounded to x's dtype once; the MMA accumulates in place
             ws_ = (w.to(tl.float32) * s.to(tl.float32)[None, :]).to(x.dtype)  # = a correctly rounded w * s
             acc = tl.dot(x, ws_, acc, input_precision=DOT_PREC)
         else:  # exact integer weights, the group scale applied to the fp32 partial product
             acc += tl.dot(x, w, input_precision=DOT_PREC) * s.to(tl.float32)[None, :]
-    # tile column 8j + P with j = 16t + c holds column 128t + 16P + c: back to column order
-    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, CH, 16, 8)), (0, 1, 3, 2)), (BLOCK_M, BLOCK_N))
+    # tile column 8j + 4a + 2b + c with j = 16t + i holds column 128t + 16(4c + 2a + b) + i: back to column order
+    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, CH, 16, 2, 2, 2)), (0, 1, 5, 3, 4, 2)), (BLOCK_M, BLOCK_N))
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     omask = mmask[:, None] & (cols < N)[None, :]
     mn = rows[:, None] * N + cols[None, :]
@@ -521,6 +558,8 @@ def w4a16_fwd(
     cnt = _tile_counters(x.device, tiles) if split > 1 and cfg.reduce == 1 else None
     reduce = int(cnt is not None)
     unpack = cfg.unpack if x.dtype in (torch.float16, torch.bfloat16) else 0
+    if unpack == 2 and (interpreting() or not cfg.join):
+        unpack = 1  # inline PTX: CUDA and the joined kernel only
     if interpreting() and x.dtype == torch.bfloat16:
         unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits; the magic path is checked on GPU only
     kernel, extra = (_w4a16_join_kernel, {"FOLD": cfg.join == 2}) if cfg.join else (_w4a16_kernel, {})
