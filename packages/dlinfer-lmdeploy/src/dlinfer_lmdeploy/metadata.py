@@ -73,7 +73,7 @@ def slot_mapping(
     if is_decoding:
         pos = kv_seqlens.long() - 1
         blocks = block_offsets.long().gather(1, (pos // block_size)[:, None])[:, 0]
-        return (blocks * block_size + pos % block_size).to(dtype)
+        return torch.add(pos % block_size, blocks, alpha=block_size).to(dtype)  # one kernel for the scale and add
     batch = q_seqlens.numel()
     seq_of_token = torch.repeat_interleave(
         torch.arange(batch, device=q_seqlens.device), q_seqlens.long(), output_size=num_tokens

@@ -69,16 +69,19 @@ class DlinferApplyRotaryEmbImpl(ApplyRotaryEmbImpl):
         inplace: bool = True,
         complex_mode: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        head_dim = query.shape[-1]
-        cos2 = cos.reshape(-1, cos.shape[-1])
-        sin2 = sin.reshape(-1, sin.shape[-1])
+        # LMDeploy's models pass [T, R] tables and [T, H, D] unit-stride slices of the qkv output: no reshape or
+        # view then (each is a dispatched op per layer, host time in eager decode).
+        cos2 = cos if cos.dim() == 2 else cos.reshape(-1, cos.shape[-1])
+        sin2 = sin if sin.dim() == 2 else sin.reshape(-1, sin.shape[-1])
         if complex_mode:
+            head_dim = query.shape[-1]
             cos2, sin2 = _full_width(cos2, head_dim), _full_width(sin2, head_dim)
         if inplace:
             q, k = _tokens_heads_view(query), _tokens_heads_view(key)
             if q is not None and k is not None:
                 ops.apply_rotary_pos_emb_inplace(q, k, cos2, sin2, interleaved=complex_mode)
                 return query, key
+        head_dim = query.shape[-1]
         q = query.reshape(-1, query.shape[-2], head_dim)
         k = key.reshape(-1, key.shape[-2], key.shape[-1])
         q_out, k_out = ops.apply_rotary_pos_emb(q, k, cos2, sin2, interleaved=complex_mode)
@@ -116,4 +119,7 @@ class DlinferLinearImpl(LinearImpl):
         rank: int = 0,
         scatter_size: list[int] | None = None,
     ) -> torch.Tensor:
-        return tp_reduce(ops.linear(x, weight, bias), all_reduce, group, rank, scatter_size)
+        out = ops.linear(x, weight, bias)
+        if not all_reduce:  # tp=1 and column-parallel layers: no reduction call on the per-layer path
+            return out
+        return tp_reduce(out, all_reduce, group, rank, scatter_size)
