@@ -22,7 +22,7 @@ from dlinfer_maca.kernels.quant import GemmConfig
 pytestmark = pytest.mark.interpreter
 
 # interpreter: small tiles; GPU: the table's tile shapes
-BASE = quant._INTERP if not ON_GPU else GemmConfig(16, 128, 64, 4, 3, 0, 1, 1, 8, 1)
+BASE = quant._INTERP if not ON_GPU else GemmConfig(16, 128, 64, 4, 3, 0, 1, 2, 8, 1)
 
 
 def _w4_case(M: int, K: int, N: int, g: int, dtype: torch.dtype, bias: bool = False):
@@ -46,7 +46,7 @@ def _run_w4(M, K, N, g, dtype, cfg, bias=False, split_k=None):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("unpack", [0, 1])
+@pytest.mark.parametrize("unpack", [0, 1, 2] if ON_GPU else [0, 1])  # 2: inline PTX, CUDA only
 @pytest.mark.parametrize("join", [0, 1, 2], ids=["planes", "joined", "joined-folded"])
 def test_w4a16_kernel_variants(join, unpack, dtype):
     """Every kernel body (8 per-plane dots / joined operand, exact / folded scales, both unpacks), split-K with

@@ -94,10 +94,10 @@ class GemmConfig(NamedTuple):
 # before any GPU timing; tools/tune_quant_gpu.py times the alternatives and prints rows to paste here.
 # GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join)
 W4A16_TABLE: tuple[tuple[int, GemmConfig], ...] = (
-    (16, GemmConfig(16, 128, 64, 4, 4, 0, 1, 1, 8, 1)),
-    (64, GemmConfig(64, 128, 64, 4, 3, 0, 1, 1, 8, 1)),
-    (256, GemmConfig(128, 128, 64, 8, 3, 0, 1, 1, 8, 2)),
-    (1 << 62, GemmConfig(128, 256, 64, 8, 3, 1, 1, 1, 8, 2)),
+    (16, GemmConfig(16, 128, 128, 4, 3, 0, 1, 2, 8, 1)),
+    (64, GemmConfig(64, 128, 64, 4, 3, 0, 1, 2, 8, 1)),
+    (256, GemmConfig(128, 128, 64, 8, 3, 0, 1, 2, 8, 2)),
+    (1 << 62, GemmConfig(128, 256, 64, 8, 3, 1, 1, 2, 8, 2)),
 )
 W8A8_TABLE: tuple[tuple[int, GemmConfig], ...] = (
     (16, GemmConfig(16, 64, 256, 4, 4, 0, 1)),
@@ -493,7 +493,10 @@ def _w4a16_join_kernel(
         w = _w4_joined(p, zw, UNPACK, x.dtype, BLOCK_K, BLOCK_N)
         s = tl.load(s_ptr + grp * stride_sk + pcols, mask=pcols < N, other=0.0)
         if FOLD:  # dequantised weight rounded to x's dtype once; the MMA accumulates in place
-            ws_ = (w.to(tl.float32) * s.to(tl.float32)[None, :]).to(x.dtype)  # = a correctly rounded w * s
+            if UNPACK == 2:  # CUDA: native 16-bit multiply (w is a small integer: one rounding either way)
+                ws_ = w * s.to(x.dtype)[None, :]
+            else:  # same rounding via fp32 (the interpreter multiplies bf16 as raw bits)
+                ws_ = (w.to(tl.float32) * s.to(tl.float32)[None, :]).to(x.dtype)
             acc = tl.dot(x, ws_, acc, input_precision=DOT_PREC)
         else:  # exact integer weights, the group scale applied to the fp32 partial product
             acc += tl.dot(x, w, input_precision=DOT_PREC) * s.to(tl.float32)[None, :]
