@@ -107,16 +107,41 @@ def test_lowered_graph_is_bit_identical_to_eager_and_replays_new_host_lengths(as
     assert all(h.op == "placeholder" and "kv_cpu" in h.name for h in host), host
 
 
-def test_a_windowed_decode_is_declined_and_runs_through_eager_dispatch(ascend: Recorder) -> None:
-    def windowed(q, kc, vc, bt, kv, kv_cpu):  # noqa: ANN001, ANN202
-        return ops.paged_decode_attention(q, kc, vc, bt, kv, max_seqlen_kv=128, window=8, kv_layout="NHD",
-                                          seqlens_kv_cpu=kv_cpu)
+def windowed(q, kc, vc, bt, kv, kv_cpu):  # noqa: ANN001, ANN201
+    return ops.paged_decode_attention(q, kc, vc, bt, kv, max_seqlen_kv=128, window=8, kv_layout="NHD",
+                                      seqlens_kv_cpu=kv_cpu)
 
-    a = _inputs(3)
-    args = [a[3], a[6], a[7], a[9], a[10], a[11]]
-    got = torch.compile(windowed, backend="dlinfer", fullgraph=True, dynamic=False)(*args)
-    assert torch.equal(got, windowed(*args))
-    assert torch.ops.dlinfer.paged_decode_attention.default in [n.target for n in ascend.graphs[0].graph.nodes]
+
+def test_a_windowed_decode_is_lowered_with_eagers_mask_built_in_the_graph(ascend: Recorder) -> None:
+    """The window travels as eager's (B, KV_S) mask, computed in the graph from the device KV lengths by eager's own
+    window_mask: new lengths (same shapes) give new masks without recompiling; equal to eager bit for bit."""
+    fn = torch.compile(windowed, backend="dlinfer", fullgraph=True, dynamic=False)
+    for seed in (3, 4):
+        a = _inputs(seed, grow=seed - 3)
+        args = [a[3], a[6], a[7], a[9], a[10], a[11]]
+        got, want = fn(*args), windowed(*args)
+        assert torch.equal(got, want)
+        full = ops.paged_decode_attention(a[3], a[6], a[7], a[9], a[10], max_seqlen_kv=128, kv_layout="NHD",
+                                          seqlens_kv_cpu=a[11])
+        assert not torch.equal(got, full), "the window changed nothing: the check would be vacuous"
+    assert len(ascend.graphs) == 1
+    gm = ascend.graphs[0]
+    assert not [n for n in gm.graph.nodes if n.target in DLINFER]
+    fia = next(n for n in gm.graph.nodes if getattr(n.target, "__name__", "") == "npu_fused_infer_attention_score")
+    assert fia.kwargs["atten_mask"] is not None
+
+
+def test_an_op_without_an_entry_stays_a_dlinfer_node_and_runs_through_eager_dispatch(ascend: Recorder) -> None:
+    """prefill_attention has no ACL-mode entry (ATB, host-built mask): it stays dlinfer::prefill_attention."""
+    def prefill(q, k, v, cu, cu_cpu):  # noqa: ANN001, ANN202
+        return ops.prefill_attention(q, k, v, cu, max_seqlen_q=8, cu_seqlens_q_cpu=cu_cpu)
+
+    g = torch.Generator().manual_seed(5)
+    cu = torch.tensor([0, 5, 8], dtype=torch.int32)
+    q, k, v = torch.randn(8, 4, 64, generator=g).half(), *torch.randn(2, 8, 2, 64, generator=g).half()
+    got = torch.compile(prefill, backend="dlinfer", fullgraph=True, dynamic=False)(q, k, v, cu, cu.clone())
+    assert torch.equal(got, prefill(q, k, v, cu, cu.clone()))
+    assert torch.ops.dlinfer.prefill_attention.default in [n.target for n in ascend.graphs[0].graph.nodes]
 
 
 def test_ge_mode_table_holds_converter_backed_entries_and_substitutes_only() -> None:
@@ -200,18 +225,14 @@ def test_ge_mode_lowers_a_moe_layer_with_finalize_routing_equal_to_eager(
     assert not [n for n in checked[0].graph.nodes if n.target in DLINFER]
 
 
-def test_ge_mode_still_refuses_nodes_without_a_converter_backed_lowering(
-        ascend: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
-    _ge_backend(monkeypatch)
-
-    def windowed(q, kc, vc, bt, kv, kv_cpu):  # noqa: ANN001, ANN202
-        return ops.paged_decode_attention(q, kc, vc, bt, kv, max_seqlen_kv=128, window=8, kv_layout="NHD",
-                                          seqlens_kv_cpu=kv_cpu)
-
+def test_ge_mode_lowers_a_windowed_decode(ascend: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before the window mask was built in the graph (test_lowering_ge.py has what GE still refuses)."""
+    checked = _ge_backend(monkeypatch)
     a = _inputs(4)
-    with pytest.raises(Exception, match=r"max-autotune.*\['paged_decode_attention'\].*DLINFER_ASCEND_COMPILE_MODE"):
-        torch.compile(windowed, backend="dlinfer", fullgraph=True, dynamic=False)(a[3], a[6], a[7], a[9], a[10],
-                                                                                   a[11])
+    args = [a[3], a[6], a[7], a[9], a[10], a[11]]
+    fn = torch.compile(windowed, backend="dlinfer", fullgraph=True, dynamic=False)
+    assert torch.equal(fn(*args), windowed(*args))
+    assert len(checked) == 1 and not [n for n in checked[0].graph.nodes if n.target in DLINFER]
 
 
 def test_simulated_scatter_pa_kv_cache_matches_an_independent_oracle_and_refuses_undocumented_slots(
@@ -301,6 +322,21 @@ def test_acl_graph_capture_replays_new_host_lengths_equal_to_eager(
     _replay_steps(_inputs(10), made)
     assert [list(r) for r in made[0].rulers] == [["actual_seq_lengths_kv"]]
     assert all(kind == "index" for kind, _ in made[0].rulers[0]["actual_seq_lengths_kv"])
+
+
+def test_acl_graph_capture_replays_a_windowed_decode_with_each_steps_mask(
+        ascend: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window mask is computed by captured aten ops from the device KV lengths: each replay masks by its own
+    step's lengths (a mask built at capture would be baked), equal to eager."""
+    made = _acl_backend(monkeypatch)
+    fn = torch.compile(windowed, backend="dlinfer", fullgraph=True, dynamic=False)
+    static = [_inputs(10)[i] for i in (3, 6, 7, 9, 10, 11)]
+    for step in range(3):
+        new = [_inputs(10 + step, grow=step)[i] for i in (3, 6, 7, 9, 10, 11)]
+        for s, n in zip(static, new, strict=True):
+            s.copy_(n)
+        want, got = windowed(*[t.clone() for t in new]), fn(*static).clone()
+        assert len(made) == 1 and torch.equal(want, got), f"step {step}"
 
 
 def _broken_decode(**change) -> Lowering:  # noqa: ANN003

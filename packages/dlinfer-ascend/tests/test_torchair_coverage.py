@@ -142,7 +142,8 @@ def test_lowered_fia_keywords_exist_in_the_torch_npu_meta_signature() -> None:
     names = ["q", "key_cache", "value_cache", "block_table", "seqlens_kv_cpu"]
     values = dict(zip(names, [_Val(n) for n in names], strict=True), scale=None, window=None, softcap=None,
                   alibi_slopes=None, kv_layout="NHD")
-    metas = {"q": t, "key_cache": cache, "value_cache": cache, "seqlens_kv_cpu": torch.empty(2, dtype=torch.int32)}
+    metas = {"q": t, "key_cache": cache, "value_cache": cache, "seqlens_kv_cpu": torch.empty(2, dtype=torch.int32),
+             "block_table": torch.empty(2, 4, dtype=torch.int32)}
     _, kwargs = TABLE["paged_decode_attention"].adapt(Args(values, metas))
     assert set(kwargs) <= params, sorted(set(kwargs) - params)
 

@@ -10,7 +10,7 @@ Mode (``DLINFER_ASCEND_COMPILE_MODE``, or :func:`set_mode`): ``npugraph_ex`` (de
 ``reduce-overhead`` capture the FX graph into an ACL graph whose FIA host lengths torchair updates at replay;
 ``max-autotune`` builds a GE graph: its table lowers the ATB cache write, ATB prefill attention and fused_moe's
 unpermute to GE-convertible substitutes (``lowering.GE_SUBSTITUTES``), and it is refused unless every remaining node
-has a converter-backed target (dlinfer nodes the GE table does not lower, e.g. a windowed decode, are named in the
+has a converter-backed target (dlinfer nodes the GE table does not lower, e.g. a head-64 prefill, are named in the
 error with the reason their lowering declined).
 """
 

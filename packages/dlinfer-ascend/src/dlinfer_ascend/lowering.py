@@ -136,13 +136,17 @@ def _fused_moe_ge(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
 
 
 def _decode(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
-    """The eager ``paged_decode_attention`` route without a window: FIA, BSND (B,1,Hq,D), paged NHD caches."""
-    q, kc = a.meta("q"), a.meta("key_cache")
-    if q is None or kc is None:
+    """The eager ``paged_decode_attention`` route: FIA, BSND (B,1,Hq,D), paged NHD caches; a window travels as
+    eager's full (B, KV_S) mask (FIA Q_S=1 ignores sparse_mode), built in the graph by eager's own ``window_mask``
+    from the device KV lengths, so a replayed graph recomputes it from the step's lengths."""
+    from dlinfer_ascend.ops.plan import window_mask
+
+    q, kc, bt = a.meta("q"), a.meta("key_cache"), a.meta("block_table")
+    if q is None or kc is None or bt is None:
         return Declined("unknown shapes")
-    for opt in ("window", "softcap", "alibi_slopes"):
+    for opt in ("softcap", "alibi_slopes"):
         if a[opt] is not None:
-            return Declined(f"{opt} (eager route)")
+            return Declined(f"{opt} (eager refuses it)")
     if q.dtype not in HALF or a["kv_layout"] not in (None, "NHD") or q.shape[0] == 0:
         return Declined("dtype, layout or empty batch outside the FIA decode route")
     bs, hkv, d = kc.shape[1], kc.shape[2], q.shape[-1]
@@ -151,8 +155,9 @@ def _decode(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
     if a.meta("seqlens_kv_cpu").dtype != torch.int32:
         return Declined("seqlens_kv_cpu is not int32")
     scale = float(a["scale"]) if a["scale"] is not None else 1.0 / math.sqrt(d)
+    mask = None if a["window"] is None else window_mask(a["seqlens_kv"], a["window"], bt.shape[1] * bs)
     return (a["q"].contiguous().unsqueeze(1), a["key_cache"].flatten(2), a["value_cache"].flatten(2)), dict(
-        block_table=a["block_table"], block_size=bs, num_key_value_heads=hkv, atten_mask=None,
+        block_table=a["block_table"], block_size=bs, num_key_value_heads=hkv, atten_mask=mask,
         actual_seq_lengths_kv=a["seqlens_kv_cpu"], num_heads=q.shape[1], scale=scale, input_layout="BSND",
         sparse_mode=0)
 
@@ -400,6 +405,10 @@ def _npu(op: str) -> tuple[str, ...]:
 
 _ATEN_MASK = ("torch.ops.aten.ones.default", "torch.ops.aten.triu.default")
 """The compressed-mask glue of FIA's sparse modes 3/4."""
+_ATEN_WINDOW = ("torch.ops.aten.arange.default", "torch.ops.aten._to_copy.default", "torch.ops.aten.sub.Tensor",
+                "torch.ops.aten.le.Tensor", "torch.ops.aten.gt.Tensor", "torch.ops.aten.bitwise_or.Tensor",
+                "torch.ops.aten.unsqueeze.default", "torch.ops.aten.slice.Tensor")
+"""The decode window mask's glue (``ops.plan.window_mask`` traced)."""
 _ATEN_LINEAR = tuple(f"torch.ops.aten.{op}.default" for op in ("t", "mm", "addmm", "matmul", "view", "_unsafe_view"))
 """What AOT autograd decomposes ``aten.linear`` into (CompositeImplicitAutograd): torchair converts these."""
 
@@ -418,7 +427,8 @@ TABLE: dict[str, Lowering] = {
                               extras={"ge_converters": ()}),
     "paged_decode_attention": Lowering(FIA, _decode, _decode_out,
                                        host_args={"actual_seq_lengths_kv": "seqlens_kv_cpu"}, host_lists=True,
-                                       extras={"ge_converters": _npu("npu_fused_infer_attention_score")}),
+                                       extras={"ge_converters": _npu("npu_fused_infer_attention_score")
+                                               + _ATEN_WINDOW}),
     "paged_prefill_attention": Lowering(FIA, _paged_prefill, _first,
                                         host_args={"actual_seq_lengths": "cu_seqlens_q_cpu",
                                                    "actual_seq_lengths_kv": "seqlens_kv_cpu"},
@@ -444,7 +454,7 @@ TABLE: dict[str, Lowering] = {
 """op -> lowering. Not listed (they run through the eager dispatch): prefill_attention (ATB, whose mask and host
 lengths are built on the host; GE mode: :data:`GE_SUBSTITUTES`), fused_moe (host-side routing; GE mode:
 :data:`GE_SUBSTITUTES`). Declined nodes also stay: paged_prefill_attention outside eager's TND route (padded BSND,
-per-token), a windowed decode, empty steps."""
+per-token), empty steps."""
 
 
 GE_SUBSTITUTES: dict[str, Lowering] = {
