@@ -67,7 +67,7 @@ def awq_pack(codes: torch.Tensor) -> torch.Tensor:
     if cols % 8:
         raise ValueError(f"awq_pack: {cols} columns is not a multiple of 8")
     c = codes.long().reshape(rows, cols // 8, 8)
-    packed = torch.zeros(rows, cols // 8, dtype=torch.long)
+    packed = torch.zeros(rows, cols // 8, dtype=torch.long, device=codes.device)
     for i, col in enumerate(AWQ_PACK_ORDER):
         packed |= c[..., col] << (4 * i)
     return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
@@ -86,63 +86,99 @@ def w8a8_quantise(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(w.float() / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scale
 
 
-def _write(
-    path: Path, kind: str, seed: int, dtype: torch.dtype, quantization_config: dict[str, Any], quantise: Any
-) -> Path:
-    """The float tiny ``kind`` at ``path/oracle``; its linears quantised by ``quantise(name, w) -> (tensors, w_deq)``
-    into ``path``; the oracle rewritten in fp32 with the dequantised weights."""
-    from safetensors.torch import load_file, save_file
-
-    oracle = tiny_models.build(kind, path / ORACLE_SUBDIR, seed=seed, dtype=dtype)
-    state = load_file(str(oracle / "model.safetensors"))
-    quantised: dict[str, torch.Tensor] = {}
-    dequantised: dict[str, torch.Tensor] = {}
-    for name, w in state.items():
-        if _is_quantised(name):
-            tensors, w_deq = quantise(name.removesuffix(".weight"), w)
-            quantised.update(tensors)
-            dequantised[name] = w_deq
-        else:
-            quantised[name] = w.contiguous()
-            dequantised[name] = w.float().contiguous()
-    save_file(quantised, str(path / "model.safetensors"), metadata={"format": "pt"})
-    save_file(dequantised, str(oracle / "model.safetensors"), metadata={"format": "pt"})
-    config = json.loads((oracle / "config.json").read_text())
-    (oracle / "config.json").write_text(json.dumps({**config, "torch_dtype": "float32", "dtype": "float32"}, indent=2))
-    config.update(quantization_config=quantization_config)
-    (path / "config.json").write_text(json.dumps(config, indent=2))
-    if (oracle / "generation_config.json").exists():
-        (path / "generation_config.json").write_text((oracle / "generation_config.json").read_text())
-    tiny_models.build_tokenizer(path)
-    return path
-
-
-def write_awq(
-    path: str | Path, *, kind: str = "llama3", seed: int = 0, dtype: torch.dtype = torch.float16,
-    group_size: int = AWQ_GROUP_SIZE,
-) -> Path:
-    """An AWQ W4A16 checkpoint of the tiny ``kind`` at ``path`` (float tensors in ``dtype``; LMDeploy runs it in
-    fp16) and its dequantised fp32 oracle at ``path/oracle``; returns ``path``."""
-
+def _awq_tensors(group_size: int) -> Any:
     def quantise(prefix: str, w: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         codes, zeros, scales = awq_quantise(w, group_size)
         tensors = {f"{prefix}.qweight": awq_pack(codes), f"{prefix}.qzeros": awq_pack(zeros),
                    f"{prefix}.scales": scales.contiguous()}  # fmt: skip
         return tensors, awq_dequantise(codes, zeros, scales)
 
-    config = dict(quant_method="awq", version="gemm", bits=4, group_size=group_size, zero_point=True)
-    return _write(Path(path), kind, seed, dtype, config, quantise)
+    return quantise
+
+
+def _w8a8_tensors(prefix: str, w: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    w_q, scale = w8a8_quantise(w)
+    return {f"{prefix}.weight": w_q, f"{prefix}.scale": scale}, (w_q.float() * scale).contiguous()
+
+
+METHODS = ("awq", "w8a8")
+
+
+def quantise_checkpoint(
+    src: str | Path, dst: str | Path, method: str, *, group_size: int = AWQ_GROUP_SIZE, device: str = "cpu",
+    oracle: str | Path | None = None,
+) -> Path:
+    """Quantise the float Llama-family checkpoint at ``src`` (safetensors, single or sharded) into LMDeploy's
+    ``method`` format (``"awq"``: W4A16 with ``group_size``, float tensors in fp16; ``"w8a8"``: smooth-quant int8,
+    float tensors kept) at ``dst``, shard by shard on ``device``; tokenizer and generation config are copied. With
+    ``oracle`` (may be ``src``), also write there the fp32 checkpoint of the dequantised weights. Returns ``dst``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    if method not in METHODS:
+        raise ValueError(f"quantise_checkpoint: method={method!r}, expected one of {METHODS}")
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    quantise = _awq_tensors(group_size) if method == "awq" else _w8a8_tensors
+    float_dtype = torch.float16 if method == "awq" else None
+    weight_map: dict[str, str] = {}
+    for shard in sorted(src.glob("*.safetensors")):
+        quantised: dict[str, torch.Tensor] = {}
+        dequantised: dict[str, torch.Tensor] = {}
+        for name, w in load_file(str(shard), device=device).items():
+            if _is_quantised(name):
+                tensors, w_deq = quantise(name.removesuffix(".weight"), w)
+                quantised.update({k: v.cpu() for k, v in tensors.items()})
+                dequantised[name] = w_deq.cpu()
+            else:
+                quantised[name] = (w.to(float_dtype) if float_dtype else w).cpu().contiguous()
+                dequantised[name] = quantised[name].float()
+        save_file(quantised, str(dst / shard.name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(quantised, shard.name))
+        if oracle is not None:
+            tmp = Path(oracle) / f"{shard.name}.tmp"
+            save_file(dequantised, str(tmp), metadata={"format": "pt"})
+            tmp.replace(Path(oracle) / shard.name)
+        if device != "cpu":
+            torch.cuda.empty_cache()
+    index = src / "model.safetensors.index.json"
+    if index.exists():
+        if oracle is not None:
+            raise NotImplementedError("quantise_checkpoint: an oracle of a sharded checkpoint is not written")
+        (dst / index.name).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+    config = json.loads((src / "config.json").read_text())
+    qconfig: dict[str, Any] = (
+        dict(quant_method="awq", version="gemm", bits=4, group_size=group_size, zero_point=True)
+        if method == "awq" else dict(quant_method="smooth_quant", quant_dtype="int8")
+    )  # fmt: skip
+    dtypes = {"torch_dtype": "float16", "dtype": "float16"} if method == "awq" else {}
+    (dst / "config.json").write_text(json.dumps({**config, **dtypes, "quantization_config": qconfig}, indent=2))
+    if oracle is not None:
+        (Path(oracle) / "config.json").write_text(
+            json.dumps({**config, "torch_dtype": "float32", "dtype": "float32"}, indent=2)
+        )
+    for extra in src.iterdir():
+        if extra.is_file() and extra.suffix != ".safetensors" and extra.name not in ("config.json", index.name):
+            shutil.copy(extra, dst / extra.name)
+    return dst
+
+
+def write_awq(
+    path: str | Path, *, kind: str = "llama3", seed: int = 0, dtype: torch.dtype = torch.float16,
+    group_size: int = AWQ_GROUP_SIZE,
+) -> Path:
+    """An AWQ W4A16 checkpoint of the tiny ``kind`` at ``path`` (float tensors in fp16: LMDeploy runs AWQ in fp16)
+    and its dequantised fp32 oracle at ``path/oracle``; ``dtype``: the float model's, before quantisation."""
+    oracle = tiny_models.build(kind, Path(path) / ORACLE_SUBDIR, seed=seed, dtype=dtype)
+    return quantise_checkpoint(oracle, path, "awq", group_size=group_size, oracle=oracle)
 
 
 def write_w8a8(path: str | Path, *, kind: str = "llama3", seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
     """A W8A8 smooth-quant checkpoint of the tiny ``kind`` at ``path`` (float tensors in ``dtype``) and its
     dequantised fp32 oracle at ``path/oracle`` (load it with :func:`load_oracle`); returns ``path``."""
-
-    def quantise(prefix: str, w: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        w_q, scale = w8a8_quantise(w)
-        return {f"{prefix}.weight": w_q, f"{prefix}.scale": scale}, (w_q.float() * scale).contiguous()
-
-    return _write(Path(path), kind, seed, dtype, dict(quant_method="smooth_quant", quant_dtype="int8"), quantise)
+    oracle = tiny_models.build(kind, Path(path) / ORACLE_SUBDIR, seed=seed, dtype=dtype)
+    return quantise_checkpoint(oracle, path, "w8a8", oracle=oracle)
 
 
 def build_awq(path: str | Path, *, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
