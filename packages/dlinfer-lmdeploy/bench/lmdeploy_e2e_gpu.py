@@ -13,7 +13,9 @@ Repetition against host noise (the lent machines' host speed varies by up to 1.5
 process streams ``--streams`` batch-1 requests and reports their median, and each process times a fixed
 host-side probe (Python + small torch CPU ops) before and after, so that a slow host shows in the figures.
 Prints per-run rows and, per mode, the median of each metric over rounds and the maca/cuda ratio of those
-medians; writes all figures as JSON.
+medians; writes all figures as JSON. ``--quant awq|w8a8`` serves the model quantised into LMDeploy's AWQ W4A16
+(group 128, fp16) or W8A8 smooth-quant format (``testing.tiny_quant.quantise_checkpoint``, on the GPU); token
+correctness of the quantised paths is the job of ``tests/test_quant_e2e_gpu.py``.
 """
 
 from __future__ import annotations
@@ -239,6 +241,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="processes per (device_type, mode), interleaved")
     parser.add_argument("--streams", type=int, default=1, help="batch-1 streams per process (median reported)")
     parser.add_argument("--block-size", type=int, default=64)
+    parser.add_argument("--quant", choices=("awq", "w8a8"), default=None, help="serve it quantised (AWQ or W8A8)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--timeout", type=int, default=240, help="seconds per (device, mode) run")
     parser.add_argument("--one", nargs=2, metavar=("DEVICE", "MODE"), help=argparse.SUPPRESS)
@@ -251,12 +254,20 @@ def main() -> int:
 
     t0 = time.perf_counter()
     args.model_dir = build_model(args.model_dir, args.shape, args.layers)
+    if args.quant:
+        from dlinfer_lmdeploy.testing import tiny_quant
+
+        quantised = args.model_dir.with_name(f"{args.model_dir.name}-{args.quant}")
+        if not (quantised / "config.json").exists():
+            tiny_quant.quantise_checkpoint(args.model_dir, quantised, args.quant, group_size=128, device="cuda")
+        args.model_dir = quantised
     print(f"model ready in {time.perf_counter() - t0:.1f}s at {args.model_dir}", file=sys.stderr)
     modes = args.modes.split(",")
     results: list[dict[str, object]] = []
     for mode in modes:
         for device in schedule(args.devices.split(","), args.rounds):
-            results.append({**_run_process(args, device, mode), "shape": args.shape, "layers": args.layers})
+            results.append({**_run_process(args, device, mode), "shape": args.shape, "layers": args.layers,
+                            "quant": args.quant})
             if args.out:  # partial results survive a time limit
                 args.out.write_text(json.dumps(results, indent=2))
     print("\n".join(summarize(results, modes)))
