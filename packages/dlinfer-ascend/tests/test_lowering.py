@@ -155,11 +155,12 @@ def test_ge_mode_table_holds_converter_backed_entries_and_substitutes_only() -> 
         table("default")
 
 
-def _ge_backend(monkeypatch: pytest.MonkeyPatch) -> list:
+def _ge_backend(monkeypatch: pytest.MonkeyPatch, glue: torchair_sim.GlueOps | None = None) -> list:
     """The ascend backend in max-autotune: the GE table, compile_backend's GE refusal check, then the graph runs
     eagerly with the GE converters' semantics where they differ from the eager kernels' (npu_sim/torchair.py;
     GE conversion is not modelled here; torchair's AOT step would trace the simulated kernels, which have
-    no fake implementations). Returns the list of checked graphs."""
+    no fake implementations). ``glue``: records the aten ops the graphs run outside the simulated kernels.
+    Returns the list of checked graphs."""
     compiler.set_mode("max-autotune")
     torch._dynamo.reset()
     checked: list = []
@@ -167,7 +168,8 @@ def _ge_backend(monkeypatch: pytest.MonkeyPatch) -> list:
     def ge(gm, example_inputs):  # noqa: ANN001, ANN202
         compiler.check_ge_convertible(gm)
         checked.append(gm)
-        return torchair_sim.ge_converter_semantics(gm).forward  # GE's out-of-place rotary converter
+        ge_gm = torchair_sim.ge_converter_semantics(gm)  # GE's out-of-place rotary converter
+        return ge_gm.forward if glue is None else glue.run(ge_gm)
 
     backend = dataclasses.replace(dlinfer.dispatch.current(), compile_backend=ge)
     monkeypatch.setattr(dlinfer.dispatch, "current", lambda: backend)

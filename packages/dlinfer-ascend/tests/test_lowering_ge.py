@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 
+import npu_sim.torchair as torchair_sim
 import pytest
 import torch
 from dlinfer import ops
@@ -20,6 +21,17 @@ from test_lowering import _ge_backend, ascend  # noqa: F401  (ascend: the fixtur
 
 DLINFER = {op: name for name, op in CUSTOM_OPS.items()}
 HQ, HKV, D, BS, OUT = 4, 2, 128, 16, 32
+
+
+def _glue_is_converted(glue: torchair_sim.GlueOps) -> None:
+    """Every aten op the lowered graph ran outside the vendor kernels (views, casts, masks, epilogues) has a torchair
+    GE converter in torch_npu 2.13.0 (what AOT hands torchair besides the vendor ops)."""
+    from test_torchair_coverage import converters
+
+    names = {f"torch.ops.{op.namespace}.{op._opname}.{op._overloadname}" for op in glue.ops}
+    assert len(names) > 3, names  # the recording worked
+    missing = sorted(n for n in names if n not in converters())
+    assert not missing, f"glue ops without a torchair GE converter: {missing}"
 
 
 def _names(gm: torch.fx.GraphModule) -> list[str]:
@@ -90,7 +102,8 @@ def test_ge_prefill_step_with_fia_substitute_equals_eager(monkeypatch: pytest.Mo
     """Rotary (ApplyRotaryPosEmb, out of place in GE), ScatterPaKvCache, FIA TND non-paged for ATB SelfAttention,
     RmsNorm + DynamicQuant, QuantBatchMatmul: no dlinfer node left; equal to eager (ATB attention, ATB cache write)
     bit for bit on the simulator for two steps of the same shapes and new host lengths (no recompile)."""
-    checked = _ge_backend(monkeypatch)
+    glue = torchair_sim.GlueOps()
+    checked = _ge_backend(monkeypatch, glue)
     fn = torch.compile(prefill_layer, backend="dlinfer", fullgraph=True, dynamic=False)
     for seed, lens in ((30, [5, 3, 7]), (31, [8, 1, 6])):
         _check_step(fn, prefill_layer, functools.partial(_prefill_inputs, seed, lens), mutated=(0, 1, 5, 6))
@@ -106,6 +119,7 @@ def test_ge_prefill_step_with_fia_substitute_equals_eager(monkeypatch: pytest.Mo
     for key in ("actual_seq_lengths", "actual_seq_lengths_kv"):  # cu_seqlens_q_cpu[1:] as int graph inputs
         host = fia.kwargs[key]
         assert len(host) == 3 and all(h.op == "placeholder" and "cu_cpu" in h.name for h in host), host
+    _glue_is_converted(glue)
 
 
 # -- decode: rotary out of place (fused or rotary_mul), KV write, FIA decode, add-norm + W8A8, W4A16 -----------------
@@ -138,7 +152,8 @@ def _decode_inputs(seed: int, kv_lens: tuple[int, ...]) -> list[torch.Tensor]:
 @pytest.mark.parametrize("interleaved", [False, True], ids=["rope-fused", "rotary-mul"])
 def test_ge_decode_step_with_quantised_linears_equals_eager(
         monkeypatch: pytest.MonkeyPatch, interleaved: bool) -> None:
-    checked = _ge_backend(monkeypatch)
+    glue = torchair_sim.GlueOps()
+    checked = _ge_backend(monkeypatch, glue)
     layer = functools.partial(decode_layer, interleaved=interleaved)
     fn = torch.compile(layer, backend="dlinfer", fullgraph=True, dynamic=False)
     for seed, kv_lens in ((40, (33, 17, 50)), (41, (34, 18, 51))):
@@ -150,6 +165,7 @@ def test_ge_decode_step_with_quantised_linears_equals_eager(
     for kernel in (rope, "npu_fused_infer_attention_score", "npu_add_rms_norm", "npu_dynamic_quant",
                    "npu_quant_matmul", "npu_weight_quant_batchmatmul"):
         assert kernel in names, (kernel, names)
+    _glue_is_converted(glue)
 
 
 # -- paged prefill (prefix cached): partial rotary in place, FIA TND over the caches, plain linear ----------------
@@ -177,7 +193,8 @@ def _paged_prefill_inputs(seed: int, q_lens: tuple[int, ...], kv_lens: tuple[int
 def test_ge_paged_prefill_step_equals_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     """Eager's TND route of paged prefill (FIA with cumulative host query lengths) and a partial rotary (R=64 of
     D=128) through ApplyRotaryPosEmb on copies of the first R dims; linear through aten (MatMul)."""
-    checked = _ge_backend(monkeypatch)
+    glue = torchair_sim.GlueOps()
+    checked = _ge_backend(monkeypatch, glue)
     fn = torch.compile(paged_prefill_layer, backend="dlinfer", fullgraph=True, dynamic=False)
     for seed, q_lens, kv_lens in ((50, (4, 2, 5), (20, 9, 5)), (51, (3, 5, 3), (30, 5, 12))):
         _check_step(fn, paged_prefill_layer, functools.partial(_paged_prefill_inputs, seed, q_lens, kv_lens),
@@ -185,6 +202,7 @@ def test_ge_paged_prefill_step_equals_eager(monkeypatch: pytest.MonkeyPatch) -> 
     assert len(checked) == 1
     assert not [n for n in checked[0].graph.nodes if n.target in DLINFER]
     assert "npu_fused_infer_attention_score" in _names(checked[0])
+    _glue_is_converted(glue)
 
 
 # -- what GE still refuses ---------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import graphs
 from .attention import npu_fused_infer_attention_score
@@ -158,3 +159,43 @@ def ge_converter_semantics(gm: fx.GraphModule) -> fx.GraphModule:
         if node.op == "call_function" and node.target is npu_apply_rotary_pos_emb:
             node.target = _apply_rotary_pos_emb_ge
     return fx.GraphModule(gm, graph)
+
+
+class GlueOps(TorchDispatchMode):
+    """Records the aten ops a lowered graph runs *outside* the simulated vendor kernels (its glue: views, casts,
+    masks), i.e. what torchair must convert besides the vendor ops. Use :meth:`run` to call a graph module whose
+    simulated-kernel nodes are not recorded (their insides are the simulator's, not the graph's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[Any] = set()
+        self._paused = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if not self._paused:
+            self.ops.add(func)
+        return func(*args, **(kwargs or {}))
+
+    def _opaque(self, fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._paused += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._paused -= 1
+        return call
+
+    def run(self, gm: fx.GraphModule) -> Any:
+        """A callable running ``gm`` under this mode, with every simulator-kernel node opaque."""
+        graph = fx.Graph()
+        graph._codegen = copy.deepcopy(gm.graph._codegen)
+        graph.output(graph.graph_copy(gm.graph, {}))
+        for node in graph.nodes:
+            if node.op == "call_function" and getattr(node.target, "__module__", "").startswith("npu_sim"):
+                node.target = self._opaque(node.target)
+        wrapped = fx.GraphModule(gm, graph)
+
+        def call(*args: Any) -> Any:
+            with self:
+                return wrapped(*args)
+        return call
