@@ -2,7 +2,8 @@
 
 Each launch configuration the config tables or the sweep (tools/tune_quant_gpu.py) may pick is covered:
 the per-plane and the joined W4A16 kernels, exact and scale-folded, both int4 unpack methods, with and
-without split-K, with the in-kernel (last-arrival) and the torch reduction of the partials; M in {1, 5, 16,
+without split-K, with the in-kernel (last-arrival) and the torch reduction of the partials, W8A8 through tensor
+descriptors (plain and persistent); M in {1, 5, 16,
 33}, OUT not a multiple of the 128-column layout chunk, IN spanning several groups. Runs on CUDA when present,
 else under TRITON_INTERPRET=1 (conftest). Fresh random inputs per test; outputs are fresh buffers.
 """
@@ -111,15 +112,16 @@ def test_w4a16_rejects_unprepared_weights():
 
 
 @pytest.mark.parametrize("M", [1, 5, 33])
-@pytest.mark.parametrize("path", ["no-split", "split-in-kernel", "split-torch-sum"])
+@pytest.mark.parametrize("path", ["no-split", "split-in-kernel", "split-torch-sum", "tma", "tma-persistent"])
 def test_w8a8_sizes_and_split_paths(M, path):
-    split, reduce = {"no-split": (1, 1), "split-in-kernel": (3, 1), "split-torch-sum": (2, 0)}[path]
+    split, reduce, tma = {"no-split": (1, 1, 0), "split-in-kernel": (3, 1, 0), "split-torch-sum": (2, 0, 0),
+                          "tma": (1, 1, 1), "tma-persistent": (1, 1, 2)}[path]
     K, N = 320, 136
     xq = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=DEVICE)
     wq = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=DEVICE)
     xs, ws = torch.rand(M, device=DEVICE) / 100 + 1e-3, torch.rand(N, device=DEVICE) / 100 + 1e-3
     b = torch.randn(N, device=DEVICE).to(torch.bfloat16)
-    cfg = GemmConfig(16 if M <= 16 else 32, 64, 64, 4, 1 if not ON_GPU else 3, split, reduce)
+    cfg = GemmConfig(16 if M <= 16 else 32, 64, 64, 4, 1 if not ON_GPU else 3, split, reduce, tma=tma)
     out = quant.linear_w8a8_fwd(xq, wq, xs, ws, b, torch.bfloat16, config=cfg)
     ref = (xq.double() @ wq.double().T) * xs.double()[:, None] * ws.double() + b.double()
     assert out.dtype == torch.bfloat16

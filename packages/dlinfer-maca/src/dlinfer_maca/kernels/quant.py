@@ -76,7 +76,8 @@ class GemmConfig(NamedTuple):
     0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers, 2 = the same two nibbles per instruction in
     inline PTX (CUDA, joined kernel; 1 elsewhere); ``join`` (W4A16): 0 = one narrow ``tl.dot``
     per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``, 2 = joined with the
-    group scales folded into the weights before the MMA (one rounding per dequantised weight)."""
+    group scales folded into the weights before the MMA (one rounding per dequantised weight); ``tma`` (W8A8,
+    CUDA, no split): 1 = operand tiles through tensor-memory-access descriptors, 2 = the same, persistent."""
 
     block_m: int
     block_n: int
@@ -88,6 +89,7 @@ class GemmConfig(NamedTuple):
     unpack: int = 0
     group_m: int = 8
     join: int = 0
+    tma: int = 0
 
 
 # Defaults by M (upper bound inclusive -> config), chosen from register / shared-memory use of sm_90 builds
@@ -103,7 +105,7 @@ W8A8_TABLE: tuple[tuple[int, GemmConfig], ...] = (
     (16, GemmConfig(16, 64, 256, 4, 4, 0, 1)),
     (64, GemmConfig(64, 64, 128, 4, 4, 0, 1)),
     (256, GemmConfig(128, 128, 128, 8, 3, 0, 1)),
-    (1 << 62, GemmConfig(128, 256, 128, 8, 3, 1, 1)),
+    (1 << 62, GemmConfig(128, 256, 128, 8, 3, 1, 1, tma=1)),
 )
 _INTERP = GemmConfig(16, 128, 32, 4, 1, 0, 1, 0, 8, 1)  # interpreter: few, large blocks (Python overhead per op)
 
@@ -182,6 +184,55 @@ def _w8_epilogue(acc, o_ptr, as_ptr, bs_ptr, bias_ptr, offs_m, offs_n, mmask, nm
              out.to(o_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 
 
+@triton.jit
+def _w8a8_tma_kernel(
+    a_desc, b_desc, o_ptr, as_ptr, bs_ptr, bias_ptr, M, N, K, stride_om, NUM_PROGRAMS,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, PERSISTENT: tl.constexpr,
+):
+    """Large-M W8A8: operand tiles loaded by tensor descriptors (TMA on sm_90; zero fill past M, N, K);
+    ``PERSISTENT``: ``NUM_PROGRAMS`` programs walk the output tiles in grouped order."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    start = tl.program_id(0)
+    step = NUM_PROGRAMS if PERSISTENT else num_m * num_n
+    end = num_m * num_n if PERSISTENT else start + 1
+    for tile in range(start, end, step):
+        pid_m, pid_n = _group_pid(tile, num_m, num_n, GROUP_M)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            a = a_desc.load([pid_m * BLOCK_M, k0])
+            b = b_desc.load([pid_n * BLOCK_N, k0])
+            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        _w8_epilogue(acc, o_ptr, as_ptr, bs_ptr, bias_ptr, offs_m, offs_n, offs_m < M, offs_n < N, stride_om,
+                     HAS_BIAS)
+
+
+def _tma_ok(a: torch.Tensor, w: torch.Tensor) -> bool:
+    """Tensor descriptors need 16-byte aligned bases and row strides (and CUDA or the interpreter)."""
+    return (a.device.type == "cuda" or interpreting()) and all(
+        t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (a, w))
+
+
+def _w8a8_tma(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor,
+              bias: torch.Tensor | None, cfg: GemmConfig) -> None:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    M, K = a.shape
+    N = w.shape[0]
+    a_desc = TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k])
+    b_desc = TensorDescriptor.from_tensor(w, [cfg.block_n, cfg.block_k])
+    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
+    programs = min(tiles, num_sms(a.device)) if cfg.tma == 2 else tiles
+    _w8a8_tma_kernel[(programs,)](
+        a_desc, b_desc, out, sa, sb, bias if bias is not None else sa, M, N, K, out.stride(0), programs,
+        HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        GROUP_M=cfg.group_m, PERSISTENT=cfg.tma == 2, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
 def linear_w8a8_fwd(
     x_q: torch.Tensor, w_q: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
     bias: torch.Tensor | None, out_dtype: torch.dtype, config: GemmConfig | None = None,
@@ -199,6 +250,9 @@ def linear_w8a8_fwd(
     if M == 0 or N == 0:
         return out.view(*lead, N)
     cfg = config or (_INTERP._replace(block_k=64) if interpreting() else pick_config(W8A8_TABLE, M))
+    if cfg.tma and _tma_ok(a, w):
+        _w8a8_tma(a, w, out, sa, w_scale.contiguous(), bias, cfg)
+        return out.view(*lead, N)
     tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
     k_iters = triton.cdiv(K, cfg.block_k)
     split = cfg.split_k or _auto_split(tiles, k_iters, x_q.device, cfg.num_warps, M, K)
