@@ -1,5 +1,7 @@
-"""On an NVIDIA GPU: the quantised tiny checkpoints (``testing.tiny_quant``: AWQ W4A16 and W8A8 smooth-quant of the
-tiny Llama3) through LMDeploy with the maca plugin and with LMDeploy's own ``cuda`` backend, eager and graph mode.
+"""On an NVIDIA GPU: the quantised checkpoints of ``testing.tiny_quant`` (AWQ W4A16 and W8A8 smooth-quant of the
+tiny Llama3, and of a Llama-3-8B-wide model of 2 layers: hidden 4096, MLP 14336, vocabulary 128256, AWQ group 128,
+where the GEMMs take their large-K paths) through LMDeploy with the maca plugin and with LMDeploy's own ``cuda``
+backend, eager and graph mode.
 
 Both devices run the same checkpoint and are held to the same check: every generated token against the
 dequantised-weight oracle's fp32 logits on the same prefix (teacher forcing, ``testing.bf16_check``), the tolerance
@@ -9,7 +11,7 @@ runs in this process (op calls checked in eager mode, no eager decode step in gr
 process (``scenario_cli``). The per-request figures, and how many leading tokens maca and cuda share, go to
 ``DLINFER_E2E_STATS`` when set. ``DLINFER_QUANT_DEVICES`` (default ``maca,cuda``) picks the devices.
 
-    PHASES=tests TEST_K=quant bash tools/gpu_model_table.sh
+    PHASES=tests TEST_K=quant bash tools/gpu_model_table.sh            (``TEST_K="quant and not 8b"``: tiny only)
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from dlinfer_lmdeploy.testing.bf16_check import Run, check_against_hf
 pytestmark = [pytest.mark.gpu, pytest.mark.e2e]
 
 DEVICES = tuple(os.environ.get("DLINFER_QUANT_DEVICES", "maca,cuda").split(","))
-DTYPE = {"quant_awq": torch.float16, "quant_w8a8": torch.bfloat16}
-"""the dtype each checkpoint runs in (its float tensors are written in it; the oracle's error in it sets the
-tolerance)"""
+DTYPE = {name: torch.float16 if "awq" in name else torch.bfloat16 for name in tiny_quant.SCENARIOS}
+"""the dtype each checkpoint runs in (its float model is written in it; the oracle's error in it sets the
+tolerance): LMDeploy runs AWQ in fp16, W8A8 in the engine's bf16"""
 
 
 def _shared_prefix(a: list[Run], b: list[Run]) -> list[int]:

@@ -14,11 +14,13 @@
   choice, not a format: a random checkpoint needs none). At run time LMDeploy quantises activations per token
   (``rms_norm_w8a8`` for the inputs of q/k/v and gate/up, ``dynamic_quant`` for those of o_proj and down_proj).
 
-Both start from the tiny random float Llama of ``tiny_models`` (quantising its weights gives realistic codes,
-zeros and scales). The oracle, a plain HF ``LlamaForCausalLM`` under ``<path>/oracle`` (fp32), holds the
-**dequantised** weights; for W8A8, :func:`load_oracle` also fake-quantises the input of every quantised linear per
-token (``round(x / s) * s`` with ``s = max|x| / 127``, the ``dynamic_quant`` spec) with forward pre-hooks, written
-here with torch and independent of dlinfer's ops.
+Both start from a random float Llama (the tiny Llama3 of ``tiny_models``, or a Llama-3-8B-wide model of 2 layers
+built on the GPU) whose weights are quantised (realistic codes, zeros and scales); :func:`quantise_checkpoint` does
+the same to any float Llama-family checkpoint (the e2e benchmark's ``--quant``). The oracle, a plain HF
+``LlamaForCausalLM`` under ``<path>/oracle`` (fp32), holds the **dequantised** weights; for W8A8,
+:func:`load_oracle` also fake-quantises the input of every quantised linear per token (``round(x / s) * s`` with
+``s = max|x| / 127``, the ``dynamic_quant`` spec) with forward pre-hooks, written here with torch and independent
+of dlinfer's ops.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ def quantise_checkpoint(
     quantise = _awq_tensors(group_size) if method == "awq" else _w8a8_tensors
     float_dtype = torch.float16 if method == "awq" else None
     weight_map: dict[str, str] = {}
+    oracle_map: dict[str, str] = {}
     for shard in sorted(src.glob("*.safetensors")):
         quantised: dict[str, torch.Tensor] = {}
         dequantised: dict[str, torch.Tensor] = {}
@@ -140,13 +143,14 @@ def quantise_checkpoint(
             tmp = Path(oracle) / f"{shard.name}.tmp"
             save_file(dequantised, str(tmp), metadata={"format": "pt"})
             tmp.replace(Path(oracle) / shard.name)
+            oracle_map.update(dict.fromkeys(dequantised, shard.name))
         if device != "cpu":
             torch.cuda.empty_cache()
     index = src / "model.safetensors.index.json"
     if index.exists():
-        if oracle is not None:
-            raise NotImplementedError("quantise_checkpoint: an oracle of a sharded checkpoint is not written")
         (dst / index.name).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+        if oracle is not None:
+            (Path(oracle) / index.name).write_text(json.dumps({"metadata": {}, "weight_map": oracle_map}, indent=2))
     config = json.loads((src / "config.json").read_text())
     qconfig: dict[str, Any] = (
         dict(quant_method="awq", version="gemm", bits=4, group_size=group_size, zero_point=True)
@@ -164,31 +168,47 @@ def quantise_checkpoint(
     return dst
 
 
-def write_awq(
-    path: str | Path, *, kind: str = "llama3", seed: int = 0, dtype: torch.dtype = torch.float16,
-    group_size: int = AWQ_GROUP_SIZE,
+def write_quantised(
+    path: str | Path, method: str, *, kind: str = "llama3", config: Any = None, seed: int = 0,
+    dtype: torch.dtype = torch.float32, group_size: int = AWQ_GROUP_SIZE, device: str = "cpu",
 ) -> Path:
-    """An AWQ W4A16 checkpoint of the tiny ``kind`` at ``path`` (float tensors in fp16: LMDeploy runs AWQ in fp16)
-    and its dequantised fp32 oracle at ``path/oracle``; ``dtype``: the float model's, before quantisation."""
-    oracle = tiny_models.build(kind, Path(path) / ORACLE_SUBDIR, seed=seed, dtype=dtype)
-    return quantise_checkpoint(oracle, path, "awq", group_size=group_size, oracle=oracle)
-
-
-def write_w8a8(path: str | Path, *, kind: str = "llama3", seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
-    """A W8A8 smooth-quant checkpoint of the tiny ``kind`` at ``path`` (float tensors in ``dtype``) and its
-    dequantised fp32 oracle at ``path/oracle`` (load it with :func:`load_oracle`); returns ``path``."""
-    oracle = tiny_models.build(kind, Path(path) / ORACLE_SUBDIR, seed=seed, dtype=dtype)
-    return quantise_checkpoint(oracle, path, "w8a8", oracle=oracle)
+    """``method`` (``"awq"``/``"w8a8"``) checkpoint at ``path`` of a random float model written (in ``dtype``) to
+    ``path/oracle``, which then holds the dequantised fp32 oracle. The float model is the tiny ``kind``
+    (``tiny_models.build``), or ``config`` initialised on ``device`` (``tiny_models.build_on_device``)."""
+    oracle = Path(path) / ORACLE_SUBDIR
+    if config is None:
+        tiny_models.build(kind, oracle, seed=seed, dtype=dtype)
+    else:
+        tiny_models.build_on_device(config, oracle, device=device, dtype=dtype, seed=seed)
+    return quantise_checkpoint(oracle, path, method, group_size=group_size, device=device, oracle=oracle)
 
 
 def build_awq(path: str | Path, *, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
-    """Model-table style builder: AWQ W4A16 of the tiny Llama3 (head 64, GQA 4), group size 32."""
-    return write_awq(path, dtype=dtype, seed=seed)
+    """AWQ W4A16 of the tiny Llama3 (head 64, GQA 4), group size 32 (``dtype``: the float model's)."""
+    return write_quantised(path, "awq", dtype=dtype, seed=seed)
 
 
 def build_w8a8(path: str | Path, *, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
-    """Model-table style builder: W8A8 smooth-quant of the tiny Llama3 (head 64, GQA 4)."""
-    return write_w8a8(path, dtype=dtype, seed=seed)
+    """W8A8 smooth-quant of the tiny Llama3 (head 64, GQA 4), float tensors in ``dtype``."""
+    return write_quantised(path, "w8a8", dtype=dtype, seed=seed)
+
+
+WIDE_LAYERS = 2
+
+
+def _wide(method: str) -> Any:
+    def build(path: str | Path, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> Path:
+        config = tiny_models.llama_3_8b_config(num_hidden_layers=WIDE_LAYERS)
+        return write_quantised(path, method, config=config, seed=seed, dtype=dtype, group_size=128, device="cuda")
+
+    build.__name__ = build.__qualname__ = f"build_{method}_8b"
+    build.__doc__ = (f"{method} of a Llama-3-8B-wide model of {WIDE_LAYERS} layers (hidden 4096, MLP 14336, "
+                     "vocabulary 128256; AWQ group 128), random N(0, 0.02) weights built on the GPU.")
+    return build
+
+
+build_awq_8b = _wide("awq")
+build_w8a8_8b = _wide("w8a8")
 
 
 def fake_quant_per_token(x: torch.Tensor) -> torch.Tensor:
@@ -218,23 +238,27 @@ def load_oracle(path: str | Path, dtype: torch.dtype = torch.float32, device: st
 
 
 _W8A8_OPS = ("rms_norm_w8a8", "add_rms_norm_w8a8", "dynamic_quant", "linear_w8a8")
+
+
+def _scenario(name: str, model: str) -> Scenario:
+    if "awq" in name:
+        calls, no_calls = {"weight_quant_matmul": 1, "rms_norm": 1}, _W8A8_OPS
+    else:
+        calls, no_calls = dict.fromkeys(_W8A8_OPS, 1), ("weight_quant_matmul", "rms_norm")
+    return Scenario(name, model, (PROMPTS, PROMPTS[1:2]), 16, min_calls=calls, no_calls=no_calls,
+                    doc=f"{model}: three prompts batched, then one alone")
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
-        Scenario(
-            "quant_awq", "llama3 (AWQ W4A16)", (PROMPTS, PROMPTS[1:2]), 16,
-            min_calls={"weight_quant_matmul": 1, "rms_norm": 1},
-            no_calls=_W8A8_OPS,
-            doc="AWQ W4A16 tiny Llama3 (group 32): three prompts batched, then one alone",
-        ),
-        Scenario(
-            "quant_w8a8", "llama3 (W8A8 smooth-quant)", (PROMPTS, PROMPTS[1:2]), 16,
-            min_calls=dict.fromkeys(_W8A8_OPS, 1),
-            no_calls=("weight_quant_matmul", "rms_norm"),
-            doc="W8A8 smooth-quant tiny Llama3: three prompts batched, then one alone",
-        ),
+        _scenario("quant_awq", "tiny Llama3, AWQ W4A16 group 32"),
+        _scenario("quant_w8a8", "tiny Llama3, W8A8 smooth-quant"),
+        _scenario("quant_awq_8b", f"Llama-3-8B width x {WIDE_LAYERS} layers, AWQ W4A16 group 128"),
+        _scenario("quant_w8a8_8b", f"Llama-3-8B width x {WIDE_LAYERS} layers, W8A8 smooth-quant"),
     )
 }
-"""the quantised end-to-end scenarios (CPU and GPU tests; ``scenario_cli`` runs them by name in a child)"""
-BUILDERS = {"quant_awq": build_awq, "quant_w8a8": build_w8a8}
-"""scenario name -> builder of its checkpoint"""
+"""the quantised end-to-end scenarios (CPU: the tiny ones; GPU: all); ``scenario_cli`` runs them by name in a child"""
+BUILDERS = {"quant_awq": build_awq, "quant_w8a8": build_w8a8, "quant_awq_8b": build_awq_8b,
+            "quant_w8a8_8b": build_w8a8_8b}  # fmt: skip
+"""scenario name -> builder of its checkpoint (``(path, *, dtype, seed) -> path``; the ``_8b`` ones need a GPU)"""
