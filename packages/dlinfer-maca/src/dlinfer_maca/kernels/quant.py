@@ -125,7 +125,7 @@ def _auto_split(tiles: int, k_iters: int, device: torch.device, num_warps: int, 
 # ----------------------------------------------------------------------------- W8A8
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "K_PER_SPLIT", "n_split"])  # one build for every M (no M == 1 variant)
 def _w8a8_kernel(
     a_ptr, b_ptr, o_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, cnt_ptr, M, N, K, K_PER_SPLIT, n_split,
     stride_am, stride_bn, stride_om,
@@ -184,7 +184,7 @@ def _w8_epilogue(acc, o_ptr, as_ptr, bs_ptr, bias_ptr, offs_m, offs_n, mmask, nm
              out.to(o_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "NUM_PROGRAMS"])  # one build for every M (no M == 1 variant)
 def _w8a8_tma_kernel(
     a_desc, b_desc, o_ptr, as_ptr, bs_ptr, bias_ptr, M, N, K, stride_om, NUM_PROGRAMS,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -369,7 +369,7 @@ def _w4_gather(ws_ptr, rows, mmask, cols, M, N, P: tl.constexpr, n_split,
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "K_PER_SPLIT", "n_split"])  # one build for every M (no M == 1 variant)
 def _w4a16_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, K, NW, GROUP, K_PER_SPLIT, n_split,
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
@@ -502,7 +502,7 @@ def _w4_joined(p, zw, UNPACK: tl.constexpr, dtype: tl.constexpr, BLOCK_K: tl.con
     return tl.reshape(tl.join(lo, hi), (BLOCK_K, BLOCK_N))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "K_PER_SPLIT", "n_split"])  # one build for every M (no M == 1 variant)
 def _w4a16_join_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, K, NW, GROUP, K_PER_SPLIT, n_split,
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
