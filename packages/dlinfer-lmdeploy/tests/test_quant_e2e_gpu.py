@@ -47,7 +47,8 @@ def _shared_prefix(a: list[Run], b: list[Run]) -> list[int]:
 def test_quant_maca_and_cuda_against_oracle(name: str, tmp_path, op_calls):  # type: ignore[no-untyped-def]
     scenario = tiny_quant.SCENARIOS[name]
     path = tiny_quant.BUILDERS[name](tmp_path / name, dtype=DTYPE[name])
-    teacher = functools.partial(hf_oracle.teacher_forced, path, loader=tiny_quant.load_oracle)
+    oracle = functools.cache(tiny_quant.load_oracle)  # one load per dtype for the test (8b: 6 GB in fp32)
+    teacher = functools.partial(hf_oracle.teacher_forced, path, loader=oracle)
     failures: list[str] = []
     stats: list[dict] = []
     by_device: dict[str, dict[str, list[Run]]] = {}
@@ -66,6 +67,8 @@ def test_quant_maca_and_cuda_against_oracle(name: str, tmp_path, op_calls):  # t
             stats.append({"request": f"{name}/{mode}", "quant": name,
                           "maca_cuda_shared_tokens": _shared_prefix(by_device["maca"][mode], by_device["cuda"][mode]),
                           "new_tokens": scenario.new_tokens})  # fmt: skip
+    oracle.cache_clear()  # a failed test's frame outlives it: free the oracles' GPU memory now
+    torch.cuda.empty_cache()
     out = os.environ.get("DLINFER_E2E_STATS")
     if out:
         with open(out, "a") as f:
