@@ -281,26 +281,26 @@ def linear_w8a8_fwd(
 
 
 def _awq_unpack(packed: torch.Tensor) -> torch.Tensor:
-    """AWQ int32 [R, C/8] -> int32 values [R, C] in 0..15 (column order)."""
+    """AWQ int32 [R, C/8] -> uint8 values [R, C] in 0..15 (column order)."""
     p = packed.to(torch.int32)
-    vals = torch.empty(*p.shape, 8, dtype=torch.int32, device=p.device)
+    vals = torch.empty(*p.shape, 8, dtype=torch.uint8, device=p.device)
     for i, col in enumerate(AWQ_ORDER):
-        vals[..., col] = (p >> (4 * i)) & 0xF
+        vals[..., col] = ((p >> (4 * i)) & 0xF).to(torch.uint8)
     return vals.flatten(-2)
 
 
 def _chunk_pack(vals: torch.Tensor) -> torch.Tensor:
-    """int values [R, N] -> int32 [R, ceil(N/128)*16]: nibble i of word 16t + c holds column 128t + 16i + c."""
+    """uint8 values [R, N] -> int32 [R, ceil(N/128)*16]: nibble i of word 16t + c holds column 128t + 16i + c
+    (int32 shifts wrap into the sign bit, which is the intended bit pattern)."""
     R, N = vals.shape
     n_pad = triton.cdiv(N, NCHUNK) * NCHUNK
-    v = torch.zeros(R, n_pad, dtype=torch.int64, device=vals.device)
+    v = torch.zeros(R, n_pad, dtype=torch.uint8, device=vals.device)
     v[:, :N] = vals
     v = v.view(R, n_pad // NCHUNK, 8, NCHUNK // 8)  # [r, t, i, c]
-    packed = torch.zeros(R, n_pad // NCHUNK, NCHUNK // 8, dtype=torch.int64, device=vals.device)
+    packed = torch.zeros(R, n_pad // NCHUNK, NCHUNK // 8, dtype=torch.int32, device=vals.device)
     for i in range(8):
-        packed |= v[:, :, i, :] << (4 * i)
-    packed = torch.where(packed >= 2**31, packed - 2**32, packed)
-    return packed.view(R, n_pad // 8).to(torch.int32).contiguous()
+        packed |= v[:, :, i, :].to(torch.int32) << (4 * i)
+    return packed.view(R, n_pad // 8)
 
 
 def awq_prepare(
