@@ -13,6 +13,7 @@ The layout depends on no kernel configuration (any ``BLOCK_N`` that is a multipl
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -108,6 +109,26 @@ W8A8_TABLE: tuple[tuple[int, GemmConfig], ...] = (
     (1 << 62, GemmConfig(128, 256, 128, 8, 3, 1, 1, tma=1)),
 )
 _INTERP = GemmConfig(16, 128, 32, 4, 1, 0, 1, 0, 8, 1)  # interpreter: few, large blocks (Python overhead per op)
+
+
+@functools.lru_cache(maxsize=8)
+def _nvidia_sm(index: int) -> int:
+    """Compute-capability major of an NVIDIA CUDA device, 0 for anything else (e.g. MetaX MACA, whose
+    Triton takes no NVIDIA inline PTX and whose descriptor loads are unverified)."""
+    try:
+        if triton.runtime.driver.active.get_current_target().backend != "cuda":
+            return 0
+    except Exception:  # noqa: BLE001 - no active driver
+        return 0
+    if "nvidia" not in torch.cuda.get_device_name(index).lower():
+        return 0
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def _device_sm(device: torch.device) -> int:
+    if device.type != "cuda" or interpreting():
+        return 0
+    return _nvidia_sm(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def pick_config(table: tuple[tuple[int, GemmConfig], ...], M: int) -> GemmConfig:
@@ -250,7 +271,7 @@ def linear_w8a8_fwd(
     if M == 0 or N == 0:
         return out.view(*lead, N)
     cfg = config or (_INTERP._replace(block_k=64) if interpreting() else pick_config(W8A8_TABLE, M))
-    if cfg.tma and _tma_ok(a, w):
+    if cfg.tma and _tma_ok(a, w) and (interpreting() or _device_sm(a.device) >= 9):
         _w8a8_tma(a, w, out, sa, w_scale.contiguous(), bias, cfg)
         return out.view(*lead, N)
     tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
@@ -615,8 +636,8 @@ def w4a16_fwd(
     cnt = _tile_counters(x.device, tiles) if split > 1 and cfg.reduce == 1 else None
     reduce = int(cnt is not None)
     unpack = cfg.unpack if x.dtype in (torch.float16, torch.bfloat16) else 0
-    if unpack == 2 and (interpreting() or not cfg.join):
-        unpack = 1  # inline PTX: CUDA and the joined kernel only
+    if unpack == 2 and (not cfg.join or _device_sm(x.device) < 8):
+        unpack = 1  # inline PTX: NVIDIA CUDA and the joined kernel only
     if interpreting() and x.dtype == torch.bfloat16:
         unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits; the magic path is checked on GPU only
     kernel, extra = (_w4a16_join_kernel, {"FOLD": cfg.join == 2}) if cfg.join else (_w4a16_kernel, {})
