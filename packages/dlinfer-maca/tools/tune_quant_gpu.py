@@ -339,7 +339,7 @@ def print_cell(op: str, cell: dict[str, Any], extra: str | None) -> None:
         if lm and not math.isnan(lm["us"]):
             parts.append(f"vs lmd x{lm['us'] / b['us']:.2f}")
         if extra == "floor" and not math.isnan(cell.get("floor_us", math.nan)):
-            parts.append(f"floor {cell['floor_us'] / b['us']:.0%}")
+            parts.append(f"floor {cell['floor_us'] / b['us']:.0%} (default {cell['floor_us'] / d['us']:.0%})")
         if extra == "int8" and cell.get("int8_TOPs"):
             parts.append(f"of int8 {cell['flops'] / b['us'] / 1e6 / cell['int8_TOPs']:.0%}")
     if n_err:
