@@ -135,3 +135,34 @@ def test_config_tables_cover_every_m():
             cfg = quant.pick_config(table, M)
             assert isinstance(cfg, GemmConfig) and cfg.block_k % 16 == 0
     assert all(c.block_n % quant.NCHUNK == 0 for _, c in quant.W4A16_TABLE)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="CUDA-graph capture needs a CUDA device")
+def test_split_k_and_tma_inside_cuda_graphs():
+    """The table configs (split-K with the in-kernel reduction at M 4, descriptors at M 300) captured in a CUDA
+    graph and replayed with new inputs: the counters exist before capture and are zero again after each replay."""
+    (qw, sc, qz), (x, _), _ = _w4_case(4, 1024, 384, 128, torch.float16)
+    cfg = quant.pick_config(quant.W4A16_TABLE, 4)._replace(split_k=4)
+    static_x = x.clone()
+    quant.w4a16_fwd(static_x, qw, sc, qz, None, 128, config=cfg)  # eager warm-up (compiles, allocates)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = quant.w4a16_fwd(static_x, qw, sc, qz, None, 128, config=cfg)
+    for _ in range(2):
+        x2 = torch.randn_like(x)
+        static_x.copy_(x2)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, quant.w4a16_fwd(x2, qw, sc, qz, None, 128, config=cfg))
+    M, K, N = 300, 512, 384
+    xq = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=DEVICE)
+    wq = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=DEVICE)
+    xs, ws = torch.rand(M, device=DEVICE) / 100 + 1e-3, torch.rand(N, device=DEVICE) / 100 + 1e-3
+    quant.linear_w8a8_fwd(xq, wq, xs, ws, None, torch.float16)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o8 = quant.linear_w8a8_fwd(xq, wq, xs, ws, None, torch.float16)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(o8, (xq.double() @ wq.double().T) * xs.double()[:, None] * ws.double(), torch.float16)
