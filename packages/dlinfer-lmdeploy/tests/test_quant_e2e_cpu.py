@@ -52,7 +52,7 @@ def quant_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 
 
 def _run(scenario: Scenario, path: Path, op_calls, expect_dtype: torch.dtype) -> tuple[list[Run], int]:  # type: ignore[no-untyped-def]
-    """Every phase on one fp32-configured engine -> (runs, op calls made while loading and warming up)."""
+    """Every phase on one engine configured for fp32 -> (runs, weight_quant_prepare calls while it loaded)."""
     runs: list[Run] = []
     with runner.open_pipeline(path, runner.engine_config(logprobs_mode="raw_logits")) as pipe:
         dtype = pipe.async_engine.engine.model_config.dtype
