@@ -5,10 +5,15 @@ The canonical AWQ ``qweight int32 [IN, OUT/8]`` holds in nibble i of word c the 
 ``8c + AWQ_ORDER[i]``. We repack the columns in chunks of ``NCHUNK = 128``: in chunk t, nibble
 i of word ``16t + c`` holds column ``128t + 16i + c`` (OUT padded with zero columns up to a
 multiple of 128). Shifting a loaded ``[BLOCK_K, BLOCK_N/8]`` tile of words by ``4i`` then gives
-the weights of 16 contiguous columns per chunk directly, in the loaded register layout, so the
-kernel needs no reshape/join (each of the 8 nibble planes is its own ``tl.dot`` into its own
-accumulator). ``qzeros [IN/g, OUT/8]`` gets the same permutation; ``scales [IN/g, OUT]`` is kept.
-The layout depends on no kernel configuration (any ``BLOCK_N`` that is a multiple of 128 works).
+nibble plane i (16 contiguous columns per chunk) in the loaded register layout, with no reshape of
+the loaded words. Two kernels read it: one ``tl.dot`` per plane into 8 accumulators
+(:func:`_w4a16_kernel`), or the planes ``tl.join``-ed into one ``[BLOCK_K, BLOCK_N]`` operand for one
+wide ``tl.dot`` (:func:`_w4a16_join_kernel`, the default: narrow per-plane dots leave warps idle or
+redundant). ``qzeros [IN/g, OUT/8]`` gets the same permutation; ``scales [IN/g, OUT]`` is kept. The
+layout depends on no kernel configuration (any ``BLOCK_N`` that is a multiple of 128 works).
+
+Launch configurations come from the M-indexed tables ``W4A16_TABLE`` / ``W8A8_TABLE`` (``GemmConfig``);
+``tools/tune_quant_gpu.py`` times the alternatives on a GPU and prints rows to paste there.
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ class GemmConfig(NamedTuple):
 
 # Defaults by M (upper bound inclusive -> config), chosen from register / shared-memory use of sm_90 builds
 # before any GPU timing; tools/tune_quant_gpu.py times the alternatives and prints rows to paste here.
-# GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join)
+# GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join, tma)
 W4A16_TABLE: tuple[tuple[int, GemmConfig], ...] = (
     (16, GemmConfig(16, 128, 128, 4, 3, 0, 1, 2, 8, 1)),
     (64, GemmConfig(64, 128, 64, 4, 3, 0, 1, 2, 8, 1)),
