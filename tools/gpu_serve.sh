@@ -18,6 +18,8 @@
 #                                          built by the same builder; PY= the Python of an env with the serve extra)
 #   DRY_RUN=1 PY=/usr/bin/python3.11 DRY_SITE=.nox/tests/lib/python3.11/site-packages bash tools/gpu_serve.sh
 #                                         (the GPU layout: a bare interpreter, the env's packages on PYTHONPATH)
+#   DRY_RUN=1 PY=<venv with only torch, triton, transformers> DRY_CARRY=<.carry built for its Python version>
+#     SITE=<empty dir> SERVE_SITE=<empty dir> bash tools/gpu_serve.sh   (the GPU machine's install path, on the CPU)
 set -u
 T0=$SECONDS
 ROOT=$(pwd)
@@ -60,28 +62,32 @@ export DLINFER_SITE_DIRS=$ROOT/packages/dlinfer-lmdeploy/src
 PKGS=$ROOT/packages/dlinfer-core/src:$ROOT/packages/dlinfer-maca/src:$ROOT/packages/dlinfer-lmdeploy/src
 if [ "$DRY" = 1 ]; then
   export TRITON_INTERPRET=1 TORCH_DEVICE_BACKEND_AUTOLOAD=0
-  # DRY_SITE=<an env's site-packages> with PY=<a bare interpreter of the same version>: the GPU layout (packages
-  # on PYTHONPATH, no .pth read but through the sitecustomize); without it, PY's env with its own autoload hook
-  export PYTHONPATH=$BOOT${DRY_SITE:+:$DRY_SITE:$PKGS}
   ORDER=${DRY_ORDER:-cpu cpu}; REQUESTS=${DRY_REQUESTS:-32}; DISTINCT=${DRY_DISTINCT:-8}; MAX_TOKENS=${DRY_MAX_TOKENS:-16}
   WARMUP=${DRY_WARMUP:-8}; MAX_BATCH=${DRY_MAX_BATCH:-16}; RUN_S=${DRY_RUN_S:-240}; TOTAL_S=${DRY_TOTAL_S:-900}
   MODEL=${TMPDIR:-/tmp}/serve-dry-llama
 else
-  SITE=/tmp/site SERVE_SITE=/tmp/site-serve
-  [ -d .carry/whl-serve ] || { echo "no .carry/whl-serve: run tools/carry_serve_wheels.sh here and carry .carry"; exit 1; }
-  if [ ! -d $SITE/lmdeploy ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .carry/whl/*.whl \
-      && tar xzf .carry/lmdeploy-0.18.0-nots.tgz -C $SITE || exit 1
-  fi
-  if [ ! -d $SERVE_SITE/fastapi ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SERVE_SITE \
-      .carry/whl-serve/*.whl || exit 1
-  fi
   export DLINFER_PLUGINS=dlinfer_maca.plugin
+  MODEL=/tmp/llama-8b-rand-bf16-serve
+fi
+if [ "$DRY" != 1 ] || [ -n "${DRY_CARRY:-}" ]; then
+  # the carry, as on the GPU machine (DRY_CARRY=<dir>: one built for PY's Python version, PY: a bare "image")
+  CARRY=${DRY_CARRY:-.carry} SITE=${SITE:-/tmp/site} SERVE_SITE=${SERVE_SITE:-/tmp/site-serve}
+  [ -d "$CARRY/whl-serve" ] || { echo "no $CARRY/whl-serve: run tools/carry_serve_wheels.sh here and carry .carry"; exit 1; }
+  if [ ! -d "$SITE/lmdeploy" ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$CARRY"/whl/*.whl \
+      && tar xzf "$CARRY"/lmdeploy-0.18.0-nots.tgz -C "$SITE" || exit 1
+  fi
+  if [ ! -d "$SERVE_SITE/fastapi" ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SERVE_SITE" \
+      "$CARRY"/whl-serve/*.whl || exit 1
+  fi
   # the serve wheels (versions tested together in CI) before the image's site-packages; torch, numpy, triton and
   # transformers' own stack are not among them. If they break an import, they go after it instead (gaps only).
   export PYTHONPATH=$BOOT:$SITE:$SERVE_SITE:$PKGS
-  MODEL=/tmp/llama-8b-rand-bf16-serve
+else
+  # DRY_SITE=<an env's site-packages> with PY=<a bare interpreter of the same version>: the GPU layout (packages
+  # on PYTHONPATH, no .pth read but through the sitecustomize); without it, PY's env with its own autoload hook
+  export PYTHONPATH=$BOOT${DRY_SITE:+:$DRY_SITE:$PKGS}
 fi
 
 # --- fail fast: the hook is active in a fresh interpreter, lmdeploy wires dlinfer in, the serve stack imports
@@ -102,7 +108,7 @@ for m in (lmdeploy, fastapi, uvicorn, openai, torch, transformers):
 print("dlinfer devices", devs, "| cuda:", torch.cuda.is_available() and torch.cuda.get_device_name())
 '
 if ! timeout 120 $PY -c "$SMOKE" "$ORDER" > "$OUT/env.txt" 2>&1; then
-  if [ "$DRY" != 1 ]; then
+  if [ -n "${SERVE_SITE:-}" ]; then
     echo "imports failed with the serve wheels first on the path; retrying with them after site-packages"
     tail -5 "$OUT/env.txt"
     export PYTHONPATH=$BOOT:$SITE:$PKGS DLINFER_SITE_DIRS=$DLINFER_SITE_DIRS:$SERVE_SITE
@@ -168,8 +174,10 @@ for dev in $ORDER; do
   # backstop: the server's process group must be gone (serve_load stops it; a killed client cannot)
   if [ -f "$OUT/.server-$i.pid" ]; then
     pg=$(cat "$OUT/.server-$i.pid")
-    if kill -0 -- "-$pg" 2>/dev/null; then
-      echo "$name: server process group $pg still alive: killed"; kill -KILL -- "-$pg" 2>/dev/null; rc=1; sleep 3
+    alive=$(ps -eo pid=,pgid=,stat=,args= | awk -v g="$pg" '$2 == g && $3 !~ /^Z/' | cut -c1-200)
+    if [ -n "$alive" ]; then
+      echo "$name: processes of the server's group $pg still running, killed:"; echo "$alive"
+      kill -KILL -- "-$pg" 2>/dev/null; rc=1; sleep 3
     fi
     rm -f "$OUT/.server-$i.pid"
   fi

@@ -117,6 +117,7 @@ def test_graceful_shutdown_leaves_no_process(server: serve_load.Server) -> None:
     assert len(pids) >= 2, "the server runs its engine in a child process"
     code = serve_load.stop_server(server, deadline_s=60)
     assert code is not None, f"SIGTERM did not stop the server within 60 s:\n{server.log_tail()}"
+    assert server.leftovers == [], f"orphans (killed by stop_server): {server.leftovers}"
     assert server.alive_descendants() == []
     assert "Application shutdown complete" in server.log_tail(20000)
 

@@ -72,6 +72,8 @@ class Server:
     descendants: set[int] = field(default_factory=set)
     start_s: float | None = None
     """seconds from the start of the process until ``/v1/models`` answered"""
+    leftovers: list[str] = field(default_factory=list)
+    """processes still running 15 s after the server exited (orphans), which :func:`stop_server` killed"""
 
     @property
     def url(self) -> str:
@@ -105,12 +107,25 @@ class Server:
                 total += psutil.Process(pid).memory_info().rss
         return total
 
+    def group_pids(self) -> set[int]:
+        """The processes of the server's process group (its pid: it leads its own session), including those that
+        outlived their parent and were re-parented (no longer descendants)."""
+        import psutil
+
+        pids = set()
+        for pid in psutil.pids():
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) == self.proc.pid:
+                    pids.add(pid)
+        return pids
+
     def alive_descendants(self) -> list[str]:
-        """Processes started by the server that are still running (zombies excluded), as ``pid cmdline``."""
+        """Processes started by the server (descendants seen so far, and its process group now) that are still
+        running (zombies excluded), as ``pid cmdline``."""
         import psutil
 
         alive = []
-        for pid in sorted(self.descendants):
+        for pid in sorted(self.descendants | self.group_pids()):
             with contextlib.suppress(psutil.Error):
                 p = psutil.Process(pid)
                 if p.status() != psutil.STATUS_ZOMBIE:
@@ -200,11 +215,17 @@ def stop_server(server: Server, deadline_s: float = 60.0) -> int | None:
     end = time.monotonic() + 15
     while server.alive_descendants() and time.monotonic() < end:
         time.sleep(0.5)
-    if code is None or server.alive_descendants():
+    left = server.alive_descendants()
+    if code is None or left:
+        if code is not None:
+            server.leftovers = left
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(server.proc.pid, signal.SIGKILL)
         if code is None:
             server.proc.wait(timeout=30)
+        end = time.monotonic() + 10
+        while server.alive_descendants() and time.monotonic() < end:
+            time.sleep(0.2)
     return code
 
 
@@ -654,15 +675,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary["server_start_s"] = servers[0].start_s
     except RuntimeError as exc:  # the server did not start or died, or a request alone failed
         problems.append(str(exc)[-6000:])
-        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-        summary["error"] = (lines[0][:200] + (f" ... {lines[-1][-200:]}" if len(lines) > 1 else "")) if lines else "?"
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        errors = [ln for ln in lines[1:] if "Error" in ln or "Exception" in ln or "error:" in ln]
+        last = (errors or lines[1:] or [""])[-1]
+        summary["error"] = (lines[0][:200] + (f" ... {last[-240:]}" if last else "")) if lines else "?"
     finally:
         for srv in servers:  # graceful stop (SIGTERM), then the process group is killed if anything is left
             code = stop_server(srv)
             if srv.start_s is not None:  # it had answered: how did it stop
                 summary["server_stop"] = "graceful" if code is not None else "killed after the stop deadline"
-            if srv.alive_descendants():
-                problems.append(f"processes left after the server stopped: {srv.alive_descendants()}")
+            if srv.leftovers or srv.alive_descendants():
+                problems.append(f"processes left after the server stopped: {srv.leftovers or srv.alive_descendants()}")
         if watchdog is not None:
             watchdog.cancel()
     if watchdog is not None and fired is not None and fired.is_set():
