@@ -3,10 +3,11 @@
 # An 8B-shaped Llama-3 checkpoint with random bf16 weights is built on the GPU (the Llama-3-8B shape of
 # packages/dlinfer-maca/tools/compiled_decode_gpu.py, tiny_models.build_on_device); then for each device of ORDER
 # (ABBA: maca cuda cuda maca) a fresh server `lmdeploy serve api_server MODEL --backend pytorch --device D
-# --max-batch-size 128` (graph mode, LMDeploy's defaults otherwise) gets the load of
+# --max-batch-size 128 --cache-max-entry-count 0.5` (graph mode, LMDeploy's defaults otherwise) gets the load of
 # `python -m dlinfer_lmdeploy.testing.serve_load` (256 requests over 64 distinct ones, all sent at once, prompts of
-# 1-160 tokens, 1-128 output tokens each with ignore_eos, half streamed, every 8th cancelled midway, after a
-# 64-request warm-up), and is stopped with SIGTERM (its process group killed if anything is left).
+# 1-160 tokens, 1-128 output tokens each with ignore_eos, half streamed, every 8th cancelled midway; before it, a
+# warm-up with its first 128 requests at once keeps kernel JIT and graph capture up to batch 128 out of the figures),
+# and is stopped with SIGTERM (its process group killed if anything is left).
 # Out ($OUT, or ./gpu-out): serve-<i>-<device>.json per run (figures, problems), server-<i>-<device>.log,
 # summary.md (req/s, output tok/s, TTFT/ITL p50/p99 per run, medians per device, maca/cuda ratio), env.txt.
 # Every run has a deadline (serve_load --deadline: client and server stacks, then kill, rc 124) within the call's
@@ -28,8 +29,11 @@ DRY=${DRY_RUN:-0}
 ORDER=${ORDER:-maca cuda cuda maca}
 TOTAL_S=${TOTAL_S:-530}          # the whole call, install and model build included
 RUN_S=${RUN_S:-200}              # one run at most: server start, warm-up, load, stop
-REQUESTS=${REQUESTS:-256} DISTINCT=${DISTINCT:-64} MAX_TOKENS=${MAX_TOKENS:-128} WARMUP=${WARMUP:-64}
+REQUESTS=${REQUESTS:-256} DISTINCT=${DISTINCT:-64} MAX_TOKENS=${MAX_TOKENS:-128} WARMUP=${WARMUP:-128}
 MAX_BATCH=${MAX_BATCH:-128}
+# KV cache at half the free memory (as bench/lmdeploy_e2e_gpu.py and the compiled-decode runs of the 8B shape): far
+# above what the load holds at once (256 x <= 288 tokens), and headroom for activations and graphs on both devices
+SERVE_ARGS=${SERVE_ARGS---cache-max-entry-count 0.5}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 bash -n "$0" || exit 1
@@ -167,7 +171,7 @@ for dev in $ORDER; do
     --requests "$REQUESTS" --distinct "$DISTINCT" --max-tokens "$MAX_TOKENS" --ignore-eos --no-compare \
     --warmup "$WARMUP" --deadline "$deadline" --start-deadline "$deadline" --timeout "$deadline" \
     --log "$OUT/server-$i-$dev.log" --json "$OUT/$name.json" --pid-file "$OUT/.server-$i.pid" \
-    -- --max-batch-size "$MAX_BATCH" ${SERVE_ARGS:-} > "$OUT/$name.out" 2>&1
+    -- --max-batch-size "$MAX_BATCH" $SERVE_ARGS > "$OUT/$name.out" 2>&1
   r=$?
   tail -25 "$OUT/$name.out"
   [ $r -eq 0 ] || { echo "$name: exit status $r"; rc=1; }
@@ -187,6 +191,6 @@ done
 
 $PY -m dlinfer_lmdeploy.testing.serve_load --table "${files[@]}" > "$OUT/summary.md" 2>/dev/null
 { echo; echo "model $MODEL; $REQUESTS requests over $DISTINCT distinct, max tokens $MAX_TOKENS, ignore_eos, warm-up $WARMUP;" \
-  "--max-batch-size $MAX_BATCH ${SERVE_ARGS:-}; order $ORDER; $((SECONDS - T0)) s"; } >> "$OUT/summary.md"
+  "--max-batch-size $MAX_BATCH $SERVE_ARGS; order $ORDER; $((SECONDS - T0)) s"; } >> "$OUT/summary.md"
 cat "$OUT/summary.md"
 exit $rc

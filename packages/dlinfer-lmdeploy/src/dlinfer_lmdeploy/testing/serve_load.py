@@ -484,15 +484,13 @@ def run_load(
     flight; default all), then ``/v1/models`` and one request alone again. Returns (problems, summary).
     ``compare=False`` (benchmarks on devices whose greedy output may depend on the batch, e.g. bf16 kernels)
     skips the alone runs and reports errors and unfinished requests only. ``warmup`` > 0: before the timed load,
-    the first ``warmup`` distinct requests are sent at once, not streamed (kernel JIT and first-use costs stay
-    out of the figures); their errors are problems too."""
+    its first ``warmup`` requests are sent at once, not streamed and not cancelled (kernel JIT, device-graph
+    capture up to that batch size and other first-use costs stay out of the figures); their errors are problems
+    too."""
     load = make_load(n, distinct, max_tokens, seed, cancel_every=cancel_every)
     problems: list[str] = []
     if warmup > 0:
-        firsts: dict[int, Request] = {}
-        for r in load:
-            firsts.setdefault(r.key, Request(r.key, r.prompt, r.max_tokens, r.chat, stream=False))
-        warm = list(firsts.values())[:warmup]
+        warm = [Request(r.key, r.prompt, r.max_tokens, r.chat, stream=False) for r in load[:warmup]]
         for res in send(url, model, warm, concurrency=len(warm), timeout_s=timeout_s, ignore_eos=ignore_eos):
             if res.error:
                 problems.append(f"warm-up request {res.request.key} failed: {res.error}")
@@ -614,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--concurrency", type=int, help="requests in flight at most (default: all at once)")
     ap.add_argument("--cancel-every", type=int, default=8, help="every N-th request is cancelled midway (0: none)")
-    ap.add_argument("--warmup", type=int, default=0, help="first send N distinct requests at once, not timed")
+    ap.add_argument("--warmup", type=int, default=0, help="first send N of the requests at once, not timed")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     ap.add_argument("--start-deadline", type=float, default=300.0, help="seconds for the server to answer")
     ap.add_argument("--deadline", type=float, default=0.0,
