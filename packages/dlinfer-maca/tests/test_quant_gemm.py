@@ -48,11 +48,13 @@ def _run_w4(M, K, N, g, dtype, cfg, bias=False, split_k=None):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("unpack", [0, 1, 2] if ON_GPU else [0, 1])  # 2: inline PTX, CUDA only
-@pytest.mark.parametrize("join", [0, 1, 2], ids=["planes", "joined", "joined-folded"])
-def test_w4a16_kernel_variants(join, unpack, dtype):
-    """Every kernel body (8 per-plane dots / joined operand, exact / folded scales, both unpacks), split-K with
-    the in-kernel reduction, bias, OUT = 264 (two full chunks and a partial one), IN over 6 groups."""
-    cfg = BASE._replace(join=join, unpack=unpack, split_k=3, reduce=1, block_n=256 if join else 128)
+@pytest.mark.parametrize("join,swap", [(0, 0), (1, 0), (2, 0), (1, 1), (2, 1)],
+                         ids=["planes", "joined", "joined-folded", "joined-swapped", "joined-folded-swapped"])
+def test_w4a16_kernel_variants(join, swap, unpack, dtype):
+    """Every kernel body (8 per-plane dots / joined operand, exact / folded scales, plain / transposed product,
+    every unpack), split-K with the in-kernel reduction, bias, OUT = 264 (two full chunks and a partial one),
+    IN over 6 groups."""
+    cfg = BASE._replace(join=join, swap=swap, unpack=unpack, split_k=3, reduce=1, block_n=256 if join else 128)
     out, ref = _run_w4(5, 192, 264, 32, dtype, cfg, bias=True)
     assert_close(out, ref, dtype, factor=2)
 

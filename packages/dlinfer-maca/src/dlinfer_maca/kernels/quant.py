@@ -83,7 +83,8 @@ class GemmConfig(NamedTuple):
     inline PTX (CUDA, joined kernel; 1 elsewhere); ``join`` (W4A16): 0 = one narrow ``tl.dot``
     per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``, 2 = joined with the
     group scales folded into the weights before the MMA (one rounding per dequantised weight); ``tma`` (W8A8,
-    CUDA, no split): 1 = operand tiles through tensor-memory-access descriptors, 2 = the same, persistent."""
+    CUDA, no split): 1 = operand tiles through tensor-memory-access descriptors, 2 = the same, persistent;
+    ``swap`` (W4A16, joined): 1 = compute the transposed product (weights as the wide MMA operand)."""
 
     block_m: int
     block_n: int
@@ -96,13 +97,14 @@ class GemmConfig(NamedTuple):
     group_m: int = 8
     join: int = 0
     tma: int = 0
+    swap: int = 0
 
 
 # Defaults by M (upper bound inclusive -> config), chosen from register / shared-memory use of sm_90 builds
 # before any GPU timing; tools/tune_quant_gpu.py times the alternatives and prints rows to paste here.
-# GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join, tma)
+# GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join, tma, swap)
 W4A16_TABLE: tuple[tuple[int, GemmConfig], ...] = (
-    (16, GemmConfig(16, 128, 128, 4, 3, 0, 1, 2, 8, 1)),
+    (16, GemmConfig(16, 128, 128, 4, 3, 0, 1, 2, 8, 1, swap=1)),
     (64, GemmConfig(64, 128, 64, 4, 3, 0, 1, 2, 8, 1)),
     (256, GemmConfig(128, 128, 64, 8, 3, 0, 1, 2, 8, 2)),
     (1 << 62, GemmConfig(128, 256, 64, 8, 3, 1, 1, 2, 8, 2)),
@@ -534,7 +536,7 @@ def _w4a16_join_kernel(
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
     SPLIT: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr, UNPACK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    DOT_PREC: tl.constexpr, FOLD: tl.constexpr,
+    DOT_PREC: tl.constexpr, FOLD: tl.constexpr, SWAP: tl.constexpr,
 ):
     """The same product as :func:`_w4a16_kernel` with one ``tl.dot`` per K step (large M: one wide MMA
     instead of 8 narrow ones): the 8 nibble planes are joined into a ``[BLOCK_K, BLOCK_N]`` operand whose
@@ -542,7 +544,9 @@ def _w4a16_join_kernel(
     the 16-bit pair made from one 32-bit word stays together), and the accumulator is permuted back once,
     before the epilogue. ``FOLD``: scale the weights before the MMA (one rounding of each dequantised weight
     to x's dtype, as LMDeploy's kernel does) so the MMA accumulates in place, instead of scaling each
-    partial product (exact weights, but a second fp32 tile live per K step)."""
+    partial product (exact weights, but a second fp32 tile live per K step). ``SWAP`` computes the transposed
+    product (decode sizes: the dequantised weights become the MMA's wide A operand, on sm_90 a wgmma with
+    N = BLOCK_M; sm_90 builds at BLOCK_M 16 need 3.6 instead of 4.7 instructions per weight)."""
     SUB: tl.constexpr = BLOCK_N // 8
     CH: tl.constexpr = BLOCK_N // 128
     num_m = tl.cdiv(M, BLOCK_M)
@@ -561,7 +565,10 @@ def _w4a16_join_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if SWAP:  # out^T = W^T x^T: the weights are the wide MMA operand, the few rows of x the narrow one
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         kk = k0 + offs_k
         kmask = kk < k_hi
@@ -577,9 +584,16 @@ def _w4a16_join_kernel(
                 ws_ = w * s.to(x.dtype)[None, :]
             else:  # same rounding via fp32 (the interpreter multiplies bf16 as raw bits)
                 ws_ = (w.to(tl.float32) * s.to(tl.float32)[None, :]).to(x.dtype)
-            acc = tl.dot(x, ws_, acc, input_precision=DOT_PREC)
-        else:  # exact integer weights, the group scale applied to the fp32 partial product
+            if SWAP:
+                acc = tl.dot(tl.trans(ws_), tl.trans(x), acc, input_precision=DOT_PREC)
+            else:
+                acc = tl.dot(x, ws_, acc, input_precision=DOT_PREC)
+        elif SWAP:  # exact integer weights, the group scale applied to the fp32 partial product
+            acc += tl.dot(tl.trans(w), tl.trans(x), input_precision=DOT_PREC) * s.to(tl.float32)[:, None]
+        else:
             acc += tl.dot(x, w, input_precision=DOT_PREC) * s.to(tl.float32)[None, :]
+    if SWAP:
+        acc = tl.trans(acc)
     # tile column 8j + 4a + 2b + c with j = 16t + i holds column 128t + 16(4c + 2a + b) + i: back to column order
     acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, CH, 16, 2, 2, 2)), (0, 1, 5, 3, 4, 2)), (BLOCK_M, BLOCK_N))
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -645,7 +659,8 @@ def w4a16_fwd(
         unpack = 1  # inline PTX: NVIDIA CUDA and the joined kernel only
     if interpreting() and x.dtype == torch.bfloat16:
         unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits; the magic path is checked on GPU only
-    kernel, extra = (_w4a16_join_kernel, {"FOLD": cfg.join == 2}) if cfg.join else (_w4a16_kernel, {})
+    kernel, extra = (_w4a16_join_kernel, {"FOLD": cfg.join == 2, "SWAP": bool(cfg.swap)}) if cfg.join else \
+        (_w4a16_kernel, {})
     kernel[(tiles, split)](
         a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, ws if cnt is None else cnt,
         M, N, K, NW, group_size,
