@@ -381,7 +381,7 @@ def print_suggestions(name: str, sug: dict[str, Any], cells: list[dict[str, Any]
     for bound, v in sug.items():
         dg = f", the current default {fmt_cfg(v['default'])} x{v['default_geo']:.2f}" if v["default_geo"] else ""
         b = "1 << 62" if int(bound) >= 1 << 62 else bound
-        print(f"    ({b}, {fmt_cfg(v['config'])}),  # x{v['geo_slowdown']:.2f}{dg}")
+        print(f"    ({b}, GemmConfig{tuple(v['config'])}),  # x{v['geo_slowdown']:.2f}{dg}")
     ratios = []
     for c in cells:
         b = best(c)
