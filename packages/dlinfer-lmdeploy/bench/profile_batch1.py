@@ -23,7 +23,8 @@ own process, eager mode, batch 1:
 Kernel classes are heuristics, stated here: a kernel is cuBLAS when its name matches ``CUBLAS_RE``, Triton when a
 Triton JIT function of that name was compiled in the process or it was launched through the driver API
 (``cuLaunchKernel*``, Triton's launcher), otherwise "other" (aten kernels). The cProfile window adds its own
-overhead to every Python call: its figures are proportions, the timed stream gives the absolute host time.
+overhead to every Python call: its figures are proportions, the timed stream gives the absolute host time; from
+Python 3.12 on (cProfile on ``sys.monitoring``) it sees every thread of the process, not only the engine's.
 
 ``--dry-run``: device ``cpu`` (the reference backend through the same adaptor), a tiny model (``--layers`` deep),
 CPU profiler only; launches are then the aten ops per step. Writes ``<device>_summary.json`` (all figures),
@@ -172,6 +173,7 @@ def _windows(i: int, out_dir: Path, device: str) -> None:
         prof, REC.torch_prof = REC.torch_prof, None
         prof.__exit__(None, None, None)
         REC.results["profiler"] = _summarise_trace(prof, PROF, out_dir, device)
+        (out_dir / f"{device}_partial.json").write_text(json.dumps(REC.results, indent=1))
     elif i == c0:
         REC.cprof = cProfile.Profile()
         REC.cprof.enable()
@@ -179,6 +181,7 @@ def _windows(i: int, out_dir: Path, device: str) -> None:
         REC.cprof.disable()
         REC.cprof.dump_stats(str(out_dir / f"{device}_cprofile.pstats"))
         REC.results["python"] = _summarise_cprofile(REC.cprof, CPROF)
+        (out_dir / f"{device}_partial.json").write_text(json.dumps(REC.results, indent=1))
         REC.cprof = None
     elif i == a0:
         REC.aten = Counter()
