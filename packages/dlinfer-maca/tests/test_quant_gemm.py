@@ -168,3 +168,19 @@ def test_split_k_and_tma_inside_cuda_graphs():
     graph.replay()
     torch.cuda.synchronize()
     assert_close(o8, (xq.double() @ wq.double().T) * xs.double()[:, None] * ws.double(), torch.float16)
+
+
+@pytest.mark.parametrize("M", [1, 17, 65, 300])
+def test_table_configs(M):
+    """The shipped table configs (the interpreter would otherwise use its own small tiles) at each M bucket."""
+    cfg4 = quant.pick_config(quant.W4A16_TABLE, M)
+    out, ref = _run_w4(M, 256, 264, 128, torch.float16, cfg4)
+    assert_close(out, ref, torch.float16, factor=2)
+    K, N = 256, 136
+    xq = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=DEVICE)
+    wq = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=DEVICE)
+    xs, ws = torch.rand(M, device=DEVICE) / 100 + 1e-3, torch.rand(N, device=DEVICE) / 100 + 1e-3
+    cfg8 = quant.pick_config(quant.W8A8_TABLE, M)
+    cfg8 = cfg8 if ON_GPU else cfg8._replace(num_stages=1)
+    out = quant.linear_w8a8_fwd(xq, wq, xs, ws, None, torch.float16, config=cfg8)
+    assert_close(out, (xq.double() @ wq.double().T) * xs.double()[:, None] * ws.double(), torch.float16)
