@@ -207,7 +207,7 @@ def linear_w8a8(
 def weight_quant_prepare(
     qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor, *, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Load time: canonical AWQ (nibbles in AWQ order) -> natural nibble order for the W4A16 kernel."""
+    """Load time: canonical AWQ (nibbles in AWQ order) -> the W4A16 kernels' chunked layout (see kernels/quant.py)."""
     return quant.awq_prepare(qweight, scales, qzeros, group_size)
 
 
