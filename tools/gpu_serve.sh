@@ -21,6 +21,9 @@
 #                                         (the GPU layout: a bare interpreter, the env's packages on PYTHONPATH)
 #   DRY_RUN=1 PY=<venv with only torch, triton, transformers> DRY_CARRY=<.carry built for its Python version>
 #     SITE=<empty dir> SERVE_SITE=<empty dir> bash tools/gpu_serve.sh   (the GPU machine's install path, on the CPU)
+#     (checked with a python3.11 venv of torch 2.13 CPU, triton 3.6, transformers 5.17 + deps, pillow, psutil,
+#     pluggy, pytest, requests: what LMDeploy's engine imports, so what past GPU runs prove the image has; the
+#     carry: .carry/whl's list and carry_serve_wheels.sh downloaded with PYVER=3.11, the same lmdeploy tarball)
 set -u
 T0=$SECONDS
 ROOT=$(pwd)
@@ -111,12 +114,12 @@ for m in (lmdeploy, fastapi, uvicorn, openai, torch, transformers):
     print(f"{m.__name__} {version} {m.__file__}")
 print("dlinfer devices", devs, "| cuda:", torch.cuda.is_available() and torch.cuda.get_device_name())
 '
-if ! timeout 120 $PY -c "$SMOKE" "$ORDER" > "$OUT/env.txt" 2>&1; then
+if ! timeout -s ABRT 120 $PY -c "$SMOKE" "$ORDER" > "$OUT/env.txt" 2>&1; then
   if [ -n "${SERVE_SITE:-}" ]; then
     echo "imports failed with the serve wheels first on the path; retrying with them after site-packages"
     tail -5 "$OUT/env.txt"
     export PYTHONPATH=$BOOT:$SITE:$PKGS DLINFER_SITE_DIRS=$DLINFER_SITE_DIRS:$SERVE_SITE
-    timeout 120 $PY -c "$SMOKE" "$ORDER" > "$OUT/env.txt" 2>&1 || { cat "$OUT/env.txt"; exit 1; }
+    timeout -s ABRT 120 $PY -c "$SMOKE" "$ORDER" > "$OUT/env.txt" 2>&1 || { cat "$OUT/env.txt"; exit 1; }
   else
     cat "$OUT/env.txt"; exit 1
   fi
@@ -148,8 +151,8 @@ n = sum(p.stat().st_size for p in path.glob("*.safetensors"))
 print(f"model {path}: {n / 2**30:.2f} GiB of safetensors, {time.perf_counter() - t0:.1f} s")
 '
 rm -rf "$MODEL.partial"
-timeout 300 $PY -c "$BUILD" "$MODEL" "$DRY" 2>&1 | grep -v "Writing model shards" | tail -3
-[ -f "$MODEL/config.json" ] || { echo "model build failed"; exit 1; }
+timeout -s ABRT 300 $PY -c "$BUILD" "$MODEL" "$DRY" > "$OUT/build.log" 2>&1; grep -v "Writing model shards" "$OUT/build.log" | tail -3
+[ -f "$MODEL/config.json" ] || { echo "model build failed:"; tail -40 "$OUT/build.log"; exit 1; }
 echo "ready after $((SECONDS - T0)) s"
 
 # --- the runs, each in a fresh server
@@ -167,7 +170,7 @@ for dev in $ORDER; do
   fi
   echo "=== $name (deadline $deadline s, $((SECONDS - T0)) s into the call)"
   # shellcheck disable=SC2086
-  timeout -k 10 $((deadline + 30)) $PY -m dlinfer_lmdeploy.testing.serve_load "$MODEL" --device "$dev" \
+  timeout -s ABRT -k 10 $((deadline + 30)) $PY -m dlinfer_lmdeploy.testing.serve_load "$MODEL" --device "$dev" \
     --requests "$REQUESTS" --distinct "$DISTINCT" --max-tokens "$MAX_TOKENS" --ignore-eos --no-compare \
     --warmup "$WARMUP" --deadline "$deadline" --start-deadline "$deadline" --timeout "$deadline" \
     --log "$OUT/server-$i-$dev.log" --json "$OUT/$name.json" --pid-file "$OUT/.server-$i.pid" \
