@@ -559,8 +559,10 @@ def _w4a16_join_kernel(
     rows = rows.to(tl.int64)
     words = pid_n * SUB + tl.arange(0, SUB)
     wmask = words < NW
+    ncols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # tile column 128t + 8i + 4a + 2b + c holds column 128t + 16(4c + 2a + b) + i (see _w4_joined)
     jj = tl.arange(0, BLOCK_N)
-    r = jj % 8  # = 4a + 2b + c, holding plane 2a + b + 4c (see _w4_joined)
+    r = jj % 8
     pcols = pid_n * BLOCK_N + (jj // 128) * 128 + (jj // 8) % 16 + 16 * ((r // 2) + 4 * (r % 2))
     offs_k = tl.arange(0, BLOCK_K)
     k_lo = pid_k * K_PER_SPLIT
@@ -578,7 +580,11 @@ def _w4a16_join_kernel(
         grp = k0 // GROUP
         zw = tl.load(z_ptr + grp * stride_zk + words, mask=wmask, other=0)
         w = _w4_joined(p, zw, UNPACK, x.dtype, BLOCK_K, BLOCK_N)
-        s = tl.load(s_ptr + grp * stride_sk + pcols, mask=pcols < N, other=0.0)
+        if FOLD:  # contiguous load, then to tile order (fewer instructions in sm_90 builds of the large tiles)
+            s = tl.load(s_ptr + grp * stride_sk + ncols, mask=ncols < N, other=0.0)
+            s = tl.reshape(tl.permute(tl.reshape(s, (CH, 2, 2, 2, 16)), (0, 4, 2, 3, 1)), (BLOCK_N,))
+        else:  # gathered in tile order (the permute costs registers next to the exact path's second tile)
+            s = tl.load(s_ptr + grp * stride_sk + pcols, mask=pcols < N, other=0.0)
         if FOLD:  # dequantised weight rounded to x's dtype once; the MMA accumulates in place
             if UNPACK == 2:  # CUDA: native 16-bit multiply (w is a small integer: one rounding either way)
                 ws_ = w * s.to(x.dtype)[None, :]
