@@ -649,8 +649,10 @@ def main() -> int:
         row["wall_s"] = round(time.perf_counter() - t1, 1)
         print(f"[{device}] done in {row['wall_s']} s", file=sys.stderr)
         rows.append(row)
-    summary = {"shape": shape, "model_dir": str(args.model_dir), "dry_run": args.dry_run, "rows": rows}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        summary = {"shape": shape, "model_dir": str(args.model_dir), "dry_run": args.dry_run, "rows": rows}
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=1))  # each device's row as it comes
+        if device != devices[-1]:
+            print("\n".join(table(rows)), file=sys.stderr, flush=True)
     print(f"shape {shape}, batch 1, eager, {NEW_TOKENS} new tokens per stream after a {PROMPT_TOKENS}-token prompt")
     print("\n".join(table(rows)))
     return 0 if len(rows) == len(devices) else 1
