@@ -104,6 +104,7 @@ assert "dlinfer_lmdeploy_autoload" in sys.modules, "the autoload hook did not ru
 import lmdeploy
 assert "dlinfer_lmdeploy" in sys.modules, "importing lmdeploy did not import dlinfer_lmdeploy"
 import lmdeploy.serve.openai.api_server, lmdeploy.cli, fastapi, uvicorn, openai, psutil, torch, transformers
+import prometheus_client  # lmdeploy serve imports it at start (metrics on by default), not at import
 import dlinfer_lmdeploy
 from dlinfer_lmdeploy.testing import serve_load
 devs = dlinfer_lmdeploy.lmdeploy_devices()
