@@ -106,7 +106,7 @@ class GemmConfig(NamedTuple):
 W4A16_TABLE: tuple[tuple[int, GemmConfig], ...] = (
     (16, GemmConfig(16, 128, 128, 4, 3, 0, 1, 2, 8, 1, swap=1)),
     (64, GemmConfig(64, 128, 64, 4, 3, 0, 1, 2, 8, 1)),
-    (256, GemmConfig(128, 128, 64, 4, 3, 0, 1, 2, 8, 2)),
+    (256, GemmConfig(64, 128, 64, 4, 3, 0, 1, 2, 8, 2)),
     (1 << 62, GemmConfig(128, 256, 64, 8, 3, 1, 1, 2, 8, 2)),
 )
 W8A8_TABLE: tuple[tuple[int, GemmConfig], ...] = (
