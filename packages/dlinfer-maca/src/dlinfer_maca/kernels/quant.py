@@ -105,7 +105,7 @@ class GemmConfig(NamedTuple):
 # GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join, tma, swap)
 W4A16_TABLE: tuple[tuple[int, GemmConfig], ...] = (
     (16, GemmConfig(16, 128, 128, 4, 3, 0, 1, 2, 8, 1, swap=1)),
-    (64, GemmConfig(64, 128, 64, 4, 3, 0, 1, 2, 8, 1)),
+    (64, GemmConfig(64, 128, 64, 4, 3, 0, 1, 2, 8, 1, swap=1)),
     (256, GemmConfig(64, 128, 64, 4, 3, 0, 1, 2, 8, 2)),
     (1 << 62, GemmConfig(128, 256, 64, 8, 3, 1, 1, 2, 8, 2)),
 )
