@@ -144,10 +144,12 @@ def pick_config(table: tuple[tuple[int, GemmConfig], ...], M: int) -> GemmConfig
 
 
 def _auto_split(tiles: int, k_iters: int, device: torch.device, num_warps: int, M: int, K: int) -> int:
-    """Split K until the programs fill the SMs (about 16 warps per SM), keeping at least 2 K steps per program
-    and the fp32 partials (``split * M`` values per column) small against the weights (K values per column)."""
-    slots = num_sms(device) * max(1, 16 // num_warps)
-    return max(1, min(triton.cdiv(slots, tiles), k_iters // 2, K // (16 * M)))
+    """Split K so that the programs fill about one wave (about 12 resident warps per SM: the decode builds hold
+    3 programs of 4 warps per SM by registers / shared memory), never more than one wave (a partial second wave
+    idles most SMs), keeping at least 2 K steps per program and the fp32 partials (``split * M`` values per
+    column) small against the weights (K values per column)."""
+    slots = num_sms(device) * max(1, 12 // num_warps)
+    return max(1, min(slots // max(tiles, 1), k_iters // 2, K // (16 * M)))
 
 
 # ----------------------------------------------------------------------------- W8A8
