@@ -240,8 +240,9 @@ def sweep_w4(clock: Clock, dev: torch.device, ms: list[int], shapes: list[tuple[
             cell["default_bf16"] = {"us": us, "err": err, "fail": fail, "ok": err <= TOL[torch.bfloat16]}
             for cfg in w4_candidates(M, quick):
                 us, err, fail = try_run(clock, lambda: quant.w4a16_fwd(x, pw, ps, pz, None, g, config=cfg), ref)
+                split = quant.split_plan(M, N, K, min(cfg.block_k, g), cfg, dev)[1]
                 cell["candidates"].append({"config": list(cfg), "us": us, "err": err, "fail": fail,
-                                           "ok": not fail and err <= TOL[dt]})
+                                           "ok": not fail and err <= TOL[dt], "split": split})
             if "awq_linear" in lmd:
                 us, err, fail = try_run(clock, lambda: lmd["awq_linear"](x, qw, s, qz), ref)
                 cell["peers"]["lmdeploy awq_linear"] = {"us": us, "err": err, "fail": fail}
@@ -283,8 +284,9 @@ def sweep_w8(clock: Clock, dev: torch.device, ms: list[int], shapes: list[tuple[
             for cfg in w8_candidates(M, quick):
                 us, err, fail = try_run(clock, lambda: quant.linear_w8a8_fwd(xq, wq, xs, ws, None, dt, config=cfg),
                                         ref)
+                split = 1 if cfg.tma else quant.split_plan(M, N, K, cfg.block_k, cfg, dev)[1]
                 cell["candidates"].append({"config": list(cfg), "us": us, "err": err, "fail": fail,
-                                           "ok": not fail and err <= TOL[dt]})
+                                           "ok": not fail and err <= TOL[dt], "split": split})
             if "w8a8" in lmd:
                 us, err, fail = try_run(clock, lambda: lmd["w8a8"](xq, wq, xs[:, None], ws[:, None],
                                                                    output_dtype=dt), ref)
@@ -327,7 +329,7 @@ def print_cell(op: str, cell: dict[str, Any], extra: str | None) -> None:
     parts = [f"{op} M{cell['M']:<5} K{cell['K']:<5} N{cell['N']:<5}",
              f"default {d['us']:8.1f}us"
              + ("" if d["err"] <= TOL[torch.float16] else f" ERR({d['err']:.1e}{d['fail'][:60]})"),
-             f"best {b['us']:8.1f}us {fmt_cfg(b['config'])}" if b else "best: none valid"]
+             f"best {b['us']:8.1f}us {fmt_cfg(b['config'])} split {b.get('split')}" if b else "best: none valid"]
     if "default_bf16" in cell:
         db = cell["default_bf16"]
         parts.append(f"bf16 {db['us']:.1f}us" + ("" if db.get("ok") else f" ERR({db['err']:.1e}{db['fail'][:60]})"))

@@ -143,6 +143,16 @@ def pick_config(table: tuple[tuple[int, GemmConfig], ...], M: int) -> GemmConfig
     return next(c for bound, c in table if bound >= M)
 
 
+def split_plan(M: int, N: int, K: int, block_k: int, cfg: GemmConfig, device: torch.device) -> tuple[int, int, int]:
+    """(output tiles, K splits, K per split) of a launch; ``cfg.split_k`` 0 = :func:`_auto_split`."""
+    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
+    k_iters = triton.cdiv(K, block_k)
+    split = cfg.split_k or _auto_split(tiles, k_iters, device, cfg.num_warps, M, K)
+    split = max(1, min(split, k_iters))
+    k_per_split = triton.cdiv(k_iters, split) * block_k
+    return tiles, triton.cdiv(K, k_per_split), k_per_split
+
+
 def _auto_split(tiles: int, k_iters: int, device: torch.device, num_warps: int, M: int, K: int) -> int:
     """Split K so that the programs fill about one wave (about 12 resident warps per SM: the decode builds hold
     3 programs of 4 warps per SM by registers / shared memory), never more than one wave (a partial second wave
@@ -283,12 +293,7 @@ def linear_w8a8_fwd(
     if cfg.tma and _tma_ok(a, w) and (interpreting() or _device_sm(a.device) >= 9):
         _w8a8_tma(a, w, out, sa, w_scale.contiguous(), bias, cfg)
         return out.view(*lead, N)
-    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
-    k_iters = triton.cdiv(K, cfg.block_k)
-    split = cfg.split_k or _auto_split(tiles, k_iters, x_q.device, cfg.num_warps, M, K)
-    split = max(1, min(split, k_iters))
-    k_per_split = triton.cdiv(k_iters, split) * cfg.block_k
-    split = triton.cdiv(K, k_per_split)
+    tiles, split, k_per_split = split_plan(M, N, K, cfg.block_k, cfg, x_q.device)
     ws = torch.empty((split, M, N), dtype=torch.int32, device=x_q.device) if split > 1 else out
     cnt = _tile_counters(x_q.device, tiles) if split > 1 and cfg.reduce == 1 else None
     reduce = int(cnt is not None)
@@ -653,12 +658,7 @@ def w4a16_fwd(
     if cfg.block_n % NCHUNK:
         raise ValueError(f"w4a16: BLOCK_N={cfg.block_n} must be a multiple of {NCHUNK}")
     bk = next(b for b in (cfg.block_k, 128, 64, 32, 16) if b <= group_size and group_size % b == 0)
-    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
-    k_iters = triton.cdiv(K, bk)
-    split = split_k or cfg.split_k or _auto_split(tiles, k_iters, x.device, cfg.num_warps, M, K)
-    split = max(1, min(split, k_iters))
-    k_per_split = triton.cdiv(k_iters, split) * bk
-    split = triton.cdiv(K, k_per_split)
+    tiles, split, k_per_split = split_plan(M, N, K, bk, cfg._replace(split_k=split_k or cfg.split_k), x.device)
     ws = torch.empty((split, M, N), dtype=torch.float32, device=x.device) if split > 1 else out
     cnt = _tile_counters(x.device, tiles) if split > 1 and cfg.reduce == 1 else None
     reduce = int(cnt is not None)
