@@ -57,37 +57,33 @@ TOL = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
 
 # ------------------------------------------------------------------------------------------- candidates
 # GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k (0 = auto), reduce, unpack, group_m, join)
-# join: 0 = 8 per-plane dots, 1 = joined operand (exact), 2 = joined with scales folded into the weights;
-# unpack: 0 = int convert, 1 = magic numbers per nibble, 2 = two nibbles per lop3 (inline PTX, joined kernels).
+# join: 0 = 8 per-plane dots, 1 = joined operand (exact), 2 = joined with scales folded into the weights.
 # Register counts of these from sm_90 builds (no spills except where noted) guided the lists.
 
 
 def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
-    if M <= 16:  # swap=1: transposed product (weights as the wide MMA operand)
-        sw = [G(16, 128, 128, 4, st, 0, 1, 2, 8, 1, swap=1) for st in (3, 4)]
-        sw += [G(16, 256, 128, 8, 3, 0, 1, 2, 8, 1, swap=1), G(16, 128, 64, 4, 4, 0, 1, 2, 8, 1, swap=1),
-               G(16, 128, 128, 8, 3, 0, 1, 2, 8, 1, swap=1), G(16, 128, 128, 4, 3, 0, 1, 1, 8, 1, swap=1),
-               G(16, 128, 128, 4, 3, 0, 0, 2, 8, 1, swap=1)]
-        sw += [G(16, 128, 128, 4, 3, s, 1, 2, 8, 1, swap=1) for s in (1, 4, 16)]
-        c = sw + [G(16, 128, 128, 4, 3, 0, 1, 2, 8, 1), G(16, 128, 64, 4, 4, 0, 1, 2, 8, 1),
-                  G(16, 256, 64, 8, 4, 0, 1, 2, 8, 1), G(16, 128, 128, 4, 3, 0, 1, 2, 8, 2),
-                  G(16, 128, 128, 4, 3, 0, 1, 0, 8, 1), G(16, 256, 64, 4, 3, 0, 1, 1, 8, 0)]
+    if M <= 16:
+        c = [G(16, 128, 64, 4, st, 0, 1, 1, 8, 1) for st in (3, 4, 6)]
+        c += [G(16, 128, 32, 4, 6, 0, 1, 1, 8, 1), G(16, 128, 128, 4, 3, 0, 1, 1, 8, 1),
+              G(16, 128, 128, 8, 3, 0, 1, 1, 8, 1), G(16, 256, 64, 8, 4, 0, 1, 1, 8, 1),
+              G(16, 128, 64, 2, 4, 0, 1, 1, 8, 1), G(16, 128, 64, 4, 4, 0, 1, 0, 8, 1),
+              G(16, 128, 64, 4, 4, 0, 1, 1, 8, 2), G(16, 256, 64, 4, 3, 0, 1, 1, 8, 0)]
+        c += [G(16, 128, 64, 4, 4, s, 1, 1, 8, 1) for s in (1, 4, 16)]
+        c += [G(16, 128, 64, 4, 4, 0, 0, 1, 8, 1)]
     elif M <= 64:
-        c = [G(64, 128, 64, 4, 3, 0, 1, 2, 8, 1), G(64, 128, 64, 4, 4, 0, 1, 2, 8, 1),
-             G(64, 256, 64, 8, 3, 0, 1, 2, 8, 1), G(32, 128, 64, 4, 4, 0, 1, 2, 8, 1),
-             G(32, 256, 64, 8, 3, 0, 1, 2, 8, 1), G(64, 128, 64, 4, 4, 0, 1, 2, 8, 2),
-             G(64, 256, 64, 8, 3, 0, 1, 2, 8, 2), G(128, 128, 64, 8, 3, 0, 1, 2, 8, 2),
-             G(64, 128, 64, 4, 3, 1, 1, 2, 8, 1), G(64, 128, 64, 4, 3, 0, 1, 1, 8, 1),
-             G(64, 128, 64, 4, 3, 0, 0, 2, 8, 1), G(32, 128, 128, 4, 3, 0, 1, 2, 8, 1, swap=1),
-             G(64, 256, 128, 8, 3, 0, 1, 2, 8, 1, swap=1), G(64, 128, 64, 4, 3, 0, 1, 2, 8, 1, swap=1)]
-    else:  # 8-warp 128x128 and 256x128 builds replicate the scale loads on sm_90 (10-12 instructions per weight)
-        c = [G(128, 128, 64, 4, 3, 1, 1, 2, 8, 2), G(128, 256, 64, 8, 3, 1, 1, 2, 8, 2),
-             G(128, 256, 64, 8, 4, 1, 1, 2, 8, 2), G(128, 256, 32, 8, 4, 1, 1, 2, 8, 2),
-             G(128, 128, 128, 8, 3, 1, 1, 2, 8, 2), G(64, 256, 64, 8, 3, 1, 1, 2, 8, 2),
-             G(64, 128, 64, 4, 3, 1, 1, 2, 8, 2), G(64, 128, 64, 4, 4, 1, 1, 2, 8, 2),
-             G(64, 128, 64, 4, 3, 0, 1, 2, 8, 2), G(128, 256, 64, 8, 3, 1, 1, 1, 8, 2),
-             G(64, 128, 64, 4, 3, 1, 1, 2, 8, 1), G(64, 256, 64, 8, 3, 1, 1, 2, 8, 1),
-             G(128, 128, 128, 4, 3, 1, 1, 2, 8, 2), G(128, 256, 128, 8, 2, 1, 1, 2, 8, 2)]
+        c = [G(64, 128, 64, 4, 3, 0, 1, 1, 8, 1), G(64, 128, 64, 4, 4, 0, 1, 1, 8, 1),
+             G(64, 256, 64, 8, 3, 0, 1, 1, 8, 1), G(32, 128, 64, 4, 4, 0, 1, 1, 8, 1),
+             G(32, 256, 64, 8, 3, 0, 1, 1, 8, 1), G(64, 128, 64, 4, 4, 0, 1, 1, 8, 2),
+             G(64, 256, 64, 8, 3, 0, 1, 1, 8, 2), G(128, 128, 64, 8, 3, 0, 1, 1, 8, 2),
+             G(64, 128, 64, 4, 3, 1, 1, 1, 8, 1), G(64, 128, 64, 4, 3, 0, 1, 0, 8, 1),
+             G(64, 128, 64, 4, 3, 0, 0, 1, 8, 1)]
+    else:
+        c = [G(128, 128, 64, 4, 3, 1, 1, 1, 8, 2), G(128, 128, 64, 8, 3, 1, 1, 1, 8, 2),
+             G(128, 128, 64, 8, 4, 1, 1, 1, 8, 2), G(128, 256, 64, 8, 3, 1, 1, 1, 8, 2),
+             G(128, 256, 64, 8, 4, 1, 1, 1, 8, 2), G(128, 256, 32, 8, 4, 1, 1, 1, 8, 2),
+             G(128, 128, 128, 8, 3, 1, 1, 1, 8, 2), G(256, 128, 64, 8, 3, 1, 1, 1, 8, 2),
+             G(64, 256, 64, 8, 3, 1, 1, 1, 8, 2), G(128, 128, 64, 8, 3, 1, 1, 1, 8, 1),
+             G(128, 128, 64, 8, 3, 0, 1, 1, 8, 2), G(128, 256, 64, 8, 3, 1, 1, 0, 8, 2)]
     return c[::3] if quick else c
 
 
@@ -98,13 +94,11 @@ def w8_candidates(M: int, quick: bool) -> list[GemmConfig]:
     elif M <= 256:
         c = [G(64, 128, 128, 4, 4, 0, 1), G(64, 128, 128, 4, 4, 1, 1), G(128, 128, 128, 8, 3, 1, 1),
              G(128, 256, 128, 8, 3, 1, 1), G(64, 256, 128, 8, 3, 1, 1), G(128, 128, 128, 4, 4, 1, 1),
-             G(64, 64, 128, 4, 4, 0, 1), G(128, 128, 128, 8, 3, 1, 1, tma=1), G(64, 128, 128, 4, 4, 1, 1, tma=1)]
-    else:  # tma: 1 = descriptor loads, 2 = persistent
+             G(64, 64, 128, 4, 4, 0, 1)]
+    else:
         c = [G(128, 256, 128, 8, 3, 1, 1), G(256, 128, 128, 8, 3, 1, 1), G(128, 256, 128, 8, 4, 1, 1),
-             G(128, 128, 128, 8, 4, 1, 1), G(128, 256, 64, 8, 4, 1, 1), G(128, 256, 128, 8, 3, 1, 1, 0, 16),
-             G(128, 256, 128, 8, 3, 1, 1, tma=1), G(128, 256, 128, 8, 4, 1, 1, tma=1),
-             G(256, 128, 128, 8, 3, 1, 1, tma=1), G(128, 256, 128, 8, 3, 1, 1, tma=2),
-             G(128, 256, 64, 8, 4, 1, 1, tma=2), G(128, 128, 128, 4, 4, 1, 1, tma=1)]
+             G(128, 128, 128, 8, 4, 1, 1), G(128, 128, 128, 4, 4, 1, 1), G(128, 256, 64, 8, 4, 1, 1),
+             G(256, 128, 64, 8, 4, 1, 1), G(128, 256, 128, 8, 3, 1, 1, 0, 16)]
     return c[::3] if quick else c
 
 
@@ -241,9 +235,8 @@ def sweep_w4(clock: Clock, dev: torch.device, ms: list[int], shapes: list[tuple[
             cell["default_bf16"] = {"us": us, "err": err, "fail": fail, "ok": err <= TOL[torch.bfloat16]}
             for cfg in w4_candidates(M, quick):
                 us, err, fail = try_run(clock, lambda: quant.w4a16_fwd(x, pw, ps, pz, None, g, config=cfg), ref)
-                split = quant.split_plan(M, N, K, min(cfg.block_k, g), cfg, dev)[1]
                 cell["candidates"].append({"config": list(cfg), "us": us, "err": err, "fail": fail,
-                                           "ok": not fail and err <= TOL[dt], "split": split})
+                                           "ok": not fail and err <= TOL[dt]})
             if "awq_linear" in lmd:
                 us, err, fail = try_run(clock, lambda: lmd["awq_linear"](x, qw, s, qz), ref)
                 cell["peers"]["lmdeploy awq_linear"] = {"us": us, "err": err, "fail": fail}
@@ -285,9 +278,8 @@ def sweep_w8(clock: Clock, dev: torch.device, ms: list[int], shapes: list[tuple[
             for cfg in w8_candidates(M, quick):
                 us, err, fail = try_run(clock, lambda: quant.linear_w8a8_fwd(xq, wq, xs, ws, None, dt, config=cfg),
                                         ref)
-                split = 1 if cfg.tma else quant.split_plan(M, N, K, cfg.block_k, cfg, dev)[1]
                 cell["candidates"].append({"config": list(cfg), "us": us, "err": err, "fail": fail,
-                                           "ok": not fail and err <= TOL[dt], "split": split})
+                                           "ok": not fail and err <= TOL[dt]})
             if "w8a8" in lmd:
                 us, err, fail = try_run(clock, lambda: lmd["w8a8"](xq, wq, xs[:, None], ws[:, None],
                                                                    output_dtype=dt), ref)
@@ -330,7 +322,7 @@ def print_cell(op: str, cell: dict[str, Any], extra: str | None) -> None:
     parts = [f"{op} M{cell['M']:<5} K{cell['K']:<5} N{cell['N']:<5}",
              f"default {d['us']:8.1f}us"
              + ("" if d["err"] <= TOL[torch.float16] else f" ERR({d['err']:.1e}{d['fail'][:60]})"),
-             f"best {b['us']:8.1f}us {fmt_cfg(b['config'])} split {b.get('split')}" if b else "best: none valid"]
+             f"best {b['us']:8.1f}us {fmt_cfg(b['config'])}" if b else "best: none valid"]
     if "default_bf16" in cell:
         db = cell["default_bf16"]
         parts.append(f"bf16 {db['us']:.1f}us" + ("" if db.get("ok") else f" ERR({db['err']:.1e}{db['fail'][:60]})"))
@@ -343,7 +335,7 @@ def print_cell(op: str, cell: dict[str, Any], extra: str | None) -> None:
         if lm and not math.isnan(lm["us"]):
             parts.append(f"vs lmd x{lm['us'] / b['us']:.2f}")
         if extra == "floor" and not math.isnan(cell.get("floor_us", math.nan)):
-            parts.append(f"floor {cell['floor_us'] / b['us']:.0%} (default {cell['floor_us'] / d['us']:.0%})")
+            parts.append(f"floor {cell['floor_us'] / b['us']:.0%}")
         if extra == "int8" and cell.get("int8_TOPs"):
             parts.append(f"of int8 {cell['flops'] / b['us'] / 1e6 / cell['int8_TOPs']:.0%}")
     if n_err:
@@ -384,7 +376,7 @@ def print_suggestions(name: str, sug: dict[str, Any], cells: list[dict[str, Any]
     for bound, v in sug.items():
         dg = f", the current default {fmt_cfg(v['default'])} x{v['default_geo']:.2f}" if v["default_geo"] else ""
         b = "1 << 62" if int(bound) >= 1 << 62 else bound
-        print(f"    ({b}, GemmConfig{tuple(v['config'])}),  # x{v['geo_slowdown']:.2f}{dg}")
+        print(f"    ({b}, {fmt_cfg(v['config'])}),  # x{v['geo_slowdown']:.2f}{dg}")
     ratios = []
     for c in cells:
         b = best(c)

@@ -5,20 +5,14 @@ The canonical AWQ ``qweight int32 [IN, OUT/8]`` holds in nibble i of word c the 
 ``8c + AWQ_ORDER[i]``. We repack the columns in chunks of ``NCHUNK = 128``: in chunk t, nibble
 i of word ``16t + c`` holds column ``128t + 16i + c`` (OUT padded with zero columns up to a
 multiple of 128). Shifting a loaded ``[BLOCK_K, BLOCK_N/8]`` tile of words by ``4i`` then gives
-nibble plane i (16 contiguous columns per chunk) in the loaded register layout, with no reshape of
-the loaded words. Two kernels read it: one ``tl.dot`` per plane into 8 accumulators
-(:func:`_w4a16_kernel`), or the planes ``tl.join``-ed into one ``[BLOCK_K, BLOCK_N]`` operand for one
-wide ``tl.dot`` (:func:`_w4a16_join_kernel`, the default: narrow per-plane dots leave warps idle or
-redundant). ``qzeros [IN/g, OUT/8]`` gets the same permutation; ``scales [IN/g, OUT]`` is kept. The
-layout depends on no kernel configuration (any ``BLOCK_N`` that is a multiple of 128 works).
-
-Launch configurations come from the M-indexed tables ``W4A16_TABLE`` / ``W8A8_TABLE`` (``GemmConfig``);
-``tools/tune_quant_gpu.py`` times the alternatives on a GPU and prints rows to paste there.
+the weights of 16 contiguous columns per chunk directly, in the loaded register layout, so the
+kernel needs no reshape/join (each of the 8 nibble planes is its own ``tl.dot`` into its own
+accumulator). ``qzeros [IN/g, OUT/8]`` gets the same permutation; ``scales [IN/g, OUT]`` is kept.
+The layout depends on no kernel configuration (any ``BLOCK_N`` that is a multiple of 128 works).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -79,12 +73,9 @@ def _last_arrival(cnt_ptr, tile, n_split):
 class GemmConfig(NamedTuple):
     """One launch configuration. ``split_k`` 0 = choose from the SM count; ``reduce``: 0 = fp32 partial
     buffer summed by torch, 1 = in-kernel (last program of a tile sums the partials); ``unpack`` (W4A16):
-    0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers, 2 = the same two nibbles per instruction in
-    inline PTX (CUDA, joined kernel; 1 elsewhere); ``join`` (W4A16): 0 = one narrow ``tl.dot``
+    0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers; ``join`` (W4A16): 0 = one narrow ``tl.dot``
     per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``, 2 = joined with the
-    group scales folded into the weights before the MMA (one rounding per dequantised weight); ``tma`` (W8A8,
-    CUDA, no split): 1 = operand tiles through tensor-memory-access descriptors, 2 = the same, persistent;
-    ``swap`` (W4A16, joined): 1 = compute the transposed product (weights as the wide MMA operand)."""
+    group scales folded into the weights before the MMA (one rounding per dequantised weight)."""
 
     block_m: int
     block_n: int
@@ -96,46 +87,22 @@ class GemmConfig(NamedTuple):
     unpack: int = 0
     group_m: int = 8
     join: int = 0
-    tma: int = 0
-    swap: int = 0
 
 
-# Defaults by M (upper bound inclusive -> config), chosen from register / shared-memory use of sm_90 builds
-# before any GPU timing; tools/tune_quant_gpu.py times the alternatives and prints rows to paste here.
-# GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join, tma, swap)
-W4A16_TABLE: tuple[tuple[int, GemmConfig], ...] = (
-    (16, GemmConfig(16, 128, 128, 4, 3, 0, 1, 2, 8, 1, swap=1)),
-    (64, GemmConfig(64, 128, 64, 4, 3, 0, 1, 2, 8, 1, swap=1)),
-    (256, GemmConfig(64, 128, 64, 4, 3, 0, 1, 2, 8, 2)),
-    (1 << 62, GemmConfig(128, 256, 64, 8, 3, 1, 1, 2, 8, 2)),
+# Defaults by M (upper bound inclusive -> config): the rows tools/tune_quant_gpu.py suggested on the H200
+# (benchmarks/h200/tune-quant-run1.json; each row the smallest geo-mean slowdown against every cell's best).
+# GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join)
+W4A16_TABLE: tuple[tuple[int, GemmConfig], ...] = (  # H200 sweep (tune-quant-run1.json): best geo-mean per bucket
+    (16, GemmConfig(16, 128, 128, 4, 3, 0, 1, 1, 8, 1)),
+    (64, GemmConfig(64, 128, 64, 4, 4, 0, 1, 1, 8, 1)),
+    (1 << 62, GemmConfig(128, 128, 64, 4, 3, 1, 1, 1, 8, 2)),
 )
-W8A8_TABLE: tuple[tuple[int, GemmConfig], ...] = (
-    (16, GemmConfig(16, 64, 256, 4, 4, 0, 1)),
-    (64, GemmConfig(64, 64, 128, 4, 4, 0, 1)),
-    (256, GemmConfig(128, 128, 128, 8, 3, 0, 1)),
-    (1 << 62, GemmConfig(128, 256, 128, 8, 3, 1, 1, tma=1)),
+W8A8_TABLE: tuple[tuple[int, GemmConfig], ...] = (  # H200 sweep (tune-quant-run1.json)
+    (16, GemmConfig(16, 64, 128, 4, 3, 0, 1, 0, 8, 0)),
+    (256, GemmConfig(64, 128, 128, 4, 4, 1, 1, 0, 8, 0)),
+    (1 << 62, GemmConfig(256, 128, 128, 8, 3, 1, 1, 0, 8, 0)),
 )
 _INTERP = GemmConfig(16, 128, 32, 4, 1, 0, 1, 0, 8, 1)  # interpreter: few, large blocks (Python overhead per op)
-
-
-@functools.lru_cache(maxsize=8)
-def _nvidia_sm(index: int) -> int:
-    """Compute-capability major of an NVIDIA CUDA device, 0 for anything else (e.g. MetaX MACA, whose
-    Triton takes no NVIDIA inline PTX and whose descriptor loads are unverified)."""
-    try:
-        if triton.runtime.driver.active.get_current_target().backend != "cuda":
-            return 0
-    except Exception:  # noqa: BLE001 - no active driver
-        return 0
-    if "nvidia" not in torch.cuda.get_device_name(index).lower():
-        return 0
-    return torch.cuda.get_device_capability(index)[0]
-
-
-def _device_sm(device: torch.device) -> int:
-    if device.type != "cuda" or interpreting():
-        return 0
-    return _nvidia_sm(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def pick_config(table: tuple[tuple[int, GemmConfig], ...], M: int) -> GemmConfig:
@@ -143,29 +110,17 @@ def pick_config(table: tuple[tuple[int, GemmConfig], ...], M: int) -> GemmConfig
     return next(c for bound, c in table if bound >= M)
 
 
-def split_plan(M: int, N: int, K: int, block_k: int, cfg: GemmConfig, device: torch.device) -> tuple[int, int, int]:
-    """(output tiles, K splits, K per split) of a launch; ``cfg.split_k`` 0 = :func:`_auto_split`."""
-    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
-    k_iters = triton.cdiv(K, block_k)
-    split = cfg.split_k or _auto_split(tiles, k_iters, device, cfg.num_warps, M, K)
-    split = max(1, min(split, k_iters))
-    k_per_split = triton.cdiv(k_iters, split) * block_k
-    return tiles, triton.cdiv(K, k_per_split), k_per_split
-
-
 def _auto_split(tiles: int, k_iters: int, device: torch.device, num_warps: int, M: int, K: int) -> int:
-    """Split K so that the programs fill about one wave (about 12 resident warps per SM: the decode builds hold
-    3 programs of 4 warps per SM by registers / shared memory), never more than one wave (a partial second wave
-    idles most SMs), keeping at least 2 K steps per program and the fp32 partials (``split * M`` values per
-    column) small against the weights (K values per column)."""
-    slots = num_sms(device) * max(1, 12 // num_warps)
-    return max(1, min(slots // max(tiles, 1), k_iters // 2, K // (16 * M)))
+    """Split K until the programs fill the SMs (about 16 warps per SM), keeping at least 2 K steps per program
+    and the fp32 partials (``split * M`` values per column) small against the weights (K values per column)."""
+    slots = num_sms(device) * max(1, 16 // num_warps)
+    return max(1, min(triton.cdiv(slots, tiles), k_iters // 2, K // (16 * M)))
 
 
 # ----------------------------------------------------------------------------- W8A8
 
 
-@triton.jit(do_not_specialize=["M", "K_PER_SPLIT", "n_split"])  # one build for every M (no M == 1 variant)
+@triton.jit
 def _w8a8_kernel(
     a_ptr, b_ptr, o_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, cnt_ptr, M, N, K, K_PER_SPLIT, n_split,
     stride_am, stride_bn, stride_om,
@@ -224,55 +179,6 @@ def _w8_epilogue(acc, o_ptr, as_ptr, bs_ptr, bias_ptr, offs_m, offs_n, mmask, nm
              out.to(o_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 
 
-@triton.jit(do_not_specialize=["M", "NUM_PROGRAMS"])  # one build for every M (no M == 1 variant)
-def _w8a8_tma_kernel(
-    a_desc, b_desc, o_ptr, as_ptr, bs_ptr, bias_ptr, M, N, K, stride_om, NUM_PROGRAMS,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, PERSISTENT: tl.constexpr,
-):
-    """Large-M W8A8: operand tiles loaded by tensor descriptors (TMA on sm_90; zero fill past M, N, K);
-    ``PERSISTENT``: ``NUM_PROGRAMS`` programs walk the output tiles in grouped order."""
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    start = tl.program_id(0)
-    step = NUM_PROGRAMS if PERSISTENT else num_m * num_n
-    end = num_m * num_n if PERSISTENT else start + 1
-    for tile in range(start, end, step):
-        pid_m, pid_n = _group_pid(tile, num_m, num_n, GROUP_M)
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
-        for k0 in range(0, K, BLOCK_K):
-            a = a_desc.load([pid_m * BLOCK_M, k0])
-            b = b_desc.load([pid_n * BLOCK_N, k0])
-            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        _w8_epilogue(acc, o_ptr, as_ptr, bs_ptr, bias_ptr, offs_m, offs_n, offs_m < M, offs_n < N, stride_om,
-                     HAS_BIAS)
-
-
-def _tma_ok(a: torch.Tensor, w: torch.Tensor) -> bool:
-    """Tensor descriptors need 16-byte aligned bases and row strides (and CUDA or the interpreter)."""
-    return (a.device.type == "cuda" or interpreting()) and all(
-        t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (a, w))
-
-
-def _w8a8_tma(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor,
-              bias: torch.Tensor | None, cfg: GemmConfig) -> None:
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    M, K = a.shape
-    N = w.shape[0]
-    a_desc = TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k])
-    b_desc = TensorDescriptor.from_tensor(w, [cfg.block_n, cfg.block_k])
-    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
-    programs = min(tiles, num_sms(a.device)) if cfg.tma == 2 else tiles
-    _w8a8_tma_kernel[(programs,)](
-        a_desc, b_desc, out, sa, sb, bias if bias is not None else sa, M, N, K, out.stride(0), programs,
-        HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        GROUP_M=cfg.group_m, PERSISTENT=cfg.tma == 2, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-
-
 def linear_w8a8_fwd(
     x_q: torch.Tensor, w_q: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
     bias: torch.Tensor | None, out_dtype: torch.dtype, config: GemmConfig | None = None,
@@ -290,10 +196,12 @@ def linear_w8a8_fwd(
     if M == 0 or N == 0:
         return out.view(*lead, N)
     cfg = config or (_INTERP._replace(block_k=64) if interpreting() else pick_config(W8A8_TABLE, M))
-    if cfg.tma and _tma_ok(a, w) and (interpreting() or _device_sm(a.device) >= 9):
-        _w8a8_tma(a, w, out, sa, w_scale.contiguous(), bias, cfg)
-        return out.view(*lead, N)
-    tiles, split, k_per_split = split_plan(M, N, K, cfg.block_k, cfg, x_q.device)
+    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
+    k_iters = triton.cdiv(K, cfg.block_k)
+    split = cfg.split_k or _auto_split(tiles, k_iters, x_q.device, cfg.num_warps, M, K)
+    split = max(1, min(split, k_iters))
+    k_per_split = triton.cdiv(k_iters, split) * cfg.block_k
+    split = triton.cdiv(K, k_per_split)
     ws = torch.empty((split, M, N), dtype=torch.int32, device=x_q.device) if split > 1 else out
     cnt = _tile_counters(x_q.device, tiles) if split > 1 and cfg.reduce == 1 else None
     reduce = int(cnt is not None)
@@ -404,7 +312,7 @@ def _w4_gather(ws_ptr, rows, mmask, cols, M, N, P: tl.constexpr, n_split,
     return acc
 
 
-@triton.jit(do_not_specialize=["M", "K_PER_SPLIT", "n_split"])  # one build for every M (no M == 1 variant)
+@triton.jit
 def _w4a16_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, K, NW, GROUP, K_PER_SPLIT, n_split,
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
@@ -500,60 +408,19 @@ def _w4_store8(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, o_ptr, bias_ptr, 
 
 
 @triton.jit
-def _magic_pairs(w, P: tl.constexpr, dtype: tl.constexpr):
-    """For each int32 word, two 16-bit floats ``(magic + nibble P, magic + nibble P + 4)`` made by one
-    shift and one ``lop3`` (the nibbles land in the low mantissa bits of 1024.0 / 128.0): CUDA only."""
-    if dtype == tl.bfloat16:
-        return tl.inline_asm_elementwise(
-            asm="{ .reg .b32 t; shr.u32 t, $2, $3; lop3.b32 t, t, 0x000f000f, 0x43004300, 0xea; mov.b32 {$0, $1}, t; }",
-            constraints="=h,=h,r,n", args=[w, 4 * P], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
-    else:
-        return tl.inline_asm_elementwise(
-            asm="{ .reg .b32 t; shr.u32 t, $2, $3; lop3.b32 t, t, 0x000f000f, 0x64006400, 0xea; mov.b32 {$0, $1}, t; }",
-            constraints="=h,=h,r,n", args=[w, 4 * P], dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
-
-
-@triton.jit
-def _w4_pair(p, zw, P: tl.constexpr, UNPACK: tl.constexpr, dtype: tl.constexpr):
-    """Planes P and P + 4 (``q - z``, exact) of the packed tile."""
-    if UNPACK == 2:
-        lo, hi = _magic_pairs(p, P, dtype)
-        zlo, zhi = _magic_pairs(zw, P, dtype)
-        return lo - zlo[None, :], hi - zhi[None, :]
-    else:
-        return _w4_weights(p, zw, P, UNPACK, dtype), _w4_weights(p, zw, P + 4, UNPACK, dtype)
-
-
-@triton.jit
-def _w4_joined(p, zw, UNPACK: tl.constexpr, dtype: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The 8 planes of ``p [BLOCK_K, BLOCK_N/8]`` as one ``[BLOCK_K, BLOCK_N]`` operand: tile column
-    ``8j + 4a + 2b + c`` is plane ``2a + b + 4c`` of word j (the last join pairs planes P and P + 4)."""
-    v0, v4 = _w4_pair(p, zw, 0, UNPACK, dtype)
-    v1, v5 = _w4_pair(p, zw, 1, UNPACK, dtype)
-    v2, v6 = _w4_pair(p, zw, 2, UNPACK, dtype)
-    v3, v7 = _w4_pair(p, zw, 3, UNPACK, dtype)
-    lo = tl.join(tl.join(v0, v2), tl.join(v1, v3))  # [.., a, b] = plane 2a + b
-    hi = tl.join(tl.join(v4, v6), tl.join(v5, v7))  # plane 4 + 2a + b
-    return tl.reshape(tl.join(lo, hi), (BLOCK_K, BLOCK_N))
-
-
-@triton.jit(do_not_specialize=["M", "K_PER_SPLIT", "n_split"])  # one build for every M (no M == 1 variant)
 def _w4a16_join_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, K, NW, GROUP, K_PER_SPLIT, n_split,
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
     SPLIT: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr, UNPACK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    DOT_PREC: tl.constexpr, FOLD: tl.constexpr, SWAP: tl.constexpr,
+    DOT_PREC: tl.constexpr, FOLD: tl.constexpr,
 ):
     """The same product as :func:`_w4a16_kernel` with one ``tl.dot`` per K step (large M: one wide MMA
     instead of 8 narrow ones): the 8 nibble planes are joined into a ``[BLOCK_K, BLOCK_N]`` operand whose
-    tile column ``8j + r`` is plane ``r // 2 + 4 (r % 2)`` of word j (planes P and P + 4 adjacent, so that
-    the 16-bit pair made from one 32-bit word stays together), and the accumulator is permuted back once,
+    tile column ``8j + P`` is plane P of word j, and the accumulator is permuted back to column order once,
     before the epilogue. ``FOLD``: scale the weights before the MMA (one rounding of each dequantised weight
     to x's dtype, as LMDeploy's kernel does) so the MMA accumulates in place, instead of scaling each
-    partial product (exact weights, but a second fp32 tile live per K step). ``SWAP`` computes the transposed
-    product (decode sizes: the dequantised weights become the MMA's wide A operand, on sm_90 a wgmma with
-    N = BLOCK_M; sm_90 builds at BLOCK_M 16 need 3.6 instead of 4.7 instructions per weight)."""
+    partial product (exact weights, but a second fp32 tile live per K step)."""
     SUB: tl.constexpr = BLOCK_N // 8
     CH: tl.constexpr = BLOCK_N // 128
     num_m = tl.cdiv(M, BLOCK_M)
@@ -566,18 +433,12 @@ def _w4a16_join_kernel(
     rows = rows.to(tl.int64)
     words = pid_n * SUB + tl.arange(0, SUB)
     wmask = words < NW
-    ncols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # tile column 128t + 8i + 4a + 2b + c holds column 128t + 16(4c + 2a + b) + i (see _w4_joined)
     jj = tl.arange(0, BLOCK_N)
-    r = jj % 8
-    pcols = pid_n * BLOCK_N + (jj // 128) * 128 + (jj // 8) % 16 + 16 * ((r // 2) + 4 * (r % 2))
+    pcols = pid_n * BLOCK_N + (jj // 128) * 128 + (jj // 8) % 16 + 16 * (jj % 8)  # column of tile column jj
     offs_k = tl.arange(0, BLOCK_K)
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
-    if SWAP:  # out^T = W^T x^T: the weights are the wide MMA operand, the few rows of x the narrow one
-        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         kk = k0 + offs_k
         kmask = kk < k_hi
@@ -586,29 +447,19 @@ def _w4a16_join_kernel(
                     mask=kmask[:, None] & wmask[None, :], other=0)
         grp = k0 // GROUP
         zw = tl.load(z_ptr + grp * stride_zk + words, mask=wmask, other=0)
-        w = _w4_joined(p, zw, UNPACK, x.dtype, BLOCK_K, BLOCK_N)
-        if FOLD:  # contiguous load, then to tile order (fewer instructions in sm_90 builds of the large tiles)
-            s = tl.load(s_ptr + grp * stride_sk + ncols, mask=ncols < N, other=0.0)
-            s = tl.reshape(tl.permute(tl.reshape(s, (CH, 2, 2, 2, 16)), (0, 4, 2, 3, 1)), (BLOCK_N,))
-        else:  # gathered in tile order (the permute costs registers next to the exact path's second tile)
-            s = tl.load(s_ptr + grp * stride_sk + pcols, mask=pcols < N, other=0.0)
+        w04 = tl.join(_w4_weights(p, zw, 0, UNPACK, x.dtype), _w4_weights(p, zw, 4, UNPACK, x.dtype))
+        w26 = tl.join(_w4_weights(p, zw, 2, UNPACK, x.dtype), _w4_weights(p, zw, 6, UNPACK, x.dtype))
+        w15 = tl.join(_w4_weights(p, zw, 1, UNPACK, x.dtype), _w4_weights(p, zw, 5, UNPACK, x.dtype))
+        w37 = tl.join(_w4_weights(p, zw, 3, UNPACK, x.dtype), _w4_weights(p, zw, 7, UNPACK, x.dtype))
+        w = tl.reshape(tl.join(tl.join(w04, w26), tl.join(w15, w37)), (BLOCK_K, BLOCK_N))  # index 4a+2b+c = plane
+        s = tl.load(s_ptr + grp * stride_sk + pcols, mask=pcols < N, other=0.0)
         if FOLD:  # dequantised weight rounded to x's dtype once; the MMA accumulates in place
-            if UNPACK == 2:  # CUDA: native 16-bit multiply (w is a small integer: one rounding either way)
-                ws_ = w * s.to(x.dtype)[None, :]
-            else:  # same rounding via fp32 (the interpreter multiplies bf16 as raw bits)
-                ws_ = (w.to(tl.float32) * s.to(tl.float32)[None, :]).to(x.dtype)
-            if SWAP:
-                acc = tl.dot(tl.trans(ws_), tl.trans(x), acc, input_precision=DOT_PREC)
-            else:
-                acc = tl.dot(x, ws_, acc, input_precision=DOT_PREC)
-        elif SWAP:  # exact integer weights, the group scale applied to the fp32 partial product
-            acc += tl.dot(tl.trans(w), tl.trans(x), input_precision=DOT_PREC) * s.to(tl.float32)[:, None]
-        else:
+            ws_ = (w.to(tl.float32) * s.to(tl.float32)[None, :]).to(x.dtype)  # = a correctly rounded w * s
+            acc = tl.dot(x, ws_, acc, input_precision=DOT_PREC)
+        else:  # exact integer weights, the group scale applied to the fp32 partial product
             acc += tl.dot(x, w, input_precision=DOT_PREC) * s.to(tl.float32)[None, :]
-    if SWAP:
-        acc = tl.trans(acc)
-    # tile column 8j + 4a + 2b + c with j = 16t + i holds column 128t + 16(4c + 2a + b) + i: back to column order
-    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, CH, 16, 2, 2, 2)), (0, 1, 5, 3, 4, 2)), (BLOCK_M, BLOCK_N))
+    # tile column 8j + P with j = 16t + c holds column 128t + 16P + c: back to column order
+    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, CH, 16, 8)), (0, 1, 3, 2)), (BLOCK_M, BLOCK_N))
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     omask = mmask[:, None] & (cols < N)[None, :]
     mn = rows[:, None] * N + cols[None, :]
@@ -658,17 +509,19 @@ def w4a16_fwd(
     if cfg.block_n % NCHUNK:
         raise ValueError(f"w4a16: BLOCK_N={cfg.block_n} must be a multiple of {NCHUNK}")
     bk = next(b for b in (cfg.block_k, 128, 64, 32, 16) if b <= group_size and group_size % b == 0)
-    tiles, split, k_per_split = split_plan(M, N, K, bk, cfg._replace(split_k=split_k or cfg.split_k), x.device)
+    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
+    k_iters = triton.cdiv(K, bk)
+    split = split_k or cfg.split_k or _auto_split(tiles, k_iters, x.device, cfg.num_warps, M, K)
+    split = max(1, min(split, k_iters))
+    k_per_split = triton.cdiv(k_iters, split) * bk
+    split = triton.cdiv(K, k_per_split)
     ws = torch.empty((split, M, N), dtype=torch.float32, device=x.device) if split > 1 else out
     cnt = _tile_counters(x.device, tiles) if split > 1 and cfg.reduce == 1 else None
     reduce = int(cnt is not None)
     unpack = cfg.unpack if x.dtype in (torch.float16, torch.bfloat16) else 0
-    if unpack == 2 and (not cfg.join or _device_sm(x.device) < 8):
-        unpack = 1  # inline PTX: NVIDIA CUDA and the joined kernel only
     if interpreting() and x.dtype == torch.bfloat16:
         unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits; the magic path is checked on GPU only
-    kernel, extra = (_w4a16_join_kernel, {"FOLD": cfg.join == 2, "SWAP": bool(cfg.swap)}) if cfg.join else \
-        (_w4a16_kernel, {})
+    kernel, extra = (_w4a16_join_kernel, {"FOLD": cfg.join == 2}) if cfg.join else (_w4a16_kernel, {})
     kernel[(tiles, split)](
         a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, ws if cnt is None else cnt,
         M, N, K, NW, group_size,
