@@ -1,10 +1,11 @@
 """Host work of one eager decode step through the adaptor: the dlinfer ops it calls per layer, and no aten op of its
-own per layer (every dispatched op costs host time on an accelerator whose launches are the bottleneck).
+own per layer beyond what no dlinfer op covers (every dispatched op costs host time on an accelerator whose launches
+are the bottleneck).
 
-In a real LMDeploy engine on the CPU device (tiny Llama), every pure decode step is observed from inside the engine
-thread: the ``dlinfer.ops`` calls per step must be the Llama decoder's, derived from the model's layer count; the
-aten ops issued by the adaptor's own code (not inside a ``dlinfer.ops`` call) come from the once-per-step metadata
-only, never from the per-layer Impls; and the metadata is built once per step.
+In a real LMDeploy engine on the CPU device (tiny Llama and Mixtral), every pure decode step is observed from inside
+the engine thread: the ``dlinfer.ops`` calls per step must be the decoder's, derived from the model's layer count;
+the aten ops issued by the Impls' own code (not inside a ``dlinfer.ops`` call) must be none for Llama and only the
+top-k weight renormalisation for Mixtral; and the metadata is built once per step.
 """
 
 from __future__ import annotations
@@ -60,17 +61,24 @@ class _CountAten(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _expected_ops(layers: int) -> dict[str, int]:
-    """dlinfer op calls of one Llama decode step: per layer input norm (plain on layer 0, fused add after), qkv,
-    in-place rotary, KV fill, decode attention, o proj, post-attention add-norm, gate_up, silu_and_mul, down; then
-    the final add-norm (the LM head runs after ``model_forward``, in LMDeploy's ``get_logits``)."""
-    return {"rms_norm": 1, "add_rms_norm": 2 * layers, "linear": 4 * layers,
-            "apply_rotary_pos_emb_inplace": layers, "fill_kv_cache": layers, "paged_decode_attention": layers,
-            "silu_and_mul": layers}
+def _expected_ops(kind: str, layers: int) -> tuple[dict[str, int], int]:
+    """dlinfer op calls of one decode step and the aten ops the Impls may dispatch themselves, for ``layers`` layers.
+
+    Per layer: input norm (plain on layer 0, fused add after), qkv, in-place rotary, KV fill, decode attention,
+    o proj, post-attention add-norm, then the MLP — Llama: gate_up, silu_and_mul, down; Mixtral: the router linear,
+    the top-k gating, the fused experts, and LMDeploy's ``renormalize=True`` of the top-k weights in the FusedMoE
+    Impl (a sum and a division: no dlinfer op takes it) — then the final add-norm (the LM head runs after
+    ``model_forward``, in LMDeploy's ``get_logits``)."""
+    ops = {"rms_norm": 1, "add_rms_norm": 2 * layers, "apply_rotary_pos_emb_inplace": layers,
+           "fill_kv_cache": layers, "paged_decode_attention": layers}
+    if kind == "mixtral":
+        return {**ops, "linear": 3 * layers, "moe_gating_topk_softmax": layers, "fused_moe": layers}, 2 * layers
+    return {**ops, "linear": 4 * layers, "silu_and_mul": layers}, 0
 
 
+@pytest.mark.parametrize("kind", ["llama", "mixtral"])
 def test_decode_step_ops_scale_with_layers_and_adaptor_adds_none_per_layer(
-    tiny_model, monkeypatch: pytest.MonkeyPatch
+    kind: str, tiny_model, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     import dlinfer.ops
     from dlinfer.spec import SPECS
@@ -78,7 +86,7 @@ def test_decode_step_ops_scale_with_layers_and_adaptor_adds_none_per_layer(
 
     from dlinfer_lmdeploy import metadata
 
-    path: Path = tiny_model("llama")
+    path: Path = tiny_model(kind)
     layers = json.loads((path / "config.json").read_text())["num_hidden_layers"]
     steps: list[_Step] = []
     current: list[_Step] = []
@@ -128,12 +136,12 @@ def test_decode_step_ops_scale_with_layers_and_adaptor_adds_none_per_layer(
         runner.generate(pipe, ["Hello world", "The quick brown fox"], 6)
 
     assert len(steps) >= 3, f"only {len(steps)} pure decode steps observed"
-    want = _expected_ops(layers)
+    want, impl_ops = _expected_ops(kind, layers)
     for i, step in enumerate(steps):
         assert dict(step.ops) == want, f"decode step {i}: dlinfer op calls {dict(step.ops)}, expected {want}"
         assert step.builds == 1, f"decode step {i}: attention metadata built {step.builds} times"
-        assert step.aten["impls"] == 0, (
+        assert step.aten["impls"] == impl_ops, (
             f"decode step {i}: the adaptor's Impls dispatched {step.aten['impls']} aten ops of their own "
-            f"({layers} layers); expected none besides the dlinfer ops")
+            f"({layers} layers); expected {impl_ops} besides the dlinfer ops")
         assert 0 < step.aten["metadata"] == steps[0].aten["metadata"], (
             f"decode step {i}: {step.aten['metadata']} metadata ops (step 0: {steps[0].aten['metadata']})")

@@ -20,8 +20,10 @@ class DlinferSoftmaxTopKImpl(SoftmaxTopKImpl):
         self.top_k = top_k
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        weights, ids = ops.moe_gating_topk_softmax(x, topk=self.top_k, renormalize=False)
-        return weights, ids.long()
+        """-> (fp32 weights [T, k], int32 expert ids [T, k]). The ids stay int32 (LMDeploy's hint is a LongTensor):
+        on a dlinfer device they reach only this adaptor's FusedMoE, whose op takes int32 or int64 and whose vendor
+        kernels want int32; a cast here cost one kernel per MoE layer and step, and ascend / camb cast back."""
+        return ops.moe_gating_topk_softmax(x, topk=self.top_k, renormalize=False)
 
 
 class DlinferFusedMoEImpl(FusedMoEImpl):
@@ -55,6 +57,8 @@ class DlinferFusedMoEImpl(FusedMoEImpl):
             raise unsupported("fused_moe", "act_func", "only SiLU-gated experts")
         if self.renormalize:
             topk_weights = topk_weights / topk_weights.sum(dim=-1, keepdim=True)
+        if hidden_states.dim() == 2:  # what LMDeploy's MoE blocks pass: no view op either way
+            return ops.fused_moe(hidden_states, gate_up_weights, down_weights, topk_weights, topk_ids)
         shape = hidden_states.shape
         out = ops.fused_moe(hidden_states.reshape(-1, shape[-1]), gate_up_weights, down_weights, topk_weights, topk_ids)
         return out.view(shape)
