@@ -3,10 +3,10 @@
     python packages/dlinfer-lmdeploy/bench/profile_batch1.py --out $OUT             # GPU: Llama-3-8B shape
     python packages/dlinfer-lmdeploy/bench/profile_batch1.py --dry-run --out /tmp/p # CPU: cpu device, tiny model
 
-A Llama-3-8B-shaped model (``tiny_models.llama_3_8b_config``: hidden 4096, 32 layers, 32/8 heads, MLP 14336,
-vocabulary 128256) with random bf16 weights is built on the GPU (``tiny_models.build_on_device``, as the e2e
-bench builds its model; ``--shape 1b`` for the Llama-3.2-1B shape); then each device_type (maca, cuda) runs in its
-own process, eager mode, batch 1:
+A Llama-3-8B-shaped model (``shapes.SHAPES["llama3_8b"]``: hidden 4096, 32 layers, 32/8 heads, MLP 14336,
+vocabulary 128256) with random bf16 weights is built on the GPU by the e2e benches' builder (``shapes.build``, under
+``--model-root``, reused when present); ``--shape`` picks another of ``bench/shapes.py``. Then each device_type
+(maca, cuda) runs in its own process, eager mode, batch 1:
 
 * a timed stream: per decode step, the host (wall) time and engine-thread CPU time of LMDeploy's
   ``model_forward`` (context build + model forward, where eager launches happen), the step period (one
@@ -26,11 +26,11 @@ Triton JIT function of that name was compiled in the process or it was launched 
 overhead to every Python call: its figures are proportions, the timed stream gives the absolute host time; from
 Python 3.12 on (cProfile on ``sys.monitoring``) it sees every thread of the process, not only the engine's.
 
-``--dry-run``: device ``cpu`` (the reference backend through the same adaptor), a tiny model (``--layers`` deep),
-CPU profiler only; launches are then the aten ops per step. Writes ``<device>_summary.json`` (all figures),
-``<device>_profile.txt`` (top kernels, API calls, cProfile tables), ``<device>_trace.json.gz`` (the profiler
-trace), ``<device>_cprofile.pstats``, ``summary.json`` (all devices) and prints a
-short table.
+``--dry-run``: device ``cpu`` (the reference backend through the same adaptor), the shape's heads at
+``shapes.TINY`` widths (``--layers`` deep, default 4), CPU profiler only; launches are then the aten ops per step.
+Writes ``<device>_summary.json`` (all figures), ``<device>_profile.txt`` (top kernels, API calls, cProfile tables),
+``<device>_trace.json.gz`` (the profiler trace), ``<device>_cprofile.pstats``, ``summary.json`` (all devices) and
+prints a short table.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import cProfile
 import gzip
 import io
 import json
-import os
 import pstats
 import re
 import statistics
@@ -524,29 +523,21 @@ def run_one(model_dir: str, device: str, block_size: int, out_dir: Path, dry_run
 
 
 # -- driver -------------------------------------------------------------------------------------------------------
-def _config(shape: str, dry_run: bool, layers: int | None) -> Any:
-    from dlinfer_lmdeploy.testing import tiny_models
+def build(root: Path, shape: str, dry_run: bool, layers: int | None) -> tuple[Path, dict[str, int]]:
+    """The model of ``shapes.SHAPES[shape]`` under ``root`` (built once, by the e2e benches' builder: random bf16
+    weights on the GPU, or on the CPU at ``shapes.TINY`` widths for a dry run) and its dimensions."""
+    from shapes import SHAPES
+    from shapes import build as build_shape
 
-    over: dict[str, Any] = {} if layers is None else {"num_hidden_layers": layers}
-    if dry_run:  # the 8B head structure (32/8 heads, GQA 4) at tiny widths
-        over = {"hidden_size": 256, "intermediate_size": 512, "head_dim": 8, "vocab_size": 512,
-                "num_hidden_layers": 4, **over}
-    return tiny_models.llama_3_8b_config(**over) if shape == "8b" else tiny_models.llama_3_2_1b_config(**over)
-
-
-def build(model_dir: Path, shape: str, dry_run: bool, layers: int | None) -> dict[str, int]:
-    import torch
-
-    from dlinfer_lmdeploy.testing import tiny_models
-
-    cfg = _config(shape, dry_run, layers)
-    dev = "cpu" if dry_run else "cuda"
-    tiny_models.build_on_device(cfg, model_dir, device=dev, dtype=torch.bfloat16)
-    if not dry_run:
-        torch.cuda.empty_cache()
-    return {"hidden": cfg.hidden_size, "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
-            "kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim, "inter": cfg.intermediate_size,
-            "vocab": cfg.vocab_size}
+    n = layers or (4 if dry_run else SHAPES[shape][2])
+    path = build_shape(shape, n, root, "cpu" if dry_run else "cuda", tiny=dry_run)
+    cfg = json.loads((path / "config.json").read_text())
+    heads = cfg["num_attention_heads"]
+    dims = {"hidden": cfg["hidden_size"], "layers": cfg["num_hidden_layers"], "heads": heads,
+            "kv_heads": cfg.get("num_key_value_heads") or heads,
+            "head_dim": cfg.get("head_dim") or cfg["hidden_size"] // heads, "inter": cfg["intermediate_size"],
+            "vocab": cfg["vocab_size"]}
+    return path, dims
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
@@ -595,9 +586,11 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=None, help="default: $TMPDIR/llama-<shape>-rand[-tiny]")
-    parser.add_argument("--shape", choices=("8b", "1b"), default="8b")
-    parser.add_argument("--layers", type=int, default=None, help="override the layer count (default: the shape's)")
+    parser.add_argument("--shape", default="llama3_8b", help="a name of bench/shapes.py (GPU time: Llama shapes)")
+    parser.add_argument("--layers", type=int, default=None, help="default: the shape's (dry run: 4)")
+    parser.add_argument("--model-root", type=Path, default=Path("/tmp/perf-models"),
+                        help="where the model is built once (shared with tools/gpu_perf.sh's profile phase)")
+    parser.add_argument("--model-dir", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--devices", default=None, help="default maca,cuda (dry run: cpu)")
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("."))
@@ -610,9 +603,6 @@ def main() -> int:
     if args.null_kernels and not args.dry_run:
         parser.error("--null-kernels needs --dry-run (the cpu device)")
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.model_dir is None:
-        tag = f"{args.shape}{'-tiny' if args.dry_run else ''}{'' if args.layers is None else f'-{args.layers}l'}"
-        args.model_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-{tag}-rand"
     devices = (args.devices or ("cpu" if args.dry_run else "maca,cuda")).split(",")
 
     if args.one:
@@ -627,7 +617,7 @@ def main() -> int:
         return 0
 
     t0 = time.perf_counter()
-    shape = build(args.model_dir, args.shape, args.dry_run, args.layers)
+    args.model_dir, shape = build(args.model_root, args.shape, args.dry_run, args.layers)
     (args.out / "shape.json").write_text(json.dumps(shape))
     print(f"model {shape} ready in {time.perf_counter() - t0:.1f}s at {args.model_dir}", file=sys.stderr)
     rows = []
