@@ -12,6 +12,7 @@ conformance kit (``--dlinfer-backend=ascend``) run against the real torch_npu.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -34,6 +35,30 @@ def _reset_adaptor_state() -> None:
     runtime.reset()
     patches.reset()
     soc.soc_info.cache_clear()
+
+
+@contextlib.contextmanager
+def lmdeploy_on_simulator() -> Iterator[None]:
+    """LMDeploy's ``ascend`` device on the simulator: simulator installed, a device node declared, the device
+    host-simulated (``sim_e2e.host_simulated``); everything undone after, the session's simulator reinstalled."""
+    import dlinfer_lmdeploy
+    import npu_sim
+    from dlinfer_lmdeploy.testing import sim_e2e
+
+    from dlinfer_ascend import runtime
+
+    npu_sim.install()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(runtime, "_device_nodes", lambda: True)
+    dlinfer_lmdeploy.install()
+    try:
+        with sim_e2e.host_simulated("ascend"):
+            yield
+    finally:
+        mp.undo()
+        npu_sim.uninstall()  # undoes transfer_to_npu
+        _reset_adaptor_state()
+        npu_sim.install()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import lmdeploy_on_simulator
 
 pytest.importorskip("lmdeploy")
 pytest.importorskip("dlinfer_lmdeploy")
@@ -47,26 +48,9 @@ def _build(kind: str, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def ascend_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """The checkpoints (built on the host first), then the simulator installed and the device host-simulated."""
-    import dlinfer_lmdeploy
-    import npu_sim
-
-    from dlinfer_ascend import patches, runtime, soc
-
     paths = {kind: _build(kind, tmp_path_factory.mktemp(kind)) for kind in MODELS}
-    npu_sim.install()
-    mp = pytest.MonkeyPatch()
-    mp.setattr(runtime, "_device_nodes", lambda: True)
-    dlinfer_lmdeploy.install()
-    try:
-        with sim_e2e.host_simulated("ascend"):
-            yield paths
-    finally:
-        mp.undo()
-        npu_sim.uninstall()
-        runtime.reset()
-        patches.reset()
-        soc.soc_info.cache_clear()
-        npu_sim.install()
+    with lmdeploy_on_simulator():
+        yield paths
 
 
 @pytest.mark.parametrize("kind", list(MODELS))

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import lmdeploy_on_simulator
 
 pytest.importorskip("lmdeploy")
 pytest.importorskip("dlinfer_lmdeploy")
@@ -41,25 +42,8 @@ def bf16_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def ascend_sim(bf16_models: dict[str, Path]) -> Iterator[dict[str, Path]]:
     """The simulator installed, a device node declared, the device host-simulated; everything undone after.
     Yields the checkpoints."""
-    import dlinfer_lmdeploy
-    import npu_sim
-
-    from dlinfer_ascend import patches, runtime, soc
-
-    npu_sim.install()
-    mp = pytest.MonkeyPatch()
-    mp.setattr(runtime, "_device_nodes", lambda: True)
-    dlinfer_lmdeploy.install()
-    try:
-        with sim_e2e.host_simulated(DEVICE):
-            yield bf16_models
-    finally:
-        mp.undo()
-        npu_sim.uninstall()  # undoes transfer_to_npu
-        runtime.reset()
-        patches.reset()
-        soc.soc_info.cache_clear()
-        npu_sim.install()
+    with lmdeploy_on_simulator():
+        yield bf16_models
 
 
 def test_host_simulated_device_stands_in_on_the_redirected_torch_cuda(ascend_sim: dict[str, Path]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import lmdeploy_on_simulator
 
 pytest.importorskip("lmdeploy")
 pytest.importorskip("dlinfer_lmdeploy")
@@ -31,26 +32,9 @@ KIND = "llama"
 @pytest.fixture(scope="module")
 def llama_on_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A tiny bf16 llama, the simulator installed, a device node declared, the device host-simulated."""
-    import dlinfer_lmdeploy
-    import npu_sim
-
-    from dlinfer_ascend import patches, runtime, soc
-
     path = sim_e2e.build_bf16(KIND, tmp_path_factory.mktemp(f"ge_{KIND}"))
-    npu_sim.install()
-    mp = pytest.MonkeyPatch()
-    mp.setattr(runtime, "_device_nodes", lambda: True)
-    dlinfer_lmdeploy.install()
-    try:
-        with sim_e2e.host_simulated("ascend"):
-            yield path
-    finally:
-        mp.undo()
-        npu_sim.uninstall()
-        runtime.reset()
-        patches.reset()
-        soc.soc_info.cache_clear()
-        npu_sim.install()
+    with lmdeploy_on_simulator():
+        yield path
 
 
 def test_lmdeploy_decode_graph_lowers_completely_in_ge_mode(llama_on_sim: Path, monkeypatch: pytest.MonkeyPatch
