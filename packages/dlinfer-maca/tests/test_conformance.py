@@ -82,6 +82,9 @@ def test_documented_refusals() -> None:
     with pytest.raises(NotImplementedError, match=r"weight_quant_matmul: group_size=8 .*'maca'"):
         ops["weight_quant_matmul"](x, q, torch.ones(8, 32, device=DEVICE, dtype=torch.float16),
                                    torch.zeros(8, 4, dtype=torch.int32, device=DEVICE), None, group_size=8)
+    with pytest.raises(NotImplementedError, match=r"weight_quant_prepare: group_size=8 .*'maca'"):  # at load time
+        ops["weight_quant_prepare"](q, torch.ones(8, 32, device=DEVICE, dtype=torch.float16),
+                                    torch.zeros(8, 4, dtype=torch.int32, device=DEVICE), group_size=8)
 
 
 def test_unloadable_backend_fails_instead_of_skipping(tmp_path) -> None:  # noqa: ANN001

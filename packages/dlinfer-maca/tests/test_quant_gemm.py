@@ -88,9 +88,9 @@ def test_w4a16_split_counters_reset():
 def test_awq_prepare_layout():
     """Decode the prepared words with the documented formula (nibble i of word 16t + c = column 128t + 16i + c)
     and compare with the values that went into the canonical AWQ packing."""
-    K, N = 8, 200
+    K, N = 16, 200
     q = torch.randint(0, 16, (K, N))
-    qw, _, qz = quant.awq_prepare(awq_pack(q), torch.ones(1, N), awq_pack(q[:1]), 8)
+    qw, _, qz = quant.awq_prepare(awq_pack(q), torch.ones(1, N), awq_pack(q[:1]), 16)
     assert qw.shape == (K, 2 * 16) and qw.dtype == torch.int32 and qz.shape == (1, 32)
     dec = torch.zeros(K, 256, dtype=torch.int64)
     w = qw.to(torch.int64) & 0xFFFFFFFF

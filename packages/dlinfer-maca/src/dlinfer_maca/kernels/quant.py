@@ -247,12 +247,20 @@ def _chunk_pack(vals: torch.Tensor) -> torch.Tensor:
     return packed.view(R, n_pad // 8)
 
 
+def _check_group(op: str, group_size: int) -> None:
+    """Each K step of the W4A16 kernels lies in one quantisation group: blocks of 16 rows at least."""
+    if group_size % 16 != 0 or group_size <= 0:
+        raise NotImplementedError(f"dlinfer.ops.{op}: group_size={group_size} is not supported by 'maca' "
+                                  "(needs a positive multiple of 16)")
+
+
 def awq_prepare(
     qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Load-time conversion of a canonical AWQ checkpoint (see the module docstring) to the chunked layout:
-    qweight int32 [IN, ceil(OUT/128)*16], scales [IN/g, OUT] (kept), qzeros int32 [IN/g, ceil(OUT/128)*16]."""
-    del group_size
+    qweight int32 [IN, ceil(OUT/128)*16], scales [IN/g, OUT] (kept), qzeros int32 [IN/g, ceil(OUT/128)*16].
+    Refuses a group size the kernels cannot serve here, at weight load (engine build), not at the first matmul."""
+    _check_group("weight_quant_prepare", group_size)
     _tile_counters(qweight.device, 0)  # outside any graph capture
     N = scales.shape[-1]
     qw = _chunk_pack(_awq_unpack(qweight)[:, :N])
@@ -489,9 +497,7 @@ def w4a16_fwd(
 ) -> torch.Tensor:
     """``x [..., IN] @ dequant(W)`` with W from :func:`awq_prepare`'s layout -> ``[..., OUT]``.
     ``split_k`` / ``config`` override the table (tests, sweeps)."""
-    if group_size % 16 != 0 or group_size <= 0:
-        raise NotImplementedError(f"dlinfer.ops.weight_quant_matmul: group_size={group_size} is not supported "
-                                  "by 'maca' (needs a multiple of 16)")
+    _check_group("weight_quant_matmul", group_size)
     K = x.shape[-1]
     N = scales.shape[-1]
     NW = triton.cdiv(N, NCHUNK) * (NCHUNK // 8)
