@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dlinfer_lmdeploy.testing.tiny_models import LLAMA_3_8B_SHAPE
+
 SHAPES: dict[str, tuple[str, dict[str, Any], int]] = {
     # name: (transformers config class, full-width config, real layer count)
-    "llama3_8b": ("LlamaConfig", dict(
-        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
-        rope_theta=500000.0, max_position_embeddings=8192), 32),
+    "llama3_8b": ("LlamaConfig", {k: v for k, v in LLAMA_3_8B_SHAPE.items() if k != "num_hidden_layers"}, 32),
     "qwen2_7b": ("Qwen2Config", dict(
         vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
         rope_theta=1e6, max_position_embeddings=32768), 28),

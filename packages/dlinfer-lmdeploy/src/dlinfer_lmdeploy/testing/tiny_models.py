@@ -408,14 +408,17 @@ def llama_3_2_1b_config(**overrides: Any) -> Any:
     return tf.LlamaConfig(**params)
 
 
+LLAMA_3_8B_SHAPE: dict[str, Any] = dict(
+    hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+    vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192,
+)
+"""Llama-3-8B's widths, depth, vocabulary and rope base (the GPU benchmarks' ``bench/shapes.py`` uses them too)."""
+
+
 def llama_3_8b_config(**overrides: Any) -> Any:
     """A Llama-3-8B-shaped config: hidden 4096, 32 layers, 32/8 heads of 128, MLP 14336, vocabulary 128256,
     untied embeddings, rope theta 500000 without scaling (random weights are filled in by the caller)."""
-    params: dict[str, Any] = dict(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=128, max_position_embeddings=8192, rope_scaling=None,
-        tie_word_embeddings=False,
-    )
+    params: dict[str, Any] = dict(**LLAMA_3_8B_SHAPE, head_dim=128, rope_scaling=None, tie_word_embeddings=False)
     params.update(overrides)
     return llama_3_2_1b_config(**params)
 
