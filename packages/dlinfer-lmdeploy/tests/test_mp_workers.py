@@ -40,7 +40,7 @@ def test_workers_wire_dlinfer_without_the_autoload_hook(tiny_model, hf_greedy): 
     cmd = [sys.executable, "-m", "dlinfer_lmdeploy.testing.generate_cli", str(path), "6", mp, "Hello world"]
     rc, out, err = _run(cmd, env)
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
-    assert rc == 0 and lines, f"rc={rc}\n{err[-3000:]}"
+    assert rc == 0 and lines, f"rc={rc}\nstdout:{out[-3000:]}\nstderr:{err[-3000:]}"
     result = json.loads(lines[-1][len("RESULT "):])
     assert result["output_ids"] == hf_greedy(path, result["input_ids"], 6)
 
