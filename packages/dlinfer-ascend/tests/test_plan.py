@@ -8,6 +8,7 @@ import torch
 from dlinfer.registry import REGISTRY
 from dlinfer.testing.inputs import PagedSetup, paged_inputs
 from dlinfer.testing.runner import step_metadata
+from dlinfer.testing.spies import count_calls
 
 from dlinfer_ascend.ops import attention, plan
 
@@ -21,16 +22,7 @@ def _kernels() -> None:
 
 @pytest.fixture
 def counts(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    seen = {"token_index": 0, "window_mask": 0}
-    for name in seen:
-        orig = getattr(plan, name)
-
-        def spy(*a, _orig=orig, _name=name, **kw):  # noqa: ANN002, ANN003, ANN202
-            seen[_name] += 1
-            return _orig(*a, **kw)
-
-        monkeypatch.setattr(plan, name, spy)
-    return seen
+    return count_calls(monkeypatch, plan, ("token_index", "window_mask"))
 
 
 def _args(op: str, setup: PagedSetup) -> dict:

@@ -10,6 +10,7 @@ import torch
 from dlinfer.registry import REGISTRY
 from dlinfer.testing.inputs import PagedSetup, paged_inputs
 from dlinfer.testing.runner import step_metadata
+from dlinfer.testing.spies import count_calls
 from dlinfer_camb.ops import attention, plan
 
 LAYERS = 4
@@ -22,16 +23,7 @@ def _prepare():  # noqa: ANN202
 
 @pytest.fixture
 def counts(camb_ops: dict, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    seen = {"packed_index": 0, "cumulative": 0}
-    for name in seen:
-        orig = getattr(plan, name)
-
-        def spy(*a, _orig=orig, _name=name, **kw):  # noqa: ANN002, ANN003, ANN202
-            seen[_name] += 1
-            return _orig(*a, **kw)
-
-        monkeypatch.setattr(plan, name, spy)
-    return seen
+    return count_calls(monkeypatch, plan, ("packed_index", "cumulative"))
 
 
 def _args(op: str, setup: PagedSetup) -> dict:

@@ -6,12 +6,12 @@ Both run tp=2 on the CPU device in a child process with a deadline (a hang fails
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from dlinfer_lmdeploy.testing.child import run_command
 
 pytestmark = [pytest.mark.e2e, pytest.mark.tp2]
 
@@ -19,15 +19,7 @@ DEADLINE_S = 240
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=env)
-    try:
-        out, err = proc.communicate(timeout=DEADLINE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"did not finish within {DEADLINE_S}s (hang); stderr tail:\n{err[-3000:]}")
-    return proc.returncode, out, err
+    return run_command(cmd, deadline_s=DEADLINE_S, env=env)  # a hang raises with the stacks of every process
 
 
 def test_workers_wire_dlinfer_without_the_autoload_hook(tiny_model, hf_greedy):  # type: ignore[no-untyped-def]

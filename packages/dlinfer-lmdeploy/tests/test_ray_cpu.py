@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 
@@ -123,16 +121,12 @@ _KILL_A_RAY_WORKER = textwrap.dedent("""
 @pytest.mark.tp2
 def test_ray_killed_worker_stops_the_engine(tiny_model):  # type: ignore[no-untyped-def]
     """A ray worker killed from outside: the next request ends at once with an error, not a hang or tokens."""
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_A_RAY_WORKER, str(tiny_model("llama"))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, **RAY_ENV})
-    try:
-        out, err = proc.communicate(timeout=DEADLINE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"hang after a ray worker was killed; stderr tail:\n{err[-3000:]}")
-    assert "GENERATED" in out and "KILLED" in out, f"rc={proc.returncode}\n{out[-2000:]}\n{err[-3000:]}"
+    from dlinfer_lmdeploy.testing.child import run_command
+
+    rc, out, err = run_command([sys.executable, "-c", _KILL_A_RAY_WORKER, str(tiny_model("llama"))],
+                               deadline_s=DEADLINE_S, env={**os.environ, **RAY_ENV},
+                               what="generation after a ray worker was killed")  # a hang raises with the stacks
+    assert "GENERATED" in out and "KILLED" in out, f"rc={rc}\n{out[-2000:]}\n{err[-3000:]}"
     after = next(ln for ln in out.splitlines() if ln.startswith("AFTER")).split()
     assert after[1] not in ("length", "stop") and int(after[2]) < 4, after  # no normal completion
     assert float(after[3]) < 60, after

@@ -54,24 +54,18 @@ def dump_stacks_and_kill(pid: int) -> None:
             p.kill()
 
 
-def run_module(
-    module: str,
-    argv: Sequence[str],
-    *,
-    deadline_s: float,
-    env: Mapping[str, str] | None = None,
-    what: str = "",
-) -> dict[str, Any]:
-    """``python -m module *argv`` in a child process (its own session) under a deadline; return its RESULT json.
+def run_command(
+    cmd: Sequence[str], *, deadline_s: float, env: Mapping[str, str] | None = None, what: str = ""
+) -> tuple[int, str, str]:
+    """``cmd`` in a child process (its own session) under a deadline, NVLink multicast off; ``(rc, stdout, stderr)``.
 
-    Raises :class:`GenerationTimeout` (stacks of every process in the message) on timeout, ``RuntimeError`` with the
-    stdout tail (LMDeploy logs there, workers' errors included) and stderr tail on a non-zero exit or no RESULT.
-    Whatever the child leaves in its process group (workers after a hard exit) is killed.
+    Raises :class:`GenerationTimeout` (stacks of every process in the message) on timeout. Whatever the child leaves
+    in its process group (workers after a hard exit) is killed when it ends.
     """
-    what = what or f"{module} {' '.join(argv)[:200]}"
+    what = what or " ".join(cmd)[:200]
     child_env = {**(os.environ if env is None else env), **MULTICAST_OFF, "PYTHONFAULTHANDLER": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, env=child_env)
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=child_env)
     try:
         out, err = proc.communicate(timeout=deadline_s)
     except subprocess.TimeoutExpired:
@@ -85,10 +79,27 @@ def run_module(
         ) from None
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, out, err
+
+
+def run_module(
+    module: str,
+    argv: Sequence[str],
+    *,
+    deadline_s: float,
+    env: Mapping[str, str] | None = None,
+    what: str = "",
+) -> dict[str, Any]:
+    """``python -m module *argv`` through :func:`run_command`; return its RESULT json.
+
+    Raises :class:`GenerationTimeout` on timeout, ``RuntimeError`` with the stdout tail (LMDeploy logs there,
+    workers' errors included) and stderr tail on a non-zero exit or no RESULT.
+    """
+    what = what or f"{module} {' '.join(argv)[:200]}"
+    rc, out, err = run_command([sys.executable, "-m", module, *argv], deadline_s=deadline_s, env=env, what=what)
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{what} failed: rc={proc.returncode}\nstdout tail:\n{out[-4000:]}"
-                           f"\nstderr tail:\n{err[-4000:]}")
+    if rc != 0 or not lines:
+        raise RuntimeError(f"{what} failed: rc={rc}\nstdout tail:\n{out[-4000:]}\nstderr tail:\n{err[-4000:]}")
     return json.loads(lines[-1][len("RESULT ") :])
 
 
