@@ -59,6 +59,7 @@ def run_one(model: str, device: str, context: int, suffix: int, new_tokens: int,
     from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 
     import dlinfer_lmdeploy  # noqa: F401
+    from dlinfer_lmdeploy import graph_runner
     from dlinfer_lmdeploy.testing.child import emit
 
     cfg = PytorchEngineConfig(
@@ -71,12 +72,22 @@ def run_one(model: str, device: str, context: int, suffix: int, new_tokens: int,
     res: dict[str, Any] = {"device_type": device, "context": context, "suffix": suffix,
                            "startup_s": round(time.perf_counter() - t0, 1)}
     gen = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, top_k=1, ignore_eos=True)
-    pipe([_prompt(64, seed=9)], gen_config=GenerationConfig(max_new_tokens=4, ignore_eos=True), do_preprocess=False)
+    short = GenerationConfig(max_new_tokens=4, ignore_eos=True)
+    pipe([_prompt(64, seed=9)], gen_config=short, do_preprocess=False)
+    # warm-up of the paged-prefill path too (history from a prefix-cache hit), so no kernel compiles while timed
+    warm = _prompt(min(2048, context), seed=7)
+    pipe([warm], gen_config=short, do_preprocess=False)
+    pipe([warm[: len(warm) - min(suffix, len(warm) // 2)] + _prompt(suffix, seed=8)], gen_config=short,
+         do_preprocess=False)
     prompt = _prompt(context, seed=1)
     res["prompt_tokens"] = len(pipe.async_engine.tokenizer.encode(prompt))
+    before = graph_runner.step_counts()
     res["cold"] = _stream(pipe, prompt, gen)
     shared = prompt[: context - suffix]
     res["cached"] = _stream(pipe, shared + _prompt(suffix, seed=2), gen)
+    steps = graph_runner.step_counts().since(before)  # dlinfer's graph runner (in this process at tp=1)
+    res["dlinfer_graph_steps"] = {"graphed": steps.graphed, "eager_decode": steps.eager_decode,
+                                  "eager": dict(steps.eager)}
     emit(res)
     pipe.close()
     return res

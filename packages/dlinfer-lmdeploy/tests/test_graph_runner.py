@@ -110,10 +110,10 @@ def _runner(model: FakeVLM, max_batches: int = 4) -> gr.DlinferGraphRunner:
     )
 
 
-def _step(batch: int, gen: torch.Generator, decoding: bool = True, **extra: Any) -> dict[str, Any]:
-    """Fresh random decode-step kwargs for ``batch`` sequences (one token each)."""
-    kv = torch.randint(1, BLOCK * WIDTH, (batch,), generator=gen, dtype=torch.int32)
-    blocks = torch.randint(0, 64, (batch, WIDTH), generator=gen, dtype=torch.int32)
+def _step(batch: int, gen: torch.Generator, decoding: bool = True, width: int = WIDTH, **extra: Any) -> dict[str, Any]:
+    """Fresh random decode-step kwargs for ``batch`` sequences (one token each) over ``width`` table columns."""
+    kv = torch.randint(max(1, BLOCK * (width - 1)), BLOCK * width, (batch,), generator=gen, dtype=torch.int32)
+    blocks = torch.randint(0, 64, (batch, width), generator=gen, dtype=torch.int32)
     pos = kv.long() - 1
     meta = DlinferAttentionMetadata(
         is_decoding=decoding,
@@ -179,6 +179,19 @@ def test_decode_extras_are_captured_and_replayed_from_fixed_buffers(caplog: pyte
     total = gr.step_counts().since(before)
     assert total.graphed == counts.graphed and total.eager_decode == 0
     assert runner in gr.live_runners()
+
+
+def test_contexts_past_max_position_embeddings_are_graphed() -> None:
+    """The captured block table spans the whole cache (as LMDeploy's CUDA graphs): a context longer than the
+    model's max_position_embeddings (BLOCK * 8 here; session_len is the real limit) still replays a graph."""
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    model = FakeVLM()
+    runner = _runner(model)
+    with gr.counting() as counts:
+        for batch, width in ((2, 4), (3, 40), (1, 64), (2, 9)):
+            _check(runner, model, _step(batch, gen, width=width))
+    assert counts.eager_decode == 0, counts.eager
+    assert counts.graphed == 4
 
 
 def test_replay_uses_captured_tensors_only() -> None:

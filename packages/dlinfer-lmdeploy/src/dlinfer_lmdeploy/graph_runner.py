@@ -201,11 +201,9 @@ class DlinferGraphRunner(GraphRunner):
         self.captured: dict[tuple[Any, ...], _Captured] = {}
         self.capture_sizes = sorted(self.get_capture_batch_sizes())
         block_size = cache_config.kernel_block_size or cache_config.block_size
-        max_pos = getattr(getattr(model_config, "hf_config", None), "max_position_embeddings", None)
-        blocks = int(cache_config.num_gpu_blocks)
-        if max_pos:
-            blocks = min(blocks, -(-int(max_pos) // block_size))
-        self.max_blocks = max(blocks, 1)
+        # every block of the cache, as LMDeploy's CUDA graphs hold: a sequence may run past the model's
+        # max_position_embeddings (session_len is the limit), and a narrower table sent such steps to eager decode
+        self.max_blocks = max(int(cache_config.num_gpu_blocks), 1)
         self.block_size = block_size
         # LMDeploy graphs only models with its CUDA-graph mixin; a model may decline per step.
         self._mixin = isinstance(model, CudaGraphMixin)

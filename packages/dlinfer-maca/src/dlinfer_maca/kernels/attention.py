@@ -12,6 +12,10 @@ with their log-sum-exp. The split count is a pure function of Python ints (batch
 sequence's own length is divided among the splits inside the kernel, so a graph captured
 for the longest context still runs a short one as a few one-block programs.
 
+Integers that change from step to step (the block-table width, the split and query-block counts) are not
+specialised on (``do_not_specialize``): Triton would otherwise compile a new variant the first time such a value
+is 1, a multiple of 16 or neither, in the middle of serving.
+
 Prefill: FlashAttention-2 style forward, one program per (query block, sequence, query
 head); keys are read from the packed k/v (``prefill_attention``) or gathered through the
 block table (``paged_prefill_attention``). Key blocks that every query row can fully see
@@ -58,7 +62,7 @@ def _online_softmax_step(s, m_i, l_i, acc):
 # ============================================================================ decode
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt", "NUM_SPLITS"])
 def _decode_split_kernel(
     q_ptr, kc_ptr, vc_ptr, bt_ptr, seqlens_ptr, slopes_ptr,
     o_ptr, part_o_ptr, part_lse_ptr,
@@ -137,7 +141,7 @@ def _decode_split_kernel(
         tl.store(part_lse_ptr + row, lse, mask=gmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM_SPLITS"])
 def _decode_merge_kernel(
     part_o_ptr, part_lse_ptr, o_ptr, stride_ob, stride_oh, Hq, DV, NUM_SPLITS,
     BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -286,7 +290,7 @@ def _prefill_inner(
     return acc, l_i, m_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt", "NUM_M_BLOCKS"])
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, seqlens_ptr, bt_ptr, slopes_ptr,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
