@@ -90,6 +90,9 @@ def run_one(model: str, device: str, tp: int, executor: str | None, profile: str
                            "startup_s": round(loop_start - t0, 1)}
     gen = GenerationConfig(max_new_tokens=n_new, do_sample=False, top_k=1, ignore_eos=True)
     pipe(_prompts(2, 16), gen_config=GenerationConfig(max_new_tokens=4, ignore_eos=True), do_preprocess=False)
+    from dlinfer_lmdeploy import graph_runner  # counts this process's steps: tp=1 (at tp>1 the workers run them)
+
+    before = graph_runner.step_counts()
     if profile is None:
         prompts = _prompts(n_prompts, PROMPT_TOKENS)
         t1 = time.perf_counter()
@@ -99,7 +102,8 @@ def run_one(model: str, device: str, tp: int, executor: str | None, profile: str
         ms, count = _stream_ms(pipe, gen, seed=1)
         res.update(output_tokens=n_out, throughput_s=round(elapsed, 3), output_tok_per_s=round(n_out / elapsed, 1),
                    batch1_ms_per_token=round(ms, 3), batch1_tokens=count,
-                   first_tokens=[list(o.token_ids[:32]) for o in outs[:4]])
+                   first_tokens=[list(o.token_ids[:32]) for o in outs[:4]],
+                   dlinfer_graph_steps=graph_runner.step_counts().since(before).as_dict())
     else:  # batch-1 streams only, through the profiler's window (it dumps every rank's trace when it closes)
         delay, window = (float(x) for x in profile.split(","))
         while time.perf_counter() - loop_start < delay + window + 2:

@@ -231,6 +231,7 @@ def test_unknown_kwargs_fall_back_counted_and_warned(caplog: pytest.LogCaptureFi
         "rank not decoding": 1,
     }
     assert counts.eager_decode == 6 and counts.prefill == 1
+    assert counts.as_dict() == {"graphed": 0, "eager_decode": 6, "eager": dict(counts.eager)}
     assert runner.eager_steps == counts.eager and runner.eager_decode_steps == 6
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 5, warnings  # once per fallback reason, none for prefill

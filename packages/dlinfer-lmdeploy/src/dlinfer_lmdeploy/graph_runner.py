@@ -109,6 +109,10 @@ class StepCounts:
     def copy(self) -> StepCounts:
         return StepCounts(self.graphed, Counter(self.eager))
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"graphed", "eager_decode", "eager": {reason: steps}}`` (benchmark records)."""
+        return {"graphed": self.graphed, "eager_decode": self.eager_decode, "eager": dict(self.eager)}
+
     def since(self, before: StepCounts) -> StepCounts:
         eager = Counter(self.eager)
         eager.subtract(before.eager)
