@@ -52,3 +52,28 @@ def test_dynamic_ntk_past_max_positions(tiny_model, hf_greedy):  # type: ignore[
     assert got[0] == hf_greedy(path, [ids[crossing]], n)[0]
     alone = hf_greedy(path, [ids[short]], n)[0]
     assert got[1] != alone, "the short request no longer follows the batch's rope scaling (LMDeploy changed?)"
+
+
+def test_graph_mode_past_max_positions_is_graphed(tiny_model, hf_greedy):  # type: ignore[no-untyped-def]
+    """Graph mode with contexts longer than ``max_position_embeddings`` (128 for the tiny InternLM2.5, 8 blocks of
+    16): every decode step replays a graph and the tokens equal HF greedy. The captured block table once held only
+    ``max_position_embeddings`` tokens, so such steps ran eagerly (seen on the H200 at 32k on the 8B shape)."""
+    import json
+
+    from dlinfer_lmdeploy import graph_runner
+    from dlinfer_lmdeploy.testing import host_graph
+
+    path = tiny_model("internlm2_5")
+    max_pos = json.loads((path / "config.json").read_text())["max_position_embeddings"]
+    prompt, n = ((PROMPTS[2] + " ") * 4)[1 : max_pos + 13], 12
+    with (
+        host_graph.installed() as device,
+        graph_runner.counting() as steps,
+        runner.open_pipeline(path, runner.engine_config(device, eager_mode=False, max_batch_size=4)) as pipe,
+    ):
+        ids = runner.encode(pipe, prompt)
+        got = runner.generate(pipe, [prompt], n)
+    assert len(ids) > max_pos
+    assert got == hf_greedy(path, [ids], n)
+    assert steps.eager_decode == 0, dict(steps.eager)
+    assert steps.graphed >= n - 1, steps
