@@ -13,6 +13,8 @@ active only when the executor runs a dlinfer device:
   or is killed (OOM killer) leaves the engine waiting forever on its reply. :func:`worker_main` reports a start-up
   error the same way, and a watchdog thread of the engine process notices a worker process that exited while the
   executor was running, logs its name, pid and exit status, and raises the same signal in the engine's main thread.
+  A failure reported while the executor is already shutting down (a worker failing on its way out of a normal
+  ``pipe.close()``) only kills the workers that are left: it no longer ends the user's process with exit code 1.
 * **Shutdown ends.** ``release`` joins the workers without a deadline; a worker whose interpreter is kept alive by
   child processes (e.g. Inductor's compile workers) makes it hang. Workers get ``JOIN_DEADLINE_S`` after SIGTERM,
   then SIGKILL; a second failure signal during release kills what is left; the shared buffers' notifiers, on which
@@ -96,12 +98,34 @@ def _watch(executor: Any, stopped: threading.Event) -> None:
                 return
 
 
+def _on_worker_failure(executor: Any, signum: int, frame: Any) -> None:
+    """SIGUSR1 (a worker failed, or the watchdog saw one exit): LMDeploy's handler, unless shutdown is under way.
+
+    LMDeploy's handler stops and releases the executor, then ``os._exit(1)``. A worker torn down by ``release``
+    (SIGTERM) may still fail on its way out, e.g. in a collective whose peer has already gone, and report it the
+    same way; during a normal ``pipe.close()`` that ended the user's process with exit code 1 after all its work was
+    done. Once release has begun, such a report only kills the workers that are left (release then returns, and a
+    failure-driven release still ends in the first handler's ``os._exit(1)``)."""
+    if getattr(executor, "_dlinfer_releasing", False):
+        logger.warning("dlinfer-lmdeploy: a worker reported a failure while the executor was shutting down; "
+                       "killing the workers that are left")
+        for proc in executor.procs:
+            if proc._proc is not None and proc._proc.exitcode is None:
+                proc._proc.kill()
+        return
+    logger.error("dlinfer-lmdeploy: an LMDeploy worker failed; stopping the engine")
+    executor.stop()
+    executor.release()
+    os._exit(1)
+
+
 @replacement("mp-worker-watchdog")
 def _mp_worker_watchdog(original: Any) -> Any:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
         if not devices.is_dlinfer_device(getattr(self, "device_type", None)):
             return
+        signal.signal(signal.SIGUSR1, lambda signum, frame: _on_worker_failure(self, signum, frame))
         self._dlinfer_stopped = threading.Event()
         threading.Thread(
             target=_watch, args=(self, self._dlinfer_stopped), name="dlinfer-worker-watchdog", daemon=True
@@ -142,12 +166,7 @@ def _mp_release_deadline(original: Any) -> Any:
         stopped = getattr(self, "_dlinfer_stopped", None)
         if stopped is None:
             return original(self)
-        if getattr(self, "_dlinfer_releasing", False):
-            # Re-entered from LMDeploy's SIGUSR1 handler (a second worker reported a failure while the first
-            # release was running): kill what is left; the handler then exits the process.
-            for proc in self.procs:
-                if proc._proc is not None and proc._proc.exitcode is None:
-                    proc._proc.kill()
+        if getattr(self, "_dlinfer_releasing", False):  # already under way (the SIGUSR1 handler kills what is left)
             return None
         self._dlinfer_releasing = True
         stopped.set()
