@@ -89,4 +89,4 @@ def test_a_worker_failing_during_close_does_not_fail_the_process(tiny_model):  #
     rc, out, err = _run([sys.executable, "-c", _FAIL_DURING_CLOSE, str(path)], dict(os.environ))
     assert "GENERATED" in out, f"rc={rc}\nstdout:{out}\nstderr:{err[-3000:]}"
     assert rc == 0 and "CLOSED" in out, f"rc={rc}\nstdout:{out[-3000:]}\nstderr:{err[-3000:]}"
-    assert "reported a failure while the executor was shutting down" in err, err[-3000:]
+    assert "reported a failure while the executor was shutting down; the shutdown continues" in err, err[-3000:]

@@ -399,8 +399,8 @@ PATCHES: tuple[Patch, ...] = (
             "its reply forever. For dlinfer devices a watchdog thread polls the worker processes and, when one "
             "exits while the engine runs, logs its name, pid and exit status and raises SIGUSR1 in the main thread. "
             "The SIGUSR1 handler is replaced by one that releases and exits as LMDeploy's does, except while the "
-            "executor is already shutting down: a worker failing on its way out of pipe.close() then only kills "
-            "the workers left (LMDeploy's handler ended the process with exit code 1 after its work was done)."
+            "executor is already shutting down: a worker failing on its way out of pipe.close() is then logged and "
+            "the shutdown continues (LMDeploy's handler ended the process with exit code 1 after its work was done)."
         ),
         versions=SUPPORTED_LMDEPLOY,
         contains=("signal.signal(signal.SIGUSR1, signal_handler)", "ExecutorProc(proc_id=proc_id"),

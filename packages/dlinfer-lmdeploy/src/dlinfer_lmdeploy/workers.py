@@ -14,11 +14,11 @@ active only when the executor runs a dlinfer device:
   error the same way, and a watchdog thread of the engine process notices a worker process that exited while the
   executor was running, logs its name, pid and exit status, and raises the same signal in the engine's main thread.
   A failure reported while the executor is already shutting down (a worker failing on its way out of a normal
-  ``pipe.close()``) only kills the workers that are left: it no longer ends the user's process with exit code 1.
+  ``pipe.close()``) is logged and the shutdown continues: it no longer ends the user's process with exit code 1.
 * **Shutdown ends.** ``release`` joins the workers without a deadline; a worker whose interpreter is kept alive by
   child processes (e.g. Inductor's compile workers) makes it hang. Workers get ``JOIN_DEADLINE_S`` after SIGTERM,
-  then SIGKILL; a second failure signal during release kills what is left; the shared buffers' notifiers, on which
-  a killed worker may have been waiting, are closed under a deadline (:func:`_close_buffers`).
+  then SIGKILL; a failure signal during release is logged and the release goes on; the shared buffers' notifiers,
+  on which a killed worker may have been waiting, are closed under a deadline (:func:`_close_buffers`).
 
 And one for the engine process of ``lmdeploy serve`` (inventory patch ``mp-engine-handshake``): its start-up
 handshake no longer dies when LMDeploy's manager shuts down before acknowledging the last release
@@ -104,14 +104,13 @@ def _on_worker_failure(executor: Any, signum: int, frame: Any) -> None:
     LMDeploy's handler stops and releases the executor, then ``os._exit(1)``. A worker torn down by ``release``
     (SIGTERM) may still fail on its way out, e.g. in a collective whose peer has already gone, and report it the
     same way; during a normal ``pipe.close()`` that ended the user's process with exit code 1 after all its work was
-    done. Once release has begun, such a report only kills the workers that are left (release then returns, and a
-    failure-driven release still ends in the first handler's ``os._exit(1)``)."""
+    done. Once release has begun, such a report is logged and otherwise ignored: release already ends every worker
+    (SIGTERM, then SIGKILL after ``JOIN_DEADLINE_S``), and a failure-driven release still ends in the first
+    handler's ``os._exit(1)``. (Killing the workers here instead could kill one inside a lock of the executor's
+    shared notifiers, which this process's waiting threads then never get: seen as a hang at interpreter exit.)"""
     if getattr(executor, "_dlinfer_releasing", False):
         logger.warning("dlinfer-lmdeploy: a worker reported a failure while the executor was shutting down; "
-                       "killing the workers that are left")
-        for proc in executor.procs:
-            if proc._proc is not None and proc._proc.exitcode is None:
-                proc._proc.kill()
+                       "the shutdown continues")
         return
     logger.error("dlinfer-lmdeploy: an LMDeploy worker failed; stopping the engine")
     executor.stop()
@@ -166,7 +165,7 @@ def _mp_release_deadline(original: Any) -> Any:
         stopped = getattr(self, "_dlinfer_stopped", None)
         if stopped is None:
             return original(self)
-        if getattr(self, "_dlinfer_releasing", False):  # already under way (the SIGUSR1 handler kills what is left)
+        if getattr(self, "_dlinfer_releasing", False):  # already under way
             return None
         self._dlinfer_releasing = True
         stopped.set()
