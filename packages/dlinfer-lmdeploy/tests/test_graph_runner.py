@@ -182,16 +182,25 @@ def test_decode_extras_are_captured_and_replayed_from_fixed_buffers(caplog: pyte
 
 
 def test_contexts_past_max_position_embeddings_are_graphed() -> None:
-    """The captured block table spans the whole cache (as LMDeploy's CUDA graphs): a context longer than the
-    model's max_position_embeddings (BLOCK * 8 here; session_len is the real limit) still replays a graph."""
+    """A context longer than the model's max_position_embeddings (8 blocks here; session_len is the real limit)
+    widens the captured block table to the next power of two of blocks, up to the whole cache (64 blocks), and
+    replays a graph: the graphs of the narrower table are dropped, never replayed with a table they do not hold."""
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     model = FakeVLM()
     runner = _runner(model)
+    assert runner.max_blocks == 8
     with gr.counting() as counts:
-        for batch, width in ((2, 4), (3, 40), (1, 64), (2, 9)):
+        for batch, width in ((2, 4), (2, 8), (3, 40), (1, 64), (2, 9), (3, 4)):
             _check(runner, model, _step(batch, gen, width=width))
+            assert all(e.meta.block_offsets.shape[1] == runner.max_blocks for e in runner.captured.values())
     assert counts.eager_decode == 0, counts.eager
-    assert counts.graphed == 4
+    assert counts.graphed == 6
+    assert runner.max_blocks == 64 and runner.table_growths == 1
+    # buckets 1, 2 and 4 captured after the growth to 64 blocks (2 and 4 again)
+    assert sorted(key[0] for key in runner.captured) == [1, 2, 4]
+    with gr.counting() as counts:  # wider than the cache: impossible in LMDeploy, refused to the eager path
+        _check(runner, model, _step(1, gen, width=65))
+    assert counts.eager == {"block table": 1}
 
 
 def test_replay_uses_captured_tensors_only() -> None:

@@ -205,9 +205,12 @@ class DlinferGraphRunner(GraphRunner):
         self.captured: dict[tuple[Any, ...], _Captured] = {}
         self.capture_sizes = sorted(self.get_capture_batch_sizes())
         block_size = cache_config.kernel_block_size or cache_config.block_size
-        # every block of the cache, as LMDeploy's CUDA graphs hold: a sequence may run past the model's
-        # max_position_embeddings (session_len is the limit), and a narrower table sent such steps to eager decode
-        self.max_blocks = max(int(cache_config.num_gpu_blocks), 1)
+        # Captured block-table width: first enough for max_position_embeddings, grown (graphs re-captured) when a
+        # sequence runs past it, up to every block of the cache (LMDeploy's CUDA graphs always hold them all).
+        # Not all at once: a plugin may read per-step tensors as wide as the table (Ascend's windowed decode mask).
+        self.block_limit = max(int(cache_config.num_gpu_blocks), 1)
+        max_pos = getattr(getattr(model_config, "hf_config", None), "max_position_embeddings", None)
+        self.max_blocks = min(self.block_limit, -(-int(max_pos) // block_size)) if max_pos else self.block_limit
         self.block_size = block_size
         # LMDeploy graphs only models with its CUDA-graph mixin; a model may decline per step.
         self._mixin = isinstance(model, CudaGraphMixin)
@@ -217,6 +220,8 @@ class DlinferGraphRunner(GraphRunner):
         )
         self.eager_steps: Counter[str] = Counter()
         self.graphed_steps = 0
+        self.table_growths = 0
+        """Times the captured block table was widened (its graphs re-captured)."""
         self._warned: set[str] = set()
         self.decode_forward: Any = self.model
         """What graphed decode steps call: the model, or its ``torch.compile(backend="dlinfer")``."""
@@ -303,7 +308,23 @@ class DlinferGraphRunner(GraphRunner):
             )
         return self.model(**kwargs)
 
+    def _grow_table(self, kwargs: dict[str, Any]) -> None:
+        """Widen the captured block table (and drop the graphs captured for the narrower one) when this decode
+        step's table is wider, up to the whole cache: the next power of two of blocks, so it happens a few times."""
+        meta = kwargs.get("attn_metadata")
+        if not isinstance(meta, DlinferAttentionMetadata) or not meta.is_decoding:
+            return
+        width = int(meta.block_offsets.shape[1])
+        if self.max_blocks < width <= self.block_limit:
+            grown = min(self.block_limit, 1 << (width - 1).bit_length())
+            logger.info("%s graph mode: block table of %d blocks; decode graphs re-captured for %d (was %d)",
+                        self.plugin.name, width, grown, self.max_blocks)
+            self.max_blocks = grown
+            self.captured.clear()
+            self.table_growths += 1
+
     def __call__(self, **kwargs: Any) -> Any:
+        self._grow_table(kwargs)
         key, why = self._plan(kwargs)
         if key is None:
             assert why is not None
