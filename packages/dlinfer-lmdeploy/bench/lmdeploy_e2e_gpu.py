@@ -167,6 +167,10 @@ def _run_process(args: argparse.Namespace, device: str, mode: str) -> dict[str, 
         f"(streams {res['batch1_streams_ms']}), host probe {res['host_probe_ms']} ms, {res['wall_s']} s",
         file=sys.stderr,
     )
+    steps = res.get("dlinfer_graph_steps") or {}
+    if mode == "graph" and steps.get("eager_decode"):
+        print(f"[{device}/{mode}] WARNING: {steps['eager_decode']} decode steps ran eagerly in graph mode "
+              f"({steps['eager']}): these figures are not graph-mode figures", file=sys.stderr)
     return res
 
 
