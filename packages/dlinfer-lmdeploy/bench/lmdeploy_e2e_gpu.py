@@ -10,7 +10,8 @@ for device_type in (maca, cuda) x mode in (eager, graph):
     (first token excluded).
 Before the timed runs each process warms up with 4 short requests and with the timed batch itself for 2 new
 tokens, so that kernel variants chosen by token count are compiled outside the timings (runs before 2026-12-02
-warmed up with the 4 short requests only). Repetition against host noise (the lent machines' host speed varies by up to 1.5x between runs): with
+warmed up with the 4 short requests only).
+Repetition against host noise (the lent machines' host speed varies by up to 1.5x between runs): with
 ``--rounds N`` every (device_type, mode) process runs N times, interleaved (ABBA order per round pair), each
 process streams ``--streams`` batch-1 requests and reports their median, and each process times a fixed
 host-side probe (Python + small torch CPU ops) before and after, so that a slow host shows in the figures.
