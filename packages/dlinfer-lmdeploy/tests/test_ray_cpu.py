@@ -9,6 +9,7 @@ the refusal without ray, run everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import sys
@@ -80,6 +81,117 @@ def test_visible_ordinal(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ray_workers._visible_ordinal("GPU", "6") == 2
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES: all visible
     assert ray_workers._visible_ordinal("GPU", "3") == 3
+
+
+class _FakeAgent:
+    """The part of LMDeploy's model agent the worker counts: its loop awaits ``_async_step`` once per step."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        self.release = release
+        self.done = 0
+
+    async def _async_step(self, **inputs: object) -> None:
+        await self.release.wait()
+        self.done += 1
+
+
+def _fake_worker(monkeypatch: pytest.MonkeyPatch, release: asyncio.Event) -> tuple[object, list[int]]:
+    """A DlinferRayWorker on the cpu device whose LMDeploy parts are fakes: forward_async queues a step for the
+    loop (here a task); stop_async, and wait_tasks when cancelled, record how many steps had finished when
+    LMDeploy's cancel of the loop ran."""
+    from dlinfer_lmdeploy import ray_workers
+
+    parent = ray_workers.DlinferRayWorker.__bases__[0]  # LMDeploy's RayWorkerWrapper
+    seen_at_stop: list[int] = []
+
+    async def forward_async(self, inputs):  # type: ignore[no-untyped-def]
+        self._fake_tasks.append(asyncio.get_running_loop().create_task(self.model_agent._async_step(**inputs)))
+
+    async def stop_async(self):  # type: ignore[no-untyped-def]
+        seen_at_stop.append(self.model_agent.done)
+        for task in self._fake_tasks:
+            task.cancel()
+
+    async def wait_tasks(self):  # type: ignore[no-untyped-def]
+        try:  # LMDeploy's waits on the model loop for good and cancels it when itself cancelled
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await stop_async(self)
+            raise
+
+    monkeypatch.setattr(parent, "start", lambda self: None)
+    monkeypatch.setattr(parent, "wait_tasks", wait_tasks)
+    monkeypatch.setattr(parent, "forward_async", forward_async)
+    monkeypatch.setattr(parent, "stop_async", stop_async)
+    worker = object.__new__(ray_workers.DlinferRayWorker)
+    worker.__dict__.update(device_type="cpu", rank=1, model_agent=_FakeAgent(release), _fake_tasks=[],
+                           _steps_received=0, _steps_finished=0, _counting_steps=False)
+    worker.start()
+    return worker, seen_at_stop
+
+
+@needs_ray
+def test_stop_finishes_the_received_steps_before_cancelling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rank cancelled inside a step leaves its peers blocked in that step's collectives (gloo, host device)."""
+
+    async def scenario() -> list[int]:
+        release = asyncio.Event()
+        worker, seen_at_stop = _fake_worker(monkeypatch, release)
+        for _ in range(3):
+            await worker.forward_async({})
+        asyncio.get_running_loop().call_later(0.05, release.set)  # the steps finish after stop was asked for
+        await worker.stop_async()
+        return seen_at_stop
+
+    assert asyncio.run(scenario()) == [3]
+
+
+@needs_ray
+def test_cancelled_wait_finishes_the_received_steps_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engine stop: LMDeploy's executor cancels every worker's wait_tasks, which cancels the model loop."""
+
+    async def scenario() -> list[int]:
+        release = asyncio.Event()
+        worker, seen_at_cancel = _fake_worker(monkeypatch, release)
+        waiting = asyncio.ensure_future(worker.wait_tasks())
+        for _ in range(2):
+            await worker.forward_async({})
+        await asyncio.sleep(0.01)
+        waiting.cancel()  # as ray.cancel does
+        asyncio.get_running_loop().call_later(0.05, release.set)
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return seen_at_cancel
+
+    assert asyncio.run(scenario()) == [2]
+
+
+@needs_ray
+def test_stop_gives_up_waiting_and_says_so(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from dlinfer_lmdeploy import ray_workers
+
+    monkeypatch.setattr(ray_workers, "STOP_DRAIN_S", 0.05)
+
+    async def scenario() -> list[int]:
+        worker, seen_at_stop = _fake_worker(monkeypatch, asyncio.Event())  # never released: a hung step
+        await worker.forward_async({})
+        await worker.stop_async()
+        return seen_at_stop
+
+    with caplog.at_level("WARNING", logger="dlinfer_lmdeploy"):
+        assert asyncio.run(scenario()) == [0]  # LMDeploy's stop still ran
+    assert "rank 1: stops with 1 of 1 received steps unfinished" in caplog.text
+
+
+@needs_ray
+def test_worker_counts_the_step_lmdeploy_awaits() -> None:
+    """The counted method is the one LMDeploy's model loop awaits once per step (inventory: ray-worker-class)."""
+    import inspect
+
+    from lmdeploy.pytorch.engine.model_agent import agent
+
+    loop_src = inspect.getsource(agent.BaseModelAgent._async_loop_background)
+    assert "self._async_step(" in loop_src, "LMDeploy's model loop no longer awaits _async_step: update ray_workers"
 
 
 @needs_ray

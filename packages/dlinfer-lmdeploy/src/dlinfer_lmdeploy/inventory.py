@@ -472,7 +472,11 @@ PATCHES: tuple[Patch, ...] = (
             "dlinfer.framework'; cpu: 'Unsupported device type'). The actor class becomes "
             "dlinfer_lmdeploy.ray_workers.DlinferRayWorker, a subclass that installs the adaptor and activates the "
             "device before LMDeploy's __init__ (and selects the device ray assigned, warms up on the plugin's "
-            "device); for other devices it behaves as the original. On demand (ray extra)."
+            "device). On engine stop it first finishes the steps the worker received (it counts the model agent's "
+            "_async_step, which LMDeploy's loop awaits per step): the executor's cancel of wait_tasks, and stop_async, "
+            "cancel the loop mid-step, and a peer rank inside that step's gloo collectives then blocks its event loop "
+            "for good. For other devices it behaves as the "
+            "original. On demand (ray extra)."
         ),
         versions=SUPPORTED_LMDEPLOY,
         contains=("init_backend(device_type)", "try_import_deeplink(device_type)", "def warmup_dist"),

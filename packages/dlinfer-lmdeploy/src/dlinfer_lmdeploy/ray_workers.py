@@ -21,11 +21,21 @@ Four replacements (inventory patches ``ray-device-resource``, ``ray-cluster-init
   does not exist for other device names. For dlinfer devices each worker selects the device ray assigned it, as a
   local ordinal of what it can see (nothing for host devices), and the executor checks that no two workers of one
   node share a device.
+
+The worker also stops cleanly. When the engine stops, LMDeploy's executor cancels each worker's ``wait_tasks``, which
+cancels the model loop wherever it is (then ``stop_async`` cancels it again): one rank may stop before a step whose
+collectives its peer is already inside. On a host device that peer blocks in gloo, with its event loop, and the
+executor waits on its ``stop_async`` forever (seen in CI: tp=2 on ray hung after generating). A dlinfer worker first
+finishes every step it has received (all ranks receive the same steps), for at most :data:`STOP_DRAIN_S`, then lets
+the cancel through.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import time
 from typing import Any
 
 import ray
@@ -33,6 +43,11 @@ from lmdeploy.pytorch.engine.executor import ray_executor
 
 from dlinfer_lmdeploy import devices
 from dlinfer_lmdeploy.inventory import replacement
+
+logger = logging.getLogger("dlinfer_lmdeploy")
+
+STOP_DRAIN_S = 60.0
+"""How long a stopped (or cancelled) worker waits for its received steps to finish before the loop is cancelled."""
 
 HOST_RESOURCE = "dlinfer_host"
 """Ray resource of a host (CPU) dlinfer device: one unit per tensor-parallel rank."""
@@ -83,6 +98,69 @@ class DlinferRayWorker(getattr(ray_executor.RayWorkerWrapper, "__dlinfer_origina
         if devices.is_dlinfer_device(device_type):
             devices.activate(device_type)
         super().__init__(*args, **kwargs)
+        self._steps_received = 0
+        self._steps_finished = 0
+        self._counting_steps = False
+
+    def start(self) -> None:
+        """LMDeploy's start, with the model loop's steps counted (finished = returned or raised)."""
+        super().start()
+        if not devices.is_dlinfer_device(self.device_type):
+            return
+        agent = self.model_agent
+        step = getattr(agent, "_async_step", None)  # BaseModelAgent._async_loop_background awaits it per step
+        if step is None:
+            logger.warning("dlinfer-lmdeploy: %s has no _async_step; ray workers stop without finishing their steps",
+                           type(agent).__name__)
+            return
+
+        async def counted_step(**inputs: Any) -> Any:
+            try:
+                return await step(**inputs)
+            finally:
+                self._steps_finished += 1
+
+        agent._async_step = counted_step
+        self._counting_steps = True
+
+    async def forward_async(self, inputs: Any) -> Any:
+        self._steps_received += 1
+        return await super().forward_async(inputs)
+
+    async def drain_steps(self, timeout_s: float = STOP_DRAIN_S) -> int:
+        """Wait until every received step has finished, at most ``timeout_s``; return how many did not."""
+        deadline = time.monotonic() + timeout_s
+        while self._counting_steps and self._steps_finished < self._steps_received and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        return self._steps_received - self._steps_finished if self._counting_steps else 0
+
+    async def _drain_before_cancel(self, what: str) -> None:
+        unfinished = await self.drain_steps(STOP_DRAIN_S)
+        if unfinished:
+            logger.warning(
+                "dlinfer-lmdeploy: ray worker rank %s: %s with %d of %d received steps unfinished after %.0f s",
+                self.rank, what, unfinished, self._steps_received, STOP_DRAIN_S,
+            )
+
+    async def wait_tasks(self) -> Any:
+        """LMDeploy's wait; when the executor cancels it (engine stop), finish the received steps first."""
+        if not devices.is_dlinfer_device(self.device_type):
+            return await super().wait_tasks()
+        waiting = asyncio.ensure_future(super().wait_tasks())
+        try:
+            return await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            if not waiting.done():
+                await self._drain_before_cancel("cancelled")
+                waiting.cancel()  # LMDeploy's wait then cancels the model loop, as without the drain
+                await asyncio.gather(waiting, return_exceptions=True)
+            raise
+
+    async def stop_async(self) -> None:
+        """Finish the received steps (at most :data:`STOP_DRAIN_S`), then LMDeploy's stop (cancel the loop)."""
+        if devices.is_dlinfer_device(self.device_type):
+            await self._drain_before_cancel("stops")
+        return await super().stop_async()
 
     def dlinfer_bind_device(self) -> dict[str, Any]:
         """Select the accelerator ray assigned to this worker (host devices: none); return where it runs."""
