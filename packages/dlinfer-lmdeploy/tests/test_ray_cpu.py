@@ -14,6 +14,7 @@ import importlib.util
 import os
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -184,6 +185,28 @@ def test_stop_gives_up_waiting_and_says_so(monkeypatch: pytest.MonkeyPatch, capl
 
 
 @needs_ray
+def test_stop_does_not_wait_on_a_dead_model_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model loop that already ended (a failed step) finishes nothing: stop at once, not after STOP_DRAIN_S."""
+    from dlinfer_lmdeploy import ray_workers
+
+    monkeypatch.setattr(ray_workers, "STOP_DRAIN_S", 30.0)
+
+    async def scenario() -> tuple[list[int], float]:
+        worker, seen_at_stop = _fake_worker(monkeypatch, asyncio.Event())
+        await worker.forward_async({})
+        dead = asyncio.get_running_loop().create_future()
+        dead.set_exception(RuntimeError("step failed"))
+        dead.exception()  # retrieved: no "never retrieved" warning
+        worker.model_agent._background_task = dead
+        t0 = time.monotonic()
+        await worker.stop_async()
+        return seen_at_stop, time.monotonic() - t0
+
+    seen, elapsed = asyncio.run(scenario())
+    assert seen == [0] and elapsed < 5.0, (seen, elapsed)
+
+
+@needs_ray
 def test_worker_counts_the_step_lmdeploy_awaits() -> None:
     """The counted method is the one LMDeploy's model loop awaits once per step (inventory: ray-worker-class)."""
     import inspect
@@ -192,6 +215,8 @@ def test_worker_counts_the_step_lmdeploy_awaits() -> None:
 
     loop_src = inspect.getsource(agent.BaseModelAgent._async_loop_background)
     assert "self._async_step(" in loop_src, "LMDeploy's model loop no longer awaits _async_step: update ray_workers"
+    start_src = inspect.getsource(agent.BaseModelAgent.start)
+    assert "self._background_task = " in start_src, "the model loop task moved: update ray_workers._loop_running"
 
 
 @needs_ray

@@ -26,8 +26,8 @@ The worker also stops cleanly. When the engine stops, LMDeploy's executor cancel
 cancels the model loop wherever it is (then ``stop_async`` cancels it again): one rank may stop before a step whose
 collectives its peer is already inside. On a host device that peer blocks in gloo, with its event loop, and the
 executor waits on its ``stop_async`` forever (seen in CI: tp=2 on ray hung after generating). A dlinfer worker first
-finishes every step it has received (all ranks receive the same steps), for at most :data:`STOP_DRAIN_S`, then lets
-the cancel through.
+finishes every step it has received (all ranks receive the same steps), for at most :data:`STOP_DRAIN_S` and only
+while its model loop runs, then lets the cancel through.
 """
 
 from __future__ import annotations
@@ -127,12 +127,20 @@ class DlinferRayWorker(getattr(ray_executor.RayWorkerWrapper, "__dlinfer_origina
         self._steps_received += 1
         return await super().forward_async(inputs)
 
+    def _loop_running(self) -> bool:
+        """False once LMDeploy's model loop task has ended (it failed or was cancelled): nothing will finish."""
+        task = getattr(self.model_agent, "_background_task", None)
+        return task is None or not task.done()
+
     async def drain_steps(self, timeout_s: float = STOP_DRAIN_S) -> int:
-        """Wait until every received step has finished, at most ``timeout_s``; return how many did not."""
+        """Wait until every received step has finished, at most ``timeout_s`` and only while the model loop runs;
+        return how many did not."""
+        if not self._counting_steps:
+            return 0
         deadline = time.monotonic() + timeout_s
-        while self._counting_steps and self._steps_finished < self._steps_received and time.monotonic() < deadline:
+        while self._steps_finished < self._steps_received and self._loop_running() and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        return self._steps_received - self._steps_finished if self._counting_steps else 0
+        return self._steps_received - self._steps_finished
 
     async def _drain_before_cancel(self, what: str) -> None:
         unfinished = await self.drain_steps(STOP_DRAIN_S)
