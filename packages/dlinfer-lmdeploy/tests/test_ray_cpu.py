@@ -182,10 +182,12 @@ def test_stop_gives_up_waiting_and_says_so(monkeypatch: pytest.MonkeyPatch, capl
     with caplog.at_level("WARNING", logger="dlinfer_lmdeploy"):
         assert asyncio.run(scenario()) == [0]  # LMDeploy's stop still ran
     assert "rank 1: stops with 1 of 1 received steps unfinished" in caplog.text
+    assert "the 0 s limit" in caplog.text  # STOP_DRAIN_S = 0.05: the limit, not a dead loop
 
 
 @needs_ray
-def test_stop_does_not_wait_on_a_dead_model_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stop_does_not_wait_on_a_dead_model_loop(monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
     """A model loop that already ended (a failed step) finishes nothing: stop at once, not after STOP_DRAIN_S."""
     from dlinfer_lmdeploy import ray_workers
 
@@ -202,8 +204,10 @@ def test_stop_does_not_wait_on_a_dead_model_loop(monkeypatch: pytest.MonkeyPatch
         await worker.stop_async()
         return seen_at_stop, time.monotonic() - t0
 
-    seen, elapsed = asyncio.run(scenario())
+    with caplog.at_level("WARNING", logger="dlinfer_lmdeploy"):
+        seen, elapsed = asyncio.run(scenario())
     assert seen == [0] and elapsed < 5.0, (seen, elapsed)
+    assert "its model loop had ended" in caplog.text
 
 
 @needs_ray

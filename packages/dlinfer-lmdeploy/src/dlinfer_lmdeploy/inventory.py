@@ -475,8 +475,7 @@ PATCHES: tuple[Patch, ...] = (
             "device). On engine stop it first finishes the steps the worker received (it counts the model agent's "
             "_async_step, which LMDeploy's loop awaits per step): the executor's cancel of wait_tasks, and stop_async, "
             "cancel the loop mid-step, and a peer rank inside that step's gloo collectives then blocks its event loop "
-            "for good. For other devices it behaves as the "
-            "original. On demand (ray extra)."
+            "for good. For other devices it behaves as the original. On demand (ray extra)."
         ),
         versions=SUPPORTED_LMDEPLOY,
         contains=("init_backend(device_type)", "try_import_deeplink(device_type)", "def warmup_dist"),

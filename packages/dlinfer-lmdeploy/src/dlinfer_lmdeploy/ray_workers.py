@@ -143,11 +143,13 @@ class DlinferRayWorker(getattr(ray_executor.RayWorkerWrapper, "__dlinfer_origina
         return self._steps_received - self._steps_finished
 
     async def _drain_before_cancel(self, what: str) -> None:
+        t0 = time.monotonic()
         unfinished = await self.drain_steps(STOP_DRAIN_S)
         if unfinished:
+            why = "its model loop had ended" if not self._loop_running() else f"the {STOP_DRAIN_S:.0f} s limit"
             logger.warning(
-                "dlinfer-lmdeploy: ray worker rank %s: %s with %d of %d received steps unfinished after %.0f s",
-                self.rank, what, unfinished, self._steps_received, STOP_DRAIN_S,
+                "dlinfer-lmdeploy: ray worker rank %s: %s with %d of %d received steps unfinished (waited %.1f s; %s)",
+                self.rank, what, unfinished, self._steps_received, time.monotonic() - t0, why,
             )
 
     async def wait_tasks(self) -> Any:
