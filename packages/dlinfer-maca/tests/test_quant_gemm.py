@@ -16,7 +16,7 @@ from conftest import DEVICE, ON_GPU
 
 from dlinfer.spec import AWQ_ORDER
 from dlinfer.testing.inputs import awq_pack
-from dlinfer_maca.kernels import quant
+from dlinfer_maca.kernels import _utils, quant
 from dlinfer_maca.kernels.quant import GemmConfig
 
 pytestmark = pytest.mark.interpreter
@@ -82,7 +82,7 @@ def test_w4a16_split_counters_reset():
     second = quant.w4a16_fwd(x, qw, sc, qz, None, 64, config=cfg)
     assert_close(first, ref, torch.float16, factor=2)
     assert torch.equal(first, second)
-    assert all(int(buf.abs().sum()) == 0 for buf in quant._COUNTERS.values())
+    assert all(int(buf.abs().sum()) == 0 for buf in _utils._COUNTERS.values())
 
 
 def test_awq_prepare_layout():

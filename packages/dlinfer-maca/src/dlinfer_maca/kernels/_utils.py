@@ -95,6 +95,39 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+_COUNTERS: dict[str, torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []  # grown-out buffers stay alive: a captured CUDA graph may still point at them
+
+
+def arrival_counters(device: torch.device, n: int) -> torch.Tensor | None:
+    """int32 arrival counters for in-kernel reductions (split-K GEMM tiles, split decode attention): one buffer
+    per device, zero at rest (the last program to arrive resets its counter, see :func:`last_arrival`). Kernels
+    that use them must not run concurrently on two streams of one device (LMDeploy runs the model on one
+    stream; a CUDA graph captures on its own stream but replays in order). None when the buffer would have to
+    be allocated or grown during CUDA-graph capture: the caller then reduces in a separate pass."""
+    key = str(device)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        if buf is not None:
+            _RETIRED.append(buf)
+        buf = _COUNTERS[key] = torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device)
+    return buf
+
+
+@triton.jit
+def last_arrival(cnt_ptr, idx, n_arrivals):
+    """True in the last of the ``n_arrivals`` programs sharing counter ``idx`` to get here, after all of them
+    stored their partials (release/acquire at GPU scope); that program resets the counter to zero."""
+    tl.debug_barrier()  # every thread's partial stores precede the release below
+    old = tl.atomic_add(cnt_ptr + idx, 1, sem="acq_rel", scope="gpu")
+    last = old == n_arrivals - 1
+    if last:
+        tl.atomic_xchg(cnt_ptr + idx, 0, sem="relaxed", scope="gpu")
+    return last
+
+
 @triton.jit
 def round_half_even(x):
     """Round fp32 to the nearest integer, ties to even (matches ``torch.round``)."""

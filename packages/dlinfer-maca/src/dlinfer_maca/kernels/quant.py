@@ -19,31 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import interpreting, num_sms
+from ._utils import arrival_counters, interpreting, last_arrival, num_sms
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 NCHUNK = 128  # W4A16 layout: columns interleaved within chunks of 128 (16 words x 8 nibbles)
-
-
-# ----------------------------------------------------------------------------- split-K counters
-
-
-_COUNTERS: dict[str, torch.Tensor] = {}
-
-
-def _tile_counters(device: torch.device, n: int) -> torch.Tensor | None:
-    """Per-tile arrival counters for the in-kernel split-K reduction, one buffer per device (zero at rest: the
-    last program of each tile resets its counter). Kernels that use them must not run concurrently on two
-    streams of one device (LMDeploy runs the model on one stream; a CUDA graph captures on its own stream but
-    replays in order). Allocated eagerly (``awq_prepare``, the first eager call); None when it would have to
-    be allocated or grown during CUDA-graph capture (the caller then sums the partials with torch)."""
-    key = str(device)
-    buf = _COUNTERS.get(key)
-    if buf is None or buf.numel() < n:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        buf = _COUNTERS[key] = torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device)
-    return buf
 
 
 @triton.jit
@@ -53,18 +32,6 @@ def _group_pid(pid, num_m, num_n, GROUP_M: tl.constexpr):
     first_m = (pid // width) * GROUP_M
     size_m = tl.minimum(num_m - first_m, GROUP_M)
     return first_m + (pid % width) % size_m, (pid % width) // size_m
-
-
-@triton.jit
-def _last_arrival(cnt_ptr, tile, n_split):
-    """True in the last of the ``n_split`` programs of ``tile`` to get here (after all of them
-    stored their partials); that program resets the counter."""
-    tl.debug_barrier()  # every thread's partial stores precede the release below
-    old = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
-    last = old == n_split - 1
-    if last:
-        tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
-    return last
 
 
 # ----------------------------------------------------------------------------- configs
@@ -160,7 +127,7 @@ def _w8a8_kernel(
     else:
         tl.store(ws_ptr + pid_k * M * N + mn, acc, mask=omask)
         if REDUCE == 1:  # noqa: SIM102 - constexpr, then a runtime branch
-            if _last_arrival(cnt_ptr, tile, n_split):
+            if last_arrival(cnt_ptr, tile, n_split):
                 acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
                 for s in range(n_split):
                     acc += tl.load(ws_ptr + s * M * N + mn, mask=omask, other=0, cache_modifier=".cg")
@@ -204,7 +171,7 @@ def linear_w8a8_fwd(
     k_per_split = triton.cdiv(k_iters, split) * cfg.block_k
     split = triton.cdiv(K, k_per_split)
     ws = torch.empty((split, M, N), dtype=torch.int32, device=x_q.device) if split > 1 else out
-    cnt = _tile_counters(x_q.device, tiles) if split > 1 and cfg.reduce == 1 else None
+    cnt = arrival_counters(x_q.device, tiles) if split > 1 and cfg.reduce == 1 else None
     reduce = int(cnt is not None)
     _w8a8_kernel[(tiles, split)](
         a, w, out, sa, w_scale.contiguous(), bias if bias is not None else sa, ws, ws if cnt is None else cnt,
@@ -261,7 +228,7 @@ def awq_prepare(
     qweight int32 [IN, ceil(OUT/128)*16], scales [IN/g, OUT] (kept), qzeros int32 [IN/g, ceil(OUT/128)*16].
     Refuses a group size the kernels cannot serve here, at weight load (engine build), not at the first matmul."""
     _check_group("weight_quant_prepare", group_size)
-    _tile_counters(qweight.device, 0)  # outside any graph capture
+    arrival_counters(qweight.device, 0)  # outside any graph capture
     N = scales.shape[-1]
     qw = _chunk_pack(_awq_unpack(qweight)[:, :N])
     qz = _chunk_pack(_awq_unpack(qzeros)[:, :N])
@@ -391,7 +358,7 @@ def _w4a16_kernel(
         _w4_partial(acc6, wp, rows, mmask, cols, N, 6)
         _w4_partial(acc7, wp, rows, mmask, cols, N, 7)
         if REDUCE == 1:  # noqa: SIM102 - constexpr, then a runtime branch
-            if _last_arrival(cnt_ptr, tile, n_split):
+            if last_arrival(cnt_ptr, tile, n_split):
                 _w4_store8(_w4_gather(ws_ptr, rows, mmask, cols, M, N, 0, n_split, BLOCK_M, SUB),
                            _w4_gather(ws_ptr, rows, mmask, cols, M, N, 1, n_split, BLOCK_M, SUB),
                            _w4_gather(ws_ptr, rows, mmask, cols, M, N, 2, n_split, BLOCK_M, SUB),
@@ -477,7 +444,7 @@ def _w4a16_join_kernel(
     else:
         tl.store(ws_ptr + pid_k * M * N + mn, acc, mask=omask)
         if REDUCE == 1:  # noqa: SIM102 - constexpr, then a runtime branch
-            if _last_arrival(cnt_ptr, tile, n_split):
+            if last_arrival(cnt_ptr, tile, n_split):
                 acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
                 for sp in range(n_split):
                     acc += tl.load(ws_ptr + sp * M * N + mn, mask=omask, other=0.0, cache_modifier=".cg")
@@ -523,7 +490,7 @@ def w4a16_fwd(
     k_per_split = triton.cdiv(k_iters, split) * bk
     split = triton.cdiv(K, k_per_split)
     ws = torch.empty((split, M, N), dtype=torch.float32, device=x.device) if split > 1 else out
-    cnt = _tile_counters(x.device, tiles) if split > 1 and cfg.reduce == 1 else None
+    cnt = arrival_counters(x.device, tiles) if split > 1 and cfg.reduce == 1 else None
     reduce = int(cnt is not None)
     unpack = cfg.unpack if x.dtype in (torch.float16, torch.bfloat16) else 0
     if interpreting() and x.dtype == torch.bfloat16:
