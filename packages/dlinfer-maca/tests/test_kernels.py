@@ -14,7 +14,7 @@ import torch
 from _ref import TOL, assert_close, attention_ref, fused_moe_ref, rel_err, rotary_ref
 from conftest import DEVICE, ON_GPU
 
-from dlinfer_maca.kernels import attention, elementwise, moe, norm, quant
+from dlinfer_maca.kernels import _utils, attention, elementwise, moe, norm, quant
 
 pytestmark = pytest.mark.interpreter
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -176,19 +176,27 @@ DECODE_CASES = [
     (3, 4, 2, 32, 32, 16, [150, 1, 33], "NHD", 8, 1024),  # graph capacity >> lengths: 8 splits of each own length
     (3, 4, 2, 32, 32, 16, [150, 1, 33], "NHD", None, 4096),  # the heuristic's split count for the capacity
     (2, 4, 4, 32, 32, 64, [150, 70], "HND", 2, None),  # one page per key block
+    (2, 6, 2, 32, 32, 16, [150, 90], "NHD", 5, None),  # G = 3 (masked merge rows), 5 splits
 ]
 
 
 @pytest.mark.parametrize("dtype", HEAVY_DTYPES)
 @pytest.mark.parametrize("case", DECODE_CASES)
-def test_paged_decode(dtype, case):
+@pytest.mark.parametrize("merge_pass", [False, True], ids=["inline-merge", "merge-pass"])
+def test_paged_decode(dtype, case, merge_pass, monkeypatch):
     B, Hq, Hkv, D, DV, BS, lens, layout, splits, maxlen = case
     ks = [rnd(n, Hkv, D, dtype=dtype) for n in lens]
     vs = [rnd(n, Hkv, DV, dtype=dtype) for n in lens]
     kc, vc, table = _paged(ks, vs, BS, layout)
     q = rnd(B, Hq, D, dtype=dtype)
     seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    out = attention.paged_decode_fwd(q, kc, vc, table, seqlens, maxlen or max(lens), layout, num_splits=splits)
+    if not merge_pass:  # the in-kernel merge must not fall back to the second launch
+        monkeypatch.setattr(attention, "_decode_merge_kernel", None)
+        monkeypatch.setattr(attention, "MERGE_TILE", 2 * DV)  # several merge tiles per (sequence, KV head)
+    out = attention.paged_decode_fwd(q, kc, vc, table, seqlens, maxlen or max(lens), layout, num_splits=splits,
+                                     merge_pass=merge_pass)
+    if not merge_pass:
+        assert all(int(buf.abs().sum()) == 0 for buf in _utils._COUNTERS.values())  # counters back at rest
     for b, n in enumerate(lens):
         ref = attention_ref(q[b:b + 1], ks[b], vs[b], q_pos=torch.tensor([n - 1], device=DEVICE),
                             causal=True, scale=1 / math.sqrt(D))

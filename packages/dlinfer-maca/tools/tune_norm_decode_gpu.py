@@ -1,6 +1,6 @@
 """Sweep of launch settings for the per-token quantisers and paged decode on one GPU, against LMDeploy's kernels.
 
-    python packages/dlinfer-maca/tools/tune_norm_decode_gpu.py [--only quant,decode] [--out DIR]
+    python packages/dlinfer-maca/tools/tune_norm_decode_gpu.py [--only quant,decode] [--quick] [--out DIR]
 
 Every candidate is timed as the median of CUDA-graph replays (``dlinfer_maca.bench.time_ms``), beside
 LMDeploy's kernel on the same inputs (when importable) in the same process, and its output is compared with
@@ -93,17 +93,20 @@ def sweep_decode(lmd: Any) -> None:
         nbytes = 2 * B * ctx * hkv * d * 2
         cells: dict[str, float] = {}
         worst = 0.0
-        for sp in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64):
+        for sp in () if QUICK else (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64):
             if sp > math.ceil(ctx / 64) or B * hkv * sp > 64 * num_sms(dev):
                 continue
             worst = max(worst, rel_err(paged_decode_fwd(*args, num_splits=sp), ref))
             cells[f"s{sp}"] = 1000 * time_ms(lambda: paged_decode_fwd(*args, num_splits=sp))
-        best_sp = int(min(cells, key=cells.__getitem__)[1:])
-        for tune in TUNES:
+        best_sp = int(min(cells, key=cells.__getitem__)[1:]) if cells else picked
+        for tune in () if QUICK else TUNES:
             worst = max(worst, rel_err(paged_decode_fwd(*args, num_splits=best_sp, tune=tune), ref))
             cells[f"s{best_sp}/bn{tune[0]}w{tune[1]}st{tune[2]}"] = 1000 * time_ms(
                 lambda: paged_decode_fwd(*args, num_splits=best_sp, tune=tune))
+        for merge_pass in (False, True):
+            worst = max(worst, rel_err(paged_decode_fwd(*args, merge_pass=merge_pass), ref))
         cells["default"] = 1000 * time_ms(lambda: paged_decode_fwd(*args))
+        cells["default/merge-pass"] = 1000 * time_ms(lambda: paged_decode_fwd(*args, merge_pass=True))
         if lmd is not None:
             cells["lmdeploy"] = 1000 * time_ms(lambda: lmd.flash_attn_with_kvcache(
                 q, p["key_cache"], p["value_cache"], p["seqlens_kv"], p["block_table"], max_seqlen_q=1))
@@ -114,14 +117,18 @@ def sweep_decode(lmd: Any) -> None:
 
 
 COPY_GBS = 0.0
+QUICK = False
 
 
 def main() -> int:
-    global COPY_GBS
+    global COPY_GBS, QUICK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="quant,decode")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--quick", action="store_true",
+                    help="decode: only the shipped settings (in-kernel merge and merge pass) and LMDeploy's kernel")
     args = ap.parse_args()
+    QUICK = args.quick
     if not torch.cuda.is_available():
         print("needs a CUDA device", file=sys.stderr)
         return 2

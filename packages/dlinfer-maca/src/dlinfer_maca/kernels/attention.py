@@ -6,8 +6,9 @@ softmax runs in fp32 with an online (streaming) max/sum, using ``exp2``.
 Decode: one program per (sequence, KV head, split). All ``G = Hq / Hkv`` query heads that
 share a KV head are stacked into the M dimension of one ``tl.dot`` (GQA head grouping),
 so every K/V byte is read once per group. The context is cut into splits so that small
-batches with long contexts still fill the GPU; a second tiny kernel merges the splits
-with their log-sum-exp. The split count is a pure function of Python ints (batch, heads,
+batches with long contexts still fill the GPU. The splits are merged with their log-sum-exp
+by the last split program of each (sequence, KV head) to finish, found with an atomic arrival
+counter, so a call is one launch. The split count is a pure function of Python ints (batch, heads,
 ``max_seqlen_kv``), so it is CUDA-graph safe and never autotuned on the hot path; each
 sequence's own length is divided among the splits inside the kernel, so a graph captured
 for the longest context still runs a short one as a few one-block programs.
@@ -30,10 +31,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import dot_precision, interpreting, next_pow2, num_sms, tanh_f32
+from ._utils import arrival_counters, dot_precision, interpreting, last_arrival, next_pow2, num_sms, tanh_f32
 from .elementwise import kv_strides
 
 LOG2E = 1.4426950408889634
+MERGE_TILE = 16384
+"""fp32 values of one in-kernel merge tile ``[G, splits, Dv]`` (128 registers a thread at 4 warps); more splits
+are merged in several tiles."""
 
 
 @triton.jit
@@ -65,17 +69,20 @@ def _online_softmax_step(s, m_i, l_i, acc):
 @triton.jit(do_not_specialize=["stride_bt", "NUM_SPLITS"])
 def _decode_split_kernel(
     q_ptr, kc_ptr, vc_ptr, bt_ptr, seqlens_ptr, slopes_ptr,
-    o_ptr, part_o_ptr, part_lse_ptr,
+    o_ptr, part_o_ptr, part_lse_ptr, cnt_ptr,
     stride_qb, stride_qh,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_ob, stride_oh,
     scale, softcap, window,
     G, Hq, NUM_SPLITS,
-    PAGE: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, DIRECT: tl.constexpr,
+    PAGE: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, DIRECT: tl.constexpr, MERGE: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MERGE_G: tl.constexpr, MERGE_S: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
+    """One (sequence, KV head, split) program. ``DIRECT``: a single split writes the normalised output.
+    Otherwise each split stores its normalised partial and log-sum-exp; with ``MERGE`` the last split of the
+    (sequence, KV head) to arrive merges them (one launch per call), else :func:`_decode_merge_kernel` does."""
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     sp = tl.program_id(2)
@@ -139,6 +146,43 @@ def _decode_split_kernel(
         row = (b * Hq + heads) * NUM_SPLITS + sp
         tl.store(part_o_ptr + row[:, None] * DV + dv[None, :], out, mask=omask)
         tl.store(part_lse_ptr + row, lse, mask=gmask)
+        if MERGE:  # noqa: SIM102 - constexpr, then a runtime branch
+            if last_arrival(cnt_ptr, b * tl.num_programs(1) + kvh, NUM_SPLITS):
+                _merge_splits(part_o_ptr, part_lse_ptr, o_ptr, b, kvh, G, Hq, NUM_SPLITS, stride_ob, stride_oh,
+                              DV, MERGE_G, MERGE_S, BLOCK_DV)
+
+
+@triton.jit
+def _merge_splits(part_o_ptr, part_lse_ptr, o_ptr, b, kvh, G, Hq, NUM_SPLITS, stride_ob, stride_oh,
+                  DV: tl.constexpr, MERGE_G: tl.constexpr, MERGE_S: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Merge the ``NUM_SPLITS`` partials of the G query heads of KV head ``kvh`` by their log-sum-exp, reading
+    ``[MERGE_G, MERGE_S, DV]`` tiles from L2 (``.cg``: the other programs' stores are not in this SM's L1)."""
+    g = tl.arange(0, MERGE_G)
+    heads = kvh * G + g
+    gmask = g < G
+    dv = tl.arange(0, BLOCK_DV)
+    dvmask = dv < DV
+    rows = (b * Hq + heads) * NUM_SPLITS
+    m = tl.full([MERGE_G], float("-inf"), dtype=tl.float32)
+    tot = tl.zeros([MERGE_G], dtype=tl.float32)
+    acc = tl.zeros([MERGE_G, BLOCK_DV], dtype=tl.float32)
+    for s0 in range(0, NUM_SPLITS, MERGE_S):
+        sp = s0 + tl.arange(0, MERGE_S)
+        gs_mask = gmask[:, None] & (sp < NUM_SPLITS)[None, :]
+        part = rows[:, None] + sp[None, :]
+        lse = tl.load(part_lse_ptr + part, mask=gs_mask, other=float("-inf"), cache_modifier=".cg")
+        o = tl.load(part_o_ptr + part[:, :, None] * DV + dv[None, None, :],
+                    mask=gs_mask[:, :, None] & dvmask[None, None, :], other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m, tl.max(lse, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m - m_safe)
+        w = tl.exp(lse - m_safe[:, None])
+        tot = tot * alpha + tl.sum(w, axis=1)
+        acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o, axis=1)
+        m = m_new
+    out = acc / tl.where(tot == 0.0, 1.0, tot)[:, None]
+    tl.store(o_ptr + b * stride_ob + heads[:, None] * stride_oh + dv[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=gmask[:, None] & dvmask[None, :])
 
 
 @triton.jit(do_not_specialize=["NUM_SPLITS"])
@@ -184,11 +228,13 @@ def paged_decode_fwd(
     q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, block_table: torch.Tensor,
     seqlens_kv: torch.Tensor, max_seqlen_kv: int, layout: str, scale: float | None = None,
     window: int | None = None, softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
-    num_splits: int | None = None, tune: tuple[int, int, int] | None = None,
+    num_splits: int | None = None, tune: tuple[int, int, int] | None = None, merge_pass: bool = False,
 ) -> torch.Tensor:
     """Decode attention: ``q [B, Hq, D]`` over paged K/V -> ``[B, Hq, Dv]`` in q.dtype.
 
-    ``num_splits`` and ``tune`` (BLOCK_N, num_warps, num_stages) override the heuristics (benchmark sweeps)."""
+    ``num_splits`` and ``tune`` (BLOCK_N, num_warps, num_stages) override the heuristics, ``merge_pass`` merges
+    the splits in a second launch instead of in the last split program (benchmark sweeps); the second launch is
+    also taken when the arrival counters would have to be allocated during CUDA-graph capture."""
     B, Hq, D = q.shape
     kb, ks, kh, page = kv_strides(key_cache, layout)
     vb, vs, vh, _ = kv_strides(value_cache, layout)
@@ -210,27 +256,31 @@ def paged_decode_fwd(
         block_n, warps, stages = tune
     block_g = max(16, next_pow2(G))
     block_dv = next_pow2(DV)
+    cnt = None
     if splits > 1:
         part_o = torch.empty((B, Hq, splits, DV), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((B, Hq, splits), dtype=torch.float32, device=q.device)
+        cnt = None if merge_pass else arrival_counters(q.device, B * Hkv)
     else:
         part_o = part_lse = out
+    merge_g = next_pow2(G)
+    merge_s = max(1, min(next_pow2(splits), MERGE_TILE // (merge_g * block_dv)))
     _decode_split_kernel[(B, Hkv, splits)](
         q, key_cache, value_cache, block_table, seqlens_kv,
         alibi_slopes if alibi_slopes is not None else q,
-        out, part_o, part_lse,
+        out, part_o, part_lse, cnt if cnt is not None else part_lse,
         q.stride(0), q.stride(1), kb, ks, kh, vb, vs, vh,
         block_table.stride(0), out.stride(0), out.stride(1),
         float(scale if scale is not None else 1.0 / math.sqrt(D)),
         float(softcap or 1.0), int(window or 0),
         G, Hq, splits,
-        PAGE=page, D=D, DV=DV, DIRECT=splits == 1, BLOCK_G=block_g, BLOCK_N=block_n,
-        BLOCK_D=next_pow2(D), BLOCK_DV=block_dv,
+        PAGE=page, D=D, DV=DV, DIRECT=splits == 1, MERGE=cnt is not None, BLOCK_G=block_g, BLOCK_N=block_n,
+        BLOCK_D=next_pow2(D), BLOCK_DV=block_dv, MERGE_G=merge_g, MERGE_S=merge_s,
         USE_SOFTCAP=softcap is not None, USE_ALIBI=alibi_slopes is not None, USE_WINDOW=window is not None,
         DOT_PREC=dot_precision(q.dtype),
         num_warps=warps, num_stages=stages,
     )
-    if splits > 1:
+    if splits > 1 and cnt is None:
         _decode_merge_kernel[(B, Hq)](
             part_o, part_lse, out, out.stride(0), out.stride(1), Hq, DV, splits,
             BLOCK_S=next_pow2(splits), BLOCK_DV=block_dv, num_warps=4,
