@@ -62,3 +62,15 @@ def test_mla_kit_case_builds_a_value_cache_viewing_the_key_cache() -> None:
     assert vc.data_ptr() == kc.data_ptr() and not vc.is_contiguous()
     ops = REGISTRY.load_ops(REFERENCE)
     assert run_case(case, torch.float32, ops, ops).status == "pass"
+
+
+def test_framework_prefill_warmup_tokens_are_positive_ints() -> None:
+    """``FrameworkSettings.prefill_warmup_tokens``: empty by default (the framework's own warm-up), refused at
+    declaration when it is not a tuple of positive token counts."""
+    from dlinfer.plugin import FrameworkSettings
+
+    assert FrameworkSettings().prefill_warmup_tokens == ()
+    assert FrameworkSettings(prefill_warmup_tokens=(1, 64, 1024)).prefill_warmup_tokens == (1, 64, 1024)
+    for bad in ((0,), (16, -1), [16], (True,), (2.5,), ("64",)):
+        with pytest.raises(ValueError, match=r"prefill_warmup_tokens must be a tuple of positive ints, got"):
+            FrameworkSettings(prefill_warmup_tokens=bad)  # type: ignore[arg-type]

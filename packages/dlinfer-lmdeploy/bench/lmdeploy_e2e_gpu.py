@@ -19,6 +19,10 @@ Prints per-run rows and, per mode, the median of each metric over rounds and the
 medians; writes all figures as JSON. ``--quant awq|w8a8`` serves the model quantised into LMDeploy's AWQ W4A16
 (group 128, fp16) or W8A8 smooth-quant format (``testing.tiny_quant.quantise_checkpoint``, on the GPU); token
 correctness of the quantised paths is the job of ``tests/test_quant_e2e_gpu.py``.
+``--first-long N``: right after the engine is built (before any other request), two single requests of about N
+prompt tokens each (different random prompts), max_new_tokens=1, are timed one after the other and recorded as
+``first_long`` (the first pays the kernel compiles that engine warm-up left out; run with
+``DLINFER_PREFILL_WARMUP=0`` and without it to see what the prefill warm-up saves, and ``startup_s`` for its cost).
 """
 
 from __future__ import annotations
@@ -63,7 +67,27 @@ def host_probe_ms(repeats: int = 5) -> float:
     return round(statistics.median(times), 2)
 
 
-def run_one(model_dir: str, device: str, mode: str, block_size: int, streams: int = 1) -> dict[str, object]:
+def time_first_long(pipe, tokens: int) -> list[dict[str, float]]:  # type: ignore[no-untyped-def]
+    """Two single requests of about ``tokens`` prompt tokens (different prompts), one new token each: latency and
+    prompt length of each, in order."""
+    import torch
+    from lmdeploy import GenerationConfig
+
+    one = GenerationConfig(max_new_tokens=1, do_sample=False, top_k=1, ignore_eos=True)
+    out = []
+    for seed in (101, 202):
+        prompt = _prompts(1, tokens, seed=seed)[0]
+        n_in = len(pipe.async_engine.tokenizer.encode(prompt))
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        pipe([prompt], gen_config=one, do_preprocess=False)
+        torch.cuda.synchronize()
+        out.append({"prompt_tokens": n_in, "s": round(time.perf_counter() - t0, 4)})
+    return out
+
+
+def run_one(model_dir: str, device: str, mode: str, block_size: int, streams: int = 1,
+            first_long: int = 0) -> dict[str, object]:
     import torch
     from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 
@@ -74,7 +98,7 @@ def run_one(model_dir: str, device: str, mode: str, block_size: int, streams: in
         device_type=device,
         eager_mode=(mode == "eager"),
         max_batch_size=NUM_PROMPTS,
-        session_len=PROMPT_TOKENS + NEW_TOKENS + 64,
+        session_len=max(PROMPT_TOKENS + NEW_TOKENS, 2 * first_long) + 64,
         cache_max_entry_count=0.5,
         block_size=block_size,
     )
@@ -84,6 +108,7 @@ def run_one(model_dir: str, device: str, mode: str, block_size: int, streams: in
     startup = time.perf_counter() - t0
     gen = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, top_k=1, ignore_eos=True)
     try:
+        first = time_first_long(pipe, first_long) if first_long > 0 else []
         prompts = _prompts(NUM_PROMPTS, PROMPT_TOKENS)
         n_in = [len(pipe.async_engine.tokenizer.encode(p)) for p in prompts]
         pipe(prompts[:4], gen_config=GenerationConfig(max_new_tokens=16, ignore_eos=True), do_preprocess=False)
@@ -124,6 +149,8 @@ def run_one(model_dir: str, device: str, mode: str, block_size: int, streams: in
         "block_size": block_size,
         "gpu": torch.cuda.get_device_name(0),
         "startup_s": round(startup, 2),
+        "prefill_warmup_env": os.environ.get("DLINFER_PREFILL_WARMUP"),
+        "first_long": first,
         "prompt_tokens_mean": sum(n_in) / len(n_in),
         "output_tokens": n_out,
         "throughput_s": round(elapsed, 3),
@@ -155,7 +182,7 @@ def build_model(model_dir: Path, shape: str = "1b", layers: int | None = None) -
 
 def _run_process(args: argparse.Namespace, device: str, mode: str) -> dict[str, object]:
     cmd = [sys.executable, __file__, "--one", device, mode, "--model-dir", str(args.model_dir)]
-    cmd += ["--block-size", str(args.block_size), "--streams", str(args.streams)]
+    cmd += ["--block-size", str(args.block_size), "--streams", str(args.streams), "--first-long", str(args.first_long)]
     t1 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -170,7 +197,8 @@ def _run_process(args: argparse.Namespace, device: str, mode: str) -> dict[str, 
     res["wall_s"] = round(time.perf_counter() - t1, 1)
     print(
         f"[{device}/{mode}] {res['output_tok_per_s']} tok/s, {res['batch1_ms_per_token']} ms/token "
-        f"(streams {res['batch1_streams_ms']}), host probe {res['host_probe_ms']} ms, {res['wall_s']} s",
+        f"(streams {res['batch1_streams_ms']}), host probe {res['host_probe_ms']} ms, {res['wall_s']} s"
+        + (f", first long requests {res['first_long']}" if res.get("first_long") else ""),
         file=sys.stderr,
     )
     steps = res.get("dlinfer_graph_steps") or {}
@@ -258,11 +286,13 @@ def main() -> int:
     parser.add_argument("--quant", choices=("awq", "w8a8"), default=None, help="serve it quantised (AWQ or W8A8)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--timeout", type=int, default=240, help="seconds per (device, mode) run")
+    parser.add_argument("--first-long", type=int, default=0, metavar="N",
+                        help="time two first requests of ~N prompt tokens, 1 new token, before anything else")
     parser.add_argument("--one", nargs=2, metavar=("DEVICE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one:
-        res = run_one(str(args.model_dir), args.one[0], args.one[1], args.block_size, args.streams)
+        res = run_one(str(args.model_dir), args.one[0], args.one[1], args.block_size, args.streams, args.first_long)
         print("RESULT " + json.dumps(res))
         return 0
 

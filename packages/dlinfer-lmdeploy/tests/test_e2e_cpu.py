@@ -54,26 +54,48 @@ def test_dynamic_ntk_past_max_positions(tiny_model, hf_greedy):  # type: ignore[
     assert got[1] != alone, "the short request no longer follows the batch's rope scaling (LMDeploy changed?)"
 
 
-def test_graph_mode_past_max_positions_is_graphed(tiny_model, hf_greedy):  # type: ignore[no-untyped-def]
+def test_graph_mode_past_max_positions_is_graphed(tiny_model, hf_greedy, monkeypatch):  # type: ignore[no-untyped-def]
     """Graph mode with contexts longer than ``max_position_embeddings`` (128 for the tiny InternLM2.5, 8 blocks of
     16): every decode step replays a graph and the tokens equal HF greedy. The captured block table once held only
-    ``max_position_embeddings`` tokens, so such steps ran eagerly (seen on the H200 at 32k on the 8B shape)."""
+    ``max_position_embeddings`` tokens, so such steps ran eagerly (seen on the H200 at 32k on the 8B shape).
+
+    The device also declares prefill warm-up sizes (one above the engine's ``max_prefill_token_num``): LMDeploy's
+    warm-up must run one single-sequence prefill per capped size, ``max_batches`` included, before the request."""
     import json
 
-    from dlinfer_lmdeploy import graph_runner
+    from dlinfer_lmdeploy import graph_runner, warmup
     from dlinfer_lmdeploy.testing import host_graph
 
     path = tiny_model("internlm2_5")
     max_pos = json.loads((path / "config.json").read_text())["max_position_embeddings"]
     prompt, n = ((PROMPTS[2] + " ") * 4)[1 : max_pos + 13], 12
+    max_prefill = 2 * max_pos  # above the prompt: its prefill is not chunked
+    declared = (5, max_pos // 2, 10 * max_prefill)
+    prefills: list[int] = []
+    eager = graph_runner.DlinferGraphRunner._eager
+
+    def record(self, reason, detail, kwargs):  # type: ignore[no-untyped-def]
+        if reason == graph_runner.PREFILL:
+            prefills.append(int(kwargs["input_ids"].numel()))
+        return eager(self, reason, detail, kwargs)
+
+    monkeypatch.setattr(graph_runner.DlinferGraphRunner, "_eager", record)
+    older = set(graph_runner.live_runners())
     with (
-        host_graph.installed() as device,
+        host_graph.installed(prefill_warmup_tokens=declared) as device,
         graph_runner.counting() as steps,
-        runner.open_pipeline(path, runner.engine_config(device, eager_mode=False, max_batch_size=4)) as pipe,
+        runner.open_pipeline(
+            path, runner.engine_config(device, eager_mode=False, max_batch_size=4, max_prefill_token_num=max_prefill)
+        ) as pipe,
     ):
+        (live,) = [r for r in graph_runner.live_runners() if r not in older]
+        limit = warmup.prefill_token_limit(live.cache_config)
+        warmed = list(prefills)
         ids = runner.encode(pipe, prompt)
         got = runner.generate(pipe, [prompt], n)
     assert len(ids) > max_pos
     assert got == hf_greedy(path, [ids], n)
     assert steps.eager_decode == 0, dict(steps.eager)
     assert steps.graphed >= n - 1, steps
+    expected = sorted({min(s, limit) for s in (*declared, live.cache_config.max_batches)}, reverse=True)
+    assert limit < max(declared) and warmed == expected, (limit, warmed, expected)

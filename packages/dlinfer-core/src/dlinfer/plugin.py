@@ -129,6 +129,16 @@ class FrameworkSettings:
     """Ray resource one tensor-parallel worker takes (a unit of it) under LMDeploy's ray executor; default:
     LMDeploy's own name for maca/ascend/camb (GPU/NPU/MLU), ``GPU`` for a torch ``cuda`` device, a host resource
     for host devices."""
+    prefill_warmup_tokens: tuple[int, ...] = ()
+    """Token counts of single-sequence prefills a framework's warm-up runs before serving, so that the backend's
+    kernels compile the variants they pick by row count (config buckets, warp switches) then, not inside the
+    first long request; the adaptor caps them to what its engine can prefill in one step. Empty: the
+    framework's default warm-up only."""
+
+    def __post_init__(self) -> None:
+        sizes = self.prefill_warmup_tokens
+        if not isinstance(sizes, tuple) or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+            raise ValueError(f"FrameworkSettings.prefill_warmup_tokens must be a tuple of positive ints, got {sizes!r}")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ Counting API (for tests; the GPU tests assert "no eager decode step in graph mod
           ...  # generate
       assert steps.graphed > 0 and steps.eager_decode == 0, dict(steps.eager)
 
-  (``eager_mode=True`` builds LMDeploy's plain runner: nothing is counted, ``steps.graphed == 0``.)
+  (``eager_mode=True`` builds LMDeploy's plain runner, with only the prefill warm-up sizes added: nothing is
+  counted, ``steps.graphed == 0``.)
 
 Counts are per process: with ``tp > 1`` the engines run in worker processes and their counts are
 not visible to the caller.
@@ -51,6 +52,10 @@ capture and host re-runs) call ``torch.compile(model, backend="dlinfer", dynamic
 model, inside the device-graph capture, as LMDeploy's ``LMDEPLOY_ENABLE_DECODE_TORCH_COMPILE`` does for its
 CUDA graphs: dlinfer's FX passes, the plugin's lowering table and ``Backend.compile_backend`` (maca:
 Inductor; ascend: torchair) then shape the captured kernels. Prefill and eager fallbacks run the model as is.
+
+Prefill warm-up: ``get_prefill_warmup_token_sizes`` returns the plugin's declared
+``FrameworkSettings.prefill_warmup_tokens``, capped to this engine, plus ``max_batches`` (``warmup.py``;
+``DLINFER_PREFILL_WARMUP=0`` turns it off), so kernels that compile per row-count bucket do so at engine start.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ from dlinfer.plugin import Backend
 from lmdeploy.pytorch.backends.graph_runner import GraphRunner
 
 from dlinfer_lmdeploy.metadata import DlinferAttentionMetadata, step_metadata
+from dlinfer_lmdeploy.warmup import PrefillWarmup
 
 logger = logging.getLogger("dlinfer_lmdeploy")
 
@@ -182,7 +188,7 @@ class _Captured:
     output: torch.Tensor | None = None
 
 
-class DlinferGraphRunner(GraphRunner):
+class DlinferGraphRunner(PrefillWarmup, GraphRunner):
     def __init__(
         self,
         model: torch.nn.Module,

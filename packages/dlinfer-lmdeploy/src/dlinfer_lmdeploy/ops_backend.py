@@ -199,9 +199,9 @@ class DlinferOpsBackend(DefaultOpsBackend):
         cls, model: torch.nn.Module, model_config: Any, cache_config: Any, backend_config: Any, device: Any
     ) -> Any:
         if backend_config.eager_mode or cls.plugin.graph is None:
-            from lmdeploy.pytorch.backends.graph_runner import GraphRunner
+            from dlinfer_lmdeploy.warmup import DlinferEagerRunner  # LMDeploy's plain runner + prefill warm-up sizes
 
-            return GraphRunner(model, model_config, cache_config, backend_config, device)
+            return DlinferEagerRunner(model, model_config, cache_config, backend_config, device, plugin=cls.plugin)
         from dlinfer_lmdeploy.graph_runner import DlinferGraphRunner
 
         return DlinferGraphRunner(

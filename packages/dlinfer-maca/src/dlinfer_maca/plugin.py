@@ -1,7 +1,8 @@
 """Plugin declaration of the maca backend (entry point ``dlinfer.backends: maca``).
 
 Declaring is cheap: no Triton import, no CUDA context. ``is_available`` asks only whether
-Triton is installed and whether a CUDA-compatible device exists (a device-count query).
+Triton is installed and whether a CUDA-compatible device exists (a device-count query). The prefill
+warm-up sizes come from ``kernels/configs.py`` (launch choices by row count, no Triton import).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Any
 
 import torch
 
-from dlinfer.plugin import Backend, Capabilities, DeviceGraph, hookimpl
+from dlinfer.plugin import Backend, Capabilities, DeviceGraph, FrameworkSettings, hookimpl
 
 from . import __version__
+from .kernels.configs import prefill_warmup_tokens
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 
@@ -71,6 +73,9 @@ def dlinfer_backend() -> Backend:
         activate=None,
         # every spec option; MLA (D=576/Dv=512, V viewing K) not claimed: its kit cases never ran on a GPU
         capabilities=Capabilities(mla=False),
+        # one single-sequence prefill per end of each GEMM config bucket and the norm row switch: every
+        # M-dependent kernel variant compiles at engine warm-up, not in the first long request
+        framework=FrameworkSettings(prefill_warmup_tokens=prefill_warmup_tokens()),
         description=f"MetaX MACA (CUDA-compatible) via Triton kernels, dlinfer-maca {__version__}",
         extras={"kernels": "triton", "verified_on": "NVIDIA H100 (not yet MetaX C500)"},
     )

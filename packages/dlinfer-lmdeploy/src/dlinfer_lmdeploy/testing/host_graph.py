@@ -22,6 +22,8 @@ from dlinfer.plugin import Backend, DeviceGraph, hookimpl
 NAME = "hostgraph"
 CALLS: Counter[str] = Counter()
 """``graph_created`` / ``graph_captured`` counts of this process."""
+_PREFILL_WARMUP: tuple[int, ...] = ()
+"""``FrameworkSettings.prefill_warmup_tokens`` of the declaration (set by :func:`installed`)."""
 
 
 class HostGraph:
@@ -42,27 +44,33 @@ def _capture(graph: HostGraph, pool: object = None, stream: object = None) -> co
 def dlinfer_backend() -> Backend:
     from dlinfer.reference.plugin import dlinfer_backend as reference
 
+    ref = reference()
     return dataclasses.replace(
-        reference(),
+        ref,
         name=NAME,
         graph=DeviceGraph(graph_factory=HostGraph, capture=_capture),
+        framework=dataclasses.replace(ref.framework, prefill_warmup_tokens=_PREFILL_WARMUP),
         description="test-only: the reference backend with a host stand-in device graph",
     )
 
 
 @contextlib.contextmanager
-def installed() -> Iterator[str]:
-    """Register the ``hostgraph`` device for the block; yields its LMDeploy device name."""
+def installed(prefill_warmup_tokens: tuple[int, ...] = ()) -> Iterator[str]:
+    """Register the ``hostgraph`` device for the block (declaring ``prefill_warmup_tokens``); yields its LMDeploy
+    device name."""
     from dlinfer.registry import REGISTRY
 
     from dlinfer_lmdeploy import devices
 
+    global _PREFILL_WARMUP
+    _PREFILL_WARMUP = prefill_warmup_tokens
     old = os.environ.get("DLINFER_PLUGINS")
     os.environ["DLINFER_PLUGINS"] = ",".join(filter(None, [old, __name__]))
     REGISTRY.discover(force=True)
     try:
         yield NAME
     finally:
+        _PREFILL_WARMUP = ()
         if old is None:
             os.environ.pop("DLINFER_PLUGINS", None)
         else:

@@ -15,6 +15,9 @@
 5. a sum over the k slots of each token (fp32 accumulation).
 
 Tiles past the last used one (the buffer is sized for the worst case) exit at once.
+Row and tile counts that change from step to step (``N``, the padded sizes) are not specialised on
+(``do_not_specialize``): Triton would otherwise compile new variants inside a request whenever such a count
+becomes 1, a multiple of 16 or neither.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def topk_softmax_fwd(logits: torch.Tensor, topk: int, renormalize: bool) -> tupl
 # ----------------------------------------------------------------------------- routing
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "max_padded", "max_tiles"])
 def _moe_align_kernel(
     ids_ptr, sorted_ptr, tile_expert_ptr, cursor_ptr, N, E, max_padded, max_tiles,
     BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr,
@@ -100,7 +103,7 @@ def _moe_align_kernel(
         tl.store(sorted_ptr + s, tl.full([CHUNK], 0, tl.int32) + N, mask=s < max_padded)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _moe_scatter_kernel(ids_ptr, sorted_ptr, cursor_ptr, N, BLOCK: tl.constexpr):
     r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = r < N
@@ -112,7 +115,7 @@ def _moe_scatter_kernel(ids_ptr, sorted_ptr, cursor_ptr, N, BLOCK: tl.constexpr)
 # ----------------------------------------------------------------------------- grouped GEMM
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N_rows"])
 def _moe_gemm_kernel(
     a_ptr, w_ptr, out_ptr, sorted_ptr, tile_expert_ptr, route_w_ptr,
     N_rows, N_out, K, TOPK,

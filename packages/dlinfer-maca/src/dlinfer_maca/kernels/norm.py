@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from ._utils import interpreting, next_pow2, round_half_even
+from .configs import QUANT_NORM_MANY_ROWS
 
 
 @triton.jit
@@ -82,10 +83,10 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 def _warps(block: int, quant: bool = False, rows: int = 1) -> int:
     """Warps per row program: one per 256 elements, at most 16; the quantising kernels (a second reduction over
-    the row) at most 8, and 4 for rows of <= 4096 elements in batches of >= 1024 rows (H200 sweep,
-    tools/tune_norm_decode_gpu.py)."""
+    the row) at most 8, and 4 for rows of <= 4096 elements in batches of >= ``QUANT_NORM_MANY_ROWS`` rows (H200
+    sweep, tools/tune_norm_decode_gpu.py)."""
     if quant:
-        return 4 if block <= 4096 and rows >= 1024 else min(max(block // 256, 1), 8)
+        return 4 if block <= 4096 and rows >= QUANT_NORM_MANY_ROWS else min(max(block // 256, 1), 8)
     return min(max(block // 256, 1), 16)
 
 

@@ -13,13 +13,12 @@ The layout depends on no kernel configuration (any ``BLOCK_N`` that is a multipl
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
 
 from ._utils import arrival_counters, interpreting, last_arrival, num_sms
+from .configs import W4A16_TABLE, W8A8_TABLE, GemmConfig, pick_config
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 NCHUNK = 128  # W4A16 layout: columns interleaved within chunks of 128 (16 words x 8 nibbles)
@@ -37,45 +36,10 @@ def _group_pid(pid, num_m, num_n, GROUP_M: tl.constexpr):
 # ----------------------------------------------------------------------------- configs
 
 
-class GemmConfig(NamedTuple):
-    """One launch configuration. ``split_k`` 0 = choose from the SM count; ``reduce``: 0 = fp32 partial
-    buffer summed by torch, 1 = in-kernel (last program of a tile sums the partials); ``unpack`` (W4A16):
-    0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers; ``join`` (W4A16): 0 = one narrow ``tl.dot``
-    per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``, 2 = joined with the
-    group scales folded into the weights before the MMA (one rounding per dequantised weight)."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
-    split_k: int = 0
-    reduce: int = 1
-    unpack: int = 0
-    group_m: int = 8
-    join: int = 0
-
-
-# Defaults by M (upper bound inclusive -> config): the rows tools/tune_quant_gpu.py suggested on the H200
-# (benchmarks/h200/tune-quant-run1.json; each row the smallest geo-mean slowdown against every cell's best).
-# GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join)
-W4A16_TABLE: tuple[tuple[int, GemmConfig], ...] = (  # H200 sweep (tune-quant-run1.json): best geo-mean per bucket
-    (16, GemmConfig(16, 128, 128, 4, 3, 0, 1, 1, 8, 1)),
-    (64, GemmConfig(64, 128, 64, 4, 4, 0, 1, 1, 8, 1)),
-    (1 << 62, GemmConfig(128, 128, 64, 4, 3, 1, 1, 1, 8, 2)),
-)
-W8A8_TABLE: tuple[tuple[int, GemmConfig], ...] = (  # H200 sweep (tune-quant-run1.json)
-    (16, GemmConfig(16, 64, 128, 4, 3, 0, 1, 0, 8, 0)),
-    (64, GemmConfig(64, 64, 128, 4, 4, 0, 1)),
-    (256, GemmConfig(128, 128, 128, 8, 3, 0, 1)),  # 1.16x / 1.57x LMDeploy at M256 (the suggested 64x128 row: 0.93x)
-    (1 << 62, GemmConfig(256, 128, 128, 8, 3, 1, 1, 0, 8, 0)),
-)
+# GemmConfig, the tables by M and pick_config live in configs.py (no Triton): the plugin declares its prefill
+# warm-up sizes from the same bounds. M and the split count change from step to step and are not specialised
+# on (do_not_specialize), so one M per bucket end compiles what every M of the bucket runs.
 _INTERP = GemmConfig(16, 128, 32, 4, 1, 0, 1, 0, 8, 1)  # interpreter: few, large blocks (Python overhead per op)
-
-
-def pick_config(table: tuple[tuple[int, GemmConfig], ...], M: int) -> GemmConfig:
-    """The first row of ``table`` whose M bound covers ``M``."""
-    return next(c for bound, c in table if bound >= M)
 
 
 def _auto_split(tiles: int, k_iters: int, device: torch.device, num_warps: int, M: int, K: int) -> int:
@@ -88,7 +52,7 @@ def _auto_split(tiles: int, k_iters: int, device: torch.device, num_warps: int, 
 # ----------------------------------------------------------------------------- W8A8
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "n_split"])
 def _w8a8_kernel(
     a_ptr, b_ptr, o_ptr, as_ptr, bs_ptr, bias_ptr, ws_ptr, cnt_ptr, M, N, K, K_PER_SPLIT, n_split,
     stride_am, stride_bn, stride_om,
@@ -288,7 +252,7 @@ def _w4_gather(ws_ptr, rows, mmask, cols, M, N, P: tl.constexpr, n_split,
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "n_split"])
 def _w4a16_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, K, NW, GROUP, K_PER_SPLIT, n_split,
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
@@ -383,7 +347,7 @@ def _w4_store8(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, o_ptr, bias_ptr, 
     _w4_store(acc7, o_ptr, bias_ptr, rows, mmask, cols, N, stride_om, 7, HAS_BIAS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "n_split"])
 def _w4a16_join_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, K, NW, GROUP, K_PER_SPLIT, n_split,
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,

@@ -1,0 +1,78 @@
+"""Kernel launch choices that depend on the row count M, without Triton: the quantised GEMMs pick their
+configuration here per call (``quant.py``), the quantising norms their warp count (``norm.py``), and the plugin
+declares from the same bounds the prefill sizes a framework's warm-up runs (``plugin.py``), so that every
+launch variant compiles before serving instead of inside the first long request.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class GemmConfig(NamedTuple):
+    """One launch configuration. ``split_k`` 0 = choose from the SM count; ``reduce``: 0 = fp32 partial
+    buffer summed by torch, 1 = in-kernel (last program of a tile sums the partials); ``unpack`` (W4A16):
+    0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers; ``join`` (W4A16): 0 = one narrow ``tl.dot``
+    per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``, 2 = joined with the
+    group scales folded into the weights before the MMA (one rounding per dequantised weight)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    split_k: int = 0
+    reduce: int = 1
+    unpack: int = 0
+    group_m: int = 8
+    join: int = 0
+
+
+GemmTable = tuple[tuple[int, GemmConfig], ...]
+"""Rows ``(M upper bound, inclusive -> config)``, bounds ascending, the last one :data:`OPEN_BOUND`."""
+OPEN_BOUND = 1 << 62
+"""The bound of a table's last (open-ended) bucket."""
+
+# Defaults by M (upper bound inclusive -> config): the rows tools/tune_quant_gpu.py suggested on the H200
+# (benchmarks/h200/tune-quant-run1.json; each row the smallest geo-mean slowdown against every cell's best).
+# GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join)
+W4A16_TABLE: GemmTable = (  # H200 sweep (tune-quant-run1.json): best geo-mean per bucket
+    (16, GemmConfig(16, 128, 128, 4, 3, 0, 1, 1, 8, 1)),
+    (64, GemmConfig(64, 128, 64, 4, 4, 0, 1, 1, 8, 1)),
+    (OPEN_BOUND, GemmConfig(128, 128, 64, 4, 3, 1, 1, 1, 8, 2)),
+)
+W8A8_TABLE: GemmTable = (  # H200 sweep (tune-quant-run1.json)
+    (16, GemmConfig(16, 64, 128, 4, 3, 0, 1, 0, 8, 0)),
+    (64, GemmConfig(64, 64, 128, 4, 4, 0, 1)),
+    (256, GemmConfig(128, 128, 128, 8, 3, 0, 1)),  # 1.16x / 1.57x LMDeploy at M256 (the suggested 64x128 row: 0.93x)
+    (OPEN_BOUND, GemmConfig(256, 128, 128, 8, 3, 1, 1, 0, 8, 0)),
+)
+QUANT_NORM_MANY_ROWS = 1024
+"""From this many rows on, the quantising norm kernels run 4 warps per row of <= 4096 elements (``norm._warps``;
+H200 sweep, tools/tune_norm_decode_gpu.py)."""
+
+
+def pick_config(table: GemmTable, M: int) -> GemmConfig:
+    """The first row of ``table`` whose M bound covers ``M``."""
+    return next(c for bound, c in table if bound >= M)
+
+
+def bucket_ends(table: GemmTable) -> tuple[int, ...]:
+    """Row counts that reach every launch variant of ``table``: the first and the last M of each bucket (the
+    automatic split-K count only falls as M grows inside a bucket, so its two ends hold both the split and the
+    unsplit variant), and the first M of the open last bucket."""
+    sizes: set[int] = set()
+    low = 1
+    for bound, _ in table:
+        sizes.add(low)
+        if bound < OPEN_BOUND:
+            sizes.add(bound)
+        low = bound + 1
+    return tuple(sorted(sizes))
+
+
+def prefill_warmup_tokens() -> tuple[int, ...]:
+    """Token counts of the single-sequence prefills that compile every M-dependent kernel variant of this
+    backend (``FrameworkSettings.prefill_warmup_tokens``): both GEMM tables' bucket ends and the norm row
+    switch. The kernels do not specialise on M itself (``do_not_specialize``), so these cover every M."""
+    return tuple(sorted({*bucket_ends(W8A8_TABLE), *bucket_ends(W4A16_TABLE), QUANT_NORM_MANY_ROWS}))
