@@ -190,8 +190,9 @@ def test_paged_decode(dtype, case, merge_pass, monkeypatch):
     kc, vc, table = _paged(ks, vs, BS, layout)
     q = rnd(B, Hq, D, dtype=dtype)
     seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    if not merge_pass:  # the in-kernel merge must not fall back to the second launch
+    if not merge_pass:  # the in-kernel merge, for every split count, must not fall back to the second launch
         monkeypatch.setattr(attention, "_decode_merge_kernel", None)
+        monkeypatch.setattr(attention, "MERGE_INLINE_MAX_SPLITS", 64)
         monkeypatch.setattr(attention, "MERGE_TILE", 2 * DV)  # several merge tiles per (sequence, KV head)
     out = attention.paged_decode_fwd(q, kc, vc, table, seqlens, maxlen or max(lens), layout, num_splits=splits,
                                      merge_pass=merge_pass)
@@ -201,6 +202,33 @@ def test_paged_decode(dtype, case, merge_pass, monkeypatch):
         ref = attention_ref(q[b:b + 1], ks[b], vs[b], q_pos=torch.tensor([n - 1], device=DEVICE),
                             causal=True, scale=1 / math.sqrt(D))
         assert_close(out[b:b + 1], ref, dtype, factor=2)
+
+
+@pytest.mark.parametrize("splits", [3, 5])
+def test_paged_decode_merge_choice(splits, monkeypatch):
+    """Up to MERGE_INLINE_MAX_SPLITS splits merge in the split kernel, above it in the second launch."""
+    launches: list[int] = []
+    merge = attention._decode_merge_kernel
+
+    class Counting:
+        def __getitem__(self, grid):  # noqa: ANN001 - Triton's launch syntax
+            launches.append(1)
+            return merge[grid]
+
+    monkeypatch.setattr(attention, "_decode_merge_kernel", Counting())
+    monkeypatch.setattr(attention, "MERGE_INLINE_MAX_SPLITS", 4)
+    lens = [150, 90]
+    ks = [rnd(n, 2, 32, dtype=torch.float32) for n in lens]
+    vs = [rnd(n, 2, 32, dtype=torch.float32) for n in lens]
+    kc, vc, table = _paged(ks, vs, 16, "NHD")
+    q = rnd(2, 4, 32, dtype=torch.float32)
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    out = attention.paged_decode_fwd(q, kc, vc, table, seqlens, max(lens), "NHD", num_splits=splits)
+    assert len(launches) == (splits > 4)
+    for b, n in enumerate(lens):
+        ref = attention_ref(q[b:b + 1], ks[b], vs[b], q_pos=torch.tensor([n - 1], device=DEVICE), causal=True,
+                            scale=1 / math.sqrt(32))
+        assert_close(out[b:b + 1], ref, torch.float32, factor=2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])

@@ -6,10 +6,10 @@ softmax runs in fp32 with an online (streaming) max/sum, using ``exp2``.
 Decode: one program per (sequence, KV head, split). All ``G = Hq / Hkv`` query heads that
 share a KV head are stacked into the M dimension of one ``tl.dot`` (GQA head grouping),
 so every K/V byte is read once per group. The context is cut into splits so that small
-batches with long contexts still fill the GPU. The splits are merged with their log-sum-exp
-by the last split program of each (sequence, KV head) to finish, found with an atomic arrival
-counter, so a call is one launch. The split count is a pure function of Python ints (batch, heads,
-``max_seqlen_kv``), so it is CUDA-graph safe and never autotuned on the hot path; each
+batches with long contexts still fill the GPU. The splits are merged with their log-sum-exp:
+up to a few splits by the last split program of each (sequence, KV head) to finish, found with
+an atomic arrival counter (one launch), otherwise by a second small kernel. The split count is
+a pure function of Python ints (batch, heads, ``max_seqlen_kv``), so it is CUDA-graph safe and never autotuned on the hot path; each
 sequence's own length is divided among the splits inside the kernel, so a graph captured
 for the longest context still runs a short one as a few one-block programs.
 
@@ -35,9 +35,13 @@ from ._utils import arrival_counters, dot_precision, interpreting, last_arrival,
 from .elementwise import kv_strides
 
 LOG2E = 1.4426950408889634
-MERGE_TILE = 16384
-"""fp32 values of one in-kernel merge tile ``[G, splits, Dv]`` (128 registers a thread at 4 warps); more splits
+MERGE_TILE = 2048
+"""fp32 values of one in-kernel merge tile ``[G, splits, Dv]`` (16 registers a thread at 4 warps); more splits
 are merged in several tiles."""
+MERGE_INLINE_MAX_SPLITS = 4
+"""Up to this many splits the last split program merges them (one launch); above it a second launch does. On the
+H200 the in-kernel merge was 1-4 % faster at 2 splits (B32) and even at 9 (B8), but 15-25 % slower at 16-64
+splits (B1: the last program's serial merge and the merge code's registers held by every split program)."""
 
 
 @triton.jit
@@ -233,8 +237,9 @@ def paged_decode_fwd(
     """Decode attention: ``q [B, Hq, D]`` over paged K/V -> ``[B, Hq, Dv]`` in q.dtype.
 
     ``num_splits`` and ``tune`` (BLOCK_N, num_warps, num_stages) override the heuristics, ``merge_pass`` merges
-    the splits in a second launch instead of in the last split program (benchmark sweeps); the second launch is
-    also taken when the arrival counters would have to be allocated during CUDA-graph capture."""
+    the splits in a second launch even where the last split program would (benchmark sweeps); the second launch
+    is also taken above :data:`MERGE_INLINE_MAX_SPLITS` splits and when the arrival counters would have to be
+    allocated during CUDA-graph capture."""
     B, Hq, D = q.shape
     kb, ks, kh, page = kv_strides(key_cache, layout)
     vb, vs, vh, _ = kv_strides(value_cache, layout)
@@ -260,7 +265,8 @@ def paged_decode_fwd(
     if splits > 1:
         part_o = torch.empty((B, Hq, splits, DV), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((B, Hq, splits), dtype=torch.float32, device=q.device)
-        cnt = None if merge_pass else arrival_counters(q.device, B * Hkv)
+        inline = not merge_pass and splits <= MERGE_INLINE_MAX_SPLITS
+        cnt = arrival_counters(q.device, B * Hkv) if inline else None
     else:
         part_o = part_lse = out
     merge_g = next_pow2(G)
