@@ -10,8 +10,9 @@ batches with long contexts still fill the GPU. The splits are merged with their 
 up to a few splits by the last split program of each (sequence, KV head) to finish, found with
 an atomic arrival counter (one launch), otherwise by a second small kernel. The split count is
 a pure function of Python ints (batch, heads, ``max_seqlen_kv``), so it is CUDA-graph safe
-and never autotuned on the hot path; each sequence's own length is divided among the splits inside the kernel, so a graph captured
-for the longest context still runs a short one as a few one-block programs.
+and never autotuned on the hot path; each sequence's own length is divided among the splits
+inside the kernel, so a graph captured for the longest context still runs a short one as a
+few one-block programs.
 
 Integers that change from step to step (the block-table width, the split and query-block counts) are not
 specialised on (``do_not_specialize``): Triton would otherwise compile a new variant the first time such a value
