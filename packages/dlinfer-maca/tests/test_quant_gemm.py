@@ -74,6 +74,28 @@ def test_w4a16_fp32_and_default_config():
     assert_close(out, ref, torch.float16, factor=2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_w4a16_dequant_exact(dtype):
+    """Each dequantised weight is the exact (q - z) * s rounded once to the dtype: equal to an fp64 oracle's."""
+    K, N, g = 64, 264, 16
+    q = torch.randint(0, 16, (K, N))
+    z = torch.randint(0, 16, (K // g, N))
+    s = (torch.rand(K // g, N) * 0.02 + 0.005).to(dtype)
+    qw, sc, qz = quant.awq_prepare(awq_pack(q).to(DEVICE), s.to(DEVICE), awq_pack(z).to(DEVICE), g)
+    ref = ((q - z.repeat_interleave(g, 0)).double() * s.double().repeat_interleave(g, 0)).to(dtype)
+    assert torch.equal(quant.w4a16_dequant(qw, sc, qz, g, dtype).cpu(), ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_w4a16_large_m_dequant_path(dtype, monkeypatch):
+    """From W4A16_DEQUANT_MIN_M rows on, the default call dequantises and multiplies (no fused kernel launch)."""
+    monkeypatch.setattr(quant.configs, "W4A16_DEQUANT_MIN_M", 6)
+    monkeypatch.setattr(quant, "_w4a16_kernel", None)
+    monkeypatch.setattr(quant, "_w4a16_join_kernel", None)
+    out, ref = _run_w4(7, 192, 264, 32, dtype, None, bias=True)
+    assert_close(out, ref, dtype, factor=2)
+
+
 def test_w4a16_split_counters_reset():
     """The in-kernel split-K reduction leaves its per-tile counters at zero, so a second call is right too."""
     (qw, sc, qz), (x, _), ref = _w4_case(4, 256, 136, 64, torch.float16)

@@ -18,7 +18,7 @@ from dlinfer_maca.plugin import dlinfer_backend
 
 def _walk_limit() -> int:
     finite = [b for table in (configs.W8A8_TABLE, configs.W4A16_TABLE) for b, _ in table if b < configs.OPEN_BOUND]
-    return 2 * max(*finite, configs.QUANT_NORM_MANY_ROWS)
+    return 2 * max(*finite, configs.W4A16_DEQUANT_MIN_M, configs.QUANT_NORM_MANY_ROWS)
 
 
 def _switches(choice, limit: int) -> set[int]:  # type: ignore[no-untyped-def]
@@ -34,8 +34,8 @@ def test_declared_sizes_are_the_bucket_ends_of_the_tables() -> None:
     limit = _walk_limit()
     declared = dlinfer_backend().framework.prefill_warmup_tokens
     expected = set()
-    for table in (quant.W8A8_TABLE, quant.W4A16_TABLE):
-        expected |= _switches(lambda m, t=table: quant.pick_config(t, m), limit)
+    expected |= _switches(lambda m: quant.pick_config(quant.W8A8_TABLE, m), limit)
+    expected |= _switches(configs.w4a16_config, limit)  # the fused kernel's buckets, then dequantise + GEMM
     # the norm switch: only its first row count is needed (both sides fall in the open GEMM bucket, reached at its
     # first M); H 4096 is the largest row the switch applies to
     warps = _switches(lambda m: norm._warps(4096, True, m), limit)
@@ -43,10 +43,10 @@ def test_declared_sizes_are_the_bucket_ends_of_the_tables() -> None:
     assert set(declared) == expected, f"declared {declared}, the tables and the norm switch give {sorted(expected)}"
     assert list(declared) == sorted(set(declared)), declared
     # every M up to the walk limit shares its GEMM configs and norm warps with some declared size
-    reached = {(quant.pick_config(quant.W8A8_TABLE, m), quant.pick_config(quant.W4A16_TABLE, m),
+    reached = {(quant.pick_config(quant.W8A8_TABLE, m), configs.w4a16_config(m),
                 norm._warps(4096, True, m)) for m in declared}
     missing = [m for m in range(1, limit) if (quant.pick_config(quant.W8A8_TABLE, m),
-                                              quant.pick_config(quant.W4A16_TABLE, m),
+                                              configs.w4a16_config(m),
                                               norm._warps(4096, True, m)) not in reached]
     assert not missing, f"row counts whose launch choices no declared size reaches: {missing[:8]}"
 

@@ -49,7 +49,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from dlinfer_maca.kernels import quant  # noqa: E402
+from dlinfer_maca.kernels import configs, quant  # noqa: E402
 from dlinfer_maca.kernels.quant import GemmConfig  # noqa: E402
 
 G = GemmConfig
@@ -229,8 +229,9 @@ def sweep_w4(clock: Clock, dev: torch.device, ms: list[int], shapes: list[tuple[
             ref = ref_full[:M]
             cell: dict[str, Any] = {"M": M, "K": K, "N": N, "group": g, "candidates": [], "peers": {}}
             us, err, fail = try_run(clock, lambda: quant.w4a16_fwd(x, pw, ps, pz, None, g), ref)
-            cell["default"] = {"config": list(quant.pick_config(quant.W4A16_TABLE, M)), "us": us, "err": err,
-                               "fail": fail}
+            default_cfg = configs.w4a16_config(M)
+            cell["default"] = {"config": list(default_cfg) if default_cfg else "dequantise + torch.mm", "us": us,
+                               "err": err, "fail": fail}
             us, err, fail = try_run(clock, lambda: quant.w4a16_fwd(xb, pw_b, ps_b, pz_b, None, g), ref)
             cell["default_bf16"] = {"us": us, "err": err, "fail": fail, "ok": err <= TOL[torch.bfloat16]}
             for cfg in w4_candidates(M, quick):
@@ -330,8 +331,10 @@ def print_cell(op: str, cell: dict[str, Any], extra: str | None) -> None:
         bad = "" if p["fail"] == "" and (math.isnan(p["err"]) or p["err"] <= TOL[torch.float16]) else \
             f" ERR({p['err']:.1e} {p['fail'][:80]})"
         parts.append(f"{name.split(' (')[0]} {p['us']:.1f}us{bad}")
+    lm = next((p for n, p in cell["peers"].items() if n.startswith("lmdeploy")), None)
+    if lm and not math.isnan(lm["us"]) and not math.isnan(d["us"]):
+        parts.append(f"default vs lmd x{lm['us'] / d['us']:.2f}")
     if b:
-        lm = next((p for n, p in cell["peers"].items() if n.startswith("lmdeploy")), None)
         if lm and not math.isnan(lm["us"]):
             parts.append(f"vs lmd x{lm['us'] / b['us']:.2f}")
         if extra == "floor" and not math.isnan(cell.get("floor_us", math.nan)):
@@ -395,10 +398,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="w4,w8")
     ap.add_argument("--rep", type=int, default=10, help="ms of replays per timing")
     ap.add_argument("--cpu-smoke", action="store_true", help="Triton interpreter on CPU, tiny sizes, 2 candidates")
+    ap.add_argument("--w4-ms", default="1,4,16,64,256,1024", help="W4A16 row counts (comma-separated)")
+    ap.add_argument("--no-candidates", action="store_true",
+                    help="time only the shipped default and the peers (no config candidates)")
     args = ap.parse_args(argv)
     t_start = time.time()
     only = set(args.only.split(","))
     global w4_candidates, w8_candidates  # noqa: PLW0603 - the smoke run narrows the candidate lists
+    if args.no_candidates:
+        w4_candidates = lambda M, q: []  # noqa: E731
+        w8_candidates = lambda M, q: []  # noqa: E731
     if args.cpu_smoke:
         dev = torch.device("cpu")
         clock = Clock(False, args.rep)
@@ -418,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         clock = Clock(True, args.rep)
         ceil = ceilings(clock, dev)
         lmd = import_lmdeploy()
-        w4 = dict(ms=[1, 4, 16, 64, 256, 1024], shapes=[(4096, 14336), (14336, 4096), (4096, 6144)], g=128)
+        w4 = dict(ms=[int(m) for m in args.w4_ms.split(",")], shapes=[(4096, 14336), (14336, 4096), (4096, 6144)],
+                  g=128)
         w8 = dict(ms=[1, 16, 256, 4096], shapes=[(4096, 14336), (14336, 4096)])
     meta = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (TRITON_INTERPRET=1)",
             "torch": torch.__version__, "triton": triton.__version__, "argv": sys.argv,

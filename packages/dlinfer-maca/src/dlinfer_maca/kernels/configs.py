@@ -47,6 +47,12 @@ W8A8_TABLE: GemmTable = (  # H200 sweep (tune-quant-run1.json)
     (256, GemmConfig(128, 128, 128, 8, 3, 0, 1)),  # 1.16x / 1.57x LMDeploy at M256 (the suggested 64x128 row: 0.93x)
     (OPEN_BOUND, GemmConfig(256, 128, 128, 8, 3, 1, 1, 0, 8, 0)),
 )
+W4A16_DEQUANT_MIN_M = 256
+"""From this many rows on, W4A16 dequantises the weight into a transient ``[IN, OUT]`` buffer in the activation
+dtype and multiplies with the vendor GEMM (``torch.matmul``) instead of the fused kernel: at M 256-1024 the fused
+kernel ran at 0.36-0.88x of LMDeploy's AWQ kernel on the H200 while cuBLAS on the dequantised weight took 25-50 %
+of its time (tune-quant-run1.json). The dequantised weight is rounded once to the activation dtype, as the fused
+large-M config (``join=2``) and LMDeploy's kernel do."""
 QUANT_NORM_MANY_ROWS = 1024
 """From this many rows on, the quantising norm kernels run 4 warps per row of <= 4096 elements (``norm._warps``;
 H200 sweep, tools/tune_norm_decode_gpu.py)."""
@@ -55,6 +61,12 @@ H200 sweep, tools/tune_norm_decode_gpu.py)."""
 def pick_config(table: GemmTable, M: int) -> GemmConfig:
     """The first row of ``table`` whose M bound covers ``M``."""
     return next(c for bound, c in table if bound >= M)
+
+
+def w4a16_config(M: int) -> GemmConfig | None:
+    """The fused W4A16 kernel's config for ``M`` rows, or None from :data:`W4A16_DEQUANT_MIN_M` on (dequantise
+    + GEMM)."""
+    return None if M >= W4A16_DEQUANT_MIN_M else pick_config(W4A16_TABLE, M)
 
 
 def bucket_ends(table: GemmTable) -> tuple[int, ...]:
@@ -73,6 +85,9 @@ def bucket_ends(table: GemmTable) -> tuple[int, ...]:
 
 def prefill_warmup_tokens() -> tuple[int, ...]:
     """Token counts of the single-sequence prefills that compile every M-dependent kernel variant of this
-    backend (``FrameworkSettings.prefill_warmup_tokens``): both GEMM tables' bucket ends and the norm row
-    switch. The kernels do not specialise on M itself (``do_not_specialize``), so these cover every M."""
-    return tuple(sorted({*bucket_ends(W8A8_TABLE), *bucket_ends(W4A16_TABLE), QUANT_NORM_MANY_ROWS}))
+    backend (``FrameworkSettings.prefill_warmup_tokens``): both GEMM tables' bucket ends (W4A16's below its
+    dequantise switch, and both sides of that switch) and the norm row switch. The kernels do not specialise on M
+    itself (``do_not_specialize``), so these cover every M."""
+    w4 = {m for m in bucket_ends(W4A16_TABLE) if m < W4A16_DEQUANT_MIN_M} | {W4A16_DEQUANT_MIN_M - 1,
+                                                                            W4A16_DEQUANT_MIN_M}
+    return tuple(sorted({*bucket_ends(W8A8_TABLE), *w4, QUANT_NORM_MANY_ROWS}))

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import configs
 from ._utils import arrival_counters, interpreting, last_arrival, num_sms
 from .configs import W4A16_TABLE, W8A8_TABLE, GemmConfig, pick_config
 
@@ -422,12 +423,55 @@ def _w4_full_store(acc, o_ptr, bias_ptr, rows, omask, cols, N, stride_om, HAS_BI
     tl.store(o_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(o_ptr.dtype.element_ty), mask=omask)
 
 
+@triton.jit
+def _w4a16_dequant_kernel(qw_ptr, s_ptr, z_ptr, o_ptr, K, N, NW, GROUP, stride_qk, stride_sk, stride_zk, stride_ok,
+                          BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``o [K, N] = (q - z) * s`` rounded once to o's dtype, from :func:`awq_prepare`'s layout: program
+    ``(k block, n block)`` loads ``[BLOCK_K, BLOCK_N/8]`` words and stores the 8 nibble planes, each to its 16
+    contiguous columns per chunk of 128."""
+    SUB: tl.constexpr = BLOCK_N // 8
+    kk = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    pid_n = tl.program_id(1)
+    j = tl.arange(0, SUB)
+    words = pid_n * SUB + j
+    kmask = kk < K
+    wmask = words < NW
+    cols = pid_n * BLOCK_N + (j // 16) * 128 + j % 16
+    p = tl.load(qw_ptr + kk.to(tl.int64)[:, None] * stride_qk + words[None, :], mask=kmask[:, None] & wmask[None, :],
+                other=0)
+    grp = kk // GROUP
+    zw = tl.load(z_ptr + grp[:, None] * stride_zk + words[None, :], mask=kmask[:, None] & wmask[None, :], other=0)
+    rows = o_ptr + kk.to(tl.int64)[:, None] * stride_ok
+    for P in tl.static_range(8):
+        c = cols + 16 * P
+        mask = kmask[:, None] & (c < N)[None, :]
+        w = (((p >> (4 * P)) & 0xF) - ((zw >> (4 * P)) & 0xF)).to(tl.float32)
+        sc = tl.load(s_ptr + grp[:, None] * stride_sk + c[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(rows + c[None, :], (w * sc).to(o_ptr.dtype.element_ty), mask=mask)
+
+
+def w4a16_dequant(qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor, group_size: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """The dequantised weight ``[IN, OUT]`` in ``dtype`` from :func:`awq_prepare`'s layout (each weight
+    ``(q - z) * s`` computed in fp32 and rounded once)."""
+    K, NW = qweight.shape
+    N = scales.shape[-1]
+    out = torch.empty((K, N), dtype=dtype, device=qweight.device)
+    block_k, block_n = (16, 128) if interpreting() else (32, 256)
+    _w4a16_dequant_kernel[(triton.cdiv(K, block_k), triton.cdiv(N, block_n))](
+        qweight, scales, qzeros, out, K, N, NW, group_size, qweight.stride(0), scales.stride(0), qzeros.stride(0),
+        out.stride(0), BLOCK_K=block_k, BLOCK_N=block_n, num_warps=4,
+    )
+    return out
+
+
 def w4a16_fwd(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor,
     bias: torch.Tensor | None, group_size: int, split_k: int | None = None, config: GemmConfig | None = None,
 ) -> torch.Tensor:
     """``x [..., IN] @ dequant(W)`` with W from :func:`awq_prepare`'s layout -> ``[..., OUT]``.
-    ``split_k`` / ``config`` override the table (tests, sweeps)."""
+    From ``configs.W4A16_DEQUANT_MIN_M`` rows on: :func:`w4a16_dequant` + ``torch.mm``; below, the fused kernel
+    with the table's config. ``split_k`` / ``config`` force the fused kernel (tests, sweeps)."""
     _check_group("weight_quant_matmul", group_size)
     K = x.shape[-1]
     N = scales.shape[-1]
@@ -440,10 +484,13 @@ def w4a16_fwd(
     a = x.reshape(-1, K)
     a = a if a.stride(-1) == 1 else a.contiguous()
     M = a.shape[0]
+    if config is None and split_k is None and N > 0 and configs.w4a16_config(M) is None:
+        w = w4a16_dequant(qweight, scales, qzeros, group_size, x.dtype)  # transient [K, N]
+        return (torch.addmm(bias, a, w) if bias is not None else torch.mm(a, w)).view(*lead, N)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out.view(*lead, N)
-    cfg = config or (_INTERP if interpreting() else pick_config(W4A16_TABLE, M))
+    cfg = config or (_INTERP if interpreting() else configs.w4a16_config(M) or pick_config(W4A16_TABLE, M))
     if cfg.block_n % NCHUNK:
         raise ValueError(f"w4a16: BLOCK_N={cfg.block_n} must be a multiple of {NCHUNK}")
     bk = next(b for b in (cfg.block_k, 128, 64, 32, 16) if b <= group_size and group_size % b == 0)
