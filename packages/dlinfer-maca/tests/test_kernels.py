@@ -183,7 +183,8 @@ DECODE_CASES = [
 @pytest.mark.parametrize("dtype", HEAVY_DTYPES)
 @pytest.mark.parametrize("case", DECODE_CASES)
 @pytest.mark.parametrize("merge_pass", [False, True], ids=["inline-merge", "merge-pass"])
-def test_paged_decode(dtype, case, merge_pass, monkeypatch):
+@pytest.mark.parametrize("heads_first", [False, True], ids=["seq-major", "heads-first"])
+def test_paged_decode(dtype, case, merge_pass, heads_first, monkeypatch):
     B, Hq, Hkv, D, DV, BS, lens, layout, splits, maxlen = case
     ks = [rnd(n, Hkv, D, dtype=dtype) for n in lens]
     vs = [rnd(n, Hkv, DV, dtype=dtype) for n in lens]
@@ -195,7 +196,7 @@ def test_paged_decode(dtype, case, merge_pass, monkeypatch):
         monkeypatch.setattr(attention, "MERGE_INLINE_MAX_SPLITS", 64)
         monkeypatch.setattr(attention, "MERGE_TILE", 2 * DV)  # several merge tiles per (sequence, KV head)
     out = attention.paged_decode_fwd(q, kc, vc, table, seqlens, maxlen or max(lens), layout, num_splits=splits,
-                                     merge_pass=merge_pass)
+                                     merge_pass=merge_pass, heads_first=heads_first)
     if not merge_pass:
         assert all(int(buf.abs().sum()) == 0 for buf in _utils._COUNTERS.values())  # counters back at rest
     for b, n in enumerate(lens):

@@ -107,6 +107,8 @@ def sweep_decode(lmd: Any) -> None:
             worst = max(worst, rel_err(paged_decode_fwd(*args, merge_pass=merge_pass), ref))
         cells["default"] = 1000 * time_ms(lambda: paged_decode_fwd(*args))
         cells["default/merge-pass"] = 1000 * time_ms(lambda: paged_decode_fwd(*args, merge_pass=True))
+        worst = max(worst, rel_err(paged_decode_fwd(*args, heads_first=True), ref))
+        cells["default/heads-first"] = 1000 * time_ms(lambda: paged_decode_fwd(*args, heads_first=True))
         if lmd is not None:
             cells["lmdeploy"] = 1000 * time_ms(lambda: lmd.flash_attn_with_kvcache(
                 q, p["key_cache"], p["value_cache"], p["seqlens_kv"], p["block_table"], max_seqlen_q=1))

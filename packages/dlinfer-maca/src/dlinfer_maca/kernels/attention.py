@@ -39,6 +39,8 @@ LOG2E = 1.4426950408889634
 MERGE_TILE = 2048
 """fp32 values of one in-kernel merge tile ``[G, splits, Dv]`` (16 registers a thread at 4 warps); more splits
 are merged in several tiles."""
+DECODE_HEADS_FIRST = False
+"""Grid order of the decode kernel: (KV head, sequence, split) when True, else (sequence, KV head, split)."""
 MERGE_INLINE_MAX_SPLITS = 4
 """Up to this many splits the last split program merges them (one launch); above it a second launch does. On the
 H200 the in-kernel merge was 1-4 % faster at 2 splits (B32) and even at 9 (B8), but 15-25 % slower at 16-64
@@ -81,6 +83,7 @@ def _decode_split_kernel(
     scale, softcap, window,
     G, Hq, NUM_SPLITS,
     PAGE: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, DIRECT: tl.constexpr, MERGE: tl.constexpr,
+    HEADS_FIRST: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MERGE_G: tl.constexpr, MERGE_S: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -88,8 +91,14 @@ def _decode_split_kernel(
     """One (sequence, KV head, split) program. ``DIRECT``: a single split writes the normalised output.
     Otherwise each split stores its normalised partial and log-sum-exp; with ``MERGE`` the last split of the
     (sequence, KV head) to arrive merges them (one launch per call), else :func:`_decode_merge_kernel` does."""
-    b = tl.program_id(0).to(tl.int64)
-    kvh = tl.program_id(1)
+    if HEADS_FIRST:  # grid (Hkv, B, splits): the programs that run together read the KV heads of the same pages
+        kvh = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        n_kvh = tl.num_programs(0)
+    else:  # grid (B, Hkv, splits)
+        b = tl.program_id(0).to(tl.int64)
+        kvh = tl.program_id(1)
+        n_kvh = tl.num_programs(1)
     sp = tl.program_id(2)
     seqlen = tl.load(seqlens_ptr + b)
     pos = seqlen - 1
@@ -152,7 +161,7 @@ def _decode_split_kernel(
         tl.store(part_o_ptr + row[:, None] * DV + dv[None, :], out, mask=omask)
         tl.store(part_lse_ptr + row, lse, mask=gmask)
         if MERGE:  # noqa: SIM102 - constexpr, then a runtime branch
-            if last_arrival(cnt_ptr, b * tl.num_programs(1) + kvh, NUM_SPLITS):
+            if last_arrival(cnt_ptr, b * n_kvh + kvh, NUM_SPLITS):
                 _merge_splits(part_o_ptr, part_lse_ptr, o_ptr, b, kvh, G, Hq, NUM_SPLITS, stride_ob, stride_oh,
                               DV, MERGE_G, MERGE_S, BLOCK_DV)
 
@@ -234,13 +243,15 @@ def paged_decode_fwd(
     seqlens_kv: torch.Tensor, max_seqlen_kv: int, layout: str, scale: float | None = None,
     window: int | None = None, softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
     num_splits: int | None = None, tune: tuple[int, int, int] | None = None, merge_pass: bool = False,
+    heads_first: bool | None = None,
 ) -> torch.Tensor:
     """Decode attention: ``q [B, Hq, D]`` over paged K/V -> ``[B, Hq, Dv]`` in q.dtype.
 
     ``num_splits`` and ``tune`` (BLOCK_N, num_warps, num_stages) override the heuristics, ``merge_pass`` merges
     the splits in a second launch even where the last split program would (benchmark sweeps); the second launch
     is also taken above :data:`MERGE_INLINE_MAX_SPLITS` splits and when the arrival counters would have to be
-    allocated during CUDA-graph capture."""
+    allocated during CUDA-graph capture. ``heads_first`` orders the grid (KV head, sequence, split) instead of
+    (sequence, KV head, split) (sweeps; default :data:`DECODE_HEADS_FIRST`)."""
     B, Hq, D = q.shape
     kb, ks, kh, page = kv_strides(key_cache, layout)
     vb, vs, vh, _ = kv_strides(value_cache, layout)
@@ -272,7 +283,8 @@ def paged_decode_fwd(
         part_o = part_lse = out
     merge_g = next_pow2(G)
     merge_s = max(1, min(next_pow2(splits), MERGE_TILE // (merge_g * block_dv)))
-    _decode_split_kernel[(B, Hkv, splits)](
+    heads_first = DECODE_HEADS_FIRST if heads_first is None else heads_first
+    _decode_split_kernel[(Hkv, B, splits) if heads_first else (B, Hkv, splits)](
         q, key_cache, value_cache, block_table, seqlens_kv,
         alibi_slopes if alibi_slopes is not None else q,
         out, part_o, part_lse, cnt if cnt is not None else part_lse,
@@ -281,7 +293,8 @@ def paged_decode_fwd(
         float(scale if scale is not None else 1.0 / math.sqrt(D)),
         float(softcap or 1.0), int(window or 0),
         G, Hq, splits,
-        PAGE=page, D=D, DV=DV, DIRECT=splits == 1, MERGE=cnt is not None, BLOCK_G=block_g, BLOCK_N=block_n,
+        PAGE=page, D=D, DV=DV, DIRECT=splits == 1, MERGE=cnt is not None, HEADS_FIRST=heads_first,
+        BLOCK_G=block_g, BLOCK_N=block_n,
         BLOCK_D=next_pow2(D), BLOCK_DV=block_dv, MERGE_G=merge_g, MERGE_S=merge_s,
         USE_SOFTCAP=softcap is not None, USE_ALIBI=alibi_slopes is not None, USE_WINDOW=window is not None,
         DOT_PREC=dot_precision(q.dtype),
