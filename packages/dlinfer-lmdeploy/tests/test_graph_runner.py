@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 import torch
-from dlinfer.plugin import Backend, DeviceGraph
 from lmdeploy.pytorch.models.utils.cudagraph import CudaGraphMixin
 
 from dlinfer_lmdeploy import graph_runner as gr
 from dlinfer_lmdeploy.metadata import DlinferAttentionMetadata
-from dlinfer_lmdeploy.testing.host_graph import HostGraph
+from dlinfer_lmdeploy.testing.host_graph import bare_backend
 
 BLOCK = 16
 WIDTH = 4  # block-table width of the fake steps
@@ -88,14 +87,7 @@ class FakeVLM(torch.nn.Module, CudaGraphMixin):
 
 
 def _runner(model: FakeVLM, max_batches: int = 4) -> gr.DlinferGraphRunner:
-    plugin = Backend(
-        name="fakegraph",
-        device_type="cpu",
-        api_version=">=1.0",
-        is_available=lambda: True,
-        load_ops=dict,
-        graph=DeviceGraph(graph_factory=HostGraph, capture=lambda graph, **kw: __import__("contextlib").nullcontext()),
-    )
+    plugin = bare_backend("fakegraph")
     cache = SimpleNamespace(
         kernel_block_size=None,
         block_size=BLOCK,

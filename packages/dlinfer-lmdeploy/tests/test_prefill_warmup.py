@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import torch
-from dlinfer.plugin import Backend, DeviceGraph, FrameworkSettings
+from dlinfer.plugin import Backend, FrameworkSettings
 
 from dlinfer_lmdeploy import graph_runner as gr
 from dlinfer_lmdeploy import warmup
-from dlinfer_lmdeploy.testing.host_graph import HostGraph
+from dlinfer_lmdeploy.testing.host_graph import bare_backend
 
 BLOCK = 16
 DECLARED = (3, 40, 500, 5000)
@@ -29,15 +29,7 @@ class _Model(torch.nn.Module):
 
 
 def _plugin(sizes: tuple[int, ...]) -> Backend:
-    return Backend(
-        name="fakewarm",
-        device_type="cpu",
-        api_version=">=1.0",
-        is_available=lambda: True,
-        load_ops=dict,
-        graph=DeviceGraph(graph_factory=HostGraph, capture=lambda graph, **kw: __import__("contextlib").nullcontext()),
-        framework=FrameworkSettings(prefill_warmup_tokens=sizes),
-    )
+    return bare_backend("fakewarm", framework=FrameworkSettings(prefill_warmup_tokens=sizes))
 
 
 def _cache(max_prefill: int, blocks: int, max_batches: int = 8) -> SimpleNamespace:

@@ -16,6 +16,7 @@ import dataclasses
 import os
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 from dlinfer.plugin import Backend, DeviceGraph, hookimpl
 
@@ -38,6 +39,13 @@ class HostGraph:
 def _capture(graph: HostGraph, pool: object = None, stream: object = None) -> contextlib.AbstractContextManager[None]:
     CALLS["graph_captured"] += 1
     return contextlib.nullcontext()
+
+
+def bare_backend(name: str, **fields: Any) -> Backend:
+    """A declaration with no ops and a :class:`HostGraph` (counted like the plugin's), for unit tests of the graph
+    runners that build a runner directly; ``fields`` override :class:`Backend` fields."""
+    return Backend(name=name, device_type="cpu", api_version=">=1.0", is_available=lambda: True, load_ops=dict,
+                   graph=DeviceGraph(graph_factory=HostGraph, capture=_capture), **fields)
 
 
 @hookimpl
