@@ -15,6 +15,8 @@ Repetition against host noise (the lent machines' host speed varies by up to 1.5
 ``--rounds N`` every (device_type, mode) process runs N times, interleaved (ABBA order per round pair), each
 process streams ``--streams`` batch-1 requests and reports their median, and each process times a fixed
 host-side probe (Python + small torch CPU ops) before and after, so that a slow host shows in the figures.
+``--budget S`` fits the rounds into one device call: a process that would not finish in the seconds left (judged
+by the longest finished one) is not started, and the summary covers the runs done.
 Prints per-run rows and, per mode, the median of each metric over rounds and the maca/cuda ratio of those
 medians; writes all figures as JSON. ``--quant awq|w8a8`` serves the model quantised into LMDeploy's AWQ W4A16
 (group 128, fp16) or W8A8 smooth-quant format (``testing.tiny_quant.quantise_checkpoint``, on the GPU); token
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -288,6 +291,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=240, help="seconds per (device, mode) run")
     parser.add_argument("--first-long", type=int, default=0, metavar="N",
                         help="time two first requests of ~N prompt tokens, 1 new token, before anything else")
+    parser.add_argument("--budget", type=float, default=0, metavar="S",
+                        help="seconds for the whole run: a process that would not finish in what is left (judged by "
+                             "the longest finished one) is not started, and the summary covers the runs done")
     parser.add_argument("--one", nargs=2, metavar=("DEVICE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -308,12 +314,22 @@ def main() -> int:
     print(f"model ready in {time.perf_counter() - t0:.1f}s at {args.model_dir}", file=sys.stderr)
     modes = args.modes.split(",")
     results: list[dict[str, object]] = []
+    longest = 0.0
+    skipped: list[str] = []
     for mode in modes:
         for device in schedule(args.devices.split(","), args.rounds):
+            left = args.budget - (time.perf_counter() - t0) if args.budget else math.inf
+            if left < max(longest, 1.0):
+                skipped.append(f"{device}/{mode}")
+                continue
+            started = time.perf_counter()
             results.append({**_run_process(args, device, mode), "shape": args.shape, "layers": args.layers,
                             "quant": args.quant})
+            longest = max(longest, time.perf_counter() - started)
             if args.out:  # partial results survive a time limit
                 args.out.write_text(json.dumps(results, indent=2))
+    if skipped:
+        print(f"--budget {args.budget:.0f} s: not started: {', '.join(skipped)}", file=sys.stderr)
     print("\n".join(summarize(results, modes)))
     return 0 if all("error" not in r for r in results) else 1
 
