@@ -45,8 +45,9 @@ programs that run together then read all KV heads of the same pages (NHD: one he
 1-3 % faster at B >= 64 on the H200 (B256 ctx4096 997 -> 978 us, B128 ctx8192 1034 -> 1017 us), equal below."""
 MERGE_INLINE_MAX_SPLITS = 4
 """Up to this many splits the last split program merges them (one launch); above it a second launch does. On the
-H200 the in-kernel merge was 1-4 % faster at 2 splits (B32) and even at 9 (B8), but 15-25 % slower at 16-64
-splits (B1: the last program's serial merge and the merge code's registers held by every split program)."""
+H200 the in-kernel merge took 13 % less time at 4 splits (B1 ctx256) and 1-4 % less at 2 (B32), was level at 9
+(B8), and took 15-25 % more at 16-64 splits (B1; likely the last program's serial merge and the merge code's
+registers, which every split program holds)."""
 
 
 @triton.jit
