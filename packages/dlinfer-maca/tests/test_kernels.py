@@ -50,9 +50,11 @@ def test_rms_norm_family(dtype, H):
         assert rel_err(q.float() * sc[:, None], y) < 2e-2
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_dynamic_quant(dtype):
-    x = rnd(3, 5, 64, dtype=dtype)
+@pytest.mark.parametrize("dtype,magnitude", [(d, 1.0) for d in DTYPES] + [(torch.float32, 1e-38)],
+                         ids=[str(d).split(".")[-1] for d in DTYPES] + ["float32-subnormal-scale"])
+def test_dynamic_quant(dtype, magnitude):
+    """Codes against x / scale in fp64; ``magnitude`` 1e-38 makes every scale subnormal (1/scale overflows)."""
+    x = rnd(3, 5, 64, dtype=dtype) * magnitude
     q, sc = norm.dynamic_quant_fwd(x)
     assert q.dtype == torch.int8 and sc.shape == (3, 5)
     xf = x.float()

@@ -32,7 +32,11 @@ def _quantize_row(y, cols, mask, q_ptr, scale_ptr, row, stride_q, HW_RINT: tl.co
     # y * (1 / scale) may differ from torch's y / scale by one step at exact ties (the spec allows it).
     # No clamp: |y| <= amax, so |y * (1 / scale)| <= 127 * (1 + 2**-23)**2 < 127.5 rounds into [-127, 127]
     # for finite rows (the min/max pair cost 20-25 % of the kernel at H 14336 on the H200, quant_row_probe_gpu.py)
-    q = _rint(y * (1.0 / safe), HW_RINT)
+    inv = 1.0 / safe
+    if inv == float("inf"):  # a subnormal scale (max |y| < 3.7e-37): 1/scale overflows, so divide (one branch per row)
+        q = _rint(tl.math.div_rn(y, safe), HW_RINT)
+    else:
+        q = _rint(y * inv, HW_RINT)
     tl.store(q_ptr + row * stride_q + cols, q.to(tl.int8), mask=mask)
     tl.store(scale_ptr + row, scale)
 
