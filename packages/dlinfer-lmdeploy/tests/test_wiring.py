@@ -178,6 +178,41 @@ def test_cpu_device_patch_is_scoped() -> None:
             cpu_device.activate()
 
 
+def test_cpu_device_thread_leaves_no_mode_behind() -> None:
+    """A thread started while the CPU device is active runs under the host mode and pops it before it ends: a mode
+    left on torch's thread-local stack is released by a C++ destructor after the thread's Python state is gone,
+    which aborts the process when it races with interpreter shutdown (seen as exit 134 after a passing run)."""
+    import threading
+
+    from dlinfer_lmdeploy import cpu_device
+
+    was_active = cpu_device.is_active()
+    cpu_device.deactivate()
+    cpu_device.activate()
+    dlinfer_bootstrap = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+    stack_depth: dict[str, int] = {}
+
+    def observe_after_bootstrap(self: threading.Thread) -> None:
+        dlinfer_bootstrap(self)
+        stack_depth["after"] = torch._C._len_torch_function_stack()
+
+    def body() -> None:
+        stack_depth["during"] = torch._C._len_torch_function_stack()
+        stack_depth["cuda_goes_to"] = torch.empty(1, device="cuda").device.type == "cpu"
+
+    threading.Thread._bootstrap_inner = observe_after_bootstrap  # type: ignore[attr-defined]
+    try:
+        t = threading.Thread(target=body)
+        t.start()
+        t.join()
+    finally:
+        threading.Thread._bootstrap_inner = dlinfer_bootstrap  # type: ignore[attr-defined]
+        cpu_device.deactivate()
+        if was_active:
+            cpu_device.activate()
+    assert stack_depth == {"during": 1, "cuda_goes_to": True, "after": 0}
+
+
 def test_inventory_lists_what_is_replaced_outside_lmdeploy(capsys: pytest.CaptureFixture[str]) -> None:
     """``python -m dlinfer_lmdeploy`` also lists the .pth import hook and every torch.cuda attribute the CPU device
     replaces; the listing is the set the CPU device really replaces when it activates."""

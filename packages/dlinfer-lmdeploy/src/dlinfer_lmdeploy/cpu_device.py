@@ -269,7 +269,14 @@ def activate() -> None:
         def bootstrap_with_host_mode(self: threading.Thread) -> None:
             if _STATE.active:
                 _enter_mode_in_this_thread()
-            original(self)
+            try:
+                original(self)
+            finally:
+                # Leave torch's per-thread mode stack empty before the thread ends. A mode still on it is released
+                # by a C++ thread-local destructor after Python has let go of the thread; when that races with
+                # interpreter shutdown, taking the GIL there ends the process in std::terminate (SIGABRT, exit
+                # 134 after all work was done).
+                _exit_mode_in_this_thread()
 
         threading.Thread._bootstrap_inner = bootstrap_with_host_mode  # type: ignore[attr-defined]
         _STATE.active = True

@@ -518,7 +518,8 @@ STDLIB_PATCHES: tuple[Patch, ...] = (
         why=(
             "CPU device only: torch function modes are thread-local, and LMDeploy runs its engine loop and "
             "to_thread work in other threads; every thread started while the CPU device is active enters the "
-            "'cuda'->host redirection mode first."
+            "'cuda'->host redirection mode first and leaves it before the thread ends (a mode left on the "
+            "thread-local stack aborts the process when the thread's end races with interpreter shutdown)."
         ),
         versions="CPython 3.10-3.13",
         expect_params=("self",),
