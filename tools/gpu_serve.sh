@@ -129,22 +129,20 @@ fi
 [ "$DRY" = 1 ] || nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv >> "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-# --- the model: Llama-3-8B shape (compiled_decode_gpu.SHAPES["8b"]) in bf16 on the GPU; dry run: the same
-# builder, a tiny shape in fp32 on the CPU
+# --- the model: Llama-3-8B shape (tiny_models.llama_3_8b_config, as the e2e benches) in bf16 on the GPU; dry run:
+# the same builder, a tiny shape in fp32 on the CPU
 BUILD='
 import sys, time
 from pathlib import Path
 import torch
 from dlinfer_lmdeploy.testing import tiny_models
-sys.path.insert(0, "packages/dlinfer-maca/tools")
-from compiled_decode_gpu import SHAPES
 dry = sys.argv[2] == "1"
-shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=16) if dry else SHAPES["8b"]
 t0 = time.perf_counter()
 path, tmp = Path(sys.argv[1]), Path(sys.argv[1] + ".partial")
 if not (path / "config.json").exists():  # built under another name, renamed when complete
-    config = tiny_models.llama_3_2_1b_config(**shape)
+    config = tiny_models.llama_3_2_1b_config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16) if dry else tiny_models.llama_3_8b_config()
     tiny_models.build_on_device(config, tmp, device="cpu" if dry else "cuda",
                                 dtype=torch.float32 if dry else torch.bfloat16)
     tmp.rename(path)

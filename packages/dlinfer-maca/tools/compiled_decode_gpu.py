@@ -28,11 +28,10 @@ sys.path.insert(0, str(HERE.parents[2] / "dlinfer-lmdeploy" / "bench"))
 from lmdeploy_e2e_gpu import _prompts, host_probe_ms  # noqa: E402
 
 PROMPT_TOKENS, NEW_TOKENS = 128, 128
-SHAPES = {  # Llama-3.2-1B as built by tiny_models; Llama-3-8B: the same family at 8B width/depth
-    "1b": {},
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
-}
+SHAPES = ("1b", "8b")
+"""``1b``: ``tiny_models.llama_3_2_1b_config`` (llama3 rope scaling, tied embeddings); ``8b``:
+``tiny_models.llama_3_8b_config`` (the e2e benches' Llama-3-8B shape: rope theta 5e5 without scaling, 8192
+positions, untied embeddings)."""
 
 
 def run_one(model_dir: str, prompts_n: int, streams: int) -> dict[str, object]:
@@ -95,7 +94,7 @@ def build(shape: str, model_dir: Path) -> None:
     from dlinfer_lmdeploy.testing import tiny_models
 
     if not (model_dir / "config.json").exists():
-        config = tiny_models.llama_3_2_1b_config(**SHAPES[shape])
+        config = tiny_models.llama_3_2_1b_config() if shape == "1b" else tiny_models.llama_3_8b_config()
         tiny_models.build_on_device(config, model_dir, device="cuda", dtype=torch.bfloat16)
     torch.cuda.empty_cache()
 
