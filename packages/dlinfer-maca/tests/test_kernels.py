@@ -332,6 +332,27 @@ def test_fused_moe(dtype, T, E, k):
     assert_close(out, fused_moe_ref(x, gate_up, down, w, ids), dtype, factor=3)
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_fused_moe_out_of_range_ids_add_nothing(k):
+    """Expert ids outside [0, E) are invalid input (refused under DLINFER_VALIDATE=full). Unvalidated, the kernels
+    must not index outside their buffers with them (an id of -1 made the scatter's atomic add and store land before
+    its cursor array): such a route adds nothing, every other route is served exactly."""
+    T, H, inter, E = 7, 32, 48, 4
+    dtype = torch.float32
+    x = rnd(T, H, dtype=dtype)
+    gate_up = rnd(E, 2 * inter, H, dtype=dtype, scale=0.2)
+    down = rnd(E, H, inter, dtype=dtype, scale=0.2)
+    w, ids = moe.topk_softmax_fwd(rnd(T, E), k, True)
+    bad = torch.tensor([-1, E, E + 5, -7], dtype=ids.dtype, device=ids.device)
+    ids[1:5, 0] = bad
+    out = moe.fused_moe_fwd(x, gate_up, down, w, ids)
+    kept_w = torch.where((ids >= 0) & (ids < E), w, torch.zeros_like(w))
+    assert_close(out, fused_moe_ref(x, gate_up, down, kept_w, ids.clamp(0, E - 1)), dtype, factor=3)
+    assert torch.isfinite(out).all()
+    if k == 1:
+        assert torch.count_nonzero(out[1:5]) == 0
+
+
 @pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear_w8a8(out_dtype, bias):

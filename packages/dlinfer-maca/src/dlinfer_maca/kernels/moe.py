@@ -88,6 +88,7 @@ def _moe_align_kernel(
     for n0 in range(0, N, CHUNK):
         r = n0 + tl.arange(0, CHUNK)
         ids = tl.load(ids_ptr + r, mask=r < N, other=-1).to(tl.int32)
+        ids = tl.where((r < N) & ((ids < 0) | (ids >= E)), 0, ids)  # out-of-range routes go to expert 0 at weight 0
         counts += tl.sum((ids[:, None] == e[None, :]).to(tl.int32), axis=0)
     padded = tl.cdiv(counts, BLOCK_M) * BLOCK_M
     ends = tl.cumsum(padded, axis=0)
@@ -104,10 +105,11 @@ def _moe_align_kernel(
 
 
 @triton.jit(do_not_specialize=["N"])
-def _moe_scatter_kernel(ids_ptr, sorted_ptr, cursor_ptr, N, BLOCK: tl.constexpr):
+def _moe_scatter_kernel(ids_ptr, sorted_ptr, cursor_ptr, N, E, BLOCK: tl.constexpr):
     r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = r < N
     ids = tl.load(ids_ptr + r, mask=mask, other=0).to(tl.int32)
+    ids = tl.where((ids < 0) | (ids >= E), 0, ids)  # as _moe_align_kernel counted them: no write outside cursor
     dst = tl.atomic_add(cursor_ptr + ids, 1, mask=mask)
     tl.store(sorted_ptr + dst, r, mask=mask)
 
@@ -117,8 +119,8 @@ def _moe_scatter_kernel(ids_ptr, sorted_ptr, cursor_ptr, N, BLOCK: tl.constexpr)
 
 @triton.jit(do_not_specialize=["N_rows"])
 def _moe_gemm_kernel(
-    a_ptr, w_ptr, out_ptr, sorted_ptr, tile_expert_ptr, route_w_ptr,
-    N_rows, N_out, K, TOPK,
+    a_ptr, w_ptr, out_ptr, sorted_ptr, tile_expert_ptr, route_w_ptr, ids_ptr,
+    N_rows, N_out, K, TOPK, E,
     stride_am, stride_we, stride_wn, stride_om,
     GATED: tl.constexpr, A_SORTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -128,7 +130,9 @@ def _moe_gemm_kernel(
     GATED: A rows are tokens (``row // TOPK``), W is ``[E, 2*N_out, K]``, the tile computes
     gate and up columns and stores ``silu(gate) * up`` at the tile's padded rows.
     Otherwise A rows are the padded rows (``A_SORTED``), W is ``[E, N_out, K]`` and the tile
-    stores ``route_w[row] * (A W^T)`` at the routed row's original slot.
+    stores ``route_w[row] * (A W^T)`` at the routed row's original slot; a route whose expert id is outside
+    ``[0, E)`` (invalid input; ``DLINFER_VALIDATE=full`` refuses it) was computed with expert 0 and is stored with
+    weight 0, so it adds nothing and nothing is written outside the buffers.
     """
     tile = tl.program_id(0)
     expert = tl.load(tile_expert_ptr + tile)
@@ -170,6 +174,8 @@ def _moe_gemm_kernel(
                  act.to(out_ptr.dtype.element_ty), mask=omask)
     else:
         rw = tl.load(route_w_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        route_ids = tl.load(ids_ptr + rows, mask=rmask, other=0)
+        rw = tl.where((route_ids < 0) | (route_ids >= E), 0.0, rw)
         acc = acc * rw[:, None]
         tl.store(out_ptr + rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=omask)
@@ -219,21 +225,21 @@ def fused_moe_fwd(
     block_e = next_pow2(E)
     _moe_align_kernel[(1,)](ids, sorted_rows, tile_expert, cursor, N, E, max_padded, max_tiles,
                             BLOCK_M=bm, BLOCK_E=block_e, CHUNK=max(16, min(1024, 8192 // block_e)), num_warps=4)
-    _moe_scatter_kernel[(triton.cdiv(N, 256),)](ids, sorted_rows, cursor, N, BLOCK=256, num_warps=4)
+    _moe_scatter_kernel[(triton.cdiv(N, 256),)](ids, sorted_rows, cursor, N, E, BLOCK=256, num_warps=4)
 
     prec = dot_precision(x.dtype)
     act = torch.empty((max_padded, inter), dtype=x.dtype, device=dev)
     _moe_gemm_kernel[(max_tiles, triton.cdiv(inter, bn))](
-        x, gate_up, act, sorted_rows, tile_expert, route_w,
-        N, inter, H, k,
+        x, gate_up, act, sorted_rows, tile_expert, route_w, ids,
+        N, inter, H, k, E,
         x.stride(0), gate_up.stride(0), gate_up.stride(1), act.stride(0),
         GATED=True, A_SORTED=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PREC=prec,
         num_warps=warps, num_stages=stages,
     )
     out_rows = torch.empty((N, H), dtype=x.dtype if k == 1 else torch.float32, device=dev)
     _moe_gemm_kernel[(max_tiles, triton.cdiv(H, bn))](
-        act, down, out_rows, sorted_rows, tile_expert, route_w,
-        N, H, inter, k,
+        act, down, out_rows, sorted_rows, tile_expert, route_w, ids,
+        N, H, inter, k, E,
         act.stride(0), down.stride(0), down.stride(1), out_rows.stride(0),
         GATED=False, A_SORTED=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PREC=prec,
         num_warps=warps, num_stages=stages,
