@@ -115,7 +115,7 @@ def test_check_wrong_implementation_fails_with_max_errors(runs):
     assert row["max_abs"] > 0.1 and row["max_rel"] > 0.1  # the missing weight multiply is far off
     assert "failures:" in proc.stdout
     assert re.search(r"^  rms_norm \[.+, seed \d+\]: fail: ", proc.stdout, re.MULTILINE), proc.stdout
-    assert f"0/{row['runs']:.0f} runs conform, {row['runs']:.0f} FAILED" in proc.stdout
+    assert f"0/{row['runs']:.0f} runs conform (0 passed), {row['runs']:.0f} FAILED" in proc.stdout
 
 
 @pytest.mark.parametrize("command", ["check", "bench"])
@@ -160,3 +160,26 @@ def test_unknown_dtype_is_an_error_not_a_traceback(dtypes, capsys):
     bad = dtypes.split(",")[-1]
     assert err.startswith(f"dlinfer check: error: --dtypes: unknown dtype '{bad}'; choose from float16, bfloat16, "
                           "float32"), err
+
+
+def test_summary_counts_refusals_apart_from_checked_runs():
+    from dlinfer.cli import summary_line
+    from dlinfer.testing.runner import CaseResult
+
+    def res(status: str) -> CaseResult:
+        return CaseResult(op="rms_norm", case="c", dtype="fp16", layout="NHD", status=status)
+
+    assert summary_line([res("pass")] * 3) == "3/3 runs conform (3 passed)"
+    mixed = [res("pass")] * 2 + [res("unsupported")] * 4 + [res("fail"), res("error")]
+    assert summary_line(mixed) == "6/8 runs conform (2 passed, 4 refused as unsupported), 2 FAILED"
+
+
+def test_bench_of_the_reference_prints_no_speedup_against_itself(capsys):
+    from dlinfer.bench import run_bench
+
+    assert run_bench("reference", ops=["silu_and_mul"], device="cpu") == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("op "))
+    assert header.split() == ["op", "case", "dtype", "backend", "µs"]
+    rows = [line.split() for line in out.splitlines() if line.startswith("silu_and_mul")]
+    assert rows and all(len(r) == 4 and float(r[3]) > 0 for r in rows)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from dlinfer._sync import synchronize
 from dlinfer.plugin import StepMetadata
 from dlinfer.registry import REFERENCE, REGISTRY
 from dlinfer.spec import KV_LAYOUTS, SPECS, OpSpec
@@ -200,8 +201,7 @@ def run_case(
             mine["qweight"], mine["scales"], mine["qzeros"] = prepared
         poison_allocator(device)
         got = call(spec, ops[case.op], mine)
-        if device.type != "cpu":
-            torch.accelerator.synchronize() if hasattr(torch, "accelerator") else None
+        synchronize(device)
     except NotImplementedError as exc:
         msg = str(exc)
         if case.option and case.option.split("=")[0] in msg:
