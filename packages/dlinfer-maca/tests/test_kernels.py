@@ -278,7 +278,7 @@ def test_prefill(dtype, case):
 
 @pytest.mark.parametrize("dtype", HEAVY_DTYPES)
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
-@pytest.mark.parametrize("opt", [None, "window", "softcap", "alibi", "noncausal"])
+@pytest.mark.parametrize("opt", [None, "window", "softcap", "alibi", "noncausal", "noncausal_window"])
 @pytest.mark.parametrize("BS", [16, 64])
 def test_paged_prefill(dtype, layout, opt, BS):
     qlens, kvlens, Hq, Hkv, D = [5, 17, 1], [21, 17, 140], 4, 2, 32
@@ -288,9 +288,9 @@ def test_paged_prefill(dtype, layout, opt, BS):
     T = sum(qlens)
     q = rnd(T, Hq, D, dtype=dtype, scale=2.0)
     cu = torch.tensor([0] + list(torch.tensor(qlens).cumsum(0)), dtype=torch.int32, device=DEVICE)
-    kw = {"window": 9} if opt == "window" else {"softcap": 3.0} if opt == "softcap" else {
+    kw = {"window": 9} if opt in ("window", "noncausal_window") else {"softcap": 3.0} if opt == "softcap" else {
         "alibi_slopes": torch.rand(Hq, device=DEVICE)} if opt == "alibi" else {}
-    causal = opt != "noncausal"
+    causal = not opt or not opt.startswith("noncausal")  # noncausal_window: only the left bound p - window < j
     seqlens = torch.tensor(kvlens, dtype=torch.int32, device=DEVICE)
     out = attention.prefill_fwd(q, kc, vc, cu, max(qlens), causal=causal, block_table=table, seqlens_kv=seqlens,
                                 layout=layout, **kw)

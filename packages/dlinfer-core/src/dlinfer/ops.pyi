@@ -165,7 +165,7 @@ def prefill_attention(
         max_seqlen_q: int
         causal: bool
         scale: float (optional) softmax scale; None means 1/sqrt(D)
-        window: int (optional) left window size (> 0): key j is visible to query position p iff p - window < j <= p
+        window: int (optional) left window size (> 0): key j is visible to query position p iff p - window < j (and j <= p when causal)
         softcap: float (optional) scores become softcap * tanh(scores / softcap), > 0
         alibi_slopes: tensor (optional) [Hq] float32 per-head ALiBi slopes; adds slope * (j - p) to the scores
         cu_seqlens_q_cpu: tensor (optional) [B+1] int32 host mirror of cu_seqlens_q, for backends that declare host_seqlens
@@ -209,7 +209,7 @@ def paged_prefill_attention(
         max_seqlen_kv: int
         causal: bool
         scale: float (optional) softmax scale; None means 1/sqrt(D)
-        window: int (optional) left window size (> 0): key j is visible to query position p iff p - window < j <= p
+        window: int (optional) left window size (> 0): key j is visible to query position p iff p - window < j (and j <= p when causal)
         softcap: float (optional) scores become softcap * tanh(scores / softcap), > 0
         alibi_slopes: tensor (optional) [Hq] float32 per-head ALiBi slopes; adds slope * (j - p) to the scores
         kv_layout: str (optional) "NHD" or "HND"; None means the active backend's layout
@@ -248,7 +248,7 @@ def paged_decode_attention(
         seqlens_kv: tensor [B] int32
         max_seqlen_kv: int
         scale: float (optional) softmax scale; None means 1/sqrt(D)
-        window: int (optional) left window size (> 0): key j is visible to query position p iff p - window < j <= p
+        window: int (optional) left window size (> 0): key j is visible to query position p iff p - window < j (and j <= p when causal)
         softcap: float (optional) scores become softcap * tanh(scores / softcap), > 0
         alibi_slopes: tensor (optional) [Hq] float32 per-head ALiBi slopes; adds slope * (j - p) to the scores
         kv_layout: str (optional) "NHD" or "HND"; None means the active backend's layout

@@ -113,7 +113,8 @@ _EPS = _kw("eps", "float", 1e-6, doc="variance epsilon")
 _ATTN_OPTIONS = (
     _kw("scale", "float", optional=True, doc="softmax scale; None means 1/sqrt(D)"),
     _kw("window", "int", optional=True, positive=True,
-        doc="left window size (> 0): key j is visible to query position p iff p - window < j <= p"),
+        doc="left window size (> 0): key j is visible to query position p iff p - window < j (and j <= p when "
+            "causal)"),
     _kw("softcap", "float", optional=True, positive=True, doc="scores become softcap * tanh(scores / softcap), > 0"),
     Param("alibi_slopes", "tensor", ("Hq",), (torch.float32,), optional=True, keyword_only=True,
           doc="per-head ALiBi slopes; adds slope * (j - p) to the scores"),
