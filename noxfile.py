@@ -103,12 +103,17 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def build(session: nox.Session) -> None:
-    """Wheel + sdist of every package with hatchling; install the wheels in a fresh venv; resolve entry points."""
+    """Wheel + sdist of every package with hatchling; resolve their declared dependencies together (pip dry run);
+    install the wheels in a fresh venv; resolve entry points."""
     session.install("build", "hatchling")
     dist = ROOT / "dist"
     for name in _existing(PACKAGES):
         session.run("python", "-m", "build", "--no-isolation", "--outdir", str(dist), _pkg(name))
     wheels = sorted(str(p) for p in dist.glob("dlinfer_*.whl"))
+    # the declared dependencies resolve together (with the CPU pins), each distribution from its built wheel
+    pins = [f"{Path(w).name.split('-')[0].replace('_', '-')}=={Path(w).name.split('-')[1]}" for w in wheels]
+    session.run("python", "-m", "pip", "install", "--dry-run", "--quiet", "--find-links", str(dist), *pins,
+                CPU_TORCH, TRITON_CPU)
     session.install(CPU_TORCH)
     session.install("--no-deps", *wheels)
     session.install("pluggy", "packaging")
