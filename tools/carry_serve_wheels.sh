@@ -1,7 +1,7 @@
 #!/bin/bash
 # Downloads into .carry/whl-serve/ (git-ignored with .carry/) the cp312 manylinux/any wheels that
 # `lmdeploy serve api_server` and the load client (dlinfer_lmdeploy.testing.serve_load) import and that
-# .carry/whl (shared/tools/lmdeploy-device-carry.sh) does not hold: the OpenAI server stack (fastapi, starlette,
+# .carry/whl (LMDeploy's own import-time dependencies) does not hold: the OpenAI server stack (fastapi, starlette,
 # uvicorn), the OpenAI client (openai and its HTTP stack) and psutil. tools/gpu_serve.sh installs them on the GPU
 # machine into their own site directory. Versions are those of the reference environment REF_PY (the CI `tests`
 # env, where tests/test_serve_cpu.py runs this server), so the set is one that is known to work together;

@@ -1,4 +1,6 @@
-# Sourced by the GPU drivers: LMDeploy 0.18 from .carry/ (shared/tools/lmdeploy-device-carry.sh) into /tmp/site,
+# Sourced by the GPU drivers: LMDeploy 0.18 from .carry/ into /tmp/site (.carry/lmdeploy-0.18.0-nots.tgz: LMDeploy
+# 0.18.0's cp312 wheel unpacked without TurboMind's binaries; .carry/whl/: cp312 wheels of its import-time dependencies
+# that the device image lacks; git-ignored, built outside the repository),
 # the dlinfer packages from the source tree, the maca plugin, NVLink multicast off (device README).
 SITE=/tmp/site
 if [ ! -d $SITE/lmdeploy ]; then

@@ -1,7 +1,9 @@
 #!/bin/bash
 # One device call: LMDeploy end to end on an NVIDIA GPU with the maca plugin (the e2e scenarios vs HF in bf16,
-# eager + graph), then the throughput benchmark against LMDeploy's own cuda backend. Needs .carry/ from
-# shared/tools/lmdeploy-device-carry.sh (LMDeploy 0.18 without TurboMind + its import-time wheels).
+# eager + graph), then the throughput benchmark against LMDeploy's own cuda backend. Needs
+# .carry/ (git-ignored, built outside the repository): .carry/lmdeploy-0.18.0-nots.tgz (LMDeploy 0.18.0's cp312
+# wheel unpacked without TurboMind's binaries) and .carry/whl/ (cp312 wheels of its import-time dependencies that
+# the device image lacks), installed as in tools/gpu_env.sh.
 #   bash tools/gpu_lmdeploy.sh                                   (logs under $OUT, or ./gpu-out)
 #   PHASES=tests bash tools/gpu_lmdeploy.sh                       (tests only; PHASES=bench: benchmark only)
 #   BENCH_ARGS="--modes eager --rounds 3 --streams 3" PHASES=bench bash tools/gpu_lmdeploy.sh

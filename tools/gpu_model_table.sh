@@ -1,7 +1,9 @@
 #!/bin/bash
 # One device call for issue-10 work on an NVIDIA GPU with the maca plugin: the model table end to end (LLM and VLM
 # rows, bf16 teacher-forcing checker, eager + graph), the vision-attention microbenchmark and the VLM serving benchmark.
-# Needs .carry/ from shared/tools/lmdeploy-device-carry.sh (+ the transformers 5.24 wheel the CPU oracles use).
+# Needs .carry/ (git-ignored, built outside the repository): .carry/lmdeploy-0.18.0-nots.tgz (LMDeploy 0.18.0's cp312
+# wheel unpacked without TurboMind's binaries) and .carry/whl/ (cp312 wheels of its import-time dependencies that
+# the device image lacks), installed as in tools/gpu_env.sh (+ the transformers 5.24 wheel the CPU oracles use).
 #   PHASES="vision tests vlm-bench compile-bench" bash tools/gpu_model_table.sh        (figures under $OUT, or ./gpu-out)
 set -u
 OUT=${OUT:-./gpu-out}; mkdir -p "$OUT"

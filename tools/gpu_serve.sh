@@ -12,7 +12,10 @@
 # summary.md (req/s, output tok/s, TTFT/ITL p50/p99 per run, medians per device, maca/cuda ratio), env.txt.
 # Every run has a deadline (serve_load --deadline: client and server stacks, then kill, rc 124) within the call's
 # budget (TOTAL_S); NVLink multicast is off in every process.
-# Needs .carry/ with LMDeploy (shared/tools/lmdeploy-device-carry.sh) and .carry/whl-serve/ (tools/carry_serve_wheels.sh):
+# Needs .carry/ (git-ignored, built outside the repository): .carry/lmdeploy-0.18.0-nots.tgz (LMDeploy 0.18.0's cp312
+# wheel unpacked without TurboMind's binaries) and .carry/whl/ (cp312 wheels of its import-time dependencies that
+# the device image lacks), installed as in tools/gpu_env.sh,
+# and .carry/whl-serve/ (tools/carry_serve_wheels.sh):
 #   run(command="bash tools/gpu_serve.sh", carry=[".carry"])
 #   ORDER="maca cuda" REQUESTS=128 bash tools/gpu_serve.sh                   (fewer runs / requests)
 #   DRY_RUN=1 bash tools/gpu_serve.sh     (this machine, no GPU: the same flow on the CPU device with a tiny model

@@ -6,7 +6,9 @@
 #   bench : bench/lmdeploy_tp_gpu.py, maca vs cuda at tp=N (and tp=1 with TP_COMPARE=1).
 # Every engine runs in a child process under a deadline; on timeout the Python stacks of every rank are printed
 # (PYTHONFAULTHANDLER + SIGABRT, dlinfer_lmdeploy.testing.child). NVLink multicast is off in every process.
-# Needs .carry/ from shared/tools/lmdeploy-device-carry.sh (LMDeploy 0.18 without TurboMind + its wheels).
+# Needs .carry/ (git-ignored, built outside the repository): .carry/lmdeploy-0.18.0-nots.tgz (LMDeploy 0.18.0's cp312
+# wheel unpacked without TurboMind's binaries) and .carry/whl/ (cp312 wheels of its import-time dependencies that
+# the device image lacks), installed as in tools/gpu_env.sh.
 #   TP=2 PHASES="tests ray bench" bash tools/gpu_tp.sh                   (nvidia-h200-x2; logs under $OUT)
 #   TP=4 KINDS="llama3 qwen2_7b qwen2_57b_a14b qwen3_moe" BENCH_MODELS=qwen2_57b_a14b,llama3_70b bash tools/gpu_tp.sh
 #   DRY_RUN=1 bash tools/gpu_tp.sh       (this machine, no GPU: syntax, imports, test collection, bench --dry-run)

@@ -6,7 +6,9 @@ set -u
 MODE=${1:-all}; shift || true
 OUT=${OUT:-./gpu-out}; mkdir -p "$OUT"
 SITE=/tmp/dlinfer-site; mkdir -p $SITE
-if [ -d .carry/whl ]; then  # optional LMDeploy peer (see shared/tools/lmdeploy-device-carry.sh)
+# optional LMDeploy peer: .carry/lmdeploy-0.18.0-nots.tgz (LMDeploy 0.18.0 without TurboMind's binaries) and
+# .carry/whl/ (cp312 wheels of its import-time dependencies), as in tools/gpu_env.sh
+if [ -d .carry/whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .carry/whl/*.whl \
     && tar xzf .carry/lmdeploy-0.18.0-nots.tgz -C $SITE
 fi

@@ -3,7 +3,10 @@
 Each :class:`OpSpec` lists its parameters once. From it dlinfer derives the public
 function ``dlinfer.ops.<name>``, the ``torch.library`` schema ``dlinfer::<name>``
 and its fake implementation, argument validation, registration-time checks of
-plugin implementations, the conformance kit's case table and the docs.
+plugin implementations and the docs. The conformance kit's cases (``dlinfer.testing.cases``:
+shapes, input builders, dtypes) are written by hand per op; the kit takes from the spec how a
+case calls the op, which outputs and mutated arguments it compares, that the other tensor
+inputs stay untouched, and which attention options get a case.
 
 Shapes are written with symbolic dimensions; a symbol used by several arguments must
 bind to the same size. ``"..."`` matches any number of leading dimensions (equal
