@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import arrival_counters, dot_precision, interpreting, last_arrival, next_pow2, num_sms, tanh_f32
+from ._utils import arrival_counters, cdiv, dot_precision, interpreting, last_arrival, next_pow2, num_sms, tanh_f32
 from .elementwise import kv_strides
 
 LOG2E = 1.4426950408889634
@@ -230,14 +230,14 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_kv: int, block_n
     otherwise run half empty: B32 x 8 KV heads on 132 SMs, 1.11x faster at ctx 8192 on the H200); below that,
     about four programs per SM, never less than one key block per split (H200 sweep,
     tools/tune_norm_decode_gpu.py)."""
-    n_blocks = max(1, triton.cdiv(max_seqlen_kv, block_n))
+    n_blocks = max(1, cdiv(max_seqlen_kv, block_n))
     programs = max(batch * num_kv_heads, 1)
     if programs >= 2 * sms:
         want = 1
     elif programs >= sms:
         want = 2
     else:
-        want = triton.cdiv(4 * sms, programs)
+        want = cdiv(4 * sms, programs)
     return max(1, min(want, n_blocks, 64))
 
 
@@ -479,7 +479,7 @@ def prefill_fwd(
         return out
     q = q if q.stride(-1) == 1 else q.contiguous()
     block_m, block_n, warps, stages = _prefill_config(max(D, DV), q.dtype)
-    n_m = triton.cdiv(max_seqlen_q, block_m)
+    n_m = cdiv(max_seqlen_q, block_m)
     _prefill_kernel[(n_m, B, Hq)](
         q, k, v, out, cu_seqlens_q,
         seqlens_kv if paged else cu_seqlens_q, block_table if paged else cu_seqlens_q,

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import next_pow2
+from ._utils import cdiv, next_pow2
 
 # ----------------------------------------------------------------------------- rotary
 
@@ -98,7 +98,7 @@ def _unit_last(x: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def _rope_block_h(rows: int) -> int:
     """4-16 head rows of D elements per program, chosen to leave the least padding in Hq + Hkv rows."""
-    return min((8, 16, 4), key=lambda b: (triton.cdiv(rows, b) * b - rows, -b))
+    return min((8, 16, 4), key=lambda b: (cdiv(rows, b) * b - rows, -b))
 
 
 def rotary_fwd(
@@ -118,7 +118,7 @@ def rotary_fwd(
     block_pass = next_pow2(D - R) if D > R else 1
     rows = Hq + Hkv
     block_h = _rope_block_h(rows)
-    grid = (T, triton.cdiv(rows, block_h))
+    grid = (T, cdiv(rows, block_h))
     _rope_kernel[grid](
         q, k, qo, ko, cos, sin,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1),
@@ -145,7 +145,7 @@ def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     half = cos.shape[-1] // 2
     rows = Hq + Hkv
     block_h = _rope_block_h(rows)
-    _rope_inplace_kernel[(T, triton.cdiv(rows, block_h))](
+    _rope_inplace_kernel[(T, cdiv(rows, block_h))](
         q, k, cos, sin,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0),
         Hq, Hkv, half,
@@ -177,7 +177,7 @@ def silu_and_mul_fwd(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M > 0 and N > 0:
         block = min(next_pow2(N), 2048)
-        _silu_and_mul_kernel[(M, triton.cdiv(N, block))](
+        _silu_and_mul_kernel[(M, cdiv(N, block))](
             x2, out, x2.stride(0), out.stride(0), N, BLOCK=block, num_warps=min(max(block // 256, 1), 8)
         )
     return out.view(*lead, N)

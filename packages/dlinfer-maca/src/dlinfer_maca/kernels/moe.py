@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import dot_precision, interpreting, next_pow2
+from ._utils import cdiv, dot_precision, interpreting, next_pow2
 
 # ----------------------------------------------------------------------------- gating
 
@@ -216,7 +216,7 @@ def fused_moe_fwd(
 
     bm, bn, bk, warps, stages = _gemm_config(N / E, x.dtype)
     max_padded = N + min(N, E) * (bm - 1)
-    max_padded = triton.cdiv(max_padded, bm) * bm
+    max_padded = cdiv(max_padded, bm) * bm
     max_tiles = max_padded // bm
     dev = x.device
     sorted_rows = torch.empty((max_padded,), dtype=torch.int32, device=dev)
@@ -225,11 +225,11 @@ def fused_moe_fwd(
     block_e = next_pow2(E)
     _moe_align_kernel[(1,)](ids, sorted_rows, tile_expert, cursor, N, E, max_padded, max_tiles,
                             BLOCK_M=bm, BLOCK_E=block_e, CHUNK=max(16, min(1024, 8192 // block_e)), num_warps=4)
-    _moe_scatter_kernel[(triton.cdiv(N, 256),)](ids, sorted_rows, cursor, N, E, BLOCK=256, num_warps=4)
+    _moe_scatter_kernel[(cdiv(N, 256),)](ids, sorted_rows, cursor, N, E, BLOCK=256, num_warps=4)
 
     prec = dot_precision(x.dtype)
     act = torch.empty((max_padded, inter), dtype=x.dtype, device=dev)
-    _moe_gemm_kernel[(max_tiles, triton.cdiv(inter, bn))](
+    _moe_gemm_kernel[(max_tiles, cdiv(inter, bn))](
         x, gate_up, act, sorted_rows, tile_expert, route_w, ids,
         N, inter, H, k, E,
         x.stride(0), gate_up.stride(0), gate_up.stride(1), act.stride(0),
@@ -237,7 +237,7 @@ def fused_moe_fwd(
         num_warps=warps, num_stages=stages,
     )
     out_rows = torch.empty((N, H), dtype=x.dtype if k == 1 else torch.float32, device=dev)
-    _moe_gemm_kernel[(max_tiles, triton.cdiv(H, bn))](
+    _moe_gemm_kernel[(max_tiles, cdiv(H, bn))](
         act, down, out_rows, sorted_rows, tile_expert, route_w, ids,
         N, H, inter, k, E,
         act.stride(0), down.stride(0), down.stride(1), out_rows.stride(0),

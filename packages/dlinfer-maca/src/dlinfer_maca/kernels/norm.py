@@ -99,9 +99,9 @@ def _hw_rint() -> bool:
     return not interpreting()
 
 
-def _needs_i64(*rows: torch.Tensor) -> bool:
-    """64-bit row offsets only where an element offset of a ``[rows, H]`` view can pass 2**31."""
-    return any(t.shape[0] * t.stride(0) + t.shape[1] >= 2**31 for t in rows)
+def _needs_i64(rows: int, cols: int, *row_strides: int) -> bool:
+    """64-bit row offsets only where an element offset of a ``[rows, cols]`` view can pass 2**31."""
+    return rows * max(row_strides) + cols >= 2**31
 
 
 def rms_norm_fwd(
@@ -131,12 +131,13 @@ def rms_norm_fwd(
         scale = out
     if M > 0:
         block = next_pow2(H)
+        strides = (x2.stride(0), r2.stride(0), out.stride(0), added.stride(0))
         _rms_norm_kernel[(M,)](
             x2, r2, weight.contiguous(), out, added, scale,
-            x2.stride(0), r2.stride(0), out.stride(0), added.stride(0),
+            *strides,
             H, float(eps),
             BLOCK=block, HAS_RES=residual is not None, QUANT=quant, HW_RINT=quant and _hw_rint(),
-            I64=_needs_i64(x2, r2, out, added),
+            I64=_needs_i64(M, H, *strides),
             num_warps=_warps(block, quant, M) if num_warps is None else num_warps,
         )
     res: tuple[torch.Tensor, ...]
@@ -157,6 +158,6 @@ def dynamic_quant_fwd(x: torch.Tensor, num_warps: int | None = None) -> tuple[to
     if M > 0:
         block = next_pow2(H)
         _dynamic_quant_kernel[(M,)](x2, q, scale, x2.stride(0), q.stride(0), H, BLOCK=block, HW_RINT=_hw_rint(),
-                                    I64=_needs_i64(x2, q),
+                                    I64=_needs_i64(M, H, x2.stride(0), q.stride(0)),
                                     num_warps=_warps(block, True, M) if num_warps is None else num_warps)
     return q.view(*lead, H), scale.view(lead)

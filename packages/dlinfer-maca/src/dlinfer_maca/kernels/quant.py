@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from ._utils import arrival_counters, interpreting, last_arrival, num_sms
+from ._utils import arrival_counters, cdiv, interpreting, last_arrival, num_sms
 from .configs import W4A16_TABLE, W8A8_TABLE, GemmConfig, pick_config
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -47,7 +47,7 @@ def _auto_split(tiles: int, k_iters: int, device: torch.device, num_warps: int, 
     """Split K until the programs fill the SMs (about 16 warps per SM), keeping at least 2 K steps per program
     and the fp32 partials (``split * M`` values per column) small against the weights (K values per column)."""
     slots = num_sms(device) * max(1, 16 // num_warps)
-    return max(1, min(triton.cdiv(slots, tiles), k_iters // 2, K // (16 * M)))
+    return max(1, min(cdiv(slots, tiles), k_iters // 2, K // (16 * M)))
 
 
 # ----------------------------------------------------------------------------- W8A8
@@ -129,12 +129,12 @@ def linear_w8a8_fwd(
     if M == 0 or N == 0:
         return out.view(*lead, N)
     cfg = config or (_INTERP._replace(block_k=64) if interpreting() else pick_config(W8A8_TABLE, M))
-    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
-    k_iters = triton.cdiv(K, cfg.block_k)
+    tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
+    k_iters = cdiv(K, cfg.block_k)
     split = cfg.split_k or _auto_split(tiles, k_iters, x_q.device, cfg.num_warps, M, K)
     split = max(1, min(split, k_iters))
-    k_per_split = triton.cdiv(k_iters, split) * cfg.block_k
-    split = triton.cdiv(K, k_per_split)
+    k_per_split = cdiv(k_iters, split) * cfg.block_k
+    split = cdiv(K, k_per_split)
     ws = torch.empty((split, M, N), dtype=torch.int32, device=x_q.device) if split > 1 else out
     cnt = arrival_counters(x_q.device, tiles) if split > 1 and cfg.reduce == 1 else None
     reduce = int(cnt is not None)
@@ -169,7 +169,7 @@ def _chunk_pack(vals: torch.Tensor) -> torch.Tensor:
     """uint8 values [R, N] -> int32 [R, ceil(N/128)*16]: nibble i of word 16t + c holds column 128t + 16i + c
     (int32 shifts wrap into the sign bit, which is the intended bit pattern)."""
     R, N = vals.shape
-    n_pad = triton.cdiv(N, NCHUNK) * NCHUNK
+    n_pad = cdiv(N, NCHUNK) * NCHUNK
     v = torch.zeros(R, n_pad, dtype=torch.uint8, device=vals.device)
     v[:, :N] = vals
     v = v.view(R, n_pad // NCHUNK, 8, NCHUNK // 8)  # [r, t, i, c]
@@ -458,7 +458,7 @@ def w4a16_dequant(qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Ten
     N = scales.shape[-1]
     out = torch.empty((K, N), dtype=dtype, device=qweight.device)
     block_k, block_n = (16, 128) if interpreting() else (32, 256)
-    _w4a16_dequant_kernel[(triton.cdiv(K, block_k), triton.cdiv(N, block_n))](
+    _w4a16_dequant_kernel[(cdiv(K, block_k), cdiv(N, block_n))](
         qweight, scales, qzeros, out, K, N, NW, group_size, qweight.stride(0), scales.stride(0), qzeros.stride(0),
         out.stride(0), BLOCK_K=block_k, BLOCK_N=block_n, num_warps=4,
     )
@@ -475,7 +475,7 @@ def w4a16_fwd(
     _check_group("weight_quant_matmul", group_size)
     K = x.shape[-1]
     N = scales.shape[-1]
-    NW = triton.cdiv(N, NCHUNK) * (NCHUNK // 8)
+    NW = cdiv(N, NCHUNK) * (NCHUNK // 8)
     if tuple(qweight.shape) != (K, NW) or qzeros.shape[-1] != NW:
         raise ValueError(f"dlinfer.ops.weight_quant_matmul: qweight {tuple(qweight.shape)} / qzeros "
                          f"{tuple(qzeros.shape)} are not in maca's layout for IN={K}, OUT={N} (expected qweight "
@@ -494,12 +494,12 @@ def w4a16_fwd(
     if cfg.block_n % NCHUNK:
         raise ValueError(f"w4a16: BLOCK_N={cfg.block_n} must be a multiple of {NCHUNK}")
     bk = next(b for b in (cfg.block_k, 128, 64, 32, 16) if b <= group_size and group_size % b == 0)
-    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
-    k_iters = triton.cdiv(K, bk)
+    tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
+    k_iters = cdiv(K, bk)
     split = split_k or cfg.split_k or _auto_split(tiles, k_iters, x.device, cfg.num_warps, M, K)
     split = max(1, min(split, k_iters))
-    k_per_split = triton.cdiv(k_iters, split) * bk
-    split = triton.cdiv(K, k_per_split)
+    k_per_split = cdiv(k_iters, split) * bk
+    split = cdiv(K, k_per_split)
     ws = torch.empty((split, M, N), dtype=torch.float32, device=x.device) if split > 1 else out
     cnt = arrival_counters(x.device, tiles) if split > 1 and cfg.reduce == 1 else None
     reduce = int(cnt is not None)
