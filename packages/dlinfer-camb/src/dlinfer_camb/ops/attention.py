@@ -53,6 +53,8 @@ def prefill_attention(
     op = "prefill_attention"
     require_half(op, q)
     refuse_softcap(op, softcap)
+    # q/k/v are head slices of LMDeploy's fused qkv output; §3.5 does not say flash_attention honours strides
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return _flash(q, k, v, cu_seqlens_q, cu_seqlens_q, max_q=max_seqlen_q, max_kv=max_seqlen_q, causal=causal,
                   scale=softmax_scale(scale, q.shape[-1]), wl=window_left(op, window),
                   slopes=alibi(op, alibi_slopes, causal))
@@ -92,6 +94,7 @@ def paged_prefill_attention(
           "slopes": alibi(op, alibi_slopes, causal)}
     plan = plan_for(plan, seqlens_kv, seqlens_kv_cpu)
     cu_kv = plan.cu_kv()
+    q = q.contiguous()  # a head slice of the fused qkv output; §3.5 does not say flash_attention honours strides
     if key_cache.shape[2] in FLASH_PAGED_BLOCK_SIZES:
         return _flash(q, key_cache, value_cache, cu_seqlens_q, cu_kv, block_tables=block_table, **kw)
     index = plan.packed(block_table, key_cache.shape[2])
@@ -124,6 +127,7 @@ def paged_decode_attention(
     require_half(op, q)
     refuse_softcap(op, softcap)
     b, hq, d = q.shape
+    q = q.contiguous()  # a head slice of the fused qkv output; §3.5/§3.6 do not say the kernels honour strides
     sm_scale, wl, slopes = softmax_scale(scale, d), window_left(op, window), alibi(op, alibi_slopes, True)
     if key_cache.shape[2] > DECODE_MAX_BLOCK_SIZE:
         plan = plan_for(plan, seqlens_kv, seqlens_kv_cpu)

@@ -20,4 +20,5 @@ def fill_kv_cache(
     require_layout("fill_kv_cache", kv_layout)
     require_half("fill_kv_cache", key)
     slots = slot_mapping if slot_mapping.dtype == torch.int32 else slot_mapping.to(torch.int32)
-    K.tmo.reshape_paged_cache(key, value, key_cache, value_cache, slots)
+    # LMDeploy's key/value are head slices of the fused qkv output; §3.4 does not say the kernel honours strides
+    K.tmo.reshape_paged_cache(key.contiguous(), value.contiguous(), key_cache, value_cache, slots)

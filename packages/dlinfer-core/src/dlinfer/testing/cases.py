@@ -150,6 +150,34 @@ for _size, _geo in (("small", [(1, 2, 64, 64, 16, 0), (37, 2, 96, 64, 16, 5), (2
             _case("fill_kv_cache", _name.replace("torch.", ""), _fill(_t, _h, _d, _dv, _bs, _skip, _sd), size=_size)
 
 
+def qkv_views(g: torch.Generator, dt: torch.dtype, t: int, hq: int, hkv: int, d: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q [T, Hq, D], k and v [T, Hkv, D] as LMDeploy hands them to the attention Impl: head slices of one fused
+    projection output, ``qkv.view(T, Hq + 2*Hkv, D).split((Hq, Hkv, Hkv), dim=1)`` (token stride
+    (Hq + 2*Hkv)*D, not H*D; views of one buffer, which the runner keeps as views through its copies)."""
+    qkv = randn(g, t, (hq + 2 * hkv) * d, dtype=dt)
+    q, k, v = qkv.view(t, hq + 2 * hkv, d).split((hq, hkv, hkv), dim=1)
+    return q, k, v
+
+
+def _fill_qkv(t: int, hq: int, hkv: int, d: int, bs: int, skip: int, slot_dtype: torch.dtype) -> Builder:
+    """:func:`_fill` with key/value sliced out of a fused qkv buffer (D == Dv, as a fused projection has)."""
+    dense = _fill(t, hkv, d, d, bs, skip, slot_dtype)
+
+    def build(g: torch.Generator, dt: torch.dtype, layout: str) -> dict[str, Any]:
+        args = dense(g, dt, layout)
+        _, args["key"], args["value"] = qkv_views(g, dt, t, hq, hkv, d)
+        return args
+
+    return build
+
+
+# key/value as strided views of a fused qkv buffer (what LMDeploy passes); -qkv marks the strided variants
+for _t, _hq, _h, _d, _bs, _skip, _sd in ((37, 4, 2, 96, 16, 5, torch.int32), (20, 8, 1, 64, 64, 0, torch.int64)):
+    _name = f"T{_t}-h{_hq}/{_h}-d{_d}-bs{_bs}" + (f"-skip{_skip}" if _skip else "") + f"-{_sd}"[6:] + "-qkv"
+    _case("fill_kv_cache", _name.replace("torch.", ""), _fill_qkv(_t, _hq, _h, _d, _bs, _skip, _sd))
+
+
 # -- attention ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AttnOpts:
@@ -181,20 +209,31 @@ class AttnOpts:
                 "alibi_slopes": alibi_slopes(hq) if self.alibi else None}
 
 
-def _prefill(q_lens: tuple[int, ...], hq: int, hkv: int, d: int, dv: int, o: AttnOpts) -> Builder:
+def _prefill(q_lens: tuple[int, ...], hq: int, hkv: int, d: int, dv: int, o: AttnOpts, fused: bool = False
+             ) -> Builder:
+    """``fused``: q, k and v are slices of one fused qkv buffer (:func:`qkv_views`; needs dv == d)."""
+
     def build(g: torch.Generator, dt: torch.dtype, _layout: str) -> dict[str, Any]:
         t = sum(q_lens)
         cu = cu_seqlens(list(q_lens))
-        return {"q": randn(g, t, hq, d, dtype=dt), "k": randn(g, t, hkv, d, dtype=dt),
-                "v": randn(g, t, hkv, dv, dtype=dt), "cu_seqlens_q": cu, "max_seqlen_q": max(q_lens),
+        if fused:
+            q, k, v = qkv_views(g, dt, t, hq, hkv, d)
+        else:
+            q, k, v = randn(g, t, hq, d, dtype=dt), randn(g, t, hkv, d, dtype=dt), randn(g, t, hkv, dv, dtype=dt)
+        return {"q": q, "k": k, "v": v, "cu_seqlens_q": cu, "max_seqlen_q": max(q_lens),
                 "causal": o.causal, **o.kwargs(hq), "cu_seqlens_q_cpu": cu.clone()}
 
     return build
 
 
-def _paged(s: PagedSetup, o: AttnOpts, decode: bool) -> Builder:
+def _paged(s: PagedSetup, o: AttnOpts, decode: bool, fused: bool = False) -> Builder:
+    """``fused``: q is the query slice of a fused qkv buffer of its tokens (:func:`qkv_views`; the cache already
+    holds the new tokens, so the buffer's k/v columns are not arguments)."""
+
     def build(g: torch.Generator, dt: torch.dtype, layout: str) -> dict[str, Any]:
         a = paged_inputs(g, s, dt, layout)
+        if fused:
+            a["q"] = qkv_views(g, dt, a["q"].shape[0], s.hq, s.hkv, s.d)[0]
         common = {"key_cache": a["key_cache"], "value_cache": a["value_cache"], "block_table": a["block_table"],
                   "seqlens_kv": a["seqlens_kv"], "max_seqlen_kv": max(s.kv_lens), **o.kwargs(s.hq),
                   "kv_layout": layout, "seqlens_kv_cpu": a["seqlens_kv"].clone()}
@@ -251,6 +290,17 @@ for _size, _geos in (("small", _SMALL_GEO), ("large", _LARGE_GEO)):
             _case("prefill_attention", f"B{len(_ql)}-h{_hq}/{_hkv}-d{_d}/{_dv}-q{max(_ql)}" + (
                 f"-{_o.tag}" if _o.tag else ""), _prefill(_ql, _hq, _hkv, _d, _dv, _o), size=_size,
                 option=_o.option, accumulating=True)
+# q (and k/v for prefill_attention) as strided views of a fused qkv buffer, as LMDeploy passes them: a few small
+# geometries with the default options (the strides, not the options, are what these cases exercise)
+for _ql, _kl, _hq, _hkv, _d, _bs in (((5, 1, 12), (9, 17, 12), 4, 4, 64, 16), ((3, 7), (40, 7), 8, 2, 96, 16)):
+    _geo_tag = f"B{len(_ql)}-h{_hq}/{_hkv}-d{_d}/{_d}-bs{_bs}-kv{max(_kl)}-qkv"
+    _setup = PagedSetup(_ql, _kl, _hq, _hkv, _d, _d, _bs)
+    _case("paged_prefill_attention", _geo_tag, _paged(_setup, AttnOpts(), False, fused=True), accumulating=True)
+    _case("prefill_attention", f"B{len(_ql)}-h{_hq}/{_hkv}-d{_d}/{_d}-q{max(_ql)}-qkv",
+          _prefill(_ql, _hq, _hkv, _d, _d, AttnOpts(), fused=True), accumulating=True)
+_dec = PagedSetup((1, 1, 1), (40, 7, 17), 8, 2, 96, 96, 16)
+_case("paged_decode_attention", "B3-h8/2-d96/96-bs16-kv40-qkv", _paged(_dec, AttnOpts(), True, fused=True),
+      accumulating=True)
 for _b, _ctx in ((1, 8192), (32, 1024), (128, 2048)):
     _dec = PagedSetup((1,) * _b, (_ctx,) * _b, 32, 8, 128, 128, 64)
     _case("paged_decode_attention", f"B{_b}-h32/8-d128-bs64-kv{_ctx}", _paged(_dec, AttnOpts(), True), size="large",
