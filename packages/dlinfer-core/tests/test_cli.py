@@ -183,3 +183,25 @@ def test_bench_of_the_reference_prints_no_speedup_against_itself(capsys):
     assert header.split() == ["op", "case", "dtype", "backend", "µs"]
     rows = [line.split() for line in out.splitlines() if line.startswith("silu_and_mul")]
     assert rows and all(len(r) == 4 and float(r[3]) > 0 for r in rows)
+
+
+def test_version_flag(capsys):
+    from dlinfer import __version__
+    from dlinfer.spec import API_VERSION
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"dlinfer {__version__} (op API {API_VERSION})"
+
+
+def test_docs_module_help_and_bad_option(capsys):
+    from dlinfer import docs
+
+    assert docs.main(["--help"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m dlinfer.docs [--stub]")
+    assert docs.main(["--bogus"]) == 2
+    assert "usage:" in capsys.readouterr().err
+    assert docs.main([]) == 0
+    assert capsys.readouterr().out.startswith(docs.render()[:40])

@@ -155,7 +155,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dlinfer import __version__
+
     p = argparse.ArgumentParser(prog="dlinfer", description="dlinfer backends: inspect, check and benchmark")
+    p.add_argument("--version", action="version", version=f"dlinfer {__version__} (op API {API_VERSION})")
     sub = p.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="list backends, versions, availability (and why not), ops and load errors")
     info.add_argument("--collect-env", action="store_true",

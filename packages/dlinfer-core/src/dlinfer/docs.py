@@ -75,9 +75,19 @@ def render_stub() -> str:
     return "\n".join(lines) + "\n"
 
 
+def main(argv: list[str]) -> int:
+    """``python -m dlinfer.docs``: print the op reference (markdown); ``--stub`` rewrites ``ops.pyi``."""
+    if argv in ([], ["--stub"]):
+        if argv:
+            STUB.write_text(render_stub())
+            print(f"wrote {STUB}")
+        else:
+            print(render())
+        return 0
+    print("usage: python -m dlinfer.docs [--stub]\n  (no option) print the op reference as markdown\n"
+          "  --stub       rewrite dlinfer/ops.pyi from the spec", file=sys.stderr)
+    return 0 if argv in (["-h"], ["--help"]) else 2
+
+
 if __name__ == "__main__":
-    if "--stub" in sys.argv[1:]:
-        STUB.write_text(render_stub())
-        print(f"wrote {STUB}")
-    else:
-        print(render())
+    sys.exit(main(sys.argv[1:]))
