@@ -1,7 +1,7 @@
 """Checks for the first run on Ascend hardware (``DLINFER_HARDWARE=1``; skipped on CPU).
 
 The conformance kit itself runs through ``--dlinfer-backend=ascend``; these cover the device hooks
-and the questions vendor-apis.md leaves UNCONFIRMED that the adaptor depends on.
+and the questions docs/vendor-semantics.md leaves UNCONFIRMED that the adaptor depends on.
 """
 
 from __future__ import annotations

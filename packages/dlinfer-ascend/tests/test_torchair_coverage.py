@@ -1,6 +1,6 @@
 """Static check of the lowering table against a pinned torch_npu wheel's vendored torchair, read as files.
 
-torch_npu 2.13.0 (the version models-vlm-graph.md §C was read from) ships torchair at
+torch_npu 2.13.0 (the version docs/vendor-semantics.md §C was read from) ships torchair at
 ``torch_npu/dynamo/torchair``. Nothing from the wheel is imported: its sources are parsed.
 
 - every GE (max-autotune) target of the table has a ``register_fx_node_ge_converter(torch.ops...)``;

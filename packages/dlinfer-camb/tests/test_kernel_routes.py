@@ -14,7 +14,7 @@ from dlinfer.testing import Case, cases_for, run_case
 from dlinfer.testing.inputs import PagedSetup, paged_inputs
 from dlinfer.testing.runner import call
 
-EXPECTED = {  # op -> tmo kernels it must call (vendor-apis.md §6)
+EXPECTED = {  # op -> tmo kernels it must call (docs/vendor-semantics.md §6)
     "rms_norm": {"fused_rms_norm"},
     "add_rms_norm": {"fused_rms_norm"},
     "rms_norm_w8a8": {"fused_rms_norm", "per_token_smooth_quantize"},

@@ -1,7 +1,7 @@
 """Strided activations (LMDeploy's q/k/v, head slices of the fused qkv projection output) reach the tmo kernels
 only as dense tensors.
 
-vendor-apis.md §3.4 (reshape_paged_cache), §3.5 (flash_attention) and §3.6 (single_query_cached_kv_attn) give
+docs/vendor-semantics.md §3.4 (reshape_paged_cache), §3.5 (flash_attention) and §3.6 (single_query_cached_kv_attn) give
 shapes and dtypes but say nothing about strides, so the adaptor copies strided inputs first (README UNCONFIRMED
 13). The simulator computes through Python indexing and would serve any strides; this spy checks the adaptor side.
 """

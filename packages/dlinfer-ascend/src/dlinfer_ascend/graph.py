@@ -3,7 +3,7 @@
 FIA takes ``actual_seq_lengths_kv`` as host data, which a captured graph bakes in. torch_npu
 (>= 2.8.0.post1) records FIA updatably when capturing with ``auto_dispatch_capture=True``;
 after ``replay()`` the new lengths are supplied with ``update(cpu_update_input=...)``, which the
-replayed graph waits for (vendor-apis.md §2.28; dlinfer-upstream.md §5.3).
+replayed graph waits for (docs/vendor-semantics.md §2.28, §U5.3).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Ascend lowering table: dlinfer nodes -> the torch_npu / ATB nodes the eager adaptor calls.
 
-Data for :func:`dlinfer.lowering.lower` (models-vlm-graph.md §C.5). Each entry's target is the kernel the
+Data for :func:`dlinfer.lowering.lower` (docs/vendor-semantics.md §C.5). Each entry's target is the kernel the
 eager op in ``dlinfer_ascend.ops`` calls, with the same arguments, so eager and graph agree by construction
 (checked on the CPU simulator in tests/test_lowering.py). An entry declines the node where the eager op
 would take another route or refuse (the node then stays ``dlinfer::<op>`` and runs through the eager
@@ -9,7 +9,7 @@ dispatch, which refuses or routes as in eager mode).
 ``extras["ge_converters"]``: the ops whose torchair GE converters a ``max-autotune`` (GE graph) compile needs
 (``torch.ops.<ns>.<op>.<overload>`` spellings, checked against the pinned torch_npu wheel's torchair in
 tests/test_torchair_coverage.py); ``()`` where torchair has none (ATB ops), which keeps the entry out of the GE
-table unless :data:`GE_SUBSTITUTES` gives one. Substitutes (models-vlm-graph.md §C.5) are used only in the GE
+table unless :data:`GE_SUBSTITUTES` gives one. Substitutes (docs/vendor-semantics.md §C.5) are used only in the GE
 mode: they are other kernels than eager's, equal on the simulator but with precision unverified on hardware; the
 ACL-graph modes keep eager's kernels.
 
@@ -88,8 +88,8 @@ def _fill_kv_cache(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined
 def _fill_kv_cache_ge(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
     """``npu_scatter_pa_kv_cache_functional``, cache_mode 'Norm' (ND caches [nb,bs,Hkv,D], the ATB write's layout).
 
-    Chosen over ``npu_scatter_nd_update_`` (no bounds checking, vendor-apis.md §2.11: a -1 slot would write out
-    of bounds); its documented slot range is ``[0, nb*bs-1]`` (torch_npu 2.13.0 ``_op_plugin_docs.py``), while
+    Chosen over ``npu_scatter_nd_update_`` (no bounds checking, docs/vendor-semantics.md §2.11: a -1 slot would
+    write out of bounds); its documented slot range is ``[0, nb*bs-1]`` (torch_npu 2.13.0 ``_op_plugin_docs.py``), while
     op-plugin's test golden skips negative slots as ATB's does: -1 (padding) slots are unverified on hardware.
     """
     key, kc = a.meta("key"), a.meta("key_cache")
@@ -110,7 +110,7 @@ def _fused_moe_ge(a: Args) -> tuple[tuple[Any, ...], dict[str, Any]] | Declined:
     finalised by ``npu_moe_finalize_routing`` (GE MoeFinalizeRouting) instead of ``npu_moe_token_unpermute``.
 
     Its index is k-major (entry ``i + k*N``, torch_npu 2.13.0 ``_op_plugin_docs.py``) while init_routing_v2's
-    ``expanded_row_idx`` is token-major (``n*topk + j``, vendor-apis.md §2.21): transposed here.
+    ``expanded_row_idx`` is token-major (``n*topk + j``, docs/vendor-semantics.md §2.21): transposed here.
     """
     from dlinfer_ascend.ops.moe import MAX_GROUP_LIST
 
@@ -167,8 +167,8 @@ def _rotated_heads(a: Args) -> tuple[Any, Any] | Declined:
 
     Rotate-half over R in {64, 128} with one dtype: ``npu_apply_rotary_pos_emb`` on dense [1,T,H,R] copies (eager
     hands it such copies, or q/k themselves when they are dense and R == D). Its outputs are used, never the
-    mutated inputs: eager's kernel works in place (vendor-apis.md §2.3), torchair's GE converter copies q/k first
-    (TensorMove) and returns new tensors (torch_npu 2.13.0 ``ge_converter/custom/apply_rotary_pos_emb.py``); the
+    mutated inputs: eager's kernel works in place (docs/vendor-semantics.md §2.3), torchair's GE converter copies q/k
+    first (TensorMove) and returns new tensors (torch_npu 2.13.0 ``ge_converter/custom/apply_rotary_pos_emb.py``); the
     outputs are right under both. Otherwise ``npu_rotary_mul`` (§2.4), out of place.
     """
     from dlinfer_ascend.ops.elementwise import _fused

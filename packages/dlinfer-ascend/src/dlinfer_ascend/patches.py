@@ -2,7 +2,7 @@
 
 LMDeploy and other CUDA-first frameworks call ``torch.cuda.*`` and use ``"cuda"`` devices.
 torch_npu's own ``transfer_to_npu`` redirects those to the NPU (torch.cuda -> torch.npu,
-'cuda' device arguments -> 'npu', nccl -> hccl, CUDAGraph -> NPUGraph; vendor-apis.md §2.28).
+'cuda' device arguments -> 'npu', nccl -> hccl, CUDAGraph -> NPUGraph; docs/vendor-semantics.md §2.28).
 It also replaces ``torch.compile``, which we restore, and disables Triton.
 """
 

@@ -77,8 +77,8 @@ def dlinfer_backend() -> Backend:
         compile_backend=_compile_backend,
         lowering=_lowering,
         activate=_activate,
-        # paged (FIA) head sizes multiples of 16 (vendor-apis.md); <= 256 (ATB SelfAttention); no tanh softcap,
-        # ALiBi not wired (ops/_common.refuse_score_options); D=576/Dv=512 MLA not routed.
+        # paged (FIA) head sizes multiples of 16 (docs/vendor-semantics.md §2.6); <= 256 (ATB SelfAttention);
+        # no tanh softcap, ALiBi not wired (ops/_common.refuse_score_options); D=576/Dv=512 MLA not routed.
         capabilities=Capabilities(head_size_multiple=16, max_head_size=256, softcap=False, alibi=False),
         description="Ascend NPU via torch_npu / ATB (verified against a CPU simulator of the "
                     "documented kernel semantics; not yet run on Ascend hardware)",

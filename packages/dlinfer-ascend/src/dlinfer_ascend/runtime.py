@@ -16,9 +16,9 @@ from types import ModuleType
 
 import torch
 
-#: Versions this adaptor was written against (vendor-apis.md snapshots; dlinfer-upstream.md §1.3).
+#: Versions this adaptor was written against (docs/vendor-semantics.md §0 snapshots, §U1.3).
 WRITTEN_FOR = {"CANN": "8.5.0", "torch_npu": "2.9.0", "torch": "2.9.0"}
-#: Oldest torch_npu with ``NPUGraph.update(cpu_update_input=...)`` (vendor-apis.md §2.28).
+#: Oldest torch_npu with ``NPUGraph.update(cpu_update_input=...)`` (docs/vendor-semantics.md §2.28).
 MIN_TORCH_NPU = (2, 8)
 
 _CANN_HINT = ("install the CANN toolkit (this adaptor was written for CANN 8.5.0) and run "
@@ -88,7 +88,7 @@ def _atb_loaded() -> bool:
 
 
 def _load_atb(torch_npu: ModuleType) -> None:
-    """Load libop_plugin_atb.so, which registers ``torch.ops.atb.*`` (vendor-apis.md §2)."""
+    """Load libop_plugin_atb.so, which registers ``torch.ops.atb.*`` (docs/vendor-semantics.md §2)."""
     if _atb_loaded():
         return
     path = os.path.join(os.path.dirname(torch_npu.__file__), "lib", "libop_plugin_atb.so")

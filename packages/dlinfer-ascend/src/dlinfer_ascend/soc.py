@@ -1,7 +1,7 @@
 """Ascend SoC identification (A2 / A3 / 310P ...) from ``torch.npu.get_soc_version()``.
 
 Never called at discovery: the framework adaptor asks after activation (e.g. to pick the MoE
-communication scheme). Enum ranges: vendor-apis.md §2.28 (NpuVariables.h).
+communication scheme). Enum ranges: docs/vendor-semantics.md §2.28 (NpuVariables.h).
 """
 
 from __future__ import annotations

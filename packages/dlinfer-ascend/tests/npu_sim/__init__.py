@@ -1,7 +1,7 @@
 """Test-only simulator of the torch_npu / torch.ops.npu / torch.ops.atb subset dlinfer-ascend uses.
 
 Every simulated function implements the *documented* semantics cited beside it
-(../shared/reference/vendor-apis.md) and raises on contract violations. The plugin never imports
+(docs/vendor-semantics.md) and raises on contract violations. The plugin never imports
 this package; tests inject it with :func:`install` (a fake ``torch_npu`` package on ``sys.path``,
 ``torch.ops.npu`` registered on import, ``torch.ops.atb`` registered when the adaptor loads
 ``libop_plugin_atb.so``). The simulated NPU device is the CPU.

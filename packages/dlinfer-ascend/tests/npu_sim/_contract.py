@@ -25,7 +25,7 @@ class NotModelled(NotImplementedError):
 
 
 class Unconfirmed(RuntimeError):
-    """The documentation leaves this behaviour open (vendor-apis.md §5); the simulator refuses to guess."""
+    """The documentation leaves this behaviour open (docs/vendor-semantics.md §5); the simulator refuses to guess."""
 
 
 def check(cond: bool, fn: str, msg: str) -> None:
@@ -37,7 +37,7 @@ def check(cond: bool, fn: str, msg: str) -> None:
 def host_ints(fn: str, name: str, value: object, *, tensor_only: bool = False) -> list[int]:
     """Read a host-side integer array: a Python list/tuple or a 1-D integer CPU tensor.
 
-    ``tensor_only`` is the ATB rule (vendor-apis.md §1.5): host data must be a CPU int32 tensor.
+    ``tensor_only`` is the ATB rule (docs/vendor-semantics.md §1.5): host data must be a CPU int32 tensor.
     """
     if isinstance(value, torch.Tensor):
         check(value.device.type == "cpu", fn, f"{name} must be host (CPU) data, got {value.device}")

@@ -9,7 +9,7 @@ from ._contract import FLOAT_DTYPES, check, device_tensor
 
 
 def npu_swiglu(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """vendor-apis.md §2.5 (OP-DOC:(beta)npu_swiglu): out = silu(a)·b, a/b = first/second half on dim."""
+    """docs/vendor-semantics.md §2.5 (OP-DOC:(beta)npu_swiglu): out = silu(a)·b, a/b = first/second half on dim."""
     fn = "npu_swiglu"
     device_tensor(fn, "self", x, dtypes=FLOAT_DTYPES)
     check(x.shape[dim] % 2 == 0, fn, f"size {x.shape[dim]} along dim {dim} must be even")
@@ -18,6 +18,6 @@ def npu_swiglu(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def npu_silu(x: torch.Tensor) -> torch.Tensor:
-    """vendor-apis.md §2.5 (OP-YAML): plain SiLU."""
+    """docs/vendor-semantics.md §2.5 (OP-YAML): plain SiLU."""
     device_tensor("npu_silu", "self", x, dtypes=FLOAT_DTYPES)
     return F.silu(x.float()).to(x.dtype)

@@ -1,6 +1,6 @@
 """Simulated attention kernels.
 
-- torch.ops.npu.npu_fused_infer_attention_score (FIA): vendor-apis.md §2.6
+- torch.ops.npu.npu_fused_infer_attention_score (FIA): docs/vendor-semantics.md §2.6
 - torch.ops.atb._npu_flash_attention: §2.14;  torch.ops.atb._npu_flash_attention_unpad: §2.15
 
 Mask polarity (§1.1): 1/True = masked. Fully masked rows with inner_precise 0/1 are
@@ -217,8 +217,9 @@ def _fia_tnd_unpaged(fn: str, query: torch.Tensor, key: torch.Tensor, value: tor
     cumulative, its element count is the batch; ``actual_seq_lengths_kv`` is mandatory and, without page attention,
     cumulative too ("在非PA场景下, 第b个值表示前b个Batch的S轴累加长度"); sparse modes as §2.6).
 
-    (D, Dv) = (128, 128) only (vendor-apis.md §2.6, TND without rope documented for D = 128); the QK-192 pairs fall
-    under the docstring's TND restriction block (Q_N == K_N, bf16, q < kv per batch for sparse 3), not modelled.
+    (D, Dv) = (128, 128) only (docs/vendor-semantics.md §2.6, TND without rope documented for D = 128); the QK-192
+    pairs fall under the docstring's TND restriction block (Q_N == K_N, bf16, q < kv per batch for sparse 3), not
+    modelled.
     """
     n, mode, mask = kw["num_heads"], kw["sparse_mode"], kw["atten_mask"]
     nkv = kw["num_key_value_heads"] or n
@@ -287,7 +288,7 @@ def npu_fused_infer_attention_score(
     key_antiquant_mode: int = 0, value_antiquant_mode: int = 0, softmax_lse_flag: bool = False,
     **not_modelled: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """vendor-apis.md §2.6 (OP-YAML; OP-DOC:npu_fused_infer_attention_score; SPARSE; OP-META).
+    """docs/vendor-semantics.md §2.6 (OP-YAML; OP-DOC:npu_fused_infer_attention_score; SPARSE; OP-META).
 
     out = softmax(scale·QKᵀ masked)·V; scale default 1.0; TND wants cumulative query lengths,
     paged KV lengths are per sequence (host data); GQA §1.3; sparse_mode 0/3/4 as tabled in §2.6.
@@ -344,7 +345,7 @@ def _check_packed(fn: str, query: torch.Tensor, key: torch.Tensor, value: torch.
 def _npu_flash_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          mask: torch.Tensor, seq_len: torch.Tensor, scale_value: float,
                          num_heads: int, num_kv_heads: int, out: torch.Tensor) -> None:
-    """vendor-apis.md §2.14 (OP-ATB:SelfAttentionAtb.cpp; ATB-SA; OP-TEST:atb_flash_attention).
+    """docs/vendor-semantics.md §2.14 (OP-ATB:SelfAttentionAtb.cpp; ATB-SA; OP-TEST:atb_flash_attention).
 
     PA_ENCODER with a full mask applied to each sequence's top-left block; mask dtype = q dtype.
     bf16 (high-precision path): masked value must be 1. fp16: the golden mask is additive
@@ -375,7 +376,7 @@ def _npu_flash_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
 def _npu_flash_attention_unpad(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                seq_len: torch.Tensor, scale_value: float, num_heads: int,
                                num_kv_heads: int, out: torch.Tensor) -> None:
-    """vendor-apis.md §2.15 (OP-ATB:SelfAttentionUnpadAtb.cpp; OP-TEST:atb_flash_attention_unpad).
+    """docs/vendor-semantics.md §2.15 (OP-ATB:SelfAttentionUnpadAtb.cpp; OP-TEST:atb_flash_attention_unpad).
 
     No mask: bidirectional attention within each packed sequence; seq_len CPU int32 per sequence.
     """

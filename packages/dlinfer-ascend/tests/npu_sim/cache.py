@@ -11,7 +11,7 @@ from .graphs import one_kernel
 @one_kernel  # selects the non-negative slots on the host: one graph node, run at replay (§2.28)
 def _npu_reshape_and_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
                            value_cache: torch.Tensor, slot_indices: torch.Tensor) -> None:
-    """vendor-apis.md §2.10 (OP-ATB:ReshapeAndCachAtb.cpp; golden skips negative slots).
+    """docs/vendor-semantics.md §2.10 (OP-ATB:ReshapeAndCachAtb.cpp; golden skips negative slots).
 
     key [T,Hkv,Dk], value [T,Hkv,Dv], caches ND [nb,bs,Hkv,D*] mutated in place,
     slot_indices int32 [T] on device = block*bs + offset. Errors on an empty slot tensor

@@ -1,6 +1,6 @@
 """Simulated ``torch.npu`` device module (what ``import torch_npu`` registers as ``torch.npu``).
 
-vendor-apis.md §2.28 (PT:torch_npu/npu/_backends.py get_soc_version; NpuVariables.h SoC enum;
+docs/vendor-semantics.md §2.28 (PT:torch_npu/npu/_backends.py get_soc_version; NpuVariables.h SoC enum;
 PT:torch_npu/npu/graphs.py). The simulated device is the CPU.
 """
 

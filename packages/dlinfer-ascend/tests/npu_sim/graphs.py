@@ -1,6 +1,6 @@
 """Simulated NPU graphs: torch.npu.NPUGraph, torch.npu.graph(...), graph.update(cpu_update_input).
 
-vendor-apis.md §2.28 (PT:torch_npu/npu/graphs.py; PT:torch_npu/npu/_npugraph_handlers/*.py;
+docs/vendor-semantics.md §2.28 (PT:torch_npu/npu/graphs.py; PT:torch_npu/npu/_npugraph_handlers/*.py;
 OP-GRAPHDOC:torch_npu-npu_npugraph_handlers).
 
 Model: capture records every aten op (TorchDispatchMode); host values are baked at capture

@@ -12,7 +12,7 @@ from .graphs import one_kernel
 
 def npu_moe_gating_top_k_softmax(x: torch.Tensor, finished: torch.Tensor | None = None, k: int = 1
                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """vendor-apis.md §2.16 (OP-DOC:npu_moe_gating_top_k_softmax; OP-TEST golden).
+    """docs/vendor-semantics.md §2.16 (OP-DOC:npu_moe_gating_top_k_softmax; OP-TEST golden).
 
     p = softmax(x) in fp32; stable top-k (ties -> lower expert id); y in x dtype (no renorm);
     expert_idx int32; row_idx[i,j] = j*N + i; finished rows get expert id E. k <= 1024.
@@ -45,7 +45,7 @@ def npu_moe_init_routing_v2(
     expert_tokens_num_flag: bool = False, quant_mode: int = -1,
     active_expert_range: list[int] | None = None, row_idx_type: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """vendor-apis.md §2.18 (OP-DOC:npu_moe_init_routing_v2), dropless mode.
+    """docs/vendor-semantics.md §2.18 (OP-DOC:npu_moe_init_routing_v2), dropless mode.
 
     Flatten ids row-major (f = n*K + k), stable-sort by expert; ids outside [start, end) dropped.
     expanded_x[p] = x[sorted_f[p] // K]; expanded_row_idx (type 0) [f] = destination p (-1 dropped);
@@ -87,7 +87,7 @@ def npu_grouped_matmul(x: list[torch.Tensor], weight: list[torch.Tensor], *,
                        bias: list[torch.Tensor] | None = None, group_list: torch.Tensor | None = None,
                        split_item: int = 0, group_type: int | None = None, group_list_type: int = 0,
                        act_type: int = 0, **not_modelled: Any) -> list[torch.Tensor]:
-    """vendor-apis.md §2.19 (OP-DOC:npu_grouped_matmul), M-split (group_type 0) float form.
+    """docs/vendor-semantics.md §2.19 (OP-DOC:npu_grouped_matmul), M-split (group_type 0) float form.
 
     x=[ (M,K) ], weight=[ (E,K,N) ]: rows [start_g, end_g) get x @ W_g. group_list int64, <= 1024
     entries: type 0 cumulative ends, type 1 counts. split_item 2/3 -> one concatenated output.
@@ -137,7 +137,7 @@ def npu_grouped_matmul(x: list[torch.Tensor], weight: list[torch.Tensor], *,
 def npu_moe_token_unpermute(permuted_tokens: torch.Tensor, sorted_indices: torch.Tensor,
                             probs: torch.Tensor | None = None, padded_mode: bool = False,
                             restore_shape: list[int] | None = None) -> torch.Tensor:
-    """vendor-apis.md §2.21 (OP-TEST:npu_moe_token_permute_and_unpermute).
+    """docs/vendor-semantics.md §2.21 (OP-TEST:npu_moe_token_permute_and_unpermute).
 
     out[n] = sum_j probs[n,j] * permuted_tokens[sorted_indices[n*topk + j]]; (N, H), tokens dtype.
     """

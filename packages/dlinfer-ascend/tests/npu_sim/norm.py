@@ -23,7 +23,7 @@ def _check_gamma(fn: str, x: torch.Tensor, gamma: torch.Tensor) -> None:
 
 def npu_rms_norm(x: torch.Tensor, gamma: torch.Tensor, epsilon: float = 1e-6
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """vendor-apis.md §2.1 (OP-YAML; OP-META; OP-DOC:npu_rms_norm; OP-TEST golden).
+    """docs/vendor-semantics.md §2.1 (OP-YAML; OP-META; OP-DOC:npu_rms_norm; OP-TEST golden).
 
     y = x·rsqrt(mean(x², gamma dims)+eps)·gamma in fp32, cast to x dtype; rstd fp32.
     """
@@ -36,7 +36,7 @@ def npu_rms_norm(x: torch.Tensor, gamma: torch.Tensor, epsilon: float = 1e-6
 
 def npu_add_rms_norm(x1: torch.Tensor, x2: torch.Tensor, gamma: torch.Tensor,
                      epsilon: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """vendor-apis.md §2.2 (OP-DOC:npu_add_rms_norm; OP-TEST golden).
+    """docs/vendor-semantics.md §2.2 (OP-DOC:npu_add_rms_norm; OP-TEST golden).
 
     x = x1 + x2 rounded to the input dtype; y = rmsnorm(x) (fp32) in x1 dtype; returns (y, rstd, x).
     """

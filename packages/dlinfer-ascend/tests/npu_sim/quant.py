@@ -11,7 +11,7 @@ def npu_dynamic_quant(input: torch.Tensor, *, smooth_scales: torch.Tensor | None
                       group_index: torch.Tensor | None = None, dst_type: torch.dtype | None = None,
                       quant_mode: str = "pertoken", dst_type_max: float = 0.0
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """vendor-apis.md §2.23 (OP-DOC:npu_dynamic_quant; OP-TEST golden).
+    """docs/vendor-semantics.md §2.23 (OP-DOC:npu_dynamic_quant; OP-TEST golden).
 
     scale = max|x|/127 per token (fp32, shape x.shape[:-1]); y = round(x/scale) int8
     (torch.round, half-to-even). All-zero rows are UNCONFIRMED (§5.3): refused.
@@ -25,7 +25,7 @@ def npu_dynamic_quant(input: torch.Tensor, *, smooth_scales: torch.Tensor | None
     x = input.float()
     amax = x.abs().amax(dim=-1)
     if bool((amax == 0).any()):
-        raise Unconfirmed(f"{fn}: all-zero rows (vendor-apis.md §5.3)")
+        raise Unconfirmed(f"{fn}: all-zero rows (docs/vendor-semantics.md §5.3)")
     scale = amax / 127.0
     y = torch.round(x / scale.unsqueeze(-1)).clamp(-128, 127).to(torch.int8)
     return y, scale
@@ -35,7 +35,7 @@ def npu_quant_matmul(x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor, *,
                      offset: torch.Tensor | None = None, pertoken_scale: torch.Tensor | None = None,
                      bias: torch.Tensor | None = None, output_dtype: torch.dtype | None = None,
                      **not_modelled: object) -> torch.Tensor:
-    """vendor-apis.md §2.24 (OP-DOC:npu_quant_matmul; OP-TEST golden), int8 x int8 on A2/A3.
+    """docs/vendor-semantics.md §2.24 (OP-DOC:npu_quant_matmul; OP-TEST golden), int8 x int8 on A2/A3.
 
     acc = x1 @ x2 (int32); int32 bias before dequant; out = acc*scale[n]*pertoken[m]; float bias
     after. Allowed combinations (A2/A3 table): no pertoken -> fp16 (scale fp32/int64, bias int32),
@@ -106,7 +106,7 @@ def npu_weight_quant_batchmatmul(x: torch.Tensor, weight: torch.Tensor,
                                  bias: torch.Tensor | None = None, antiquant_group_size: int = 0,
                                  inner_precise: int = 0, weight_dtype: int | None = None
                                  ) -> torch.Tensor:
-    """vendor-apis.md §2.22 (OP-DOC:npu_weight_quant_batchmatmul).
+    """docs/vendor-semantics.md §2.22 (OP-DOC:npu_weight_quant_batchmatmul).
 
     y = x @ ((W + offset) * scale) + bias. W int8 (K,N) or int4 packed int32 (K,N/8), LSB-first
     signed nibbles (UNCONFIRMED §5.4). scale/offset: (1,), (N,)/(1,N) or per group (ceil(K/g),N)

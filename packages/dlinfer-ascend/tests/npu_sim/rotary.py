@@ -20,7 +20,7 @@ def _rot_interleave(x: torch.Tensor) -> torch.Tensor:
 def npu_apply_rotary_pos_emb(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor,
                              sin: torch.Tensor, layout: str = "BSND", rotary_mode: str = "half"
                              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """vendor-apis.md §2.3 (OP-YAML; OP-DOC:apply_rotary_pos_emb; ApplyRotaryPosEmbNpuOpApi.cpp).
+    """docs/vendor-semantics.md §2.3 (OP-YAML; OP-DOC:apply_rotary_pos_emb; ApplyRotaryPosEmbNpuOpApi.cpp).
 
     In place on query/key (returns them). A2/A3: layout BSND or TND, rotary_mode 'half' only,
     D in {64, 128}, cos/sin D == q D (whole last dim rotated), one dtype for all four, no empties.
@@ -38,7 +38,7 @@ def npu_apply_rotary_pos_emb(query: torch.Tensor, key: torch.Tensor, cos: torch.
     for name, t in (("query", query), ("key", key)):
         if not t.is_contiguous():
             raise Unconfirmed(f"{fn}: {name} is a strided view (strides {tuple(t.stride())}); in-place writes "
-                              "through strided views are not documented (vendor-apis.md §2.3)")
+                              "through strided views are not documented (docs/vendor-semantics.md §2.3)")
     d = query.shape[-1]
     check(d in (64, 128), fn, f"head dim {d} unsupported on A2/A3 (64 or 128)")
     check(key.shape[-1] == d and cos.shape[-1] == d and sin.shape[-1] == d, fn,
@@ -57,7 +57,7 @@ def npu_apply_rotary_pos_emb(query: torch.Tensor, key: torch.Tensor, cos: torch.
 
 def npu_rotary_mul(x: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, rotary_mode: str = "half",
                    rotate: torch.Tensor | None = None) -> torch.Tensor:
-    """vendor-apis.md §2.4 (OP-YAML; OP-DOC:npu_rotary_mul).
+    """docs/vendor-semantics.md §2.4 (OP-YAML; OP-DOC:npu_rotary_mul).
 
     out = x·r1 + R(x)·r2 (new tensor); R = rotate-half ('half') or pairwise ('interleave').
     x 3-D/4-D; r1/r2 broadcast to x. Mixed dtypes are not listed by the doc: required equal here.

@@ -14,8 +14,8 @@ records what it was given, for tests.
 :class:`AclGraph` models what the ACL-graph modes (``reduce-overhead`` / ``npugraph_ex``, ``AclConcreteGraph``)
 do with an FX graph: capture it once into an NPU graph and replay it, updating the host arguments of the ops in
 ``_REPLACE_FUNC_MAP`` from the graph inputs by the rules of ``get_update_ruler`` (torch_npu 2.13.0
-``torchair/_acl_concrete_graph/acl_graph.py``; models-vlm-graph.md §C.4). Capture, replay and ``update`` are the
-simulated NPUGraph (graphs.py, vendor-apis.md §2.28): every other host value is baked at capture.
+``torchair/_acl_concrete_graph/acl_graph.py``; docs/vendor-semantics.md §C.4). Capture, replay and ``update`` are the
+simulated NPUGraph (graphs.py, docs/vendor-semantics.md §2.28): every other host value is baked at capture.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def _apply_rotary_pos_emb_ge(query: torch.Tensor, key: torch.Tensor, cos: torch.
     """torchair's GE converter of ``npu_apply_rotary_pos_emb`` (torch_npu 2.13.0
     ``_ge_concrete_graph/ge_converter/custom/apply_rotary_pos_emb.py``): ``TensorMove`` of query and key, then
     ``ApplyRotaryPosEmb`` on the copies, whose outputs it returns: in a GE graph the inputs are left unchanged,
-    while the eager kernel rotates them in place (vendor-apis.md §2.3)."""
+    while the eager kernel rotates them in place (docs/vendor-semantics.md §2.3)."""
     from .rotary import npu_apply_rotary_pos_emb
 
     return npu_apply_rotary_pos_emb(query.clone(), key.clone(), cos, sin, layout, rotary_mode)

@@ -1,4 +1,4 @@
-"""MLU graph capture/replay (torch.mlu.MLUGraph, the CUDA-graph model; vendor-apis.md §3.17).
+"""MLU graph capture/replay (torch.mlu.MLUGraph, the CUDA-graph model; docs/vendor-semantics.md §3.17).
 
 torch.mlu exists only once torch_mlu is imported, so every factory resolves it when called.
 No replay-time host update is needed: the camb kernels read sequence lengths from device

@@ -12,7 +12,7 @@ _APPLIED: list[bool] = []
 def apply_device_patches() -> None:
     """Import torch_mlu's gpu_migration, which redirects torch.cuda / 'cuda' / nccl to torch.mlu / 'mlu' / cncl.
 
-    vendor-apis.md §3.17 (TMLU: torch_mlu/utils/gpu_migration/migration.py). Idempotent.
+    docs/vendor-semantics.md §3.17 (TMLU: torch_mlu/utils/gpu_migration/migration.py). Idempotent.
     """
     if _APPLIED:
         return

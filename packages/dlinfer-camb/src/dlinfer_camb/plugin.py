@@ -16,7 +16,7 @@ from dlinfer_camb import BACKEND_NAME
 from dlinfer_camb.graph import device_graph
 from dlinfer_camb.runtime import WRITTEN_FOR, is_available
 
-#: Paged-cache block size of the camb kernels (lmdeploy forces 16 for camb; dlinfer-upstream.md §4.3).
+#: Paged-cache block size of the camb kernels (lmdeploy forces 16 for camb; docs/vendor-semantics.md §U4.3).
 BLOCK_SIZES = (16,)
 
 

@@ -16,9 +16,9 @@ from types import ModuleType
 
 import torch
 
-#: Versions this adaptor was written against (vendor-apis.md §3; dlinfer-upstream.md §1.3).
+#: Versions this adaptor was written against (docs/vendor-semantics.md §3, §U1.3).
 WRITTEN_FOR = {"torch_mlu_ops": "1.5.0", "torch": "2.4-2.6"}
-#: Oldest torch_mlu_ops accepted: the manual we cite is 1.3.2 (vendor-apis.md §0, TMO-1.3.2).
+#: Oldest torch_mlu_ops accepted: the manual we cite is 1.3.2 (docs/vendor-semantics.md §0, TMO-1.3.2).
 MIN_TMO = (1, 3)
 #: Every torch_mlu_ops function the adaptor calls.
 REQUIRED_TMO = (

@@ -1,6 +1,6 @@
 """Test-only simulator of the torch_mlu / torch_mlu_ops subset that dlinfer-camb uses.
 
-Each function models the *documented* semantics cited beside it (../../../shared/reference/vendor-apis.md §3)
+Each function models the *documented* semantics cited beside it (docs/vendor-semantics.md §3)
 in plain PyTorch on the CPU and raises :class:`MluContractError` on contract violations (layouts, dtypes,
 cumulative vs per-sequence lengths, required arguments). The plugin never imports this package; tests
 inject it with :func:`install` (``sys.modules`` entries for ``torch_mlu`` and ``torch_mlu_ops``, plus
@@ -18,7 +18,7 @@ from . import activation, attention, cache, device, gemm, moe, norm, rotary
 from ._contract import MluContractError, NotModelled
 
 SIM_VERSION = "1.5.0"
-"""The torch_mlu_ops version the simulator claims to be (the one dlinfer pins, vendor-apis.md §0)."""
+"""The torch_mlu_ops version the simulator claims to be (the one dlinfer pins, docs/vendor-semantics.md §0)."""
 
 FUNCTIONS = {
     "fused_rms_norm": norm.fused_rms_norm,

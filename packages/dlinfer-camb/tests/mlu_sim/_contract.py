@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 HALF = (torch.float16, torch.bfloat16)
-"""Activation dtypes of the tmo kernels (vendor-apis.md §3 intro: "half/bf16 (some fp32)")."""
+"""Activation dtypes of the tmo kernels (docs/vendor-semantics.md §3 intro: "half/bf16 (some fp32)")."""
 
 
 class MluContractError(RuntimeError):
@@ -44,7 +44,10 @@ def same_dtype(fn: str, arg: str, t: torch.Tensor, ref: torch.Tensor, ref_name: 
 
 
 def cu_seqlens(fn: str, arg: str, t: object, total: int | None = None) -> list[int]:
-    """Cumulative int32 [B+1] lengths with a leading 0, non-decreasing, ending at ``total`` (vendor-apis.md §1.6)."""
+    """Cumulative int32 [B+1] lengths with a leading 0, non-decreasing, ending at ``total``.
+
+    docs/vendor-semantics.md §1.6.
+    """
     t = tensor(fn, arg, t, ndim=1, dtypes=(torch.int32,))
     vals = t.tolist()
     if len(vals) < 2 or vals[0] != 0:

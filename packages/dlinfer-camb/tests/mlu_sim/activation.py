@@ -1,4 +1,4 @@
-"""Simulated tmo.active (vendor-apis.md §3.3) and tmo.moe_active (§3.11)."""
+"""Simulated tmo.active (docs/vendor-semantics.md §3.3) and tmo.moe_active (§3.11)."""
 
 from __future__ import annotations
 

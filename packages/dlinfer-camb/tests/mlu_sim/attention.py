@@ -1,4 +1,4 @@
-"""Simulated tmo.flash_attention (vendor-apis.md §3.5) and tmo.single_query_cached_kv_attn (§3.6).
+"""Simulated tmo.flash_attention (docs/vendor-semantics.md §3.5) and tmo.single_query_cached_kv_attn (§3.6).
 
 Shared math (§3.5, §1.3): s = scale * q.k^T (+ ALiBi); mask; softmax in compute_dtype; out = p.v.
 GQA: query head h reads kv head h // (Hq / Hkv). Causal alignment for q_len != kv_len is taken as

@@ -1,4 +1,4 @@
-"""Simulated tmo.reshape_paged_cache (vendor-apis.md §3.4; VMLU, TMO-NEW)."""
+"""Simulated tmo.reshape_paged_cache (docs/vendor-semantics.md §3.4; VMLU, TMO-NEW)."""
 
 from __future__ import annotations
 

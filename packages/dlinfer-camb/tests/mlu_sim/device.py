@@ -1,4 +1,5 @@
-"""Simulated torch_mlu device layer: the ``torch.mlu`` namespace (graphs) and gpu_migration (vendor-apis.md §3.17).
+"""Simulated torch_mlu device layer: the ``torch.mlu`` namespace (graphs) and gpu_migration
+(docs/vendor-semantics.md §3.17).
 
 The simulated MLU is the CPU. Graph objects only record the calls made on them (no capture on CPU).
 """

@@ -1,5 +1,5 @@
 """Simulated tmo.matmul (§3.13), tmo.per_token_smooth_quantize (§3.15) and tmo.smooth_quant_matmul (§3.16)
-(vendor-apis.md; TMO-1.3.2, TMO-NEW, VMLU)."""
+(docs/vendor-semantics.md; TMO-1.3.2, TMO-NEW, VMLU)."""
 
 from __future__ import annotations
 

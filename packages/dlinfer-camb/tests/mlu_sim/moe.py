@@ -1,5 +1,5 @@
 """Simulated tmo MoE kernels: moe_softmax_topk (§3.7), moe_gen_idx (§3.8), moe_expand_input (§3.9),
-group_gemm (§3.10), moe_combine_result (§3.12) (vendor-apis.md; TMO-1.3.2, TMO-NEW, VMLU)."""
+group_gemm (§3.10), moe_combine_result (§3.12) (docs/vendor-semantics.md; TMO-1.3.2, TMO-NEW, VMLU)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Simulated tmo.fused_rms_norm (vendor-apis.md §3.1, TMO-NEW _ops.py)."""
+"""Simulated tmo.fused_rms_norm (docs/vendor-semantics.md §3.1, TMO-NEW _ops.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Simulated tmo.apply_rotary (vendor-apis.md §3.2, TMO-1.3.2 manual; VMLU wrapper)."""
+"""Simulated tmo.apply_rotary (docs/vendor-semantics.md §3.2, TMO-1.3.2 manual; VMLU wrapper)."""
 
 from __future__ import annotations
 

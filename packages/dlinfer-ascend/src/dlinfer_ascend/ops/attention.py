@@ -1,6 +1,6 @@
 """Attention ops -> ATB flash attention (no cache) and npu_fused_infer_attention_score (paged).
 
-Routes (vendor-apis.md section in brackets):
+Routes (docs/vendor-semantics.md section in brackets):
 - prefill_attention, causal      -> atb._npu_flash_attention, full causal(/window) mask   [§2.14]
 - prefill_attention, non-causal  -> atb._npu_flash_attention_unpad                         [§2.15]
 - paged_decode_attention         -> FIA, BSND (B,1,Hq,D), paged KV, host per-seq KV lengths [§2.6]
@@ -54,7 +54,7 @@ def _atb_causal_mask(n: int, dtype: torch.dtype, device: torch.device, window: i
     ATB applies the mask's top-left block to each sequence, so one mask of the largest size seen serves every
     shorter step: it is passed whole (no per-call copy) and rebuilt only when a longer prompt arrives, at
     max(n, 2x) rounded up to 128. bf16 (high-precision path): masked = 1. fp16: additive -10000 like the op's
-    golden (whether 1 masks on fp16 is UNCONFIRMED, vendor-apis.md §5.2).
+    golden (whether 1 masks on fp16 is UNCONFIRMED, docs/vendor-semantics.md §5.2).
     """
     key = (dtype, torch.device(device), window)
     mask = _ATB_MASKS.get(key)

@@ -1,4 +1,4 @@
-"""fill_kv_cache -> torch.ops.atb._npu_reshape_and_cache (vendor-apis.md §2.10)."""
+"""fill_kv_cache -> torch.ops.atb._npu_reshape_and_cache (docs/vendor-semantics.md §2.10)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Rotary embedding, SwiGLU and linear.
 
 Rotary: npu_apply_rotary_pos_emb serves rotate-half over a whole head of 64 or 128 dims only (A2/A3,
-vendor-apis.md §2.3) and works in place on query/key, so it is the natural kernel of
+docs/vendor-semantics.md §2.3) and works in place on query/key, so it is the natural kernel of
 apply_rotary_pos_emb_inplace; the out-of-place op gives it copies. Every other case (interleaved, other
 rotary widths, partial rotary) goes to npu_rotary_mul (§2.4), which returns new tensors; the in-place op
 copies its result into the first R dims of q and k.

@@ -1,6 +1,6 @@
 """RMSNorm ops -> torch.ops.npu.npu_rms_norm / npu_add_rms_norm (+ npu_dynamic_quant).
 
-vendor-apis.md §2.1, §2.2, §2.23.
+docs/vendor-semantics.md §2.1, §2.2, §2.23.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def token_index(qlens: torch.Tensor, cu: torch.Tensor) -> tuple[torch.Tensor, to
 
 def window_mask(kv_dev: torch.Tensor, window: int, kv_s: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """(B, KV_S) bool mask, 1 = masked, for a single query at position kv_dev[b] - 1 that sees its W most recent
-    keys (FIA Q_S=1 ignores sparse_mode, so the window travels as a full mask, vendor-apis.md §2.6). ``out``:
+    keys (FIA Q_S=1 ignores sparse_mode, so the window travels as a full mask, docs/vendor-semantics.md §2.6). ``out``:
     rewrite an existing mask in place (graph replay)."""
     cols = torch.arange(kv_s, device=kv_dev.device)[None, :]
     last = kv_dev.to(torch.int64)[:, None] - 1

@@ -1,7 +1,7 @@
 """The camb op table: every dlinfer op mapped onto torch_mlu_ops kernels.
 
 ``weight_quant_matmul`` / ``weight_quant_prepare`` are not provided: no torch_mlu_ops W4A16 kernel
-is documented in our sources (vendor-apis.md §3), so dlinfer-core falls back to the reference.
+is documented in our sources (docs/vendor-semantics.md §3), so dlinfer-core falls back to the reference.
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ import torch
 
 from dlinfer_camb.ops._common import unsupported
 
-#: flash_attention's paged mode serves block size 16 only (TMO-NEW; UNCONFIRMED for 1.5.0, vendor-apis.md §3.5).
+#: flash_attention's paged mode serves block size 16 only (TMO-NEW; UNCONFIRMED for 1.5.0,
+#: docs/vendor-semantics.md §3.5).
 FLASH_PAGED_BLOCK_SIZES = (16,)
-#: single_query_cached_kv_attn serves block sizes 1..64 (TMO-NEW, vendor-apis.md §3.6).
+#: single_query_cached_kv_attn serves block sizes 1..64 (TMO-NEW, docs/vendor-semantics.md §3.6).
 DECODE_MAX_BLOCK_SIZE = 64
 
 

@@ -8,9 +8,9 @@ import torch
 
 from dlinfer_camb import BACKEND_NAME
 
-#: Activation dtypes the torch_mlu_ops kernels serve (vendor-apis.md §3: "half/bf16 (some fp32)").
+#: Activation dtypes the torch_mlu_ops kernels serve (docs/vendor-semantics.md §3: "half/bf16 (some fp32)").
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-#: The KV-cache layout of every camb cache / paged-attention kernel (vendor-apis.md §3 intro).
+#: The KV-cache layout of every camb cache / paged-attention kernel (docs/vendor-semantics.md §3 intro).
 KV_LAYOUT = "HND"
 
 

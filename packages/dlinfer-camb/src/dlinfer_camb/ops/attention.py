@@ -1,7 +1,7 @@
-"""Attention ops on tmo.flash_attention (vendor-apis.md §3.5) and tmo.single_query_cached_kv_attn (§3.6).
+"""Attention ops on tmo.flash_attention (docs/vendor-semantics.md §3.5) and tmo.single_query_cached_kv_attn (§3.6).
 
 flash_attention arguments after q, k, v are passed by keyword: their positional order differs between
-the 1.3.2 manual and newer releases (vendor-apis.md §3 intro, §5 item 6).
+the 1.3.2 manual and newer releases (docs/vendor-semantics.md §3 intro, §5 item 6).
 """
 
 from __future__ import annotations

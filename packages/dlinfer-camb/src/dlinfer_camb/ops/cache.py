@@ -1,4 +1,4 @@
-"""KV-cache writes on tmo.reshape_paged_cache (vendor-apis.md §3.4)."""
+"""KV-cache writes on tmo.reshape_paged_cache (docs/vendor-semantics.md §3.4)."""
 
 from __future__ import annotations
 

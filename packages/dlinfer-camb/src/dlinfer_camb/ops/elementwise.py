@@ -1,4 +1,4 @@
-"""Rotary embedding (tmo.apply_rotary, vendor-apis.md §3.2) and gated SiLU (tmo.active, §3.3)."""
+"""Rotary embedding (tmo.apply_rotary, docs/vendor-semantics.md §3.2) and gated SiLU (tmo.active, §3.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dense linear on tmo.matmul (vendor-apis.md §3.13)."""
+"""Dense linear on tmo.matmul (docs/vendor-semantics.md §3.13)."""
 
 from __future__ import annotations
 

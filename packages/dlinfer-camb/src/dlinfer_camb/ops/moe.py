@@ -1,4 +1,4 @@
-"""MoE routing and experts on the tmo moe_* kernels and group_gemm (vendor-apis.md §3.7-3.12)."""
+"""MoE routing and experts on the tmo moe_* kernels and group_gemm (docs/vendor-semantics.md §3.7-3.12)."""
 
 from __future__ import annotations
 

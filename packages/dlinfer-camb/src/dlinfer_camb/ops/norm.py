@@ -1,4 +1,4 @@
-"""RMSNorm ops on tmo.fused_rms_norm (vendor-apis.md §3.1) and their int8 fusions (+ §3.15)."""
+"""RMSNorm ops on tmo.fused_rms_norm (docs/vendor-semantics.md §3.1) and their int8 fusions (+ §3.15)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def add_rms_norm_w8a8(
     """-> (int8 [..., H], fp32 scale [...], x + residual [..., H]).
 
     Not fused: fused_rms_norm may normalise the fp32 sum before rounding it (internal precision UNCONFIRMED,
-    vendor-apis.md §3.1), while the spec quantises the norm of the rounded sum; int8 amplifies that
+    docs/vendor-semantics.md §3.1), while the spec quantises the norm of the rounded sum; int8 amplifies that
     difference to 2 steps in bf16. So the sum is rounded first (one elementwise add), then normalised and quantised.
     """
     require_half("add_rms_norm_w8a8", x)

@@ -1,4 +1,5 @@
-"""Simulated torch_npu.contrib.transfer_to_npu (vendor-apis.md §2.28, PT:torch_npu/contrib/transfer_to_npu.py).
+"""Simulated torch_npu.contrib.transfer_to_npu (docs/vendor-semantics.md §2.28,
+PT:torch_npu/contrib/transfer_to_npu.py).
 
 Imported for its side effects: torch.cuda -> torch.npu, Tensor.cuda -> the NPU, torch.distributed
 backend nccl -> hccl, triton disabled, torch.compile replaced. ``_undo`` exists for tests only.
