@@ -1,4 +1,4 @@
-"""Lowering: ``dlinfer::<op>`` FX nodes -> a vendor's own op nodes, driven by a table (DESIGN.md §7).
+"""Lowering: ``dlinfer::<op>`` FX nodes -> a vendor's own op nodes, driven by a table.
 
 A vendor declares ``Backend.lowering``: a factory returning ``{op name: Lowering}``. For each
 ``dlinfer::<op>`` node of a captured graph, :func:`lower` binds the node's arguments by the spec's

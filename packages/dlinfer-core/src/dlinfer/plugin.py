@@ -1,4 +1,4 @@
-"""The plugin contract: what a backend distribution declares (see DESIGN.md §3).
+"""The plugin contract: what a backend distribution declares (dlinfer-core README, "Writing a backend plugin").
 
 A distribution registers a module (or object) under the entry-point group
 ``dlinfer.backends``; it implements the :func:`dlinfer_backend` hook and returns a

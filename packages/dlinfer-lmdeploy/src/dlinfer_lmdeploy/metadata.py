@@ -2,7 +2,7 @@
 
 Built once per forward step by ``OpsBackend.update_step_context`` (LMDeploy calls it from
 ``StepContext.new``) and read by every attention layer of the step. It carries the
-explicit batch metadata of the dlinfer spec (DESIGN.md §4): ``cu_seqlens_q`` and
+explicit batch metadata of the dlinfer spec (dlinfer-core README, "Ops"): ``cu_seqlens_q`` and
 ``seqlens_kv`` (int32), the int32 block table, the slot mapping in the plugin's slot dtype,
 host mirrors only when the plugin asked for them (``Backend.host_seqlens``), and the KV
 layout the plugin declared, and the plugin's once-per-step plan (``Backend.prepare_metadata``) that every

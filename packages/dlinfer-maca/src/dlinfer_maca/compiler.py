@@ -1,7 +1,7 @@
 """``torch.compile(model, backend="dlinfer")`` on maca: Inductor over the graph, dlinfer ops as extern kernels.
 
-MACA torch is CUDA-compatible and MetaX ships Triton, so the graph compiler is Inductor
-(models-vlm-graph.md §C.4): each ``dlinfer::<op>`` node stays one opaque extern call to the maca Triton
+MACA torch is CUDA-compatible and MetaX ships Triton, so the graph compiler is Inductor:
+each ``dlinfer::<op>`` node stays one opaque extern call to the maca Triton
 kernel the eager op runs (a custom op Inductor cannot look into), and Inductor fuses the glue between
 them (casts, adds, reshapes). Options as LMDeploy's own decode ``torch.compile``
 (``LMDEPLOY_ENABLE_DECODE_TORCH_COMPILE``): ``emulate_precision_casts`` and no Inductor CUDA graphs, since

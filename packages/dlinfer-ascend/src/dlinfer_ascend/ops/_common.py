@@ -10,7 +10,7 @@ BACKEND = "ascend"
 
 
 def unsupported(op: str, option: str, why: str = "") -> NotImplementedError:
-    """NotImplementedError naming the op, the option and the backend (DESIGN.md §4)."""
+    """NotImplementedError naming the op, the option and the backend."""
     tail = f" ({why})" if why else ""
     return NotImplementedError(f"dlinfer.ops.{op}: option '{option}' is not supported by backend "
                                f"'{BACKEND}'{tail}")
