@@ -153,6 +153,10 @@ class Registry:
     """Discovered backends. ``dlinfer.registry.REGISTRY`` is the process-wide instance."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget every record and start a fresh plugin manager (``discover(force=True)``)."""
         self.records: dict[str, PluginRecord] = {}
         self.load_errors: list[PluginRecord] = []
         self._discovered = False
@@ -165,7 +169,7 @@ class Registry:
         if self._discovered and not force:
             return
         if force:
-            self.__init__()  # type: ignore[misc]
+            self._reset()
         from dlinfer.reference import plugin as reference_plugin
 
         self._register(reference_plugin, PluginRecord(REFERENCE, "dlinfer-core", _own_version()))
