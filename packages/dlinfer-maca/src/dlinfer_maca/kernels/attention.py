@@ -43,11 +43,13 @@ DECODE_HEADS_FIRST = True
 """Grid order of the decode kernel: (KV head, sequence, split) when True, else (sequence, KV head, split). The
 programs that run together then read all KV heads of the same pages (NHD: one head is 256 B of a 2 KB slot row):
 1-3 % faster at B >= 64 on the H200 (B256 ctx4096 997 -> 978 us, B128 ctx8192 1034 -> 1017 us), equal below."""
-MERGE_INLINE_MAX_SPLITS = 4
+MERGE_INLINE_MAX_SPLITS = 8
 """Up to this many splits the last split program merges them (one launch); above it a second launch does. On the
 H200 the in-kernel merge took 13 % less time at 4 splits (B1 ctx256) and 1-4 % less at 2 (B32), was level at 9
 (B8), and took 15-25 % more at 16-64 splits (B1; likely the last program's serial merge and the merge code's
-registers, which every split program holds)."""
+registers, which every split program holds). 5-8 splits (batch 1 at 257-512 tokens of context: eager decode's
+common case) lie between the measured 4 and 9 and were not timed; the bound is 8 rather than 4 because each merge
+launch saved is host time in eager mode, where a decode step waits for its launches."""
 
 
 @triton.jit
