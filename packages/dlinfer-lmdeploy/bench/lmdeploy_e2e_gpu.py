@@ -25,6 +25,11 @@ correctness of the quantised paths is the job of ``tests/test_quant_e2e_gpu.py``
 prompt tokens each (different random prompts), max_new_tokens=1, are timed one after the other and recorded as
 ``first_long`` (the first pays the kernel compiles that engine warm-up left out; run with
 ``DLINFER_PREFILL_WARMUP=0`` and without it to see what the prefill warm-up saves, and ``startup_s`` for its cost).
+``--variant NAME=DIR`` (repeatable) adds the run label ``maca@NAME``: device_type maca with ``DIR`` first on the
+child's PYTHONPATH, so a package tree of another commit shadows the checkout's, e.g. before/after of a change in
+one call: ``git archive REV packages/dlinfer-maca/src | tar -x -C /tmp/before`` (outside the checkout, or untracked
+in it so that it travels to the device), then ``--variant before=/tmp/before/packages/dlinfer-maca/src
+--devices maca,maca@before``. The summary's ratios are always the first ``--devices`` label against the second.
 """
 
 from __future__ import annotations
@@ -183,30 +188,56 @@ def build_model(model_dir: Path, shape: str = "1b", layers: int | None = None) -
     return model_dir
 
 
-def _run_process(args: argparse.Namespace, device: str, mode: str) -> dict[str, object]:
+def parse_variants(specs: list[str]) -> dict[str, str]:
+    """``["NAME=DIR", ...]`` -> ``{NAME: DIR}``; a DIR that does not exist is an error before any run starts."""
+    variants: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--variant: expected NAME=DIR, got {spec!r}")
+        if not Path(path).is_dir():
+            raise SystemExit(f"--variant {name}: {path} is not a directory")
+        variants[name] = str(Path(path).resolve())
+    return variants
+
+
+def child_launch(label: str, variants: dict[str, str], environ: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The device_type and environment of the child process for a run label (``maca``, ``cuda``, ``maca@NAME``)."""
+    device, _, variant = label.partition("@")
+    env = dict(environ)
+    if variant:
+        if variant not in variants:
+            raise SystemExit(f"--devices {label}: no --variant {variant}=DIR given")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (variants[variant], environ.get("PYTHONPATH", "")) if p)
+    return device, env
+
+
+def _run_process(args: argparse.Namespace, label: str, mode: str) -> dict[str, object]:
+    device, env = child_launch(label, args.variants, dict(os.environ))
     cmd = [sys.executable, __file__, "--one", device, mode, "--model-dir", str(args.model_dir)]
     cmd += ["--block-size", str(args.block_size), "--streams", str(args.streams), "--first-long", str(args.first_long)]
     t1 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
-        return {"device_type": device, "mode": mode, "error": f"timeout after {args.timeout}s"}
+        return {"device_type": device, "label": label, "mode": mode, "error": f"timeout after {args.timeout}s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout)[-3000:]
-        print(f"[{device}/{mode}] FAILED\n{tail}", file=sys.stderr)
-        return {"device_type": device, "mode": mode, "error": f"rc={proc.returncode}: {tail}"}
+        print(f"[{label}/{mode}] FAILED\n{tail}", file=sys.stderr)
+        return {"device_type": device, "label": label, "mode": mode, "error": f"rc={proc.returncode}: {tail}"}
     res = json.loads(lines[-1][len("RESULT ") :])
     res["wall_s"] = round(time.perf_counter() - t1, 1)
+    res["label"] = label
     print(
-        f"[{device}/{mode}] {res['output_tok_per_s']} tok/s, {res['batch1_ms_per_token']} ms/token "
+        f"[{label}/{mode}] {res['output_tok_per_s']} tok/s, {res['batch1_ms_per_token']} ms/token "
         f"(streams {res['batch1_streams_ms']}), host probe {res['host_probe_ms']} ms, {res['wall_s']} s"
         + (f", first long requests {res['first_long']}" if res.get("first_long") else ""),
         file=sys.stderr,
     )
     steps = res.get("dlinfer_graph_steps") or {}
     if mode == "graph" and steps.get("eager_decode"):
-        print(f"[{device}/{mode}] WARNING: {steps['eager_decode']} decode steps ran eagerly in graph mode "
+        print(f"[{label}/{mode}] WARNING: {steps['eager_decode']} decode steps ran eagerly in graph mode "
               f"({steps['eager']}): these figures are not graph-mode figures", file=sys.stderr)
     return res
 
@@ -219,40 +250,49 @@ def schedule(devices: list[str], rounds: int) -> list[str]:
     return order
 
 
-def summarize(results: list[dict[str, object]], modes: list[str]) -> list[str]:
-    """Markdown: one row per run, then per mode the medians over rounds and the maca/cuda ratio of medians."""
+def _label(r: dict[str, object]) -> str:
+    return str(r.get("label") or r["device_type"])
+
+
+def summarize(results: list[dict[str, object]], modes: list[str], labels: tuple[str, str] = ("maca", "cuda")
+              ) -> list[str]:
+    """Markdown: one row per run, then per mode the medians over rounds and the ratio of medians, ``labels[0]``
+    against ``labels[1]`` (the first two ``--devices`` labels)."""
+    a_label, b_label = labels
     lines = [
-        "| mode | device_type | output tok/s | batch-1 ms/token | host probe ms (before, after) |",
+        "| mode | run | output tok/s | batch-1 ms/token | host probe ms (before, after) |",
         "|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['mode']} | {r['device_type']} | error | | |")
+            lines.append(f"| {r['mode']} | {_label(r)} | error | | |")
             continue
         lines.append(
-            f"| {r['mode']} | {r['device_type']} | {r['output_tok_per_s']} | {r['batch1_ms_per_token']} "
+            f"| {r['mode']} | {_label(r)} | {r['output_tok_per_s']} | {r['batch1_ms_per_token']} "
             f"| {r['host_probe_ms'][0]}, {r['host_probe_ms'][1]} |"  # type: ignore[index]
         )
     lines += [
         "",
         "Per mode over all runs: throughput median and best; batch-1 ms/token over every stream of every run: "
         "median, minimum (host noise only adds time), and median of ms/token x (mean host probe / the stream's "
-        "probe), i.e. rescaled to the typical host speed. Ratios are maca vs cuda, > 1 means dlinfer is faster.",
+        f"probe), i.e. rescaled to the typical host speed. Ratios are {a_label} vs {b_label}, > 1 means "
+        f"{a_label} is faster.",
         "",
-        "| mode | runs | tok/s median maca / cuda (ratio) | tok/s best (ratio) | batch-1 ms median (ratio) "
+        f"| mode | runs | tok/s median {a_label} / {b_label} (ratio) | tok/s best (ratio) | batch-1 ms median (ratio) "
         "| batch-1 ms min (ratio) | batch-1 ms host-rescaled (ratio) |",
         "|---|---|---|---|---|---|---|",
     ]
 
     def cell(x: dict[str, float], higher_better: bool) -> str:
+        a, b = x[a_label], x[b_label]
         if higher_better:
-            return f"{x['maca']:.1f} / {x['cuda']:.1f} (**{x['maca'] / x['cuda']:.3f}**)"
-        return f"{x['maca']:.2f} / {x['cuda']:.2f} (**{x['cuda'] / x['maca']:.3f}**)"
+            return f"{a:.1f} / {b:.1f} (**{a / b:.3f}**)"
+        return f"{a:.2f} / {b:.2f} (**{b / a:.3f}**)"
 
     for mode in modes:
-        ok = {d: [r for r in results if r["mode"] == mode and r["device_type"] == d and "error" not in r]
-              for d in ("maca", "cuda")}  # fmt: skip
-        if not ok["maca"] or not ok["cuda"]:
+        ok = {d: [r for r in results if r["mode"] == mode and _label(r) == d and "error" not in r]
+              for d in labels}  # fmt: skip
+        if not ok[a_label] or not ok[b_label]:
             continue
         tps = {d: [float(r["output_tok_per_s"]) for r in ok[d]] for d in ok}  # type: ignore[arg-type]
         streams: dict[str, list[tuple[float, float]]] = {d: [] for d in ok}
@@ -267,12 +307,12 @@ def summarize(results: list[dict[str, object]], modes: list[str]) -> list[str]:
         tp_med = {d: statistics.median(tps[d]) for d in ok}
         tp_max = {d: max(tps[d]) for d in ok}
         lines.append(
-            f"| {mode} | {len(ok['maca'])}, {len(ok['cuda'])} | {cell(tp_med, True)} | {cell(tp_max, True)} "
+            f"| {mode} | {len(ok[a_label])}, {len(ok[b_label])} | {cell(tp_med, True)} | {cell(tp_max, True)} "
             f"| {cell(ms_med, False)} | {cell(ms_min, False)} | {cell(ms_resc, False)} |"
         )
-        a, b = ok["maca"][0], ok["cuda"][0]
+        a, b = ok[a_label][0], ok[b_label][0]
         same = sum(x == y for x, y in zip(a["first_tokens"], b["first_tokens"], strict=False))  # type: ignore[call-overload]
-        lines.append(f"<!-- {mode}: first 32 tokens identical maca vs cuda for {same}/4 prompts -->")
+        lines.append(f"<!-- {mode}: first 32 tokens identical {a_label} vs {b_label} for {same}/4 prompts -->")
     return lines
 
 
@@ -294,8 +334,11 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=0, metavar="S",
                         help="seconds for the whole run: a process that would not finish in what is left (judged by "
                              "the longest finished one) is not started, and the summary covers the runs done")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
+                        help="run label maca@NAME: maca with DIR first on PYTHONPATH (see the module docstring)")
     parser.add_argument("--one", nargs=2, metavar=("DEVICE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.variants = parse_variants(args.variant)
 
     if args.one:
         res = run_one(str(args.model_dir), args.one[0], args.one[1], args.block_size, args.streams, args.first_long)
@@ -313,11 +356,14 @@ def main() -> int:
         args.model_dir = quantised
     print(f"model ready in {time.perf_counter() - t0:.1f}s at {args.model_dir}", file=sys.stderr)
     modes = args.modes.split(",")
+    labels = args.devices.split(",")
+    for label in labels:
+        child_launch(label, args.variants, {})  # an unknown variant fails before the first run
     results: list[dict[str, object]] = []
     longest = 0.0
     skipped: list[str] = []
     for mode in modes:
-        for device in schedule(args.devices.split(","), args.rounds):
+        for device in schedule(labels, args.rounds):
             left = args.budget - (time.perf_counter() - t0) if args.budget else math.inf
             if left < max(longest, 1.0):
                 skipped.append(f"{device}/{mode}")
@@ -330,7 +376,7 @@ def main() -> int:
                 args.out.write_text(json.dumps(results, indent=2))
     if skipped:
         print(f"--budget {args.budget:.0f} s: not started: {', '.join(skipped)}", file=sys.stderr)
-    print("\n".join(summarize(results, modes)))
+    print("\n".join(summarize(results, modes, (labels[0], labels[1]) if len(labels) > 1 else (labels[0], labels[0]))))
     return 0 if all("error" not in r for r in results) else 1
 
 
