@@ -130,13 +130,16 @@ def _naive_slots(block_offsets, q_lens, kv_lens, bs):  # type: ignore[no-untyped
     return out
 
 
+@pytest.mark.parametrize("table_dtype", [torch.int64, torch.int32], ids=["table-int64", "table-int32"])
 @pytest.mark.parametrize("decoding", [False, True])
-def test_slot_mapping(decoding: bool) -> None:
+def test_slot_mapping(decoding: bool, table_dtype: torch.dtype) -> None:
+    """Slots against a per-token loop, for LMDeploy's int64 (host devices) and int32 (CUDA) block tables; a block id
+    whose slot passes 2**31 stays exact in an int64 slot mapping when the table is int32."""
     from dlinfer_lmdeploy.metadata import slot_mapping
 
     bs = 4
     gen = torch.Generator().manual_seed(0)
-    block_offsets = torch.randperm(64, generator=gen)[:30].view(3, 10)
+    block_offsets = torch.randperm(64, generator=gen)[:30].view(3, 10).to(table_dtype)
     kv = [9, 17, 33]
     q = [1, 1, 1] if decoding else [9, 5, 12]
     q_t = torch.tensor(q)
@@ -144,6 +147,10 @@ def test_slot_mapping(decoding: bool) -> None:
     got = slot_mapping(block_offsets, q_t, torch.tensor(kv), q_start, sum(q), bs, decoding, torch.int32)
     assert got.dtype == torch.int32
     assert got.tolist() == _naive_slots(block_offsets, q, kv, bs)
+    block_offsets[2, 8] = 2**30  # the last token of sequence 2 (position 32) is in block 8: slot 2**32
+    wide = slot_mapping(block_offsets, q_t, torch.tensor(kv), q_start, sum(q), bs, decoding, torch.int64)
+    assert wide.dtype == torch.int64
+    assert wide.tolist() == _naive_slots(block_offsets, q, kv, bs) and wide[-1] == 2**32
 
 
 def test_cpu_device_patch_is_scoped() -> None:
@@ -235,3 +242,28 @@ def test_inventory_lists_what_is_replaced_outside_lmdeploy(capsys: pytest.Captur
         if was_active:
             cpu_device.activate()
     assert {n.strip() for n in listed.split(",")} == replaced
+
+
+@pytest.mark.parametrize("decoding", [False, True])
+def test_slot_mapping_reads_the_block_table_without_converting_it(decoding: bool) -> None:
+    """LMDeploy's CUDA block table is int32 [B, max_blocks]; the slots need B entries of it, so no op may take the
+    whole table (a dtype conversion of it was one more kernel per step)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dlinfer_lmdeploy.metadata import slot_mapping
+
+    table = torch.arange(3 * 50, dtype=torch.int32).view(3, 50)
+    kv, q = ([9, 17, 33], [1, 1, 1]) if decoding else ([9, 17, 33], [9, 5, 12])
+    q_t = torch.tensor(q)
+    seen: list[str] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if args and isinstance(args[0], torch.Tensor) and args[0].shape == table.shape:
+                seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        got = slot_mapping(table, q_t, torch.tensor(kv), torch.cumsum(q_t, 0) - q_t, sum(q), 4, decoding, torch.int64)
+    assert got.tolist() == _naive_slots(table, q, kv, 4)
+    assert all("_to_copy" not in op and "copy" not in op for op in seen), seen

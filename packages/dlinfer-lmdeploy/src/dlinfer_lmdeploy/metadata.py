@@ -70,9 +70,11 @@ def slot_mapping(
     ``is_decoding``: one new token per sequence (the last position of each). A decode step with several tokens
     per sequence is passed as ``is_decoding=False``: each sequence's new tokens are its last ``q_seqlens``.
     """
+    # the block table is read in its own dtype (LMDeploy's: int32 on CUDA, int64 elsewhere): converting the whole
+    # [B, max_blocks] table for the B entries used would be one more kernel per step
     if is_decoding:
         pos = kv_seqlens.long() - 1
-        blocks = block_offsets.long().gather(1, (pos // block_size)[:, None])[:, 0]
+        blocks = block_offsets.gather(1, (pos // block_size)[:, None])[:, 0]
         return torch.add(pos % block_size, blocks, alpha=block_size).to(dtype)  # one kernel for the scale and add
     batch = q_seqlens.numel()
     seq_of_token = torch.repeat_interleave(
@@ -81,8 +83,8 @@ def slot_mapping(
     history = (kv_seqlens.long() - q_seqlens.long())[seq_of_token]
     offset_in_seq = torch.arange(num_tokens, device=q_seqlens.device) - q_start_loc.long()[seq_of_token]
     pos = history + offset_in_seq
-    blocks = block_offsets.long()[seq_of_token, pos // block_size]
-    return (blocks * block_size + pos % block_size).to(dtype)
+    blocks = block_offsets[seq_of_token, pos // block_size]
+    return torch.add(pos % block_size, blocks, alpha=block_size).to(dtype)
 
 
 def build(step_context: object, backend: Backend) -> DlinferAttentionMetadata:
