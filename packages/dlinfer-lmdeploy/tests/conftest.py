@@ -28,6 +28,22 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
 
 
 @pytest.fixture(scope="session")
+def bench_script() -> Callable[[str], Any]:
+    """``bench_script("profile_batch1")`` -> that script of ``bench/`` loaded as a module (no ``__main__`` run)."""
+    import importlib.util
+
+    def load(name: str) -> Any:
+        path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
+        assert spec is not None and spec.loader is not None, path
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def hf_greedy() -> Callable[[Path, list[list[int]], int], list[list[int]]]:
     from dlinfer_lmdeploy.testing import hf_oracle
 

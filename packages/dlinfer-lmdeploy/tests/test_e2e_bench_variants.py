@@ -3,23 +3,16 @@ PYTHONPATH (before/after of a change in one device call), and the summary compar
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-_BENCH = Path(__file__).resolve().parents[1] / "bench" / "lmdeploy_e2e_gpu.py"
-
 
 @pytest.fixture(scope="module")
-def bench() -> Any:
-    spec = importlib.util.spec_from_file_location("lmdeploy_e2e_gpu", _BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(bench_script: Any) -> Any:
+    return bench_script("lmdeploy_e2e_gpu")
 
 
 def test_variant_label_puts_its_tree_first_on_the_child_path(bench: Any, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ at random, against counts tallied independently while drawing them."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from collections import Counter
@@ -13,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-_BENCH = Path(__file__).resolve().parents[1] / "bench" / "profile_batch1.py"
 
 KINDS = {  # kind -> (trace category, event name, launch API)
     "triton": ("kernel", "_rms_norm_kernel", "cuLaunchKernelEx"),
@@ -31,12 +28,8 @@ CLASS = {"cublas_ex": "cublas"}
 
 
 @pytest.fixture(scope="module")
-def bench() -> Any:
-    spec = importlib.util.spec_from_file_location("profile_batch1_under_test", _BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(bench_script: Any) -> Any:
+    return bench_script("profile_batch1")
 
 
 class _Prof:
