@@ -414,7 +414,11 @@ PATCHES: tuple[Patch, ...] = (
             "weight load) LMDeploy's SIGUSR1 handler re-entered release on a second signal, and closing the shared "
             "buffers' notifiers blocked in Event.set waiting for killed workers to wake. For dlinfer devices each "
             "worker gets 10 s after SIGTERM, then SIGKILL; a re-entry kills what is left; the buffers are closed and "
-            "unlinked, their notifiers closed under a 5 s deadline; otherwise it is the original."
+            "unlinked. A worker stopped inside Event.set keeps the event's lock (or one killed while waiting stays "
+            "a sleeper), so Event.set never returned and the engine's reply waiters, default-executor threads the "
+            "interpreter joins at exit, hung the process after its work was done (tp=2 CI). Once every worker has "
+            "exited, each event is set and this process's waiters woken directly (orphaned_events); the barrier "
+            "is aborted under a 5 s deadline; otherwise it is the original."
         ),
         versions=SUPPORTED_LMDEPLOY,
         expect_params=("self",),

@@ -18,7 +18,8 @@ active only when the executor runs a dlinfer device:
 * **Shutdown ends.** ``release`` joins the workers without a deadline; a worker whose interpreter is kept alive by
   child processes (e.g. Inductor's compile workers) makes it hang. Workers get ``JOIN_DEADLINE_S`` after SIGTERM,
   then SIGKILL; a failure signal during release is logged and the release goes on; the shared buffers' notifiers,
-  on which a killed worker may have been waiting, are closed under a deadline (:func:`_close_buffers`).
+  which a worker may have left locked or waited on when it died, are set directly and this process's waiters
+  woken (:func:`_close_buffers`).
 
 And one for the engine process of ``lmdeploy serve`` (inventory patch ``mp-engine-handshake``): its start-up
 handshake no longer dies when LMDeploy's manager shuts down before acknowledging the last release
@@ -34,7 +35,7 @@ import signal
 import threading
 from typing import Any
 
-from dlinfer_lmdeploy import devices
+from dlinfer_lmdeploy import devices, orphaned_events
 from dlinfer_lmdeploy.inventory import replacement
 
 logger = logging.getLogger("dlinfer_lmdeploy")
@@ -134,13 +135,18 @@ def _mp_worker_watchdog(original: Any) -> Any:
 
 
 def _close_buffers(buffers: list[Any]) -> None:
-    """Close LMDeploy's shared-memory buffers once every worker has exited.
+    """Close LMDeploy's shared-memory buffers once every worker has exited, and wake this process's waiters.
 
     The segment is closed (kept mapped if the interrupted main thread still holds a view of it: ``BufferError``)
-    and unlinked. Its notifier (events, barrier) is closed in a daemon thread with a deadline: it wakes this
-    process's own waiters, but ``Event.set`` waits for every sleeper of its multiprocessing ``Condition`` to wake,
-    and a worker killed while waiting never does (seen at tp=4: the engine hung there after a worker failed).
+    and unlinked. LMDeploy's ``notifier.close()`` sets each event through its condition, which blocks for good when
+    a worker died inside the notifier: stopped by SIGTERM inside ``Event.set`` (it keeps the event's lock) or killed
+    while waiting (``notify_all`` waits for it to wake). The engine's reply waiters, default-executor threads that
+    the interpreter joins at exit, then never wake and the process hangs after its work is done (seen at tp=2 on
+    the CPU and at tp=4). Every worker has exited here, so each event is set and its waiters woken directly
+    (:func:`dlinfer_lmdeploy.orphaned_events.set_and_wake`); the barrier is aborted in a daemon thread with a
+    deadline, as is ``Event.set`` for an event whose layout that function does not know.
     """
+    leftover: list[Any] = []
     for buf in buffers:
         if buf.is_closed:
             continue
@@ -150,7 +156,9 @@ def _close_buffers(buffers: list[Any]) -> None:
             with contextlib.suppress(FileNotFoundError):
                 buf.shm.unlink()
         buf.is_closed = True
-    closer = threading.Thread(target=lambda: [buf.notifier.close() for buf in buffers], daemon=True,
+        leftover += [event.set for event in buf.notifier.events if not orphaned_events.set_and_wake(event)]
+        leftover.append(buf.notifier.bar.abort)
+    closer = threading.Thread(target=lambda: [close() for close in leftover], daemon=True,
                               name="dlinfer-notifier-close")
     closer.start()
     closer.join(NOTIFIER_CLOSE_DEADLINE_S)
