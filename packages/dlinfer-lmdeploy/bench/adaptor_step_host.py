@@ -1,6 +1,7 @@
 """Host time of dlinfer's part of one eager batch-1 decode step, without LMDeploy's engine around it.
 
     python packages/dlinfer-lmdeploy/bench/adaptor_step_host.py [--layers 32] [--device cpu] [--kernels null]
+    python packages/dlinfer-lmdeploy/bench/adaptor_step_host.py --device ascend-sim
 
 Replays what LMDeploy's Llama calls per decode step on the adaptor: ``metadata.build`` once, then per layer the
 Impls in model order (RMSNorm, qkv Linear, the qkv split LMDeploy does itself, in-place rotary, paged attention,
@@ -14,6 +15,12 @@ The same step is also run calling the dispatch table directly with ready views (
 wrapper, no metadata build): the difference is the adaptor's own cost. Reports the minimum over ``--repeats``
 timings of ``--steps`` steps each (host noise only adds time), aten ops per step (``TorchDispatchMode``) by
 where they were issued, and writes JSON with ``--out``.
+
+``--device ascend-sim``: the Ascend plugin on dlinfer-ascend's vendor simulator, in bf16 on the CPU host, with
+null vendor kernels instead of null ops (``ascend_sim_null``): the plugin's glue stays in the step. A third timing,
+``vendor``, replays the vendor-kernel calls of one step alone; ``direct`` minus ``vendor`` is the Ascend plugin's
+own host cost. Vendor-kernel calls (torch_npu / ATB kernels and the aclnn matmul of ``linear``) are counted per
+step.
 """
 
 from __future__ import annotations
@@ -43,6 +50,13 @@ def _plugin(device: str) -> Any:
     return dispatch.activate("reference" if device == "cpu" else "maca")
 
 
+def _tensors(device: str) -> tuple[str, torch.dtype]:
+    """Where the step's tensors live and their dtype (the Ascend kernels take half precision only)."""
+    if device == "ascend-sim":
+        return "cpu", torch.bfloat16
+    return device, torch.float32 if device == "cpu" else torch.bfloat16
+
+
 class Step:
     """One decode step's adaptor calls for ``layers`` Llama layers at batch 1."""
 
@@ -52,7 +66,7 @@ class Step:
         from dlinfer_lmdeploy.impls import attention, dense
 
         H, Hq, Hkv, D, inter = (SHAPE[k] for k in ("hidden", "heads", "kv_heads", "head_dim", "inter"))
-        dt = torch.float32 if device == "cpu" else torch.bfloat16
+        device, dt = _tensors(device)
         self.layers, self.plugin, self.dims = layers, plugin, (H, Hq, Hkv, D, inter)
         self.attn = attention.DlinferPagedAttentionImpl(num_heads=Hq, head_size=D, scale=D**-0.5, num_kv_heads=Hkv,
                                                         v_head_size=D)
@@ -184,32 +198,59 @@ def count_aten(fn: Callable[[], None]) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=32)
-    parser.add_argument("--device", default="cpu", help="cpu (reference backend) or cuda (maca backend)")
-    parser.add_argument("--kernels", choices=("null", "active"), default="null")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (reference backend), cuda (maca backend) or ascend-sim (Ascend plugin, simulator)")
+    parser.add_argument("--kernels", choices=("null", "active"), default="null",
+                        help="null: empty results (ascend-sim: null vendor kernels, the plugin's glue kept)")
     parser.add_argument("--steps", type=int, default=None,
                         help="steps per timing (default 20; 1 with real kernels on a GPU, so that the launch queue "
                              "never fills and blocks the host)")
     parser.add_argument("--repeats", type=int, default=None, help="timings (default 15; 60 with --steps 1)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    ascend = args.device == "ascend-sim"
+    if ascend and args.kernels != "null":
+        parser.error("--device ascend-sim runs null vendor kernels only (the simulator's kernels are not timed)")
     if args.steps is None:
-        args.steps = 1 if (args.device != "cpu" and args.kernels == "active") else 20
+        args.steps = 1 if (args.device not in ("cpu", "ascend-sim") and args.kernels == "active") else 20
     if args.repeats is None:
         args.repeats = 60 if args.steps == 1 else 15
-    if args.device == "cpu":
+    on_host = _tensors(args.device)[0] == "cpu"
+    if on_host:
         torch.set_num_threads(1)
-    plugin = _plugin(args.device)
-    if args.kernels == "null":
-        from profile_batch1 import null_kernels
+    recorder = None
+    if ascend:
+        from ascend_sim_null import activate
 
-        null_kernels()
+        plugin, recorder = activate()
+    else:
+        plugin = _plugin(args.device)
+        if args.kernels == "null":
+            from profile_batch1 import null_kernels
+
+            null_kernels()
     step = Step(args.layers, args.device, plugin, real_weights=args.kernels == "active")
     step.prepare_direct()
-    sync = torch.cuda.synchronize if args.device != "cpu" else (lambda: None)
+    sync = torch.cuda.synchronize if not on_host else (lambda: None)
     res: dict[str, Any] = {"layers": args.layers, "device": args.device, "kernels": args.kernels, "shape": SHAPE,
                            "backend": plugin.name}
-    timed = _time({"adaptor": step.adaptor, "direct": step.direct}, args.steps, args.repeats, sync)
+    fns: dict[str, Callable[[], None]] = {"adaptor": step.adaptor, "direct": step.direct}
+    if recorder is not None:
+        step.direct()  # first calls run the simulator once per shape
+        recorder.count, recorder.calls = 0, []
+        step.direct()
+        calls, recorder.calls = recorder.calls, None
+        recorder.count = 0
+        step.adaptor()
+        res["vendor_calls_per_step"] = {"adaptor": recorder.count, "direct": len(calls)}
+        res["vendor_calls_by_kernel"] = dict(Counter(fn.name for fn, _, _ in calls).most_common())
+        recorder.replayed = calls
+        fns = {"vendor": recorder.replay, **fns}  # the differences are taken to the last one, "direct"
+    timed = _time(fns, args.steps, args.repeats, sync)
     res["adaptor_step"], res["direct_step"] = timed["adaptor"], timed["direct"]
+    if recorder is not None:
+        res["vendor_step"] = timed["vendor"]
+        res["plugin_overhead_us_per_layer"] = round(-timed["vendor"]["cpu_median_diff_us"] / args.layers, 2)
     res["adaptor_overhead_us_per_step"] = res["adaptor_step"]["cpu_median_diff_us"]
     res["adaptor_overhead_us_per_layer"] = round(res["adaptor_overhead_us_per_step"] / args.layers, 2)
     res["aten_adaptor_step"] = count_aten(step.adaptor)
@@ -219,6 +260,10 @@ def main() -> int:
           f"{res['adaptor_step']} us, direct {res['direct_step']} us -> adaptor overhead "
           f"{res['adaptor_overhead_us_per_step']} us/step ({res['adaptor_overhead_us_per_layer']} us/layer); "
           f"aten ops per step {a} vs {d} direct ({a - d} from the adaptor)")
+    if recorder is not None:
+        print(f"vendor-kernel calls per step: {res['vendor_calls_per_step']} {res['vendor_calls_by_kernel']}; "
+              f"vendor calls alone {res['vendor_step']} us -> Ascend plugin host cost "
+              f"{res['plugin_overhead_us_per_layer']} us/layer (direct - vendor, CPU time)")
     for frame, n in res["aten_adaptor_step"]["by_op"].items():
         print(f"  {n:6d}  {frame}")
     if args.out:
