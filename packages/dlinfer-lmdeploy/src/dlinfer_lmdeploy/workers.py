@@ -8,6 +8,9 @@ active only when the executor runs a dlinfer device:
   ``dlinfer_lmdeploy_autoload.pth`` hook is installed (a pip install; not a ``PYTHONPATH`` checkout) the worker never
   wires dlinfer into LMDeploy and dies in ``try_import_deeplink`` (``No module named 'dlinfer.framework'``). The target
   becomes :func:`worker_main`, a function of this package, so unpickling it imports ``dlinfer_lmdeploy`` first.
+  It also notes the executor's SIGTERM (:class:`_TerminationSeen`): LMDeploy's worker then raises ``SystemExit``
+  wherever it is, and one stopped inside a shared-memory send fails in its cleanup (``BufferError``); that error
+  ends the worker quietly instead of being reported as a worker failure.
 * **A worker that dies fails the engine at once.** LMDeploy signals the engine (SIGUSR1, whose handler releases the
   executor and exits the process) only for errors inside a worker's main loop; a worker that fails during start-up
   or is killed (OOM killer) leaves the engine waiting forever on its reply. :func:`worker_main` reports a start-up
@@ -45,17 +48,53 @@ NOTIFIER_CLOSE_DEADLINE_S = 5.0
 WATCH_INTERVAL_S = 0.5
 
 
+class _TerminationSeen:
+    """Wraps the SIGTERM handler LMDeploy's worker loop installs, noting that the executor asked the worker to end.
+
+    LMDeploy's handler raises ``SystemExit`` wherever the worker is; one stopped inside a shared-memory send then
+    fails in its own cleanup (``BufferError: cannot close exported pointers exist``). That is the executor's
+    shutdown, not a worker failure: it must not be logged as one or signalled to the engine.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._install = signal.signal
+
+    def __enter__(self) -> _TerminationSeen:
+        def install(signum: int, handler: Any) -> Any:
+            if signum == signal.SIGTERM and callable(handler):
+                inner = handler
+
+                def handler(sig: int, frame: Any) -> Any:
+                    self.seen = True
+                    return inner(sig, frame)
+
+            return self._install(signum, handler)
+
+        signal.signal = install  # this worker process only: LMDeploy's loop installs its handler through it
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal = self._install
+
+
 def worker_main(proc: Any, **kwargs: Any) -> None:
     """Process target of a spawned LMDeploy worker on a dlinfer device: wire dlinfer in, then LMDeploy's loop."""
     import dlinfer_lmdeploy
 
     dlinfer_lmdeploy.install()
-    try:
-        proc._main_loop(**kwargs)
-    except Exception:
-        logger.exception("dlinfer-lmdeploy: LMDeploy worker %s failed", getattr(proc, "proc_id", "?"))
-        os.kill(os.getppid(), signal.SIGUSR1)  # LMDeploy's own "a worker failed" signal: the engine exits
-        raise
+    proc_id = getattr(proc, "proc_id", "?")
+    with _TerminationSeen() as terminated:
+        try:
+            proc._main_loop(**kwargs)
+        except Exception as exc:
+            if terminated.seen:
+                logger.debug("dlinfer-lmdeploy: LMDeploy worker %s ended by the executor (%r in its cleanup)",
+                             proc_id, exc)
+                return
+            logger.exception("dlinfer-lmdeploy: LMDeploy worker %s failed", proc_id)
+            os.kill(os.getppid(), signal.SIGUSR1)  # LMDeploy's own "a worker failed" signal: the engine exits
+            raise
 
 
 @replacement("mp-worker-entry")
