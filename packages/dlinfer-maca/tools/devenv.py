@@ -11,15 +11,29 @@ editable install is unavailable (no network, no build backend on the device imag
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import tomllib
 
 
+def _version(pkg: Path, pyproject: dict) -> str:
+    """``project.version``, or for ``dynamic = ["version"]`` the ``__version__`` in hatch's version path."""
+    proj = pyproject["project"]
+    if "version" in proj:
+        return proj["version"]
+    source = (pkg / pyproject["tool"]["hatch"]["version"]["path"]).read_text()
+    found = re.search(r"^__version__\s*=\s*[\"']([^\"']+)[\"']", source, re.M)
+    if found is None:
+        raise SystemExit(f"devenv: no __version__ in {pkg}'s hatch version path")
+    return found.group(1)
+
+
 def write_stub(site: Path, pkg: Path) -> None:
-    proj = tomllib.loads((pkg / "pyproject.toml").read_text())["project"]
-    name, version = proj["name"], proj["version"]
+    pyproject = tomllib.loads((pkg / "pyproject.toml").read_text())
+    proj = pyproject["project"]
+    name, version = proj["name"], _version(pkg, pyproject)
     info = site / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True, exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")

@@ -12,7 +12,7 @@ if [ -d .carry/whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .carry/whl/*.whl \
     && tar xzf .carry/lmdeploy-0.18.0-nots.tgz -C $SITE
 fi
-python3 packages/dlinfer-maca/tools/devenv.py $SITE packages/dlinfer-core packages/dlinfer-maca
+python3 packages/dlinfer-maca/tools/devenv.py $SITE packages/dlinfer-core packages/dlinfer-maca || exit 1
 export PYTHONPATH=$SITE:packages/dlinfer-core/src:packages/dlinfer-maca/src
 export PYTHONUNBUFFERED=1
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" | tee "$OUT/env.txt"
