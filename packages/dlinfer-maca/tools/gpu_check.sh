@@ -13,7 +13,7 @@ if [ -d .carry/whl ]; then
     && tar xzf .carry/lmdeploy-0.18.0-nots.tgz -C $SITE
 fi
 python3 packages/dlinfer-maca/tools/devenv.py $SITE packages/dlinfer-core packages/dlinfer-maca || exit 1
-export PYTHONPATH=$SITE:packages/dlinfer-core/src:packages/dlinfer-maca/src
+export PYTHONPATH=$SITE:$PWD/packages/dlinfer-core/src:$PWD/packages/dlinfer-maca/src  # absolute: tests run subprocesses elsewhere
 export PYTHONUNBUFFERED=1
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" | tee "$OUT/env.txt"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv >> "$OUT/env.txt" 2>&1
