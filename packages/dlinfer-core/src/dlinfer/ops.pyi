@@ -430,7 +430,7 @@ def weight_quant_matmul(
     *,
     group_size: int,
 ) -> torch.Tensor:
-    """W4A16: x @ dequant(W) with W[i, o] = (q[i, o] - z[i // g, o]) * s[i // g, o]; takes the output of weight_quant_prepare of the same backend, which may repack qweight/qzeros but keeps scales as [IN/g, OUT].
+    """W4A16: x @ dequant(W) with W[i, o] = (q[i, o] - z[i // g, o]) * s[i // g, o]; takes the output of weight_quant_prepare of the same backend, which may repack qweight/qzeros but keeps scales as [IN/g, OUT]. dequant(W) may be rounded once to x's dtype before the product.
 
     Args:
         x: tensor [..., IN] float16/bfloat16/float32

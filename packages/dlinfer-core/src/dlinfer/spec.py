@@ -88,6 +88,10 @@ class OpSpec:
     """Optional behaviours a backend may refuse with NotImplementedError (documented, conformance-tested)."""
     derived_from: tuple[str, ...] = ()
     """Ops this one is composed from (``dlinfer.compose``) when a backend lacks it but has all of these."""
+    rounded_weight: bool = False
+    """The backend may round the dequantised weight once to x's dtype before the product, as W4A16 vendor kernels
+    do; the conformance kit then allows that rounding's forward error, ``u(x.dtype) * sum_i |x_i| |W[i, o]|`` per
+    output (u the dtype's unit roundoff), on top of the accumulating tolerance."""
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -287,7 +291,9 @@ _add(OpSpec(
      _t("bias", ("OUT",), "same:x", optional=True), _kw("group_size", "int")),
     (Output("out", ("...", "OUT"), "same:x"),),
     "W4A16: x @ dequant(W) with W[i, o] = (q[i, o] - z[i // g, o]) * s[i // g, o]; takes the output of "
-    "weight_quant_prepare of the same backend, which may repack qweight/qzeros but keeps scales as [IN/g, OUT].",
+    "weight_quant_prepare of the same backend, which may repack qweight/qzeros but keeps scales as [IN/g, OUT]. "
+    "dequant(W) may be rounded once to x's dtype before the product.",
+    rounded_weight=True,
 ))
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)

@@ -19,8 +19,10 @@ class Diff:
     detail: str = ""
 
 
-def compare_tensor(name: str, got: object, want: torch.Tensor, tol: Tolerance) -> Diff:
-    """Element-wise |got - want| <= atol + rtol * |want|; NaN anywhere in ``got`` fails."""
+def compare_tensor(name: str, got: object, want: torch.Tensor, tol: Tolerance,
+                   allowance: torch.Tensor | None = None) -> Diff:
+    """Element-wise |got - want| <= atol + rtol * |want| (+ ``allowance``, an error bound per element of a
+    rounding the op's contract permits, broadcast to ``want``); NaN anywhere in ``got`` fails."""
     if not isinstance(got, torch.Tensor):
         return Diff(False, float("inf"), float("inf"), f"{name}: expected a tensor, got {type(got).__name__}")
     if tuple(got.shape) != tuple(want.shape):
@@ -44,8 +46,12 @@ def compare_tensor(name: str, got: object, want: torch.Tensor, tol: Tolerance) -
         ok = max_abs == 0
         bound = "exact"
     else:
-        ok = bool((err <= tol.atol + tol.rtol * w.abs()).all())
+        limit = tol.atol + tol.rtol * w.abs()
         bound = f"atol {tol.atol:g} + rtol {tol.rtol:g}"
+        if allowance is not None:
+            limit = limit + allowance.detach().to("cpu", torch.float64)
+            bound += f" + the permitted rounding's bound (up to {float(allowance.max()):.3g})"
+        ok = bool((err <= limit).all())
     detail = "" if ok else f"{name}: max abs err {max_abs:.3g}, max rel err {max_rel:.3g} (allowed {bound})"
     return Diff(ok, max_abs, max_rel, detail)
 

@@ -16,7 +16,7 @@ from dlinfer.registry import REFERENCE, REGISTRY
 from dlinfer.spec import KV_LAYOUTS, SPECS, OpSpec
 from dlinfer.testing.cases import Case, cases_for
 from dlinfer.testing.compare import Diff, compare_tensor, merge, poison_allocator
-from dlinfer.testing.tolerances import tolerance
+from dlinfer.testing.tolerances import UNIT_ROUNDOFF, tolerance
 
 Ops = Mapping[str, Callable[..., Any]]
 
@@ -172,6 +172,16 @@ def _plan_diffs(spec: OpSpec, fn: Callable[..., Any], base: Mapping[str, Any], w
     return diffs
 
 
+def rounded_weight_bound(args: Mapping[str, Any], dtype: torch.dtype) -> torch.Tensor:
+    """Forward error bound of rounding each dequantised W4A16 weight once to ``dtype`` (:attr:`OpSpec.rounded_weight`):
+    ``u * |x| @ |W|``, ``[..., OUT]``, from the case's canonical (unprepared) AWQ arguments."""
+    from dlinfer.reference.quant import dequant_awq
+
+    x = args["x"].float()
+    w = dequant_awq(args["qweight"], args["scales"], args["qzeros"], args["group_size"]).to(x.device)
+    return UNIT_ROUNDOFF[dtype] * (x.abs().reshape(-1, x.shape[-1]) @ w.abs()).reshape(*x.shape[:-1], w.shape[-1])
+
+
 def run_case(
     case: Case,
     dtype: torch.dtype,
@@ -220,7 +230,8 @@ def run_case(
     if case.op == "moe_gating_topk_softmax":
         got_outs, want_outs = _canonical_topk(got_outs), _canonical_topk(want_outs)
     tol = tolerance(dtype, case.accumulating)
-    diffs: list[Diff] = [compare_tensor(n, g, w, tol) for (n, g), (_, w) in zip(got_outs, want_outs)]
+    allowance = rounded_weight_bound(base, dtype) if spec.rounded_weight else None
+    diffs: list[Diff] = [compare_tensor(n, g, w, tol, allowance) for (n, g), (_, w) in zip(got_outs, want_outs)]
     if case.op != "weight_quant_matmul":
         for p in spec.params:  # inputs not declared as mutated must be left untouched
             checked = p.kind == "tensor" and not p.mutated and isinstance(base.get(p.name), torch.Tensor)

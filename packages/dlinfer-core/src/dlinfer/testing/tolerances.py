@@ -26,6 +26,9 @@ ACCUMULATING: dict[torch.dtype, Tolerance] = {
 }
 """Ops that reduce over long dimensions in a different order than the reference (attention, GEMMs, MoE)."""
 
+UNIT_ROUNDOFF: dict[torch.dtype, float] = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+"""Half the gap between 1 and the next number of the dtype: the largest relative error of one rounding."""
+
 INT8_ATOL = 1
 """Quantised outputs may differ by one step where rounding ties land differently."""
 
