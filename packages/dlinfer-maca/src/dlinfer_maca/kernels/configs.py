@@ -51,10 +51,10 @@ W8A8_TABLE: GemmTable = (  # H200 sweep (tune-quant-run1.json)
 )
 W4A16_DEQUANT_MIN_M = 256
 """From this many rows on, W4A16 dequantises the weight into a transient ``[IN, OUT]`` buffer in the activation
-dtype and multiplies with the vendor GEMM (``torch.mm`` summing and writing fp32) instead of the fused kernel: at
-M 256-1024 the fused kernel ran at 0.36-0.88x of LMDeploy's AWQ kernel on the H200 while cuBLAS on the dequantised
-weight took 25-50 % of its time (tune-quant-run1.json). The dequantised weight is rounded once to the activation
-dtype, as the fused large-M config (``join=2``) and LMDeploy's kernel do."""
+dtype and multiplies with the vendor GEMM (``torch.mm``) instead of the fused kernel: at M 256-1024 the fused
+kernel ran at 0.36-0.88x of LMDeploy's AWQ kernel on the H200 while cuBLAS on the dequantised weight took 25-50 %
+of its time (tune-quant-run1.json). The dequantised weight is rounded once to the activation dtype, as the fused
+large-M config (``join=2``) and LMDeploy's kernel do; the op contract permits it (``OpSpec.rounded_weight``)."""
 QUANT_NORM_MANY_ROWS = 1024
 """From this many rows on, the quantising norm kernels run 4 warps per row of <= 4096 elements (``norm._warps``;
 H200 sweep, tools/tune_norm_decode_gpu.py)."""
