@@ -14,6 +14,9 @@ process under a deadline (``testing.child``: stacks of every rank on timeout, NV
   ``--profile-delay`` s after the engine loop starts, for ``--profile-window`` s while the child streams batch-1
   requests only; from rank 0's trace: GPU time of all-reduce kernels (NCCL ``AllReduce``, custom all-reduce) over
   the GPU time of all kernels in the window (the 128-token prefill of each streamed request is in it too).
+  ``--profile-batch N`` generates N requests at a time through the window instead and reports, per decode step
+  (the window's span over the batches' mean step time, prefill included in that mean), each kernel kind's GPU time
+  and the GPU's idle time.
 
 ``--tp-compare 1`` also runs the same model at tp=1 where it fits one GPU. LMDeploy's cuda runs on its mp executor
 (``--peer-executor``; ray where installed) and its child exits after printing its figures without closing the engine
@@ -76,6 +79,22 @@ def _stream_ms(pipe: Any, gen: Any, seed: int) -> tuple[float, int]:
     return ((stamps[-1] - stamps[0]) / max(count - 1, 1) * 1e3 if len(stamps) > 1 else float("nan")), count
 
 
+def _batch_window(pipe: Any, gen: Any, batch: int, until: float) -> dict[str, Any]:
+    """Generate ``batch`` prompts at a time until ``until`` (perf_counter): the profiled window then holds decode
+    steps of that batch size (and each batch's prefill, ``batch x PROMPT_TOKENS`` tokens). Returns the mean step
+    time over the batches, whole generation time / new tokens per request (the prefill included)."""
+    steps_ms: list[float] = []
+    seed = 3
+    while time.perf_counter() < until:
+        t0 = time.perf_counter()
+        outs = pipe(_prompts(batch, PROMPT_TOKENS, seed=seed), gen_config=gen, do_preprocess=False)
+        per_request = max(len(o.token_ids) for o in outs)
+        steps_ms.append((time.perf_counter() - t0) / max(per_request, 1) * 1e3)
+        seed += 1
+    return {"batch": batch, "batches": len(steps_ms), "mean_step_ms": round(sum(steps_ms) / len(steps_ms), 3)
+            if steps_ms else None}
+
+
 def run_one(model: str, device: str, tp: int, executor: str | None, profile: str | None, dry: bool) -> dict[str, Any]:
     """In the child: build the engine, measure, print RESULT (``testing.child.emit``)."""
     from lmdeploy import GenerationConfig
@@ -104,8 +123,10 @@ def run_one(model: str, device: str, tp: int, executor: str | None, profile: str
                    batch1_ms_per_token=round(ms, 3), batch1_tokens=count,
                    first_tokens=[list(o.token_ids[:32]) for o in outs[:4]],
                    dlinfer_graph_steps=graph_runner.step_counts().since(before).as_dict())
-    else:  # batch-1 streams only, through the profiler's window (it dumps every rank's trace when it closes)
-        delay, window = (float(x) for x in profile.split(","))
+    else:  # batch-1 streams (or batches of --profile-batch) through the profiler's window (every rank's trace)
+        delay, window, batch = (float(x) for x in (profile.split(",") + ["1"])[:3])
+        if batch > 1:
+            res["profile_batch"] = _batch_window(pipe, gen, int(batch), loop_start + delay + window + 2)
         while time.perf_counter() - loop_start < delay + window + 2:
             _stream_ms(pipe, gen, seed=2)
         prefix = os.environ["LMDEPLOY_PROFILE_OUT_PREFIX"]
@@ -114,9 +135,24 @@ def run_one(model: str, device: str, tp: int, executor: str | None, profile: str
             time.sleep(1)
         time.sleep(5)  # the dump of a large trace may still be written
         res["allreduce"] = allreduce_share(prefix)
+        res.update(per_step_us(res["allreduce"], res.get("profile_batch")))
     emit(res)
     pipe.close()
     return res
+
+
+def per_step_us(trace: dict[str, Any], batch: dict[str, Any] | None) -> dict[str, Any]:
+    """With batches through the window: decode steps in it (the window's span / the batches' mean step time) and
+    each kernel kind's GPU time per step, plus the GPU-idle time per step (span - busy)."""
+    step_ms = (batch or {}).get("mean_step_ms")
+    span = trace.get("window_span_us")
+    if not step_ms or not span:
+        return {}
+    steps = span / (step_ms * 1e3)
+    by_kind = {k: round(v / steps, 1) for k, v in trace.get("kernel_us_by_kind", {}).items()}
+    idle = (span - trace.get("kernel_us", 0.0)) / steps
+    return {"steps_in_window": round(steps, 1), "kernel_us_per_step_by_kind": by_kind,
+            "gpu_idle_us_per_step": round(idle, 1)}
 
 
 def allreduce_share(prefix: str) -> dict[str, Any]:
@@ -164,7 +200,7 @@ def _child(args: argparse.Namespace, model: Path, device: str, tp: int, profile_
         env.update({activity: "1"}, LMDEPLOY_PROFILE_DELAY=str(int(args.profile_delay)),
                    LMDEPLOY_PROFILE_DURATION=str(int(args.profile_window)),
                    LMDEPLOY_PROFILE_OUT_PREFIX=str(profile_dir / f"{device}_tp{tp}_rank"))
-        argv += ["--profile", f"{args.profile_delay},{args.profile_window}"]
+        argv += ["--profile", f"{args.profile_delay},{args.profile_window},{args.profile_batch}"]
     what = f"{model.name} {device} tp={tp}{' profile' if profile_dir else ''}"
     t0 = time.perf_counter()
     try:
@@ -189,6 +225,8 @@ def main() -> int:
     parser.add_argument("--model-root", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "tp-bench")
     parser.add_argument("--profile-delay", type=float, default=20.0)
     parser.add_argument("--profile-window", type=float, default=4.0)
+    parser.add_argument("--profile-batch", type=int, default=1,
+                        help="requests generated together through the profiled window (1: batch-1 streams)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--profile-tp1", action="store_true", help="also profile tp=1 runs (kernel time by kind)")
     parser.add_argument("--cleanup", action="store_true", help="delete each model after its runs (disk)")
