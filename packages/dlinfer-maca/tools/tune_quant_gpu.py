@@ -57,8 +57,7 @@ TOL = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
 
 # ------------------------------------------------------------------------------------------- candidates
 # GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k (0 = auto), reduce, unpack, group_m, join)
-# join: 0 = 8 per-plane dots, 1 = joined operand (exact), 2 = joined with scales folded into the weights, 3 = as 2,
-# the fold multiplied in the activation dtype (same rounding).
+# join: 0 = 8 per-plane dots, 1 = joined operand (exact), 2 = joined with scales folded into the weights.
 # Register counts of these from sm_90 builds (no spills except where noted) guided the lists.
 
 
@@ -71,7 +70,7 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
               G(16, 128, 64, 4, 4, 0, 1, 1, 8, 2), G(16, 256, 64, 4, 3, 0, 1, 1, 8, 0)]
         c += [G(16, 128, 64, 4, 4, s, 1, 1, 8, 1) for s in (1, 4, 16)]
         c += [G(16, 128, 64, 4, 4, 0, 0, 1, 8, 1)]
-        c += [G(16, 128, 128, 4, 3, 0, 1, 1, 8, 3), G(16, 128, 128, 4, 2, 0, 1, 1, 8, 3)]  # fold in 16-bit
+        c += [G(16, 128, 128, 4, 3, 0, 1, 1, 8, 2), G(16, 128, 128, 4, 2, 0, 1, 1, 8, 2)]
     elif M <= 64:
         c = [G(64, 128, 64, 4, 3, 0, 1, 1, 8, 1), G(64, 128, 64, 4, 4, 0, 1, 1, 8, 1),
              G(64, 256, 64, 8, 3, 0, 1, 1, 8, 1), G(32, 128, 64, 4, 4, 0, 1, 1, 8, 1),
@@ -79,10 +78,10 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
              G(64, 256, 64, 8, 3, 0, 1, 1, 8, 2), G(128, 128, 64, 8, 3, 0, 1, 1, 8, 2),
              G(64, 128, 64, 4, 3, 1, 1, 1, 8, 1), G(64, 128, 64, 4, 3, 0, 1, 0, 8, 1),
              G(64, 128, 64, 4, 3, 0, 0, 1, 8, 1)]
-        # K step of a whole group (128), 2 stages, fold in 16-bit (join 3), with and without split-K
-        c += [G(64, 128, 128, 4, 2, 0, 1, 1, 8, 1), G(64, 128, 128, 4, 2, 0, 1, 1, 8, 3),
-              G(64, 128, 128, 4, 2, 1, 1, 1, 8, 3), G(64, 128, 128, 4, 3, 0, 1, 1, 8, 3),
-              G(64, 128, 64, 4, 4, 0, 1, 1, 8, 3), G(64, 128, 128, 8, 2, 0, 1, 1, 8, 3)]
+        # K step of a whole group (128), 2 stages, exact and folded, with and without split-K
+        c += [G(64, 128, 128, 4, 2, 0, 1, 1, 8, 1), G(64, 128, 128, 4, 2, 0, 1, 1, 8, 2),
+              G(64, 128, 128, 4, 2, 1, 1, 1, 8, 2), G(64, 128, 128, 4, 3, 0, 1, 1, 8, 2),
+              G(64, 128, 128, 8, 2, 0, 1, 1, 8, 2)]
     else:
         c = [G(128, 128, 64, 4, 3, 1, 1, 1, 8, 2), G(128, 128, 64, 8, 3, 1, 1, 1, 8, 2),
              G(128, 128, 64, 8, 4, 1, 1, 1, 8, 2), G(128, 256, 64, 8, 3, 1, 1, 1, 8, 2),

@@ -14,9 +14,7 @@ class GemmConfig(NamedTuple):
     buffer summed by torch, 1 = in-kernel (last program of a tile sums the partials); ``unpack`` (W4A16):
     0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers; ``join`` (W4A16): 0 = one narrow ``tl.dot``
     per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``, 2 = joined with the
-    group scales folded into the weights before the MMA (one rounding per dequantised weight), 3 = as 2 with the
-    fold's multiply in the activation dtype (the same rounding; 2 is used where scales and activations differ
-    in dtype, and for fp32)."""
+    group scales folded into the weights before the MMA (one rounding per dequantised weight)."""
 
     block_m: int
     block_n: int

@@ -361,8 +361,8 @@ def _w4a16_join_kernel(
     tile column ``8j + P`` is plane P of word j, and the accumulator is permuted back to column order once,
     before the epilogue. ``FOLD``: scale the weights before the MMA (one rounding of each dequantised weight
     to x's dtype, as LMDeploy's kernel does) so the MMA accumulates in place, instead of scaling each
-    partial product (exact weights, but a second fp32 tile live per K step). ``FOLD`` 2: the fold's multiply in
-    x's dtype (scales of x's dtype only), bit-identical to ``FOLD`` 1 with two conversions fewer per weight."""
+    partial product (exact weights, but a second fp32 tile live per K step). The fold's fp32 multiply compiles to
+    a 16-bit ``HMUL2`` on sm_90 (the product is exact before its one rounding)."""
     SUB: tl.constexpr = BLOCK_N // 8
     CH: tl.constexpr = BLOCK_N // 128
     num_m = tl.cdiv(M, BLOCK_M)
@@ -395,10 +395,7 @@ def _w4a16_join_kernel(
         w37 = tl.join(_w4_weights(p, zw, 3, UNPACK, x.dtype), _w4_weights(p, zw, 7, UNPACK, x.dtype))
         w = tl.reshape(tl.join(tl.join(w04, w26), tl.join(w15, w37)), (BLOCK_K, BLOCK_N))  # index 4a+2b+c = plane
         s = tl.load(s_ptr + grp * stride_sk + pcols, mask=pcols < N, other=0.0)
-        if FOLD == 2:  # the same rounding in x's dtype: w (|w| <= 15) * s is exact in fp32, so one 16-bit
-            ws_ = w * s[None, :]  # multiply (s has x's dtype here) rounds it once, as the fp32 route below
-            acc = tl.dot(x, ws_, acc, input_precision=DOT_PREC)
-        elif FOLD == 1:  # dequantised weight rounded to x's dtype once; the MMA accumulates in place
+        if FOLD:  # dequantised weight rounded to x's dtype once; the MMA accumulates in place
             ws_ = (w.to(tl.float32) * s.to(tl.float32)[None, :]).to(x.dtype)  # = a correctly rounded w * s
             acc = tl.dot(x, ws_, acc, input_precision=DOT_PREC)
         else:  # exact integer weights, the group scale applied to the fp32 partial product
@@ -510,9 +507,7 @@ def w4a16_fwd(
     unpack = cfg.unpack if x.dtype in (torch.float16, torch.bfloat16) else 0
     if interpreting() and x.dtype == torch.bfloat16:
         unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits; the magic path is checked on GPU only
-    native = scales.dtype == x.dtype and x.dtype != torch.float32 and not (interpreting() and x.dtype == torch.bfloat16)
-    fold = {2: 1, 3: 2 if native else 1}.get(cfg.join, 0)  # the interpreter multiplies bf16 as raw bits
-    kernel, extra = (_w4a16_join_kernel, {"FOLD": fold}) if cfg.join else (_w4a16_kernel, {})
+    kernel, extra = (_w4a16_join_kernel, {"FOLD": cfg.join == 2}) if cfg.join else (_w4a16_kernel, {})
     kernel[(tiles, split)](
         a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, ws if cnt is None else cnt,
         M, N, K, NW, group_size,

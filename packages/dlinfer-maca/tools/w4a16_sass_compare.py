@@ -1,0 +1,119 @@
+"""Static profile of the W4A16 kernels for sm_90, compiled on any host (no GPU: Triton's bundled ptxas, nvdisasm and
+cuobjdump): registers, spill stack, and the SASS instruction mix of maca's fused kernels at the table's configs
+against LMDeploy's ``awq_linear_kernel`` at the tile it picks for the same rows.
+
+    python packages/dlinfer-maca/tools/w4a16_sass_compare.py [--out DIR]   (LMDeploy importable for the peer rows)
+
+Counts are static (instructions in the binary, the K loop once): they show where a kernel spends instructions
+per K step (the nibble unpack: SHF/LOP3/PRMT; spills: LDL/STL; MMA: HGMMA), not time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU target, not the interpreter
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+MAC_ARGS = ["x_ptr", "qw_ptr", "s_ptr", "z_ptr", "bias_ptr", "o_ptr", "ws_ptr", "cnt_ptr", "M", "N", "K", "NW",
+            "GROUP", "K_PER_SPLIT", "n_split", "stride_xm", "stride_qk", "stride_sk", "stride_zk", "stride_om"]
+MAC_TYPES = ["*fp16", "*i32", "*fp16", "*i32", "*fp16", "*fp16", "*fp32", "*i32"] + ["i32"] * 12
+SHOWN = ("HGMMA", "HMMA", "SHF", "LOP3", "PRMT", "I2F", "HADD2", "HMUL2", "HFMA2", "LDL", "STL", "LDG", "LDGSTS",
+         "STS", "LDS", "LDSM", "STSM", "BAR")
+
+
+def _compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], warps: int, stages: int) -> Any:
+    return triton.compile(ASTSource(fn, signature, constexprs), target=TARGET,
+                          options={"num_warps": warps, "num_stages": stages})
+
+
+def profile(kernel: Any, name: str, out: Path) -> dict[str, Any]:
+    cubin = out / f"{name}.cubin"
+    cubin.write_bytes(kernel.asm["cubin"])
+    sass = subprocess.run([str(TOOLS / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True,
+                          check=True).stdout
+    (out / f"{name}.sass").write_text(sass)
+    usage = subprocess.run([str(TOOLS / "cuobjdump"), "--dump-resource-usage", str(cubin)], capture_output=True,
+                           text=True, check=True).stdout
+    ops: collections.Counter[str] = collections.Counter()
+    for line in sass.splitlines():
+        found = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        if found:
+            ops[found.group(1)] += 1
+    res = {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK):(\d+)", usage)}
+    return {"name": name, **res, "sass": sum(ops.values()), **{op: ops.get(op, 0) for op in SHOWN}}
+
+
+def maca_rows(out: Path) -> list[dict[str, Any]]:
+    from dlinfer_maca.kernels import configs, quant
+
+    rows = []
+    for m in (16, 64, 128):
+        cfg = configs.pick_config(configs.W4A16_TABLE, m)
+        const = dict(SPLIT=False, REDUCE=0, HAS_BIAS=False, UNPACK=cfg.unpack, BLOCK_M=cfg.block_m,
+                     BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, DOT_PREC="tf32")
+        if cfg.join:
+            fn, const = quant._w4a16_join_kernel, {**const, "FOLD": cfg.join == 2}
+        else:
+            fn = quant._w4a16_kernel
+        sig = dict(zip(MAC_ARGS, MAC_TYPES, strict=True)) | {k: "constexpr" for k in const}
+        name = f"maca_m{m}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_w{cfg.num_warps}s{cfg.num_stages}_join{cfg.join}"
+        rows.append(profile(_compile(fn, sig, const, cfg.num_warps, cfg.num_stages), name, out))
+    return rows
+
+
+def lmdeploy_rows(out: Path) -> list[dict[str, Any]]:
+    try:
+        from lmdeploy.pytorch.kernels.cuda import awq_kernels
+    except ImportError as exc:  # the peer is optional
+        print(f"LMDeploy's awq_kernels not importable ({exc}): peer rows skipped", file=sys.stderr)
+        return []
+    names = ["a_ptr", "qw_ptr", "s_ptr", "qz_ptr", "c_ptr", "M", "N", "K", "stride_am", "stride_ak", "stride_wk",
+             "stride_wn", "stride_sk", "stride_sn", "stride_zk", "stride_zn", "stride_cm", "stride_cn"]
+    runtime = {"a_ptr": "*fp16", "qw_ptr": "*i32", "s_ptr": "*fp16", "qz_ptr": "*i32", "c_ptr": "*fp16",
+               "M": "i32", "stride_am": "i32", "stride_cm": "i32"}
+    n, k = 14336, 4096
+    rows = []
+    for m in (16, 64):  # its launcher: BLOCK_M = next_power_of_2(M) in [16, 128], BLOCK_K = group size, 2 stages
+        const = dict(N=n, K=k, stride_ak=1, stride_wk=n // 8, stride_wn=1, stride_sk=n, stride_sn=1,
+                     stride_zk=n // 8, stride_zn=1, stride_cn=1, SPLIT_K=max(1, k // 4096), NUM_STAGES=2,
+                     BLOCK_SIZE_M=m, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=8)
+        sig = {name: runtime.get(name, "constexpr") for name in names} | {
+            c: "constexpr" for c in ("SPLIT_K", "NUM_STAGES", "BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K",
+                                     "GROUP_SIZE_M")}
+        kern = _compile(awq_kernels.awq_linear_kernel.fn, sig, const, 4, 2)
+        rows.append(profile(kern, f"lmdeploy_m{m}_{m}x128x128_w4s2", out))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None, help="keep the cubin and SASS files here")
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="w4a16-sass-"))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = maca_rows(out) + lmdeploy_rows(out)
+    cols = ["reg", "stack", "sass", *SHOWN]
+    print("| kernel | " + " | ".join(cols) + " |")
+    print("|---|" + "---:|" * len(cols))
+    for r in rows:
+        print(f"| {r['name']} | " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    print(f"(cubin and SASS in {out})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
