@@ -46,11 +46,16 @@ def _run_w4(M, K, N, g, dtype, cfg, bias=False, split_k=None):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("unpack", [0, 1])
+@pytest.mark.parametrize("unpack", [0, 1, 2], ids=["int", "magic", "lop3-pairs"])
 @pytest.mark.parametrize("join", [0, 1, 2], ids=["planes", "joined", "joined-folded"])
 def test_w4a16_kernel_variants(join, unpack, dtype):
-    """Every kernel body (8 per-plane dots / joined operand, exact / folded scales, both unpacks), split-K with
-    the in-kernel reduction, bias, OUT = 264 (two full chunks and a partial one), IN over 6 groups."""
+    """Every kernel body (8 per-plane dots / joined operand, exact / folded scales, every unpack), split-K with
+    the in-kernel reduction, bias, OUT = 264 (two full chunks and a partial one), IN over 6 groups. unpack 2 is
+    inline PTX: on a GPU it runs; the interpreter runs the integer unpack instead (the launcher's fallback)."""
+    if unpack == 2 and join == 0:
+        with pytest.raises(ValueError, match="unpack=2"):
+            _run_w4(5, 192, 264, 32, dtype, BASE._replace(join=0, unpack=2))
+        return
     cfg = BASE._replace(join=join, unpack=unpack, split_k=3, reduce=1, block_n=256 if join else 128)
     out, ref = _run_w4(5, 192, 264, 32, dtype, cfg, bias=True)
     assert_close(out, ref, dtype, factor=2)

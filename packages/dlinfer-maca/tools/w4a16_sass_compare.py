@@ -4,8 +4,9 @@ against LMDeploy's ``awq_linear_kernel`` at the tile it picks for the same rows.
 
     python packages/dlinfer-maca/tools/w4a16_sass_compare.py [--out DIR]   (LMDeploy importable for the peer rows)
 
-Counts are static (instructions in the binary, the K loop once): they show where a kernel spends instructions
-per K step (the nibble unpack: SHF/LOP3/PRMT; spills: LDL/STL; MMA: HGMMA), not time.
+Counts are static: ``sass`` is the whole binary, ``loop`` and the opcode columns the body of its largest loop (the
+K loop, once). They show where a kernel spends instructions per K step (nibble unpack: SHF/LOP3/PRMT; address and
+mask arithmetic: IMAD/LEA/ISETP; spill reloads: LDL; MMA: HGMMA/HMMA), not time.
 """
 
 from __future__ import annotations
@@ -31,13 +32,35 @@ TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 MAC_ARGS = ["x_ptr", "qw_ptr", "s_ptr", "z_ptr", "bias_ptr", "o_ptr", "ws_ptr", "cnt_ptr", "M", "N", "K", "NW",
             "GROUP", "K_PER_SPLIT", "n_split", "stride_xm", "stride_qk", "stride_sk", "stride_zk", "stride_om"]
 MAC_TYPES = ["*fp16", "*i32", "*fp16", "*i32", "*fp16", "*fp16", "*fp32", "*i32"] + ["i32"] * 12
-SHOWN = ("HGMMA", "HMMA", "SHF", "LOP3", "PRMT", "I2F", "HADD2", "HMUL2", "HFMA2", "LDL", "STL", "LDG", "LDGSTS",
-         "STS", "LDS", "LDSM", "STSM", "BAR")
+SHOWN = ("HGMMA", "HMMA", "SHF", "LOP3", "PRMT", "HADD2", "HMUL2", "HFMA2", "IMAD", "LEA", "ISETP", "LDL", "STL",
+         "LDG", "LDGSTS", "STS", "LDS")
 
 
 def _compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], warps: int, stages: int) -> Any:
     return triton.compile(ASTSource(fn, signature, constexprs), target=TARGET,
                           options={"num_warps": warps, "num_stages": stages})
+
+
+def _loop_body(sass: str) -> list[str]:
+    """Opcodes of the largest backward-branch range (the K loop's body; the whole kernel if there is none)."""
+    ops: list[str] = []
+    labels: dict[str, int] = {}
+    best: tuple[int, int] | None = None
+    for line in sass.splitlines():
+        label = re.match(r"^\.(L_x_\d+):", line.strip())
+        if label:
+            labels[label.group(1)] = len(ops)
+            continue
+        found = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(.*)", line)
+        if not found:
+            continue
+        ops.append(found.group(1))
+        target = re.search(r"`\(\.(L_x_\d+)\)", found.group(2)) if found.group(1) == "BRA" else None
+        if target and labels.get(target.group(1), len(ops)) < len(ops) - 1:
+            span = (labels[target.group(1)], len(ops))
+            if best is None or span[1] - span[0] > best[1] - best[0]:
+                best = span
+    return ops[best[0]:best[1]] if best else ops
 
 
 def profile(kernel: Any, name: str, out: Path) -> dict[str, Any]:
@@ -54,23 +77,29 @@ def profile(kernel: Any, name: str, out: Path) -> dict[str, Any]:
         if found:
             ops[found.group(1)] += 1
     res = {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK):(\d+)", usage)}
-    return {"name": name, **res, "sass": sum(ops.values()), **{op: ops.get(op, 0) for op in SHOWN}}
+    loop = collections.Counter(_loop_body(sass))
+    return {"name": name, **res, "sass": sum(ops.values()), "loop": sum(loop.values()),
+            **{op: loop.get(op, 0) for op in SHOWN}}
 
 
-def maca_rows(out: Path) -> list[dict[str, Any]]:
+def maca_rows(out: Path, unpack: int | None, dtype: str) -> list[dict[str, Any]]:
     from dlinfer_maca.kernels import configs, quant
 
     rows = []
     for m in (16, 64, 128):
         cfg = configs.pick_config(configs.W4A16_TABLE, m)
+        if unpack is not None:
+            cfg = cfg._replace(unpack=unpack)
         const = dict(SPLIT=False, REDUCE=0, HAS_BIAS=False, UNPACK=cfg.unpack, BLOCK_M=cfg.block_m,
                      BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, DOT_PREC="tf32")
         if cfg.join:
             fn, const = quant._w4a16_join_kernel, {**const, "FOLD": cfg.join == 2}
         else:
             fn = quant._w4a16_kernel
-        sig = dict(zip(MAC_ARGS, MAC_TYPES, strict=True)) | {k: "constexpr" for k in const}
-        name = f"maca_m{m}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_w{cfg.num_warps}s{cfg.num_stages}_join{cfg.join}"
+        types = [t.replace("fp16", dtype) for t in MAC_TYPES]
+        sig = dict(zip(MAC_ARGS, types, strict=True)) | {k: "constexpr" for k in const}
+        name = (f"maca_m{m}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_w{cfg.num_warps}s{cfg.num_stages}"
+                f"_join{cfg.join}_unpack{cfg.unpack}_{dtype}")
         rows.append(profile(_compile(fn, sig, const, cfg.num_warps, cfg.num_stages), name, out))
     return rows
 
@@ -102,11 +131,15 @@ def lmdeploy_rows(out: Path) -> list[dict[str, Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="keep the cubin and SASS files here")
+    parser.add_argument("--unpack", type=int, default=None, help="override the table's unpack for maca's rows")
+    parser.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16", help="maca's activation dtype")
+    parser.add_argument("--no-peer", action="store_true", help="skip LMDeploy's kernel")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="w4a16-sass-"))
     out.mkdir(parents=True, exist_ok=True)
-    rows = maca_rows(out) + lmdeploy_rows(out)
-    cols = ["reg", "stack", "sass", *SHOWN]
+    rows = maca_rows(out, args.unpack, args.dtype) + ([] if args.no_peer else lmdeploy_rows(out))
+    cols = ["reg", "stack", "sass", "loop", *SHOWN]
+    print("Opcode columns count the K loop's body (static).")
     print("| kernel | " + " | ".join(cols) + " |")
     print("|---|" + "---:|" * len(cols))
     for r in rows:

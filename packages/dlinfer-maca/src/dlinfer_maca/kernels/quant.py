@@ -218,6 +218,49 @@ def _w4_weights(p, zw, P: tl.constexpr, UNPACK: tl.constexpr, dtype: tl.constexp
 
 
 @triton.jit
+def _nibble_pairs(word, TOP: tl.constexpr, MAGIC: tl.constexpr, dtype: tl.constexpr):
+    """Two nibbles of each int32 in one ``LOP3`` (``(word & mask) | MAGIC``): bits 0-3 (``TOP``: 4-7) of each
+    16-bit half land in the low mantissa bits of the 16-bit float MAGIC, returned as (low half, high half)."""
+    mask = tl.full(word.shape, 0x00F000F0 if TOP else 0x000F000F, tl.int32)
+    magic = tl.full(word.shape, MAGIC, tl.int32)
+    asm: tl.constexpr = "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xea; mov.b32 {$0, $1}, t; }"  # (a & b) | c
+    if dtype == tl.float16:
+        return tl.inline_asm_elementwise(asm, "=h,=h,r,r,r", [word, mask, magic], dtype=(tl.float16, tl.float16),
+                                         is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(asm, "=h,=h,r,r,r", [word, mask, magic],
+                                         dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
+
+
+@triton.jit
+def _w4_joined_magic(p, dtype: tl.constexpr):
+    """``[R, W]`` packed words -> ``[R, 8 W]`` 16-bit floats, column ``8 j + t`` = plane ``t // 2 + 4 (t % 2)`` of
+    word j, two nibbles per ``LOP3`` (``UNPACK`` 2; inline PTX, GPU only). fp16: MAGIC + q for the even planes
+    (bits 0-3 of a half) and MAGIC + 16 q for the odd ones (bits 4-7; exact below 2048), the upper byte by one
+    shift; bf16 (7 mantissa bits): bits 0-3 only, one shift per pair. Subtracting the zeros' tile gives q - z
+    (even planes) and 16 (q - z) (odd planes, fp16) exactly."""
+    R: tl.constexpr = p.shape[0]
+    W: tl.constexpr = p.shape[1]
+    if dtype == tl.float16:
+        MAGIC: tl.constexpr = 0x64006400
+        p8 = p >> 8
+        q0, q4 = _nibble_pairs(p, False, MAGIC, dtype)
+        q1, q5 = _nibble_pairs(p, True, MAGIC, dtype)
+        q2, q6 = _nibble_pairs(p8, False, MAGIC, dtype)
+        q3, q7 = _nibble_pairs(p8, True, MAGIC, dtype)
+    else:
+        MAGIC: tl.constexpr = 0x43004300
+        q0, q4 = _nibble_pairs(p, False, MAGIC, dtype)
+        q1, q5 = _nibble_pairs(p >> 4, False, MAGIC, dtype)
+        q2, q6 = _nibble_pairs(p >> 8, False, MAGIC, dtype)
+        q3, q7 = _nibble_pairs(p >> 12, False, MAGIC, dtype)
+    # the two halves of each LOP3 result end up in adjacent columns (the last join is lows, highs), so the f16x2
+    # registers become MMA operand pairs without byte permutes: column 8 j + t holds plane t // 2 + 4 (t % 2)
+    joined = tl.join(tl.join(tl.join(q0, q2), tl.join(q1, q3)), tl.join(tl.join(q4, q6), tl.join(q5, q7)))
+    return tl.reshape(joined, (R, W * 8))
+
+
+@triton.jit
 def _w4_plane(acc, x, p, zw, s_ptrs, cols, N, P: tl.constexpr, UNPACK: tl.constexpr, DOT_PREC: tl.constexpr):
     """Accumulate nibble plane P: ``acc += (x @ (q_P - z_P)) * s_P`` for the plane's ``[BLOCK_N/8]`` columns."""
     w = _w4_weights(p, zw, P, UNPACK, x.dtype)
@@ -376,7 +419,11 @@ def _w4a16_join_kernel(
     words = pid_n * SUB + tl.arange(0, SUB)
     wmask = words < NW
     jj = tl.arange(0, BLOCK_N)
-    pcols = pid_n * BLOCK_N + (jj // 128) * 128 + (jj // 8) % 16 + 16 * (jj % 8)  # column of tile column jj
+    if UNPACK == 2:  # plane of tile column jj (see _w4_joined_magic)
+        plane = (jj % 8) // 2 + 4 * (jj % 2)
+    else:
+        plane = jj % 8
+    pcols = pid_n * BLOCK_N + (jj // 128) * 128 + (jj // 8) % 16 + 16 * plane  # column of tile column jj
     offs_k = tl.arange(0, BLOCK_K)
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
@@ -389,19 +436,27 @@ def _w4a16_join_kernel(
                     mask=kmask[:, None] & wmask[None, :], other=0)
         grp = k0 // GROUP
         zw = tl.load(z_ptr + grp * stride_zk + words, mask=wmask, other=0)
-        w04 = tl.join(_w4_weights(p, zw, 0, UNPACK, x.dtype), _w4_weights(p, zw, 4, UNPACK, x.dtype))
-        w26 = tl.join(_w4_weights(p, zw, 2, UNPACK, x.dtype), _w4_weights(p, zw, 6, UNPACK, x.dtype))
-        w15 = tl.join(_w4_weights(p, zw, 1, UNPACK, x.dtype), _w4_weights(p, zw, 5, UNPACK, x.dtype))
-        w37 = tl.join(_w4_weights(p, zw, 3, UNPACK, x.dtype), _w4_weights(p, zw, 7, UNPACK, x.dtype))
-        w = tl.reshape(tl.join(tl.join(w04, w26), tl.join(w15, w37)), (BLOCK_K, BLOCK_N))  # index 4a+2b+c = plane
+        if UNPACK == 2:  # joined first, zeros subtracted on whole f16x2 registers; odd fp16 planes hold 16 (q - z)
+            w = _w4_joined_magic(p, x.dtype) - _w4_joined_magic(zw[None, :], x.dtype)
+        else:
+            w04 = tl.join(_w4_weights(p, zw, 0, UNPACK, x.dtype), _w4_weights(p, zw, 4, UNPACK, x.dtype))
+            w26 = tl.join(_w4_weights(p, zw, 2, UNPACK, x.dtype), _w4_weights(p, zw, 6, UNPACK, x.dtype))
+            w15 = tl.join(_w4_weights(p, zw, 1, UNPACK, x.dtype), _w4_weights(p, zw, 5, UNPACK, x.dtype))
+            w37 = tl.join(_w4_weights(p, zw, 3, UNPACK, x.dtype), _w4_weights(p, zw, 7, UNPACK, x.dtype))
+            w = tl.reshape(tl.join(tl.join(w04, w26), tl.join(w15, w37)), (BLOCK_K, BLOCK_N))  # 4a+2b+c = plane
         s = tl.load(s_ptr + grp * stride_sk + pcols, mask=pcols < N, other=0.0)
+        if UNPACK == 2 and x.dtype == tl.float16:  # the odd planes' factor 16, undone exactly in the scale
+            s = s.to(tl.float32) * tl.where(plane % 2 == 1, 0.0625, 1.0)
         if FOLD:  # dequantised weight rounded to x's dtype once; the MMA accumulates in place
             ws_ = (w.to(tl.float32) * s.to(tl.float32)[None, :]).to(x.dtype)  # = a correctly rounded w * s
             acc = tl.dot(x, ws_, acc, input_precision=DOT_PREC)
         else:  # exact integer weights, the group scale applied to the fp32 partial product
             acc += tl.dot(x, w, input_precision=DOT_PREC) * s.to(tl.float32)[None, :]
     # tile column 8j + P with j = 16t + c holds column 128t + 16P + c: back to column order
-    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, CH, 16, 8)), (0, 1, 3, 2)), (BLOCK_M, BLOCK_N))
+    if UNPACK == 2:  # tile column 8 j + 2 k + h holds plane k + 4 h
+        acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, CH, 16, 4, 2)), (0, 1, 4, 3, 2)), (BLOCK_M, BLOCK_N))
+    else:
+        acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, CH, 16, 8)), (0, 1, 3, 2)), (BLOCK_M, BLOCK_N))
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     omask = mmask[:, None] & (cols < N)[None, :]
     mn = rows[:, None] * N + cols[None, :]
@@ -504,9 +559,11 @@ def w4a16_fwd(
     ws = torch.empty((split, M, N), dtype=torch.float32, device=x.device) if split > 1 else out
     cnt = arrival_counters(x.device, tiles) if split > 1 and cfg.reduce == 1 else None
     reduce = int(cnt is not None)
+    if cfg.unpack == 2 and not cfg.join:
+        raise ValueError("w4a16: unpack=2 (two nibbles per LOP3) needs the joined kernel (join 1 or 2)")
     unpack = cfg.unpack if x.dtype in (torch.float16, torch.bfloat16) else 0
-    if interpreting() and x.dtype == torch.bfloat16:
-        unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits; the magic path is checked on GPU only
+    if interpreting() and (x.dtype == torch.bfloat16 or unpack == 2):
+        unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits and runs no inline PTX: GPU only
     kernel, extra = (_w4a16_join_kernel, {"FOLD": cfg.join == 2}) if cfg.join else (_w4a16_kernel, {})
     kernel[(tiles, split)](
         a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, ws if cnt is None else cnt,
