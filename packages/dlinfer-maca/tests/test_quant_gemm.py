@@ -48,7 +48,8 @@ def _run_w4(M, K, N, g, dtype, cfg, bias=False, split_k=None):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("unpack", [0, 1, 2], ids=["int", "magic", "lop3-pairs"])
 @pytest.mark.parametrize("join", [0, 1, 2], ids=["planes", "joined", "joined-folded"])
-def test_w4a16_kernel_variants(join, unpack, dtype):
+@pytest.mark.parametrize("even_k", [False, True], ids=["k-masked", "even-k"])
+def test_w4a16_kernel_variants(join, unpack, dtype, even_k):
     """Every kernel body (8 per-plane dots / joined operand, exact / folded scales, every unpack), split-K with
     the in-kernel reduction, bias, OUT = 264 (two full chunks and a partial one), IN over 6 groups. unpack 2 is
     inline PTX: on a GPU it runs; the interpreter runs the integer unpack instead (the launcher's fallback)."""
@@ -56,18 +57,22 @@ def test_w4a16_kernel_variants(join, unpack, dtype):
         with pytest.raises(ValueError, match="unpack=2"):
             _run_w4(5, 192, 264, 32, dtype, BASE._replace(join=0, unpack=2))
         return
-    cfg = BASE._replace(join=join, unpack=unpack, split_k=3, reduce=1, block_n=256 if join else 128)
+    if even_k and join == 0:
+        pytest.skip("even_k is a joined-kernel option")
+    cfg = BASE._replace(join=join, unpack=unpack, split_k=3, reduce=1, block_n=256 if join else 128, even_k=even_k)
     out, ref = _run_w4(5, 192, 264, 32, dtype, cfg, bias=True)
     assert_close(out, ref, dtype, factor=2)
 
 
+@pytest.mark.parametrize("even_k", [False, True], ids=["k-masked", "even-k"])
 @pytest.mark.parametrize("M", [1, 5, 16, 33])
 @pytest.mark.parametrize("path", ["no-split", "auto", "split-torch-sum", "split-in-kernel"])
-def test_w4a16_sizes_and_split_paths(M, path):
+def test_w4a16_sizes_and_split_paths(M, path, even_k):
+    """Row counts, OUT tails and every split path; ``even_k``: pointers advanced per K step, no K mask."""
     dtype = torch.float16
     split, reduce = {"no-split": (1, 1), "auto": (0, 1), "split-torch-sum": (3, 0), "split-in-kernel": (4, 1)}[path]
     N = 136 if M % 2 else 72  # 128 + 8 and 72: OUT tails of the 128-column chunk
-    cfg = BASE._replace(split_k=split, reduce=reduce, block_m=16 if M <= 16 else 32)
+    cfg = BASE._replace(split_k=split, reduce=reduce, block_m=16 if M <= 16 else 32, even_k=even_k)
     out, ref = _run_w4(M, 256, N, 64, dtype, cfg)
     assert_close(out, ref, dtype, factor=2)
 

@@ -82,7 +82,7 @@ def profile(kernel: Any, name: str, out: Path) -> dict[str, Any]:
             **{op: loop.get(op, 0) for op in SHOWN}}
 
 
-def maca_rows(out: Path, unpack: int | None, dtype: str) -> list[dict[str, Any]]:
+def maca_rows(out: Path, unpack: int | None, dtype: str, even_k: bool) -> list[dict[str, Any]]:
     from dlinfer_maca.kernels import configs, quant
 
     rows = []
@@ -90,16 +90,17 @@ def maca_rows(out: Path, unpack: int | None, dtype: str) -> list[dict[str, Any]]
         cfg = configs.pick_config(configs.W4A16_TABLE, m)
         if unpack is not None:
             cfg = cfg._replace(unpack=unpack)
+        cfg = cfg._replace(even_k=cfg.even_k or even_k)
         const = dict(SPLIT=False, REDUCE=0, HAS_BIAS=False, UNPACK=cfg.unpack, BLOCK_M=cfg.block_m,
                      BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, DOT_PREC="tf32")
         if cfg.join:
-            fn, const = quant._w4a16_join_kernel, {**const, "FOLD": cfg.join == 2}
+            fn, const = quant._w4a16_join_kernel, {**const, "FOLD": cfg.join == 2, "EVEN_K": cfg.even_k}
         else:
             fn = quant._w4a16_kernel
         types = [t.replace("fp16", dtype) for t in MAC_TYPES]
         sig = dict(zip(MAC_ARGS, types, strict=True)) | {k: "constexpr" for k in const}
         name = (f"maca_m{m}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_w{cfg.num_warps}s{cfg.num_stages}"
-                f"_join{cfg.join}_unpack{cfg.unpack}_{dtype}")
+                f"_join{cfg.join}_unpack{cfg.unpack}{'_evenk' if cfg.even_k else ''}_{dtype}")
         rows.append(profile(_compile(fn, sig, const, cfg.num_warps, cfg.num_stages), name, out))
     return rows
 
@@ -134,10 +135,11 @@ def main() -> int:
     parser.add_argument("--unpack", type=int, default=None, help="override the table's unpack for maca's rows")
     parser.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16", help="maca's activation dtype")
     parser.add_argument("--no-peer", action="store_true", help="skip LMDeploy's kernel")
+    parser.add_argument("--even-k", action="store_true", help="maca's rows with even_k (no per-element K mask)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="w4a16-sass-"))
     out.mkdir(parents=True, exist_ok=True)
-    rows = maca_rows(out, args.unpack, args.dtype) + ([] if args.no_peer else lmdeploy_rows(out))
+    rows = maca_rows(out, args.unpack, args.dtype, args.even_k) + ([] if args.no_peer else lmdeploy_rows(out))
     cols = ["reg", "stack", "sass", "loop", *SHOWN]
     print("Opcode columns count the K loop's body (static).")
     print("| kernel | " + " | ".join(cols) + " |")

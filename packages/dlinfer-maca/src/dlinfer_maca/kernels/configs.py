@@ -15,7 +15,9 @@ class GemmConfig(NamedTuple):
     0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers, 2 = the magic numbers two nibbles per ``LOP3``
     (inline PTX, joined kernel only; a sweep option, not in the tables); ``join`` (W4A16): 0 = one narrow ``tl.dot``
     per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``, 2 = joined with the
-    group scales folded into the weights before the MMA (one rounding per dequantised weight)."""
+    group scales folded into the weights before the MMA (one rounding per dequantised weight); ``even_k``
+    (joined W4A16 kernel; IN is always a multiple of the K step, which divides the group): advance the x and
+    weight pointers per K step and load without the per-element K mask (a sweep option, not in the tables)."""
 
     block_m: int
     block_n: int
@@ -27,6 +29,7 @@ class GemmConfig(NamedTuple):
     unpack: int = 0
     group_m: int = 8
     join: int = 0
+    even_k: bool = False
 
 
 GemmTable = tuple[tuple[int, GemmConfig], ...]

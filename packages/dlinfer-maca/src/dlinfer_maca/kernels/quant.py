@@ -397,7 +397,7 @@ def _w4a16_join_kernel(
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
     SPLIT: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr, UNPACK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    DOT_PREC: tl.constexpr, FOLD: tl.constexpr,
+    DOT_PREC: tl.constexpr, FOLD: tl.constexpr, EVEN_K: tl.constexpr = False,
 ):
     """The same product as :func:`_w4a16_kernel` with one ``tl.dot`` per K step (large M: one wide MMA
     instead of 8 narrow ones): the 8 nibble planes are joined into a ``[BLOCK_K, BLOCK_N]`` operand whose
@@ -428,12 +428,22 @@ def _w4a16_join_kernel(
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if EVEN_K:  # pointers advanced by one K step per iteration
+        x_ptrs = x_ptr + rows[:, None] * stride_xm + (k_lo + offs_k)[None, :]
+        p_ptrs = qw_ptr + (k_lo + offs_k).to(tl.int64)[:, None] * stride_qk + words[None, :]
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        kk = k0 + offs_k
-        kmask = kk < k_hi
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
-        p = tl.load(qw_ptr + kk.to(tl.int64)[:, None] * stride_qk + words[None, :],
-                    mask=kmask[:, None] & wmask[None, :], other=0)
+        if EVEN_K:  # every K step is whole: only the loop-invariant row / word masks
+            x = tl.load(x_ptrs, mask=mmask[:, None], other=0.0)
+            p = tl.load(p_ptrs, mask=wmask[None, :], other=0)
+            x_ptrs += BLOCK_K
+            p_ptrs += BLOCK_K * stride_qk
+        else:
+            kk = k0 + offs_k
+            kmask = kk < k_hi
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=mmask[:, None] & kmask[None, :],
+                        other=0.0)
+            p = tl.load(qw_ptr + kk.to(tl.int64)[:, None] * stride_qk + words[None, :],
+                        mask=kmask[:, None] & wmask[None, :], other=0)
         grp = k0 // GROUP
         zw = tl.load(z_ptr + grp * stride_zk + words, mask=wmask, other=0)
         if UNPACK == 2:  # joined first, zeros subtracted on whole f16x2 registers; odd fp16 planes hold 16 (q - z)
@@ -564,7 +574,8 @@ def w4a16_fwd(
     unpack = cfg.unpack if x.dtype in (torch.float16, torch.bfloat16) else 0
     if interpreting() and (x.dtype == torch.bfloat16 or unpack == 2):
         unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits and runs no inline PTX: GPU only
-    kernel, extra = (_w4a16_join_kernel, {"FOLD": cfg.join == 2}) if cfg.join else (_w4a16_kernel, {})
+    kernel, extra = ((_w4a16_join_kernel, {"FOLD": cfg.join == 2, "EVEN_K": cfg.even_k and K % bk == 0})
+                     if cfg.join else (_w4a16_kernel, {}))
     kernel[(tiles, split)](
         a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, ws if cnt is None else cnt,
         M, N, K, NW, group_size,
