@@ -94,6 +94,7 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
              G(64, 256, 64, 8, 3, 1, 1, 1, 8, 2), G(128, 128, 64, 8, 3, 1, 1, 1, 8, 1),
              G(128, 128, 64, 8, 3, 0, 1, 1, 8, 2), G(128, 256, 64, 8, 3, 1, 1, 0, 8, 2),
              G(128, 128, 64, 4, 3, 1, 1, 2, 8, 2)]
+        c += [G(128, 128, 64, 4, 3, 1, 1, u, 8, 2, even_k=True) for u in (1, 2)]  # pointer steps, no K mask
     return c[::3] if quick else c
 
 

@@ -428,15 +428,17 @@ def _w4a16_join_kernel(
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if EVEN_K:  # pointers advanced by one K step per iteration
-        x_ptrs = x_ptr + rows[:, None] * stride_xm + (k_lo + offs_k)[None, :]
-        p_ptrs = qw_ptr + (k_lo + offs_k).to(tl.int64)[:, None] * stride_qk + words[None, :]
+    if EVEN_K:  # scalar base pointers advanced per K step over loop-invariant 32-bit tile offsets
+        x_base = x_ptr + (pid_m * BLOCK_M).to(tl.int64) * stride_xm + k_lo
+        x_off = tl.arange(0, BLOCK_M)[:, None] * stride_xm + offs_k[None, :]
+        p_base = qw_ptr + k_lo.to(tl.int64) * stride_qk + pid_n * SUB
+        p_off = offs_k[:, None] * stride_qk + tl.arange(0, SUB)[None, :]
     for k0 in range(k_lo, k_hi, BLOCK_K):
         if EVEN_K:  # every K step is whole: only the loop-invariant row / word masks
-            x = tl.load(x_ptrs, mask=mmask[:, None], other=0.0)
-            p = tl.load(p_ptrs, mask=wmask[None, :], other=0)
-            x_ptrs += BLOCK_K
-            p_ptrs += BLOCK_K * stride_qk
+            x = tl.load(x_base + x_off, mask=mmask[:, None], other=0.0)
+            p = tl.load(p_base + p_off, mask=wmask[None, :], other=0)
+            x_base += BLOCK_K
+            p_base += BLOCK_K * stride_qk
         else:
             kk = k0 + offs_k
             kmask = kk < k_hi
