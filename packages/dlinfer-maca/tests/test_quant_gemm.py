@@ -52,7 +52,7 @@ def _run_w4(M, K, N, g, dtype, cfg, bias=False, split_k=None):
 def test_w4a16_kernel_variants(join, unpack, dtype, even_k):
     """Every kernel body (8 per-plane dots / joined operand, exact / folded scales, every unpack), split-K with
     the in-kernel reduction, bias, OUT = 264 (two full chunks and a partial one), IN over 6 groups. unpack 2 is
-    inline PTX: on a GPU it runs; the interpreter runs the integer unpack instead (the launcher's fallback)."""
+    inline PTX on a GPU; the interpreter runs the same bits with integer ops (fp16; bf16 falls back to unpack 0)."""
     if unpack == 2 and join == 0:
         with pytest.raises(ValueError, match="unpack=2"):
             _run_w4(5, 192, 264, 32, dtype, BASE._replace(join=0, unpack=2))

@@ -94,7 +94,7 @@ def maca_rows(out: Path, unpack: int | None, dtype: str, even_k: bool) -> list[d
         const = dict(SPLIT=False, REDUCE=0, HAS_BIAS=False, UNPACK=cfg.unpack, BLOCK_M=cfg.block_m,
                      BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, DOT_PREC="tf32")
         if cfg.join:
-            fn, const = quant._w4a16_join_kernel, {**const, "FOLD": cfg.join == 2, "EVEN_K": cfg.even_k}
+            fn, const = quant._w4a16_join_kernel, {**const, "FOLD": cfg.join == 2, "EVEN_K": cfg.even_k, "ASM": True}
         else:
             fn = quant._w4a16_kernel
         types = [t.replace("fp16", dtype) for t in MAC_TYPES]

@@ -218,11 +218,15 @@ def _w4_weights(p, zw, P: tl.constexpr, UNPACK: tl.constexpr, dtype: tl.constexp
 
 
 @triton.jit
-def _nibble_pairs(word, TOP: tl.constexpr, MAGIC: tl.constexpr, dtype: tl.constexpr):
+def _nibble_pairs(word, TOP: tl.constexpr, MAGIC: tl.constexpr, dtype: tl.constexpr, ASM: tl.constexpr):
     """Two nibbles of each int32 in one ``LOP3`` (``(word & mask) | MAGIC``): bits 0-3 (``TOP``: 4-7) of each
-    16-bit half land in the low mantissa bits of the 16-bit float MAGIC, returned as (low half, high half)."""
+    16-bit half land in the low mantissa bits of the 16-bit float MAGIC, returned as (low half, high half).
+    ``ASM`` False: the same bits with Triton integer ops (the interpreter runs no inline PTX)."""
     mask = tl.full(word.shape, 0x00F000F0 if TOP else 0x000F000F, tl.int32)
     magic = tl.full(word.shape, MAGIC, tl.int32)
+    if not ASM:
+        bits = (word & mask) | magic
+        return (bits.to(tl.int16).to(dtype, bitcast=True), (bits >> 16).to(tl.int16).to(dtype, bitcast=True))
     asm: tl.constexpr = "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xea; mov.b32 {$0, $1}, t; }"  # (a & b) | c
     if dtype == tl.float16:
         return tl.inline_asm_elementwise(asm, "=h,=h,r,r,r", [word, mask, magic], dtype=(tl.float16, tl.float16),
@@ -233,7 +237,7 @@ def _nibble_pairs(word, TOP: tl.constexpr, MAGIC: tl.constexpr, dtype: tl.conste
 
 
 @triton.jit
-def _w4_joined_magic(p, dtype: tl.constexpr):
+def _w4_joined_magic(p, dtype: tl.constexpr, ASM: tl.constexpr):
     """``[R, W]`` packed words -> ``[R, 8 W]`` 16-bit floats, column ``8 j + t`` = plane ``t // 2 + 4 (t % 2)`` of
     word j, two nibbles per ``LOP3`` (``UNPACK`` 2; inline PTX, GPU only). fp16: MAGIC + q for the even planes
     (bits 0-3 of a half) and MAGIC + 16 q for the odd ones (bits 4-7; exact below 2048), the upper byte by one
@@ -244,16 +248,16 @@ def _w4_joined_magic(p, dtype: tl.constexpr):
     if dtype == tl.float16:
         MAGIC: tl.constexpr = 0x64006400
         p8 = p >> 8
-        q0, q4 = _nibble_pairs(p, False, MAGIC, dtype)
-        q1, q5 = _nibble_pairs(p, True, MAGIC, dtype)
-        q2, q6 = _nibble_pairs(p8, False, MAGIC, dtype)
-        q3, q7 = _nibble_pairs(p8, True, MAGIC, dtype)
+        q0, q4 = _nibble_pairs(p, False, MAGIC, dtype, ASM)
+        q1, q5 = _nibble_pairs(p, True, MAGIC, dtype, ASM)
+        q2, q6 = _nibble_pairs(p8, False, MAGIC, dtype, ASM)
+        q3, q7 = _nibble_pairs(p8, True, MAGIC, dtype, ASM)
     else:
         MAGIC: tl.constexpr = 0x43004300
-        q0, q4 = _nibble_pairs(p, False, MAGIC, dtype)
-        q1, q5 = _nibble_pairs(p >> 4, False, MAGIC, dtype)
-        q2, q6 = _nibble_pairs(p >> 8, False, MAGIC, dtype)
-        q3, q7 = _nibble_pairs(p >> 12, False, MAGIC, dtype)
+        q0, q4 = _nibble_pairs(p, False, MAGIC, dtype, ASM)
+        q1, q5 = _nibble_pairs(p >> 4, False, MAGIC, dtype, ASM)
+        q2, q6 = _nibble_pairs(p >> 8, False, MAGIC, dtype, ASM)
+        q3, q7 = _nibble_pairs(p >> 12, False, MAGIC, dtype, ASM)
     # the two halves of each LOP3 result end up in adjacent columns (the last join is lows, highs), so the f16x2
     # registers become MMA operand pairs without byte permutes: column 8 j + t holds plane t // 2 + 4 (t % 2)
     joined = tl.join(tl.join(tl.join(q0, q2), tl.join(q1, q3)), tl.join(tl.join(q4, q6), tl.join(q5, q7)))
@@ -397,7 +401,7 @@ def _w4a16_join_kernel(
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
     SPLIT: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr, UNPACK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    DOT_PREC: tl.constexpr, FOLD: tl.constexpr, EVEN_K: tl.constexpr = False,
+    DOT_PREC: tl.constexpr, FOLD: tl.constexpr, EVEN_K: tl.constexpr = False, ASM: tl.constexpr = True,
 ):
     """The same product as :func:`_w4a16_kernel` with one ``tl.dot`` per K step (large M: one wide MMA
     instead of 8 narrow ones): the 8 nibble planes are joined into a ``[BLOCK_K, BLOCK_N]`` operand whose
@@ -449,7 +453,7 @@ def _w4a16_join_kernel(
         grp = k0 // GROUP
         zw = tl.load(z_ptr + grp * stride_zk + words, mask=wmask, other=0)
         if UNPACK == 2:  # joined first, zeros subtracted on whole f16x2 registers; odd fp16 planes hold 16 (q - z)
-            w = _w4_joined_magic(p, x.dtype) - _w4_joined_magic(zw[None, :], x.dtype)
+            w = _w4_joined_magic(p, x.dtype, ASM) - _w4_joined_magic(zw[None, :], x.dtype, ASM)
         else:
             w04 = tl.join(_w4_weights(p, zw, 0, UNPACK, x.dtype), _w4_weights(p, zw, 4, UNPACK, x.dtype))
             w26 = tl.join(_w4_weights(p, zw, 2, UNPACK, x.dtype), _w4_weights(p, zw, 6, UNPACK, x.dtype))
@@ -574,9 +578,10 @@ def w4a16_fwd(
     if cfg.unpack == 2 and not cfg.join:
         raise ValueError("w4a16: unpack=2 (two nibbles per LOP3) needs the joined kernel (join 1 or 2)")
     unpack = cfg.unpack if x.dtype in (torch.float16, torch.bfloat16) else 0
-    if interpreting() and (x.dtype == torch.bfloat16 or unpack == 2):
-        unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits and runs no inline PTX: GPU only
-    kernel, extra = ((_w4a16_join_kernel, {"FOLD": cfg.join == 2, "EVEN_K": cfg.even_k and K % bk == 0})
+    if interpreting() and x.dtype == torch.bfloat16:
+        unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits: the magic paths are checked on GPU only
+    kernel, extra = ((_w4a16_join_kernel, {"FOLD": cfg.join == 2, "EVEN_K": cfg.even_k and K % bk == 0,
+                                           "ASM": not interpreting()})  # no inline PTX in the interpreter
                      if cfg.join else (_w4a16_kernel, {}))
     kernel[(tiles, split)](
         a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, ws if cnt is None else cnt,
