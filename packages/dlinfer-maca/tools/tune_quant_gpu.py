@@ -73,6 +73,8 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
         c += [G(16, 128, 128, 4, 3, 0, 1, 1, 8, 2), G(16, 128, 128, 4, 2, 0, 1, 1, 8, 2)]
         c += [G(16, 128, 128, 4, 3, 0, 1, 2, 8, 1), G(16, 128, 64, 4, 4, 0, 1, 2, 8, 1)]  # two nibbles per LOP3
         c += [G(16, 128, 128, 4, 3, 0, 1, u, 8, 1, even_k=True) for u in (1, 2)]  # pointer steps, no K mask
+        # register-lean tiles for unpack 2 + even_k (sm_90 static: 128 / 144 registers against 254 above)
+        c += [G(16, 128, 64, 4, 3, 0, 1, 2, 8, 1, even_k=True), G(16, 128, 128, 8, 3, 0, 1, 2, 8, 1, even_k=True)]
     elif M <= 64:
         c = [G(64, 128, 64, 4, 3, 0, 1, 1, 8, 1), G(64, 128, 64, 4, 4, 0, 1, 1, 8, 1),
              G(64, 256, 64, 8, 3, 0, 1, 1, 8, 1), G(32, 128, 64, 4, 4, 0, 1, 1, 8, 1),
