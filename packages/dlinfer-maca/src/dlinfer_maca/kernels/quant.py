@@ -239,7 +239,7 @@ def _nibble_pairs(word, TOP: tl.constexpr, MAGIC: tl.constexpr, dtype: tl.conste
 @triton.jit
 def _w4_joined_magic(p, dtype: tl.constexpr, ASM: tl.constexpr):
     """``[R, W]`` packed words -> ``[R, 8 W]`` 16-bit floats, column ``8 j + t`` = plane ``t // 2 + 4 (t % 2)`` of
-    word j, two nibbles per ``LOP3`` (``UNPACK`` 2; inline PTX, GPU only). fp16: MAGIC + q for the even planes
+    word j, two nibbles per ``LOP3`` (``UNPACK`` 2; inline PTX on a GPU). fp16: MAGIC + q for the even planes
     (bits 0-3 of a half) and MAGIC + 16 q for the odd ones (bits 4-7; exact below 2048), the upper byte by one
     shift; bf16 (7 mantissa bits): bits 0-3 only, one shift per pair. Subtracting the zeros' tile gives q - z
     (even planes) and 16 (q - z) (odd planes, fp16) exactly."""
