@@ -16,7 +16,9 @@ process under a deadline (``testing.child``: stacks of every rank on timeout, NV
   the GPU time of all kernels in the window (the 128-token prefill of each streamed request is in it too).
   ``--profile-batch N`` generates N requests at a time through the window instead and reports, per decode step
   (the window's span over the batches' mean step time, prefill included in that mean), each kernel kind's GPU time
-  and the GPU's idle time.
+  and the GPU's idle time. In graph mode the trace also gives them exactly (``graph_steps``): one ``cudaGraphLaunch``
+  per decode step, the kernels carrying its correlation id, and the median period and idle time between consecutive
+  replays; the eager (prefill) kernels are summed apart.
 
 ``--tp-compare 1`` also runs the same model at tp=1 where it fits one GPU. LMDeploy's cuda runs on its mp executor
 (``--peer-executor``; ray where installed) and its child exits after printing its figures without closing the engine
@@ -42,9 +44,12 @@ from lmdeploy_e2e_gpu import NEW_TOKENS, NUM_PROMPTS, PROMPT_TOKENS, _prompts  #
 from shapes import SHAPES, build  # noqa: E402
 
 ALL_REDUCE = re.compile(r"allreduce|all_reduce|cross_device_reduce|reduce_scatter|allgather|multimem", re.I)
+GRAPH_LAUNCH = re.compile(r"cu(da)?GraphLaunch")
+"""Runtime / driver API calls that replay a device graph (CUPTI names may carry a version suffix)."""
 KERNEL_KINDS = (  # first match wins: where the GPU time of a decode window goes
     ("all-reduce", ALL_REDUCE),
-    ("attention", re.compile(r"decode|attn|attention|flash", re.I)),
+    # LMDeploy's paged decode kernels are _fwd_grouped_split(_quant)_kernel + _reduce_split_kernel
+    ("attention", re.compile(r"decode|attn|attention|flash|fwd_grouped_split|reduce_split", re.I)),
     ("moe", re.compile(r"moe|expert|fused_moe|grouped", re.I)),
     ("gemm", re.compile(r"gemm|gemv|cutlass|xmma|nvjet|matmul|splitk", re.I)),
     ("norm", re.compile(r"rms|norm", re.I)),
@@ -155,6 +160,68 @@ def per_step_us(trace: dict[str, Any], batch: dict[str, Any] | None) -> dict[str
             "gpu_idle_us_per_step": round(idle, 1)}
 
 
+def kernel_kind(name: str) -> str:
+    return next((k for k, pat in KERNEL_KINDS if pat.search(name)), "other")
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return (v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2) if n else float("nan")
+
+
+def graph_steps(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Decode steps of a trace counted exactly: each ``cudaGraphLaunch`` is one graph-mode decode step, and the kernels
+    that carry its correlation id ran inside it. Per replay: busy = its kernels' GPU time, period = its first kernel's
+    start to the next replay's; a period with an eager kernel between the two (a prefill) is left out of the period
+    and idle medians. Returns {} for a trace without graph launches (eager mode)."""
+    launches = {e["args"]["correlation"] for e in events if e.get("cat") in ("cuda_runtime", "cuda_driver")
+                and GRAPH_LAUNCH.match(e.get("name", "")) and "correlation" in e.get("args", {})}
+    if not launches:
+        return {}
+    replays: dict[int, list[dict[str, Any]]] = {}
+    eager_starts: list[float] = []
+    eager_by_kind: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") != "kernel" or "dur" not in e:
+            continue
+        corr = e.get("args", {}).get("correlation")
+        if corr in launches:
+            replays.setdefault(corr, []).append(e)
+        else:
+            eager_starts.append(e["ts"])
+            kind = kernel_kind(e.get("name", ""))
+            eager_by_kind[kind] = eager_by_kind.get(kind, 0.0) + e["dur"]
+    steps = sorted(((min(k["ts"] for k in ks), sum(k["dur"] for k in ks), ks) for ks in replays.values()),
+                   key=lambda r: r[0])
+    if not steps:
+        return {}
+    eager_starts.sort()
+    by_kind: dict[str, float] = {}
+    for _, _, ks in steps:
+        for k in ks:
+            kind = kernel_kind(k.get("name", ""))
+            by_kind[kind] = by_kind.get(kind, 0.0) + k["dur"]
+    periods, idles = [], []
+    j = 0
+    for (start, busy, _), (nxt, _, _) in zip(steps[:-1], steps[1:], strict=True):
+        while j < len(eager_starts) and eager_starts[j] < start:
+            j += 1
+        if j < len(eager_starts) and eager_starts[j] < nxt:
+            continue  # an eager step (prefill) ran between these replays
+        periods.append(nxt - start)
+        idles.append(nxt - start - busy)
+    n = len(steps)
+    eager = dict(sorted(eager_by_kind.items(), key=lambda kv: -kv[1]))
+    return {"graph_steps": n, "graph_kernel_us_per_step_by_kind":
+            {k: round(v / n, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+            "graph_busy_us_per_step": round(sum(b for _, b, _ in steps) / n, 1),
+            "graph_step_period_us_median": round(_median(periods), 1) if periods else None,
+            "graph_step_idle_us_median": round(_median(idles), 1) if idles else None,
+            "consecutive_replays": len(periods),
+            "eager_kernel_us_by_kind": {k: round(v, 1) for k, v in eager.items()}}
+
+
 def allreduce_share(prefix: str) -> dict[str, Any]:
     """From rank 0's Chrome trace: GPU time of all-reduce kernels / GPU time of all kernels (and the top kernels)."""
     files = sorted(glob.glob(f"{prefix}0.json*"))
@@ -163,12 +230,13 @@ def allreduce_share(prefix: str) -> dict[str, Any]:
     opener = gzip.open if files[0].endswith(".gz") else open
     with opener(files[0], "rt") as f:
         trace = json.load(f)
-    kernels = [e for e in trace.get("traceEvents", []) if e.get("cat") == "kernel" and "dur" in e]
+    events = trace.get("traceEvents", [])
+    kernels = [e for e in events if e.get("cat") == "kernel" and "dur" in e]
     total = sum(e["dur"] for e in kernels)
     span = (max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)) if kernels else 0.0
     by_kind: dict[str, float] = {}
     for e in kernels:
-        kind = next((k for k, pat in KERNEL_KINDS if pat.search(e.get("name", ""))), "other")
+        kind = kernel_kind(e.get("name", ""))
         by_kind[kind] = by_kind.get(kind, 0.0) + e["dur"]
     ar = [e for e in kernels if ALL_REDUCE.search(e.get("name", ""))]
     ar_us = sum(e["dur"] for e in ar)
@@ -180,7 +248,7 @@ def allreduce_share(prefix: str) -> dict[str, Any]:
             "allreduce_by_name_us": dict(sorted(by_name.items(), key=lambda kv: -kv[1])[:5]),
             "window_span_us": round(span, 1), "gpu_busy_share": round(total / span, 4) if span else None,
             "kernel_us_by_kind": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
-            "trace": files[0]}
+            "trace": files[0], **graph_steps(events)}
 
 
 def _child(args: argparse.Namespace, model: Path, device: str, tp: int, profile_dir: Path | None) -> dict[str, Any]:

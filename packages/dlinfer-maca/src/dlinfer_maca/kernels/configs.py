@@ -13,12 +13,12 @@ class GemmConfig(NamedTuple):
     """One launch configuration. ``split_k`` 0 = choose from the SM count; ``reduce``: 0 = fp32 partial
     buffer summed by torch, 1 = in-kernel (last program of a tile sums the partials); ``unpack`` (W4A16):
     0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers, 2 = the magic numbers two nibbles per ``LOP3``
-    (inline PTX, joined kernel only; the interpreter runs the same bits with integer ops; a sweep option, not in
-    the tables); ``join`` (W4A16): 0 = one narrow ``tl.dot``
+    (inline PTX, joined kernel only; the interpreter runs the same bits with integer ops); ``join`` (W4A16): 0 = one narrow ``tl.dot``
     per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``, 2 = joined with the
     group scales folded into the weights before the MMA (one rounding per dequantised weight); ``even_k``
     (joined W4A16 kernel; IN is always a multiple of the K step, which divides the group): advance the x and
-    weight pointers per K step and load without the per-element K mask (a sweep option, not in the tables)."""
+    weight pointers per K step and load without the per-element K mask; an IN that is not a multiple of the K
+    step takes the masked loads)."""
 
     block_m: int
     block_n: int
@@ -41,10 +41,11 @@ OPEN_BOUND = 1 << 62
 # Defaults by M (upper bound inclusive -> config): the rows tools/tune_quant_gpu.py suggested on the H200
 # (benchmarks/h200/tune-quant-run1.json; each row the smallest geo-mean slowdown against every cell's best).
 # GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join)
-W4A16_TABLE: GemmTable = (  # H200 sweep (tune-quant-run1.json): best geo-mean per bucket
-    (16, GemmConfig(16, 128, 128, 4, 3, 0, 1, 1, 8, 1)),
-    (64, GemmConfig(64, 128, 128, 4, 2, 0, 1, 1, 8, 1)),  # 128-row K step, 2 stages: H200 2-8 % under 64 rows
-    (OPEN_BOUND, GemmConfig(128, 128, 64, 4, 3, 1, 1, 1, 8, 2)),
+W4A16_TABLE: GemmTable = (  # H200 sweep (benchmarks/h200/2026-12-02d/tune-quant-w4-sweep-9ee5d41.json): best geo-mean per bucket
+    (16, GemmConfig(16, 128, 64, 4, 3, 0, 1, 2, 8, 1, even_k=True)),  # 1.02x of the cell best (shipped before: 1.08x)
+    (64, GemmConfig(64, 128, 128, 4, 2, 0, 1, 2, 8, 1, even_k=True)),  # 1.00x (before: 1.10x)
+    # the forced fused path from W4A16_DEQUANT_MIN_M rows (split_k / config given): 1.19x at M128 (before: 1.57x)
+    (OPEN_BOUND, GemmConfig(128, 128, 64, 8, 3, 0, 1, 1, 8, 2)),
 )
 W8A8_TABLE: GemmTable = (  # H200 sweep (tune-quant-run1.json)
     (16, GemmConfig(16, 64, 128, 4, 3, 0, 1, 0, 8, 0)),
@@ -52,12 +53,14 @@ W8A8_TABLE: GemmTable = (  # H200 sweep (tune-quant-run1.json)
     (256, GemmConfig(128, 128, 128, 8, 3, 0, 1)),  # 1.16x / 1.57x LMDeploy at M256 (the suggested 64x128 row: 0.93x)
     (OPEN_BOUND, GemmConfig(256, 128, 128, 8, 3, 1, 1, 0, 8, 0)),
 )
-W4A16_DEQUANT_MIN_M = 256
+W4A16_DEQUANT_MIN_M = 65
 """From this many rows on, W4A16 dequantises the weight into a transient ``[IN, OUT]`` buffer in the activation
-dtype and multiplies with the vendor GEMM (``torch.mm``) instead of the fused kernel: at M 256-1024 the fused
-kernel ran at 0.36-0.88x of LMDeploy's AWQ kernel on the H200 while cuBLAS on the dequantised weight took 25-50 %
-of its time (tune-quant-run1.json). The dequantised weight is rounded once to the activation dtype, as the fused
-large-M config (``join=2``) and LMDeploy's kernel do; the op contract permits it (``OpSpec.rounded_weight``)."""
+dtype and multiplies with the vendor GEMM (``torch.mm``) instead of the fused kernel. The dequantise costs about the
+same at any M (25-58 us for the 8B shapes on the H200) while the fused kernel's 128-row tiles leave SMs idle or
+split K: at M 128 the best fused config took 74 / 128 / 61 us against dequantise + cuBLAS's ~91 / ~90 / ~41 us
+(K x N 4096x14336 / 14336x4096 / 4096x6144; 2026-12-02d sweep), and at M 256-1024 cuBLAS on the dequantised weight
+took 25-50 % of the fused kernel's time (tune-quant-run1.json). The dequantised weight is rounded once to the
+activation dtype, as LMDeploy's kernel does; the op contract permits it (``OpSpec.rounded_weight``)."""
 QUANT_NORM_MANY_ROWS = 1024
 """From this many rows on, the quantising norm kernels run 4 warps per row of <= 4096 elements (``norm._warps``;
 H200 sweep, tools/tune_norm_decode_gpu.py)."""

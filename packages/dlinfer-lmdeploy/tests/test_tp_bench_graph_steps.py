@@ -1,0 +1,85 @@
+"""bench/lmdeploy_tp_gpu.py: decode steps counted exactly from a profiler trace (one ``cudaGraphLaunch`` per
+graph-mode step, its kernels found by correlation id), on synthetic Chrome traces with random timings."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def bench(bench_script: Any) -> Any:
+    return bench_script("lmdeploy_tp_gpu")
+
+
+# names as the profilers print them, with the kind each one must be counted under
+GRAPH_KERNELS = (("nvjet_hsh_128x64_gemm", "gemm"), ("_decode_split_kernel", "attention"),
+                 ("_rms_norm_kernel", "norm"), ("_fwd_grouped_split_kernel", "attention"),
+                 ("_reduce_split_kernel", "attention"), ("_silu_and_mul_kernel", "activation"))
+
+
+def _trace(rng: random.Random, replays: int, prefill_after: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    expected: dict[str, Any] = {"busy": [], "by_kind": {}, "periods": [], "idles": [], "eager": 0.0}
+    t = 1000.0
+    corr = 7
+    starts = []
+    for i in range(replays):
+        corr += rng.randint(1, 5)
+        events.append({"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": t - 5.0, "dur": 4.0,
+                       "args": {"correlation": corr}})
+        starts.append(t)
+        busy = 0.0
+        for name, kind in GRAPH_KERNELS:
+            dur = rng.uniform(1.0, 50.0)
+            events.append({"ph": "X", "cat": "kernel", "name": name, "ts": t, "dur": dur,
+                           "args": {"correlation": corr}})
+            expected["by_kind"][kind] = expected["by_kind"].get(kind, 0.0) + dur
+            busy += dur
+            t += dur + rng.uniform(0.0, 2.0)
+        expected["busy"].append(busy)
+        t += rng.uniform(20.0, 400.0)  # the host gap
+        if i == prefill_after:  # an eager prefill: kernels launched one by one, other correlation ids
+            for _ in range(4):
+                corr += 1
+                dur = rng.uniform(100.0, 900.0)
+                events.append({"ph": "X", "cat": "kernel", "name": "nvjet_gemm_prefill", "ts": t, "dur": dur,
+                               "args": {"correlation": corr}})
+                expected["eager"] += dur
+                t += dur + 3.0
+    for i in range(replays - 1):
+        if i == prefill_after:
+            continue
+        period = starts[i + 1] - starts[i]
+        expected["periods"].append(period)
+        expected["idles"].append(period - expected["busy"][i])
+    rng.shuffle(events)  # traces are not sorted by time
+    return events, expected
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_graph_steps_count_replays_and_split_off_the_prefill(bench: Any, seed: int) -> None:
+    rng = random.Random(seed)
+    replays = rng.randint(6, 15)
+    events, want = _trace(rng, replays, prefill_after=rng.randint(1, replays - 3))
+    got = bench.graph_steps(events)
+    assert got["graph_steps"] == replays
+    assert got["consecutive_replays"] == replays - 2
+    assert got["graph_busy_us_per_step"] == pytest.approx(sum(want["busy"]) / replays, abs=0.06)
+    assert got["graph_kernel_us_per_step_by_kind"] == pytest.approx(
+        {k: v / replays for k, v in want["by_kind"].items()}, abs=0.06)
+    assert got["graph_step_period_us_median"] == pytest.approx(statistics.median(want["periods"]), abs=0.06)
+    assert got["graph_step_idle_us_median"] == pytest.approx(statistics.median(want["idles"]), abs=0.06)
+    assert got["eager_kernel_us_by_kind"] == pytest.approx({"gemm": want["eager"]}, abs=0.06)
+
+
+def test_a_versioned_driver_launch_counts_and_an_eager_trace_has_no_graph_steps(bench: Any) -> None:
+    kernel = {"ph": "X", "cat": "kernel", "name": "k", "ts": 10.0, "dur": 2.0, "args": {"correlation": 3}}
+    launch = {"ph": "X", "cat": "cuda_driver", "name": "cuGraphLaunch_v10000", "ts": 9.0, "dur": 1.0,
+              "args": {"correlation": 3}}
+    assert bench.graph_steps([kernel, launch])["graph_steps"] == 1
+    eager = {**launch, "cat": "cuda_runtime", "name": "cudaLaunchKernel"}
+    assert bench.graph_steps([kernel, eager]) == {}
