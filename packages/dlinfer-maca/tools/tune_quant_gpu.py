@@ -97,6 +97,11 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
              G(128, 128, 64, 8, 3, 0, 1, 1, 8, 2), G(128, 256, 64, 8, 3, 1, 1, 0, 8, 2),
              G(128, 128, 64, 4, 3, 1, 1, 2, 8, 2)]
         c += [G(128, 128, 64, 4, 3, 1, 1, u, 8, 2, even_k=True) for u in (1, 2)]  # pointer steps, no K mask
+        c += [G(128, 128, 64, 4, 3, 0, 1, 2, 8, 2, even_k=True)]  # the same with split-K from the SM count
+        # the M 17-64 row's 64-row tile over two or four row tiles (the weights re-read from L2), against the
+        # dequantise + torch.mm default from W4A16_DEQUANT_MIN_M
+        c += [G(64, 128, 128, 4, 2, 0, 1, 2, 8, j, even_k=True) for j in (1, 2)]
+        c += [G(64, 128, 64, 4, 3, 0, 1, 2, 8, 2, even_k=True)]
     return c[::3] if quick else c
 
 

@@ -13,12 +13,11 @@ class GemmConfig(NamedTuple):
     """One launch configuration. ``split_k`` 0 = choose from the SM count; ``reduce``: 0 = fp32 partial
     buffer summed by torch, 1 = in-kernel (last program of a tile sums the partials); ``unpack`` (W4A16):
     0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers, 2 = the magic numbers two nibbles per ``LOP3``
-    (inline PTX, joined kernel only; the interpreter runs the same bits with integer ops); ``join`` (W4A16): 0 = one narrow ``tl.dot``
-    per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``, 2 = joined with the
-    group scales folded into the weights before the MMA (one rounding per dequantised weight); ``even_k``
-    (joined W4A16 kernel; IN is always a multiple of the K step, which divides the group): advance the x and
-    weight pointers per K step and load without the per-element K mask; an IN that is not a multiple of the K
-    step takes the masked loads)."""
+    (inline PTX, joined kernel only; the interpreter runs the same bits with integer ops); ``join`` (W4A16):
+    0 = one narrow ``tl.dot`` per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``,
+    2 = joined with the group scales folded into the weights before the MMA (one rounding per dequantised weight);
+    ``even_k`` (joined W4A16 kernel): advance the x and weight pointers per K step and load without the per-element
+    K mask. IN is a multiple of the group, which the K step divides, so the masked loads are only a safeguard."""
 
     block_m: int
     block_n: int
@@ -41,7 +40,8 @@ OPEN_BOUND = 1 << 62
 # Defaults by M (upper bound inclusive -> config): the rows tools/tune_quant_gpu.py suggested on the H200
 # (benchmarks/h200/tune-quant-run1.json; each row the smallest geo-mean slowdown against every cell's best).
 # GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join)
-W4A16_TABLE: GemmTable = (  # H200 sweep (benchmarks/h200/2026-12-02d/tune-quant-w4-sweep-9ee5d41.json): best geo-mean per bucket
+# W4A16: H200 sweep benchmarks/h200/2026-12-02d/tune-quant-w4-sweep-9ee5d41.json, best geo-mean per bucket
+W4A16_TABLE: GemmTable = (
     (16, GemmConfig(16, 128, 64, 4, 3, 0, 1, 2, 8, 1, even_k=True)),  # 1.02x of the cell best (shipped before: 1.08x)
     (64, GemmConfig(64, 128, 128, 4, 2, 0, 1, 2, 8, 1, even_k=True)),  # 1.00x (before: 1.10x)
     # the forced fused path from W4A16_DEQUANT_MIN_M rows (split_k / config given): 1.19x at M128 (before: 1.57x)
