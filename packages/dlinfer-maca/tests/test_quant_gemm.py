@@ -77,6 +77,26 @@ def test_w4a16_sizes_and_split_paths(M, path, even_k):
     assert_close(out, ref, dtype, factor=2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("M", [1, 3])
+@pytest.mark.parametrize("path", ["no-split", "auto", "split-torch-sum", "split-in-kernel"])
+def test_w4a16_gemv_kernel(M, path, dtype):
+    """The CUDA-core kernel (``GemmConfig.gemv``): IN over 4 groups of 2 K steps each (the group-end scaling and
+    zero-point reload, the clamped prefetch of the last step), every split path (splits in whole groups), bias,
+    OUT with a partial chunk, one program row per input row."""
+    split, reduce = {"no-split": (1, 1), "auto": (0, 1), "split-torch-sum": (3, 0), "split-in-kernel": (2, 1)}[path]
+    cfg = GemmConfig(1, 128, 32, 4, 2, split, reduce, 0, 8, 0, gemv=True)
+    out, ref = _run_w4(M, 256, 136, 64, dtype, cfg, bias=True)
+    assert_close(out, ref, dtype, factor=2)
+
+
+def test_w4a16_gemv_step_larger_than_the_group():
+    """A K step wider than the group is cut to the group (one step per group), as for the MMA kernels."""
+    cfg = GemmConfig(1, 256, 128, 4, 2, 0, 1, 0, 8, 0, gemv=True)
+    out, ref = _run_w4(2, 192, 264, 32, torch.float16, cfg)
+    assert_close(out, ref, torch.float16, factor=2)
+
+
 def test_w4a16_fp32_and_default_config():
     out, ref = _run_w4(3, 128, 40, 128, torch.float32, None)  # the table / interpreter default
     assert_close(out, ref, torch.float32, factor=2)

@@ -32,8 +32,13 @@ TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 MAC_ARGS = ["x_ptr", "qw_ptr", "s_ptr", "z_ptr", "bias_ptr", "o_ptr", "ws_ptr", "cnt_ptr", "M", "N", "K", "NW",
             "GROUP", "K_PER_SPLIT", "n_split", "stride_xm", "stride_qk", "stride_sk", "stride_zk", "stride_om"]
 MAC_TYPES = ["*fp16", "*i32", "*fp16", "*i32", "*fp16", "*fp16", "*fp32", "*i32"] + ["i32"] * 12
-SHOWN = ("HGMMA", "HMMA", "SHF", "LOP3", "PRMT", "HADD2", "HMUL2", "HFMA2", "IMAD", "LEA", "ISETP", "LDL", "STL",
-         "LDG", "LDGSTS", "STS", "LDS")
+SHOWN = ("HGMMA", "HMMA", "SHF", "LOP3", "PRMT", "HADD2", "HMUL2", "HFMA2", "FADD", "FFMA", "IMAD", "LEA", "ISETP",
+         "LDL", "STL", "LDG", "LDGSTS", "STS", "LDS")
+GEMV_ARGS = ["x_ptr", "qw_ptr", "s_ptr", "z_ptr", "bias_ptr", "o_ptr", "ws_ptr", "cnt_ptr", "M", "N", "NW",
+             "K_PER_SPLIT", "K", "n_split", "stride_xm", "stride_qk", "stride_sk", "stride_zk", "stride_om"]
+GEMV_TYPES = ["*fp16", "*i32", "*fp16", "*i32", "*fp16", "*fp16", "*fp32", "*i32"] + ["i32"] * 11
+GEMV_CONFIGS = ((128, 32, 4, 2), (128, 64, 8, 2), (256, 32, 8, 2), (128, 32, 4, 3))
+"""(BLOCK_N, BLOCK_K, num_warps, num_stages) of the CUDA-core kernel's rows (``--gemv``), group 128."""
 
 
 def _compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], warps: int, stages: int) -> Any:
@@ -105,6 +110,21 @@ def maca_rows(out: Path, unpack: int | None, dtype: str, even_k: bool) -> list[d
     return rows
 
 
+def gemv_rows(out: Path, dtype: str) -> list[dict[str, Any]]:
+    """The CUDA-core kernel (``GemmConfig.gemv``) at a few tiles, split-K with the in-kernel reduction, group 128.
+    Its FFMA count in the loop is one per weight a thread handles plus the per-group scaling."""
+    from dlinfer_maca.kernels import quant
+
+    rows = []
+    for bn, bk, warps, stages in GEMV_CONFIGS:
+        const = dict(SPLIT=True, REDUCE=1, HAS_BIAS=False, BLOCK_N=bn, BLOCK_K=bk, GROUP=128, ASM=True)
+        types = [t.replace("fp16", dtype) for t in GEMV_TYPES]
+        sig = dict(zip(GEMV_ARGS, types, strict=True)) | {k: "constexpr" for k in const}
+        name = f"maca_gemv_{bn}x{bk}_w{warps}s{stages}_{dtype}"
+        rows.append(profile(_compile(quant._w4a16_gemv_kernel, sig, const, warps, stages), name, out))
+    return rows
+
+
 def lmdeploy_rows(out: Path) -> list[dict[str, Any]]:
     try:
         from lmdeploy.pytorch.kernels.cuda import awq_kernels
@@ -136,10 +156,12 @@ def main() -> int:
     parser.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16", help="maca's activation dtype")
     parser.add_argument("--no-peer", action="store_true", help="skip LMDeploy's kernel")
     parser.add_argument("--even-k", action="store_true", help="maca's rows with even_k (no per-element K mask)")
+    parser.add_argument("--gemv", action="store_true", help="add rows of the CUDA-core kernel (GemmConfig.gemv)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="w4a16-sass-"))
     out.mkdir(parents=True, exist_ok=True)
-    rows = maca_rows(out, args.unpack, args.dtype, args.even_k) + ([] if args.no_peer else lmdeploy_rows(out))
+    rows = maca_rows(out, args.unpack, args.dtype, args.even_k) + (gemv_rows(out, args.dtype) if args.gemv else [])
+    rows += [] if args.no_peer else lmdeploy_rows(out)
     cols = ["reg", "stack", "sass", "loop", *SHOWN]
     print("Opcode columns count the K loop's body (static).")
     print("| kernel | " + " | ".join(cols) + " |")

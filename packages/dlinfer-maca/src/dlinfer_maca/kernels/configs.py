@@ -17,7 +17,10 @@ class GemmConfig(NamedTuple):
     0 = one narrow ``tl.dot`` per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``,
     2 = joined with the group scales folded into the weights before the MMA (one rounding per dequantised weight);
     ``even_k`` (joined W4A16 kernel): advance the x and weight pointers per K step and load without the per-element
-    K mask. IN is a multiple of the group, which the K step divides, so the masked loads are only a safeguard."""
+    K mask. IN is a multiple of the group, which the K step divides, so the masked loads are only a safeguard.
+    ``gemv`` (W4A16): the CUDA-core kernel, one program per (column tile, K split, row), fp32 FMAs, no MMA
+    (``block_n``, ``block_k``, ``num_warps``, ``num_stages``, ``split_k`` and ``reduce`` apply; a sweep option,
+    not in the tables)."""
 
     block_m: int
     block_n: int
@@ -30,6 +33,7 @@ class GemmConfig(NamedTuple):
     group_m: int = 8
     join: int = 0
     even_k: bool = False
+    gemv: bool = False
 
 
 GemmTable = tuple[tuple[int, GemmConfig], ...]

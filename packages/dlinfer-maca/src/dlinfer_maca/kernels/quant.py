@@ -489,6 +489,176 @@ def _w4a16_join_kernel(
 
 
 @triton.jit
+def _gemv_plane(p, p12, P: tl.constexpr, ASM: tl.constexpr):
+    """Nibble plane P of a tile of words (``p``, and ``p12 = p >> 12``) as fp32 ``2**23 + q * 16**e``: the nibble
+    masked in place and OR-ed into the mantissa of 2**23, with ``e = P`` for planes 0-4 and ``P - 3`` for planes
+    5-7 (read from ``p12``), so that ``q * 16**e < 2**23`` stays exact. Subtracting the zero point made the same way
+    gives ``(q - z) * 16**e`` exactly; :func:`_gemv_unit` undoes the ``16**e`` in the group scale. ``ASM``: one
+    ``LOP3`` with both constants in registers (ptxas emits two when they are immediates); False: Triton integer ops
+    (the interpreter runs no inline PTX)."""
+    src = p if P < 5 else p12
+    mask = tl.full(p.shape, 0xF << (4 * (P if P < 5 else P - 3)), tl.int32)
+    magic = tl.full(p.shape, 0x4B000000, tl.int32)
+    if ASM:
+        return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xea;", "=r,r,r,r", [src, mask, magic],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    return ((src & mask) | magic).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _gemv_unit(P: tl.constexpr):
+    """``16**-e`` of plane P (exact in fp32)."""
+    if P < 5:
+        return 1.0 / (1 << (4 * P))
+    else:
+        return 1.0 / (1 << (4 * (P - 3)))
+
+
+@triton.jit
+def _gemv_out(acc, P: tl.constexpr, o_ptr, bias_ptr, ws_ptr, row, cols, N, stride_om, STORE_PARTIAL: tl.constexpr,
+              HAS_BIAS: tl.constexpr):
+    """Reduce the plane's ``[BLOCK_K, SUB]`` accumulator over K and store it (output row or fp32 partial)."""
+    out = tl.sum(acc, axis=0)
+    c = cols + 16 * P
+    cmask = c < N
+    if STORE_PARTIAL:
+        tl.store(ws_ptr + row * N + c, out, mask=cmask)
+    else:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + c, mask=cmask, other=0.0).to(tl.float32)
+        tl.store(o_ptr + row * stride_om + c, out.to(o_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _gemv_reduce(ws_ptr, o_ptr, bias_ptr, row, cols, M, N, n_split, stride_om, P: tl.constexpr,
+                 HAS_BIAS: tl.constexpr):
+    c = cols + 16 * P
+    cmask = c < N
+    out = tl.load(ws_ptr + row * N + c, mask=cmask, other=0.0, cache_modifier=".cg")
+    for sp in range(1, n_split):
+        out += tl.load(ws_ptr + (sp * M + row) * N + c, mask=cmask, other=0.0, cache_modifier=".cg")
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + c, mask=cmask, other=0.0).to(tl.float32)
+    tl.store(o_ptr + row * stride_om + c, out.to(o_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit(do_not_specialize=["M", "n_split"])
+def _w4a16_gemv_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, NW, K_PER_SPLIT, K, n_split,
+    stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
+    SPLIT: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, ASM: tl.constexpr = True,
+):
+    """One row of ``x @ dequant(W)`` on the CUDA cores (``GemmConfig.gemv``; decode rows): program
+    ``(column tile, K split, row)``. Each thread keeps its own K rows of a ``[BLOCK_K, SUB]`` fp32 accumulator per
+    nibble plane: per weight one logic op, one subtraction (``q - z`` exactly) and one FMA with x, no
+    reduction across threads inside the K loop. A group's accumulators are scaled once at the group's end (one FMA
+    per accumulator element per group); the K axis is reduced across threads once, after the loop. ``K_PER_SPLIT`` is
+    a whole number of groups; with ``n_split > 1`` the programs store fp32 partials ``ws [n_split, M, N]`` and
+    (REDUCE=1) the last of a (tile, row) to arrive sums them."""
+    SUB: tl.constexpr = BLOCK_N // 8
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    row = tl.program_id(2).to(tl.int64)
+    j = tl.arange(0, SUB)
+    words = pid_n * SUB + j
+    wmask = words < NW
+    cols = pid_n * BLOCK_N + (j // 16) * 128 + j % 16  # column of nibble 0 of each word
+    offs_k = tl.arange(0, BLOCK_K)
+    k_lo = pid_k * K_PER_SPLIT
+    k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
+    acc0 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    acc4 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    acc5 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    acc6 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    acc7 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    x_row = x_ptr + row * stride_xm
+    w_tile = qw_ptr + offs_k[:, None] * stride_qk + words[None, :]
+    # the K loop carries this step's words and x and loads the next step's first (software prefetch: Triton
+    # pipelines only loads that feed tl.dot); the last step's prefetch re-reads its own rows, in range
+    p = tl.load(w_tile + k_lo * stride_qk, mask=wmask[None, :], other=0)
+    x = tl.load(x_row + k_lo + offs_k).to(tl.float32)
+    zw = tl.load(z_ptr + (k_lo // GROUP) * stride_zk + words, mask=wmask, other=0)
+    zw12 = zw >> 12
+    z0 = _gemv_plane(zw, zw12, 0, ASM)
+    z1 = _gemv_plane(zw, zw12, 1, ASM)
+    z2 = _gemv_plane(zw, zw12, 2, ASM)
+    z3 = _gemv_plane(zw, zw12, 3, ASM)
+    z4 = _gemv_plane(zw, zw12, 4, ASM)
+    z5 = _gemv_plane(zw, zw12, 5, ASM)
+    z6 = _gemv_plane(zw, zw12, 6, ASM)
+    z7 = _gemv_plane(zw, zw12, 7, ASM)
+    ga0 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    ga1 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    ga2 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    ga3 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    ga4 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    ga5 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    ga6 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    ga7 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):  # K is a whole number of groups: no K mask
+        kn = tl.minimum(k0 + BLOCK_K, k_hi - BLOCK_K)
+        p_next = tl.load(w_tile + kn * stride_qk, mask=wmask[None, :], other=0)
+        x_next = tl.load(x_row + kn + offs_k).to(tl.float32)
+        p12 = p >> 12
+        xk = x[:, None]
+        ga0 += xk * (_gemv_plane(p, p12, 0, ASM) - z0[None, :])
+        ga1 += xk * (_gemv_plane(p, p12, 1, ASM) - z1[None, :])
+        ga2 += xk * (_gemv_plane(p, p12, 2, ASM) - z2[None, :])
+        ga3 += xk * (_gemv_plane(p, p12, 3, ASM) - z3[None, :])
+        ga4 += xk * (_gemv_plane(p, p12, 4, ASM) - z4[None, :])
+        ga5 += xk * (_gemv_plane(p, p12, 5, ASM) - z5[None, :])
+        ga6 += xk * (_gemv_plane(p, p12, 6, ASM) - z6[None, :])
+        ga7 += xk * (_gemv_plane(p, p12, 7, ASM) - z7[None, :])
+        if (k0 + BLOCK_K) % GROUP == 0:  # the group's last step: scale its sums, take the next zero points
+            s_row = s_ptr + (k0 // GROUP) * stride_sk + cols
+            acc0 += ga0 * (tl.load(s_row, mask=cols < N, other=0.0).to(tl.float32) * _gemv_unit(0))[None, :]
+            acc1 += ga1 * (tl.load(s_row + 16, mask=cols + 16 < N, other=0.0).to(tl.float32) * _gemv_unit(1))[None, :]
+            acc2 += ga2 * (tl.load(s_row + 32, mask=cols + 32 < N, other=0.0).to(tl.float32) * _gemv_unit(2))[None, :]
+            acc3 += ga3 * (tl.load(s_row + 48, mask=cols + 48 < N, other=0.0).to(tl.float32) * _gemv_unit(3))[None, :]
+            acc4 += ga4 * (tl.load(s_row + 64, mask=cols + 64 < N, other=0.0).to(tl.float32) * _gemv_unit(4))[None, :]
+            acc5 += ga5 * (tl.load(s_row + 80, mask=cols + 80 < N, other=0.0).to(tl.float32) * _gemv_unit(5))[None, :]
+            acc6 += ga6 * (tl.load(s_row + 96, mask=cols + 96 < N, other=0.0).to(tl.float32) * _gemv_unit(6))[None, :]
+            acc7 += ga7 * (tl.load(s_row + 112, mask=cols + 112 < N, other=0.0).to(tl.float32) * _gemv_unit(7))[None, :]
+            ga0 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+            ga1 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+            ga2 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+            ga3 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+            ga4 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+            ga5 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+            ga6 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+            ga7 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+            zw = tl.load(z_ptr + (kn // GROUP) * stride_zk + words, mask=wmask, other=0)
+            zw12 = zw >> 12
+            z0 = _gemv_plane(zw, zw12, 0, ASM)
+            z1 = _gemv_plane(zw, zw12, 1, ASM)
+            z2 = _gemv_plane(zw, zw12, 2, ASM)
+            z3 = _gemv_plane(zw, zw12, 3, ASM)
+            z4 = _gemv_plane(zw, zw12, 4, ASM)
+            z5 = _gemv_plane(zw, zw12, 5, ASM)
+            z6 = _gemv_plane(zw, zw12, 6, ASM)
+            z7 = _gemv_plane(zw, zw12, 7, ASM)
+        p = p_next
+        x = x_next
+    wp = ws_ptr + pid_k * M * N
+    _gemv_out(acc0, 0, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
+    _gemv_out(acc1, 1, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
+    _gemv_out(acc2, 2, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
+    _gemv_out(acc3, 3, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
+    _gemv_out(acc4, 4, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
+    _gemv_out(acc5, 5, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
+    _gemv_out(acc6, 6, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
+    _gemv_out(acc7, 7, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
+    if SPLIT and REDUCE == 1:  # noqa: SIM102 - constexpr, then a runtime branch
+        if last_arrival(cnt_ptr, row * tl.num_programs(0) + pid_n, n_split):
+            for P in tl.static_range(8):
+                _gemv_reduce(ws_ptr, o_ptr, bias_ptr, row, cols, M, N, n_split, stride_om, P, HAS_BIAS)
+
+
+@triton.jit
 def _w4_full_store(acc, o_ptr, bias_ptr, rows, omask, cols, N, stride_om, HAS_BIAS: tl.constexpr):
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
@@ -537,6 +707,39 @@ def w4a16_dequant(qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Ten
     return out
 
 
+def _w4a16_gemv(a: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor,
+                bias: torch.Tensor | None, out: torch.Tensor, group_size: int, cfg: GemmConfig, bk: int,
+                split_k: int | None) -> None:
+    """``out [M, N] = a [M, K] @ dequant(W) (+ bias)`` with :func:`_w4a16_gemv_kernel`; K splits in whole groups."""
+    M, K = a.shape
+    N = out.shape[1]
+    NW = qweight.shape[1]
+    if M > 65535:
+        raise ValueError(f"w4a16: the gemv config runs one program row per input row; M={M} exceeds 65535")
+    tiles = cdiv(N, cfg.block_n)
+    groups = K // group_size
+    split = split_k or cfg.split_k or _auto_split(tiles * M, 2 * groups, a.device, cfg.num_warps, M, K)
+    split = max(1, min(split, groups))
+    k_per_split = cdiv(groups, split) * group_size
+    split = cdiv(K, k_per_split)
+    ws = torch.empty((split, M, N), dtype=torch.float32, device=a.device) if split > 1 else out
+    cnt = arrival_counters(a.device, tiles * M) if split > 1 and cfg.reduce == 1 else None
+    reduce = int(cnt is not None)
+    _w4a16_gemv_kernel[(tiles, split, M)](
+        a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, ws if cnt is None else cnt,
+        M, N, NW, k_per_split, K, split,
+        a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
+        SPLIT=split > 1, REDUCE=reduce, HAS_BIAS=bias is not None,
+        BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP=group_size, ASM=not interpreting(),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if split > 1 and not reduce:
+        acc = ws.sum(dim=0)
+        if bias is not None:
+            acc += bias.float()
+        out.copy_(acc.to(out.dtype))
+
+
 def w4a16_fwd(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor,
     bias: torch.Tensor | None, group_size: int, split_k: int | None = None, config: GemmConfig | None = None,
@@ -566,6 +769,9 @@ def w4a16_fwd(
     if cfg.block_n % NCHUNK:
         raise ValueError(f"w4a16: BLOCK_N={cfg.block_n} must be a multiple of {NCHUNK}")
     bk = next(b for b in (cfg.block_k, 128, 64, 32, 16) if b <= group_size and group_size % b == 0)
+    if cfg.gemv:
+        _w4a16_gemv(a, qweight, scales, qzeros, bias, out, group_size, cfg, bk, split_k)
+        return out.view(*lead, N)
     tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
     k_iters = cdiv(K, bk)
     split = split_k or cfg.split_k or _auto_split(tiles, k_iters, x.device, cfg.num_warps, M, K)
