@@ -19,23 +19,30 @@ PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 pytestmark = pytest.mark.skipif(not PTXAS.exists(), reason="Triton's bundled ptxas is missing")
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_lop3_unpack_compiles_for_sm90(dtype: str, tmp_path: Path) -> None:
+def _profile_rows(args: list[str], prefix: str, tmp_path: Path) -> list[dict[str, str]]:
+    """Run the SASS tool (sm_90 build, no GPU) and return its table rows whose kernel name starts with prefix."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     src = [str(ROOT / "packages" / pkg / "src") for pkg in ("dlinfer-maca", "dlinfer-core")]
     env["PYTHONPATH"] = os.pathsep.join([*src, env.get("PYTHONPATH", "")])
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
-    proc = subprocess.run([sys.executable, str(TOOL), "--unpack", "2", "--even-k", "--dtype", dtype, "--no-peer",
-                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600, check=False)
+    proc = subprocess.run([sys.executable, str(TOOL), *args, "--no-peer", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     header, rows = None, []
     for line in proc.stdout.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if cells[0] == "kernel":
             header = cells
-        elif line.startswith("| maca_"):
+        elif line.startswith(f"| {prefix}"):
             rows.append(dict(zip(header or [], cells, strict=False)))
-    assert len(rows) == 3, proc.stdout
+    assert rows, proc.stdout
+    return rows
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_lop3_unpack_compiles_for_sm90(dtype: str, tmp_path: Path) -> None:
+    rows = _profile_rows(["--unpack", "2", "--even-k", "--dtype", dtype], "maca_m", tmp_path)
+    assert len(rows) == 3, rows
     for row in rows:
         assert "unpack2" in row["kernel"] and "evenk" in row["kernel"]
         assert int(row["HMMA"]) + int(row["HGMMA"]) > 0, row
@@ -45,21 +52,8 @@ def test_lop3_unpack_compiles_for_sm90(dtype: str, tmp_path: Path) -> None:
 def test_gemv_kernel_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     """The CUDA-core kernel (``GemmConfig.gemv``, inline-PTX ``LOP3``): compiles for sm_90, holds no MMA and no
     spill stack, and its loop has the fp32 FMAs and the one-instruction unpack."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    src = [str(ROOT / "packages" / pkg / "src") for pkg in ("dlinfer-maca", "dlinfer-core")]
-    env["PYTHONPATH"] = os.pathsep.join([*src, env.get("PYTHONPATH", "")])
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
-    proc = subprocess.run([sys.executable, str(TOOL), "--gemv", "--no-peer", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    header, rows = None, []
-    for line in proc.stdout.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if cells[0] == "kernel":
-            header = cells
-        elif line.startswith("| maca_gemv"):
-            rows.append(dict(zip(header or [], cells, strict=False)))
-    assert len(rows) >= 3, proc.stdout
+    rows = _profile_rows(["--gemv"], "maca_gemv", tmp_path)
+    assert len(rows) >= 3, rows
     for row in rows:
         assert int(row["HMMA"]) + int(row["HGMMA"]) == 0 and int(row["stack"]) == 0, row
         # one LOP3 and one FADD per weight: as many of each as the FMAs with x (the rest of the FFMAs scale groups)

@@ -300,6 +300,23 @@ def _w4_gather(ws_ptr, rows, mmask, cols, M, N, P: tl.constexpr, n_split,
     return acc
 
 
+@triton.jit
+def _tile_words(pid_n, NW, BLOCK_N: tl.constexpr):
+    """The column tile's packed words ``[BLOCK_N/8]``, their mask, and the column of nibble 0 of each word."""
+    j = tl.arange(0, BLOCK_N // 8)
+    words = pid_n * (BLOCK_N // 8) + j
+    return words, words < NW, pid_n * BLOCK_N + (j // 16) * 128 + j % 16
+
+
+@triton.jit
+def _zeros8(R: tl.constexpr, C: tl.constexpr):
+    """Eight fp32 ``[R, C]`` accumulators (one per nibble plane)."""
+    return (tl.zeros([R, C], dtype=tl.float32), tl.zeros([R, C], dtype=tl.float32),
+            tl.zeros([R, C], dtype=tl.float32), tl.zeros([R, C], dtype=tl.float32),
+            tl.zeros([R, C], dtype=tl.float32), tl.zeros([R, C], dtype=tl.float32),
+            tl.zeros([R, C], dtype=tl.float32), tl.zeros([R, C], dtype=tl.float32))
+
+
 @triton.jit(do_not_specialize=["M", "n_split"])
 def _w4a16_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, K, NW, GROUP, K_PER_SPLIT, n_split,
@@ -324,21 +341,11 @@ def _w4a16_kernel(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mmask = rows < M
     rows = rows.to(tl.int64)
-    j = tl.arange(0, SUB)
-    words = pid_n * SUB + j
-    wmask = words < NW
-    cols = pid_n * BLOCK_N + (j // 16) * 128 + j % 16  # column of nibble 0 of each word
+    words, wmask, cols = _tile_words(pid_n, NW, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
-    acc0 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
-    acc1 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
-    acc3 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
-    acc4 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
-    acc5 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
-    acc6 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
-    acc7 = tl.zeros([BLOCK_M, SUB], dtype=tl.float32)
+    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _zeros8(BLOCK_M, SUB)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         kk = k0 + offs_k
         kmask = kk < k_hi
@@ -560,21 +567,11 @@ def _w4a16_gemv_kernel(
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2).to(tl.int64)
-    j = tl.arange(0, SUB)
-    words = pid_n * SUB + j
-    wmask = words < NW
-    cols = pid_n * BLOCK_N + (j // 16) * 128 + j % 16  # column of nibble 0 of each word
+    words, wmask, cols = _tile_words(pid_n, NW, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
-    acc0 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    acc1 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    acc3 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    acc4 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    acc5 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    acc6 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    acc7 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _zeros8(BLOCK_K, SUB)
     x_row = x_ptr + row * stride_xm
     w_tile = qw_ptr + offs_k[:, None] * stride_qk + words[None, :]
     # the K loop carries this step's words and x and loads the next step's first (software prefetch: Triton
@@ -591,14 +588,7 @@ def _w4a16_gemv_kernel(
     z5 = _gemv_plane(zw, zw12, 5, ASM)
     z6 = _gemv_plane(zw, zw12, 6, ASM)
     z7 = _gemv_plane(zw, zw12, 7, ASM)
-    ga0 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    ga1 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    ga2 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    ga3 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    ga4 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    ga5 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    ga6 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-    ga7 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+    ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(BLOCK_K, SUB)
     for k0 in range(k_lo, k_hi, BLOCK_K):  # K is a whole number of groups: no K mask
         kn = tl.minimum(k0 + BLOCK_K, k_hi - BLOCK_K)
         p_next = tl.load(w_tile + kn * stride_qk, mask=wmask[None, :], other=0)
@@ -623,14 +613,7 @@ def _w4a16_gemv_kernel(
             acc5 += ga5 * (tl.load(s_row + 80, mask=cols + 80 < N, other=0.0).to(tl.float32) * _gemv_unit(5))[None, :]
             acc6 += ga6 * (tl.load(s_row + 96, mask=cols + 96 < N, other=0.0).to(tl.float32) * _gemv_unit(6))[None, :]
             acc7 += ga7 * (tl.load(s_row + 112, mask=cols + 112 < N, other=0.0).to(tl.float32) * _gemv_unit(7))[None, :]
-            ga0 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-            ga1 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-            ga2 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-            ga3 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-            ga4 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-            ga5 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-            ga6 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
-            ga7 = tl.zeros([BLOCK_K, SUB], dtype=tl.float32)
+            ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(BLOCK_K, SUB)
             zw = tl.load(z_ptr + (kn // GROUP) * stride_zk + words, mask=wmask, other=0)
             zw12 = zw >> 12
             z0 = _gemv_plane(zw, zw12, 0, ASM)
