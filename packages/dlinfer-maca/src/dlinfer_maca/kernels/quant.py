@@ -513,6 +513,15 @@ def _gemv_plane(p, p12, P: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
+def _gemv_zeros(zw, ASM: tl.constexpr):
+    """The eight planes' zero points of a group's ``[SUB]`` words, made as :func:`_gemv_plane` makes the weights."""
+    zw12 = zw >> 12
+    return (_gemv_plane(zw, zw12, 0, ASM), _gemv_plane(zw, zw12, 1, ASM), _gemv_plane(zw, zw12, 2, ASM),
+            _gemv_plane(zw, zw12, 3, ASM), _gemv_plane(zw, zw12, 4, ASM), _gemv_plane(zw, zw12, 5, ASM),
+            _gemv_plane(zw, zw12, 6, ASM), _gemv_plane(zw, zw12, 7, ASM))
+
+
+@triton.jit
 def _gemv_unit(P: tl.constexpr):
     """``16**-e`` of plane P (exact in fp32)."""
     if P < 5:
@@ -579,15 +588,7 @@ def _w4a16_gemv_kernel(
     p = tl.load(w_tile + k_lo * stride_qk, mask=wmask[None, :], other=0)
     x = tl.load(x_row + k_lo + offs_k).to(tl.float32)
     zw = tl.load(z_ptr + (k_lo // GROUP) * stride_zk + words, mask=wmask, other=0)
-    zw12 = zw >> 12
-    z0 = _gemv_plane(zw, zw12, 0, ASM)
-    z1 = _gemv_plane(zw, zw12, 1, ASM)
-    z2 = _gemv_plane(zw, zw12, 2, ASM)
-    z3 = _gemv_plane(zw, zw12, 3, ASM)
-    z4 = _gemv_plane(zw, zw12, 4, ASM)
-    z5 = _gemv_plane(zw, zw12, 5, ASM)
-    z6 = _gemv_plane(zw, zw12, 6, ASM)
-    z7 = _gemv_plane(zw, zw12, 7, ASM)
+    z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
     ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(BLOCK_K, SUB)
     for k0 in range(k_lo, k_hi, BLOCK_K):  # K is a whole number of groups: no K mask
         kn = tl.minimum(k0 + BLOCK_K, k_hi - BLOCK_K)
@@ -615,15 +616,7 @@ def _w4a16_gemv_kernel(
             acc7 += ga7 * (tl.load(s_row + 112, mask=cols + 112 < N, other=0.0).to(tl.float32) * _gemv_unit(7))[None, :]
             ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(BLOCK_K, SUB)
             zw = tl.load(z_ptr + (kn // GROUP) * stride_zk + words, mask=wmask, other=0)
-            zw12 = zw >> 12
-            z0 = _gemv_plane(zw, zw12, 0, ASM)
-            z1 = _gemv_plane(zw, zw12, 1, ASM)
-            z2 = _gemv_plane(zw, zw12, 2, ASM)
-            z3 = _gemv_plane(zw, zw12, 3, ASM)
-            z4 = _gemv_plane(zw, zw12, 4, ASM)
-            z5 = _gemv_plane(zw, zw12, 5, ASM)
-            z6 = _gemv_plane(zw, zw12, 6, ASM)
-            z7 = _gemv_plane(zw, zw12, 7, ASM)
+            z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
         p = p_next
         x = x_next
     wp = ws_ptr + pid_k * M * N
