@@ -39,11 +39,23 @@ GEMV_ARGS = ["x_ptr", "qw_ptr", "s_ptr", "z_ptr", "bias_ptr", "o_ptr", "ws_ptr",
 GEMV_TYPES = ["*fp16", "*i32", "*fp16", "*i32", "*fp16", "*fp16", "*fp32", "*i32"] + ["i32"] * 11
 GEMV_CONFIGS = ((128, 32, 4, 2), (128, 64, 8, 2), (256, 32, 8, 2), (128, 32, 4, 3))
 """(BLOCK_N, BLOCK_K, num_warps, num_stages) of the CUDA-core kernel's rows (``--gemv``), group 128."""
+SPECIALISED = True
+"""Compile as a launch at the 8B shapes does: pointers and integer arguments marked divisible by 16."""
 
 
-def _compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], warps: int, stages: int) -> Any:
-    return triton.compile(ASTSource(fn, signature, constexprs), target=TARGET,
+def _compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], warps: int, stages: int,
+             divisible: tuple[str, ...] = ()) -> Any:
+    """sm_90 build. ``divisible``: arguments marked divisible by 16, as a launch marks a pointer or an integer
+    (not in ``do_not_specialize``) whose value is; without it the masks and vector widths are the worst case."""
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible}
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET,
                           options={"num_warps": warps, "num_stages": stages})
+
+
+def _launch_divisible(names: list[str], types: list[str], skip: tuple[str, ...] = ("M", "n_split")) -> tuple[str, ...]:
+    """Every pointer and integer argument but ``skip`` (``do_not_specialize``, or M of odd row counts): at the 8B
+    shapes (IN 4096 / 14336, OUT 4096-28672, group 128) each of them is a multiple of 16 in a real launch."""
+    return tuple(n for n, t in zip(names, types, strict=True) if n not in skip)
 
 
 def _loop_body(sass: str) -> list[str]:
@@ -106,7 +118,8 @@ def maca_rows(out: Path, unpack: int | None, dtype: str, even_k: bool) -> list[d
         sig = dict(zip(MAC_ARGS, types, strict=True)) | {k: "constexpr" for k in const}
         name = (f"maca_m{m}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_w{cfg.num_warps}s{cfg.num_stages}"
                 f"_join{cfg.join}_unpack{cfg.unpack}{'_evenk' if cfg.even_k else ''}_{dtype}")
-        rows.append(profile(_compile(fn, sig, const, cfg.num_warps, cfg.num_stages), name, out))
+        div = _launch_divisible(MAC_ARGS, types) if SPECIALISED else ()
+        rows.append(profile(_compile(fn, sig, const, cfg.num_warps, cfg.num_stages, div), name, out))
     return rows
 
 
@@ -121,7 +134,8 @@ def gemv_rows(out: Path, dtype: str) -> list[dict[str, Any]]:
         types = [t.replace("fp16", dtype) for t in GEMV_TYPES]
         sig = dict(zip(GEMV_ARGS, types, strict=True)) | {k: "constexpr" for k in const}
         name = f"maca_gemv_{bn}x{bk}_w{warps}s{stages}_{dtype}"
-        rows.append(profile(_compile(quant._w4a16_gemv_kernel, sig, const, warps, stages), name, out))
+        div = _launch_divisible(GEMV_ARGS, types) if SPECIALISED else ()
+        rows.append(profile(_compile(quant._w4a16_gemv_kernel, sig, const, warps, stages, div), name, out))
     return rows
 
 
@@ -144,7 +158,8 @@ def lmdeploy_rows(out: Path) -> list[dict[str, Any]]:
         sig = {name: runtime.get(name, "constexpr") for name in names} | {
             c: "constexpr" for c in ("SPLIT_K", "NUM_STAGES", "BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K",
                                      "GROUP_SIZE_M")}
-        kern = _compile(awq_kernels.awq_linear_kernel.fn, sig, const, 4, 2)
+        div = tuple(n for n in runtime if n != "M" or m % 16 == 0) if SPECIALISED else ()
+        kern = _compile(awq_kernels.awq_linear_kernel.fn, sig, const, 4, 2, div)
         rows.append(profile(kern, f"lmdeploy_m{m}_{m}x128x128_w4s2", out))
     return rows
 
@@ -157,7 +172,11 @@ def main() -> int:
     parser.add_argument("--no-peer", action="store_true", help="skip LMDeploy's kernel")
     parser.add_argument("--even-k", action="store_true", help="maca's rows with even_k (no per-element K mask)")
     parser.add_argument("--gemv", action="store_true", help="add rows of the CUDA-core kernel (GemmConfig.gemv)")
+    parser.add_argument("--unspecialised", action="store_true",
+                        help="no argument marked divisible by 16 (worst case; launches at the 8B shapes mark them)")
     args = parser.parse_args()
+    global SPECIALISED  # noqa: PLW0603 - one switch for every row builder
+    SPECIALISED = not args.unspecialised
     out = args.out or Path(tempfile.mkdtemp(prefix="w4a16-sass-"))
     out.mkdir(parents=True, exist_ok=True)
     rows = maca_rows(out, args.unpack, args.dtype, args.even_k) + (gemv_rows(out, args.dtype) if args.gemv else [])

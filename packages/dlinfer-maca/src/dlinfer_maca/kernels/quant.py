@@ -500,7 +500,7 @@ def _gemv_plane(p, p12, P: tl.constexpr, ASM: tl.constexpr):
     """Nibble plane P of a tile of words (``p``, and ``p12 = p >> 12``) as fp32 ``2**23 + q * 16**e``: the nibble
     masked in place and OR-ed into the mantissa of 2**23, with ``e = P`` for planes 0-4 and ``P - 3`` for planes
     5-7 (read from ``p12``), so that ``q * 16**e < 2**23`` stays exact. Subtracting the zero point made the same way
-    gives ``(q - z) * 16**e`` exactly; :func:`_gemv_unit` undoes the ``16**e`` in the group scale. ``ASM``: one
+    gives ``(q - z) * 16**e`` exactly; :func:`_gemv_out` multiplies the plane's sums by :func:`_gemv_unit`. ``ASM``: one
     ``LOP3`` with both constants in registers (ptxas emits two when they are immediates); False: Triton integer ops
     (the interpreter runs no inline PTX)."""
     src = p if P < 5 else p12
@@ -533,8 +533,9 @@ def _gemv_unit(P: tl.constexpr):
 @triton.jit
 def _gemv_out(acc, P: tl.constexpr, o_ptr, bias_ptr, ws_ptr, row, cols, N, stride_om, STORE_PARTIAL: tl.constexpr,
               HAS_BIAS: tl.constexpr):
-    """Reduce the plane's ``[BLOCK_K, SUB]`` accumulator over K and store it (output row or fp32 partial)."""
-    out = tl.sum(acc, axis=0)
+    """Reduce the plane's ``[BLOCK_K, SUB]`` accumulator over K, undo its ``16**e`` and store it (output row or fp32
+    partial)."""
+    out = tl.sum(acc, axis=0) * _gemv_unit(P)
     c = cols + 16 * P
     cmask = c < N
     if STORE_PARTIAL:
@@ -606,14 +607,14 @@ def _w4a16_gemv_kernel(
         ga7 += xk * (_gemv_plane(p, p12, 7, ASM) - z7[None, :])
         if (k0 + BLOCK_K) % GROUP == 0:  # the group's last step: scale its sums, take the next zero points
             s_row = s_ptr + (k0 // GROUP) * stride_sk + cols
-            acc0 += ga0 * (tl.load(s_row, mask=cols < N, other=0.0).to(tl.float32) * _gemv_unit(0))[None, :]
-            acc1 += ga1 * (tl.load(s_row + 16, mask=cols + 16 < N, other=0.0).to(tl.float32) * _gemv_unit(1))[None, :]
-            acc2 += ga2 * (tl.load(s_row + 32, mask=cols + 32 < N, other=0.0).to(tl.float32) * _gemv_unit(2))[None, :]
-            acc3 += ga3 * (tl.load(s_row + 48, mask=cols + 48 < N, other=0.0).to(tl.float32) * _gemv_unit(3))[None, :]
-            acc4 += ga4 * (tl.load(s_row + 64, mask=cols + 64 < N, other=0.0).to(tl.float32) * _gemv_unit(4))[None, :]
-            acc5 += ga5 * (tl.load(s_row + 80, mask=cols + 80 < N, other=0.0).to(tl.float32) * _gemv_unit(5))[None, :]
-            acc6 += ga6 * (tl.load(s_row + 96, mask=cols + 96 < N, other=0.0).to(tl.float32) * _gemv_unit(6))[None, :]
-            acc7 += ga7 * (tl.load(s_row + 112, mask=cols + 112 < N, other=0.0).to(tl.float32) * _gemv_unit(7))[None, :]
+            acc0 += ga0 * tl.load(s_row, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+            acc1 += ga1 * tl.load(s_row + 16, mask=cols + 16 < N, other=0.0).to(tl.float32)[None, :]
+            acc2 += ga2 * tl.load(s_row + 32, mask=cols + 32 < N, other=0.0).to(tl.float32)[None, :]
+            acc3 += ga3 * tl.load(s_row + 48, mask=cols + 48 < N, other=0.0).to(tl.float32)[None, :]
+            acc4 += ga4 * tl.load(s_row + 64, mask=cols + 64 < N, other=0.0).to(tl.float32)[None, :]
+            acc5 += ga5 * tl.load(s_row + 80, mask=cols + 80 < N, other=0.0).to(tl.float32)[None, :]
+            acc6 += ga6 * tl.load(s_row + 96, mask=cols + 96 < N, other=0.0).to(tl.float32)[None, :]
+            acc7 += ga7 * tl.load(s_row + 112, mask=cols + 112 < N, other=0.0).to(tl.float32)[None, :]
             ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(BLOCK_K, SUB)
             zw = tl.load(z_ptr + (kn // GROUP) * stride_zk + words, mask=wmask, other=0)
             z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
