@@ -270,3 +270,33 @@ def test_model_extra_graph_key_selects_the_graph() -> None:
         _check(runner, model, _step(3, gen, mrope_position_ids=_mrope(3, gen)))
     assert sorted(key[2:] for key in runner.captured) == [(0,), (1,)]
     assert runner.graphed_steps == 3 and runner.eager_decode_steps == 0
+
+
+def test_full_bucket_replay_dispatches_no_padding_ops() -> None:
+    """A decode step that fills its capture bucket (batch 1 in bucket 1, 4 in 4) refills the fixed buffers with
+    copies only: no zero/fill of an empty padding slice (host time on the critical path of batch-1 decode). A
+    partial bucket still pads, and both replay what eager mode computes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN202
+            self.names.append(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    gen = torch.Generator().manual_seed(5)
+    model = FakeVLM()
+    runner = _runner(model)
+    for batch in (1, 4, 3):  # capture buckets 1, 4; 3 replays bucket 4 with a padding row
+        _check(runner, model, _step(batch, gen))
+    fills = {"zero_", "fill_"}
+    for batch, padded in ((1, False), (4, False), (3, True)):
+        kwargs = _step(batch, gen)
+        key, _ = runner._plan(kwargs)
+        with Ops() as ops:
+            runner._fill(runner.captured[key], kwargs)
+        assert bool(fills & set(ops.names)) == padded, (batch, ops.names)
+        _check(runner, model, kwargs)

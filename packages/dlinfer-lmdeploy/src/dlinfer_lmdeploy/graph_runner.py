@@ -399,23 +399,28 @@ class DlinferGraphRunner(PrefillWarmup, GraphRunner):
         dst = entry.meta
         b = int(src.block_offsets.shape[0])
         width = int(src.block_offsets.shape[1])
+        padded = b < entry.batch  # a full bucket (batch 1 in bucket 1) dispatches no padding ops: host time per step
         for name, buf in entry.buffers.items():
             if name in _IDS:
                 buf[:, :b].copy_(kwargs[name].view(1, -1))
-                buf[:, b:].zero_()
+                if padded:
+                    buf[:, b:].zero_()
             else:
                 axis = _TOKEN_AXIS[name]
                 buf.narrow(axis, 0, b).copy_(kwargs[name])
-                buf.narrow(axis, b, entry.batch - b).zero_()
+                if padded:
+                    buf.narrow(axis, b, entry.batch - b).zero_()
         dst.block_offsets[:b, :width].copy_(src.block_offsets)
         dst.kv_seqlens[:b].copy_(src.kv_seqlens)
-        dst.kv_seqlens[b:].fill_(1)  # padding rows read one cached position of whatever block they hold
         dst.slot_mapping[:b].copy_(src.slot_mapping)
-        dst.slot_mapping[b:].fill_(-1)  # and write nothing
+        if padded:
+            dst.kv_seqlens[b:].fill_(1)  # padding rows read one cached position of whatever block they hold
+            dst.slot_mapping[b:].fill_(-1)  # and write nothing
         if dst.seqlens_kv_cpu is not None:
             host = src.seqlens_kv_cpu if src.seqlens_kv_cpu is not None else src.kv_seqlens.cpu()
             dst.seqlens_kv_cpu[:b].copy_(host)
-            dst.seqlens_kv_cpu[b:].fill_(1)
+            if padded:
+                dst.seqlens_kv_cpu[b:].fill_(1)
         refresh = getattr(dst.plan, "refresh", None)
         if refresh is not None:  # rebuild the plan over the refilled buffers, in place (Backend.prepare_metadata)
             refresh()
