@@ -97,6 +97,31 @@ def test_w4a16_gemv_step_larger_than_the_group():
     assert_close(out, ref, torch.float16, factor=2)
 
 
+def test_w4_unpack_runs_inline_ptx_only_where_available():
+    """``unpack=2`` is inline PTX: off an NVIDIA GPU a launch runs the plain-Triton magic unpack (1) instead."""
+    f16, bf16, f32 = torch.float16, torch.bfloat16, torch.float32
+    assert quant.w4_unpack(2, f16, ptx=True, interpreter=False) == 2
+    assert quant.w4_unpack(2, bf16, ptx=False, interpreter=False) == 1
+    assert quant.w4_unpack(2, f16, ptx=False, interpreter=False) == 1
+    assert quant.w4_unpack(1, f16, ptx=False, interpreter=False) == 1
+    assert quant.w4_unpack(2, f16, ptx=False, interpreter=True) == 2  # integer ops for the PTX
+    assert quant.w4_unpack(2, bf16, ptx=False, interpreter=True) == 0
+    assert quant.w4_unpack(2, f32, ptx=True, interpreter=False) == 0
+
+
+@pytest.mark.parametrize(("name", "want"),
+                         [("NVIDIA H200", True), ("MetaX C500", False), ("AMD Instinct MI300X", False)])
+def test_inline_ptx_only_on_nvidia_devices(monkeypatch, name, want):
+    monkeypatch.setattr(_utils, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: name)
+    _utils._nvidia.cache_clear()
+    try:
+        assert _utils.inline_ptx(torch.device("cuda", 0)) is want
+        assert _utils.inline_ptx(torch.device("cpu")) is False
+    finally:
+        _utils._nvidia.cache_clear()
+
+
 def test_w4a16_fp32_and_default_config():
     out, ref = _run_w4(3, 128, 40, 128, torch.float32, None)  # the table / interpreter default
     assert_close(out, ref, torch.float32, factor=2)

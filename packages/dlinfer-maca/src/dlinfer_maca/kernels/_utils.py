@@ -100,6 +100,19 @@ def num_sms(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
+@functools.lru_cache(maxsize=16)
+def _nvidia(index: int) -> bool:
+    return "NVIDIA" in torch.cuda.get_device_name(index)
+
+
+def inline_ptx(device: torch.device) -> bool:
+    """Whether kernels may carry inline PTX on ``device``: an NVIDIA GPU only. PTX is NVIDIA's ISA; MetaX MACA and
+    other CUDA-compatible devices compile Triton to their own, and the interpreter runs no assembly."""
+    if interpreting() or device.type != "cuda":
+        return False
+    return _nvidia(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot`` input precision: exact fp32 for fp32 inputs, tensor cores otherwise."""
     return "ieee" if dtype == torch.float32 else "tf32"

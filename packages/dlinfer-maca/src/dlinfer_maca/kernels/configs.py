@@ -13,7 +13,8 @@ class GemmConfig(NamedTuple):
     """One launch configuration. ``split_k`` 0 = choose from the SM count; ``reduce``: 0 = fp32 partial
     buffer summed by torch, 1 = in-kernel (last program of a tile sums the partials); ``unpack`` (W4A16):
     0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers, 2 = the magic numbers two nibbles per ``LOP3``
-    (inline PTX, joined kernel only; the interpreter runs the same bits with integer ops); ``join`` (W4A16):
+    (inline PTX, joined kernel only; on a non-NVIDIA device a launch runs 1, see ``quant.w4_unpack``; the
+    interpreter runs the same bits with integer ops); ``join`` (W4A16):
     0 = one narrow ``tl.dot`` per nibble plane (8 accumulators), 1 = planes joined into one operand, one ``tl.dot``,
     2 = joined with the group scales folded into the weights before the MMA (one rounding per dequantised weight);
     ``even_k`` (joined W4A16 kernel): advance the x and weight pointers per K step and load without the per-element

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from ._utils import arrival_counters, cdiv, interpreting, last_arrival, num_sms
+from ._utils import arrival_counters, cdiv, inline_ptx, interpreting, last_arrival, num_sms
 from .configs import W4A16_TABLE, W8A8_TABLE, GemmConfig, pick_config
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -684,6 +684,19 @@ def w4a16_dequant(qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Ten
     return out
 
 
+def w4_unpack(unpack: int, dtype: torch.dtype, ptx: bool, interpreter: bool) -> int:
+    """The int4 unpack a launch runs for a config's ``unpack``. Only 16-bit floats have the magic-number unpacks.
+    ``unpack=2`` (two nibbles per ``LOP3``) is inline PTX: where that is unavailable (a non-NVIDIA device) the
+    launch runs ``unpack=1``, the same exact weights in plain Triton. The interpreter runs unpack 2's bits with
+    integer ops instead, in fp16; in bf16 it falls back to 0 (it subtracts bf16 as raw uint16 bits, so the magic
+    paths are checked on a GPU only)."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        return 0
+    if interpreter:
+        return 0 if dtype == torch.bfloat16 else unpack
+    return 1 if unpack == 2 and not ptx else unpack
+
+
 def _w4a16_gemv(a: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor,
                 bias: torch.Tensor | None, out: torch.Tensor, group_size: int, cfg: GemmConfig, bk: int,
                 split_k: int | None) -> None:
@@ -707,7 +720,7 @@ def _w4a16_gemv(a: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qz
         M, N, NW, k_per_split, K, split,
         a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
         SPLIT=split > 1, REDUCE=reduce, HAS_BIAS=bias is not None,
-        BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP=group_size, ASM=not interpreting(),
+        BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP=group_size, ASM=inline_ptx(a.device),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1 and not reduce:
@@ -760,11 +773,9 @@ def w4a16_fwd(
     reduce = int(cnt is not None)
     if cfg.unpack == 2 and not cfg.join:
         raise ValueError("w4a16: unpack=2 (two nibbles per LOP3) needs the joined kernel (join 1 or 2)")
-    unpack = cfg.unpack if x.dtype in (torch.float16, torch.bfloat16) else 0
-    if interpreting() and x.dtype == torch.bfloat16:
-        unpack = 0  # the interpreter subtracts bf16 as raw uint16 bits: the magic paths are checked on GPU only
-    kernel, extra = ((_w4a16_join_kernel, {"FOLD": cfg.join == 2, "EVEN_K": cfg.even_k and K % bk == 0,
-                                           "ASM": not interpreting()})  # no inline PTX in the interpreter
+    ptx = inline_ptx(x.device)
+    unpack = w4_unpack(cfg.unpack, x.dtype, ptx, interpreting())
+    kernel, extra = ((_w4a16_join_kernel, {"FOLD": cfg.join == 2, "EVEN_K": cfg.even_k and K % bk == 0, "ASM": ptx})
                      if cfg.join else (_w4a16_kernel, {}))
     kernel[(tiles, split)](
         a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, ws if cnt is None else cnt,
