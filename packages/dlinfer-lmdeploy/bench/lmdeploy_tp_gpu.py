@@ -148,7 +148,9 @@ def run_one(model: str, device: str, tp: int, executor: str | None, profile: str
 
 def per_step_us(trace: dict[str, Any], batch: dict[str, Any] | None) -> dict[str, Any]:
     """With batches through the window: decode steps in it (the window's span / the batches' mean step time) and
-    each kernel kind's GPU time per step, plus the GPU-idle time per step (span - busy)."""
+    each kernel kind's GPU time per step, plus the GPU-idle time per step (span - busy). Approximate: the mean step
+    time comes from whole generations, the profiler's start and trace export included, and the window holds each
+    batch's prefill; ``per_step_source`` says so. In graph mode the trace's ``graph_steps`` figures are exact."""
     step_ms = (batch or {}).get("mean_step_ms")
     span = trace.get("window_span_us")
     if not step_ms or not span:
@@ -157,7 +159,9 @@ def per_step_us(trace: dict[str, Any], batch: dict[str, Any] | None) -> dict[str
     by_kind = {k: round(v / steps, 1) for k, v in trace.get("kernel_us_by_kind", {}).items()}
     idle = (span - trace.get("kernel_us", 0.0)) / steps
     return {"steps_in_window": round(steps, 1), "kernel_us_per_step_by_kind": by_kind,
-            "gpu_idle_us_per_step": round(idle, 1)}
+            "gpu_idle_us_per_step": round(idle, 1),
+            "per_step_source": "approximate: window span / mean step time of whole generations (prefill and "
+                               "profiler start/export included); see graph_steps for exact graph-mode figures"}
 
 
 def kernel_kind(name: str) -> str:

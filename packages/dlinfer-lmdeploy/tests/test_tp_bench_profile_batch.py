@@ -20,6 +20,7 @@ def test_per_step_figures_divide_the_window_by_the_step_time(bench: Any) -> None
     assert got["steps_in_window"] == 10.0
     assert got["kernel_us_per_step_by_kind"] == {"gemm": 4200.0, "attention": 900.0, "other": 300.0}
     assert got["gpu_idle_us_per_step"] == 600.0
+    assert got["per_step_source"].startswith("approximate")
 
 
 def test_no_per_step_figures_without_batches_or_a_span(bench: Any) -> None:
