@@ -66,11 +66,12 @@ def test_w4a16_kernel_variants(join, unpack, dtype, even_k):
 
 @pytest.mark.parametrize("even_k", [False, True], ids=["k-masked", "even-k"])
 @pytest.mark.parametrize("M", [1, 5, 16, 33])
-@pytest.mark.parametrize("path", ["no-split", "auto", "split-torch-sum", "split-in-kernel"])
+@pytest.mark.parametrize("path", ["no-split", "auto", "whole-waves", "split-torch-sum", "split-in-kernel"])
 def test_w4a16_sizes_and_split_paths(M, path, even_k):
     """Row counts, OUT tails and every split path; ``even_k``: pointers advanced per K step, no K mask."""
     dtype = torch.float16
-    split, reduce = {"no-split": (1, 1), "auto": (0, 1), "split-torch-sum": (3, 0), "split-in-kernel": (4, 1)}[path]
+    split, reduce = {"no-split": (1, 1), "auto": (0, 1), "whole-waves": (-1, 1), "split-torch-sum": (3, 0),
+                     "split-in-kernel": (4, 1)}[path]
     N = 136 if M % 2 else 72  # 128 + 8 and 72: OUT tails of the 128-column chunk
     cfg = BASE._replace(split_k=split, reduce=reduce, block_m=16 if M <= 16 else 32, even_k=even_k)
     out, ref = _run_w4(M, 256, N, 64, dtype, cfg)
@@ -79,12 +80,13 @@ def test_w4a16_sizes_and_split_paths(M, path, even_k):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("M", [1, 3])
-@pytest.mark.parametrize("path", ["no-split", "auto", "split-torch-sum", "split-in-kernel"])
+@pytest.mark.parametrize("path", ["no-split", "auto", "whole-waves", "split-torch-sum", "split-in-kernel"])
 def test_w4a16_gemv_kernel(M, path, dtype):
     """The CUDA-core kernel (``GemmConfig.gemv``): IN over 4 groups of 2 K steps each (the group-end scaling and
     zero-point reload, the clamped prefetch of the last step), every split path (splits in whole groups), bias,
     OUT with a partial chunk, one program row per input row."""
-    split, reduce = {"no-split": (1, 1), "auto": (0, 1), "split-torch-sum": (3, 0), "split-in-kernel": (2, 1)}[path]
+    split, reduce = {"no-split": (1, 1), "auto": (0, 1), "whole-waves": (-1, 1), "split-torch-sum": (3, 0),
+                     "split-in-kernel": (2, 1)}[path]
     cfg = GemmConfig(1, 128, 32, 4, 2, split, reduce, 0, 8, 0, gemv=True)
     out, ref = _run_w4(M, 256, 136, 64, dtype, cfg, bias=True)
     assert_close(out, ref, dtype, factor=2)
@@ -95,6 +97,21 @@ def test_w4a16_gemv_step_larger_than_the_group():
     cfg = GemmConfig(1, 256, 128, 4, 2, 0, 1, 0, 8, 0, gemv=True)
     out, ref = _run_w4(2, 192, 264, 32, torch.float16, cfg)
     assert_close(out, ref, torch.float16, factor=2)
+
+
+@pytest.mark.parametrize(("sms", "tiles", "rounded_up", "whole"),
+                         [(132, 112, 5, 4), (132, 32, 17, 16), (132, 48, 11, 11), (4, 3, 6, 5)])
+def test_auto_split_whole_waves_leaves_no_partial_wave(monkeypatch, sms, tiles, rounded_up, whole):
+    """``split_k=-1``: at most one program per slot (16 warps per SM at 4 warps: 4 slots); the default rounds up."""
+    monkeypatch.setattr(quant, "num_sms", lambda device: sms)
+    dev = torch.device("cpu")
+    assert quant._auto_split(tiles, 64, dev, 4, 1, 4096) == rounded_up
+    assert quant._auto_split(tiles, 64, dev, 4, 1, 4096, whole_waves=True) == whole
+    assert tiles * whole <= sms * 4 < tiles * rounded_up or rounded_up == whole
+    cfg = GemmConfig(16, 128, 64, 4, 3, -1, 1)
+    assert quant._split_count(None, cfg, tiles, 64, dev, 1, 4096) == whole
+    assert quant._split_count(3, cfg, tiles, 64, dev, 1, 4096) == 3  # the caller's count wins
+    assert quant._auto_split(tiles, 4, dev, 4, 1, 4096, whole_waves=True) == min(whole, 2)  # >= 2 K steps each
 
 
 def test_w4_unpack_runs_inline_ptx_only_where_available():

@@ -75,10 +75,12 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
         c += [G(16, 128, 128, 4, 3, 0, 1, u, 8, 1, even_k=True) for u in (1, 2)]  # pointer steps, no K mask
         # register-lean tiles for unpack 2 + even_k (sm_90 static: 128 / 144 registers against 254 above)
         c += [G(16, 128, 64, 4, 3, 0, 1, 2, 8, 1, even_k=True), G(16, 128, 128, 8, 3, 0, 1, 2, 8, 1, even_k=True)]
+        # split-K in whole waves (no nearly empty second wave: 5 x 112 tiles = 560 programs on 528 slots)
+        c += [G(16, 128, 64, 4, 3, -1, 1, 2, 8, 1, even_k=True), G(16, 128, 128, 4, 3, -1, 1, 2, 8, 1, even_k=True)]
         if M <= 4:  # the CUDA-core kernel (one program row per input row): decode batches of a few sequences
             c += [G(1, bn, bk, w, 2, 0, 1, 0, 8, 0, gemv=True) for bn, bk, w in
                   ((128, 32, 4), (128, 64, 8), (256, 32, 8), (128, 16, 2), (128, 64, 4))]
-            c += [G(1, 128, 32, 4, 2, s, 1, 0, 8, 0, gemv=True) for s in (4, 8, 16)]
+            c += [G(1, 128, 32, 4, 2, s, 1, 0, 8, 0, gemv=True) for s in (-1, 4, 8, 16)]
     elif M <= 64:
         c = [G(64, 128, 64, 4, 3, 0, 1, 1, 8, 1), G(64, 128, 64, 4, 4, 0, 1, 1, 8, 1),
              G(64, 256, 64, 8, 3, 0, 1, 1, 8, 1), G(32, 128, 64, 4, 4, 0, 1, 1, 8, 1),
@@ -92,6 +94,8 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
               G(64, 128, 128, 8, 2, 0, 1, 1, 8, 2)]
         c += [G(64, 128, 128, 4, 2, 0, 1, 2, 8, 1), G(64, 128, 128, 4, 2, 0, 1, 2, 8, 2)]  # two nibbles per LOP3
         c += [G(64, 128, 128, 4, 2, 0, 1, u, 8, j, even_k=True) for u in (1, 2) for j in (1, 2)]
+        # fewer, whole waves: the 255-register tile holds 2 programs per SM, not the 4 the automatic count assumes
+        c += [G(64, 128, 128, 4, 2, s, 1, 2, 8, 1, even_k=True) for s in (-1, 2, 3)]
     else:
         c = [G(128, 128, 64, 4, 3, 1, 1, 1, 8, 2), G(128, 128, 64, 8, 3, 1, 1, 1, 8, 2),
              G(128, 128, 64, 8, 4, 1, 1, 1, 8, 2), G(128, 256, 64, 8, 3, 1, 1, 1, 8, 2),

@@ -43,11 +43,26 @@ def _group_pid(pid, num_m, num_n, GROUP_M: tl.constexpr):
 _INTERP = GemmConfig(16, 128, 32, 4, 1, 0, 1, 0, 8, 1)  # interpreter: few, large blocks (Python overhead per op)
 
 
-def _auto_split(tiles: int, k_iters: int, device: torch.device, num_warps: int, M: int, K: int) -> int:
+def _auto_split(tiles: int, k_iters: int, device: torch.device, num_warps: int, M: int, K: int,
+                whole_waves: bool = False) -> int:
     """Split K until the programs fill the SMs (about 16 warps per SM), keeping at least 2 K steps per program
-    and the fp32 partials (``split * M`` values per column) small against the weights (K values per column)."""
+    and the fp32 partials (``split * M`` values per column) small against the weights (K values per column).
+    ``whole_waves`` (``GemmConfig.split_k == -1``): at most as many programs as slots, so that no second, nearly
+    empty wave follows (the default rounds up: 5 x 112 tiles = 560 programs on 528 slots)."""
     slots = num_sms(device) * max(1, 16 // num_warps)
-    return max(1, min(cdiv(slots, tiles), k_iters // 2, K // (16 * M)))
+    fill = slots // tiles if whole_waves else cdiv(slots, tiles)
+    return max(1, min(fill, k_iters // 2, K // (16 * M)))
+
+
+def _split_count(split_k: int | None, cfg: GemmConfig, tiles: int, k_iters: int, device: torch.device, M: int,
+                 K: int) -> int:
+    """The split count a quantised GEMM launch asks for: the caller's, the config's, or the automatic one (0: fill
+    the SMs, rounding up; -1: whole waves)."""
+    if split_k:
+        return split_k
+    if cfg.split_k > 0:
+        return cfg.split_k
+    return _auto_split(tiles, k_iters, device, cfg.num_warps, M, K, whole_waves=cfg.split_k == -1)
 
 
 # ----------------------------------------------------------------------------- W8A8
@@ -131,7 +146,7 @@ def linear_w8a8_fwd(
     cfg = config or (_INTERP._replace(block_k=64) if interpreting() else pick_config(W8A8_TABLE, M))
     tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
     k_iters = cdiv(K, cfg.block_k)
-    split = cfg.split_k or _auto_split(tiles, k_iters, x_q.device, cfg.num_warps, M, K)
+    split = _split_count(None, cfg, tiles, k_iters, x_q.device, M, K)
     split = max(1, min(split, k_iters))
     k_per_split = cdiv(k_iters, split) * cfg.block_k
     split = cdiv(K, k_per_split)
@@ -708,7 +723,7 @@ def _w4a16_gemv(a: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qz
         raise ValueError(f"w4a16: the gemv config runs one program row per input row; M={M} exceeds 65535")
     tiles = cdiv(N, cfg.block_n)
     groups = K // group_size
-    split = split_k or cfg.split_k or _auto_split(tiles * M, 2 * groups, a.device, cfg.num_warps, M, K)
+    split = _split_count(split_k, cfg, tiles * M, 2 * groups, a.device, M, K)
     split = max(1, min(split, groups))
     k_per_split = cdiv(groups, split) * group_size
     split = cdiv(K, k_per_split)
@@ -764,7 +779,7 @@ def w4a16_fwd(
         return out.view(*lead, N)
     tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
     k_iters = cdiv(K, bk)
-    split = split_k or cfg.split_k or _auto_split(tiles, k_iters, x.device, cfg.num_warps, M, K)
+    split = _split_count(split_k, cfg, tiles, k_iters, x.device, M, K)
     split = max(1, min(split, k_iters))
     k_per_split = cdiv(k_iters, split) * bk
     split = cdiv(K, k_per_split)
