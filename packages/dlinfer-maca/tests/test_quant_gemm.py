@@ -114,6 +114,15 @@ def test_auto_split_whole_waves_leaves_no_partial_wave(monkeypatch, sms, tiles, 
     assert quant._auto_split(tiles, 4, dev, 4, 1, 4096, whole_waves=True) == min(whole, 2)  # >= 2 K steps each
 
 
+def test_options_a_kernel_cannot_honour_are_refused():
+    with pytest.raises(ValueError, match="gemv kernel has no join / unpack / even_k"):
+        _run_w4(1, 128, 128, 64, torch.float16, GemmConfig(1, 128, 32, 4, 2, 0, 1, 2, 8, 0, gemv=True))
+    with pytest.raises(ValueError, match="split_k must be"):
+        _run_w4(1, 128, 128, 64, torch.float16, BASE._replace(split_k=-2))
+    with pytest.raises(ValueError, match="split_k must be"):
+        _run_w4(1, 128, 128, 64, torch.float16, BASE, split_k=-1)
+
+
 def test_w4_unpack_runs_inline_ptx_only_where_available():
     """``unpack=2`` is inline PTX: off an NVIDIA GPU a launch runs the plain-Triton magic unpack (1) instead."""
     f16, bf16, f32 = torch.float16, torch.bfloat16, torch.float32

@@ -58,6 +58,9 @@ def _split_count(split_k: int | None, cfg: GemmConfig, tiles: int, k_iters: int,
                  K: int) -> int:
     """The split count a quantised GEMM launch asks for: the caller's, the config's, or the automatic one (0: fill
     the SMs, rounding up; -1: whole waves)."""
+    if (split_k is not None and split_k < 0) or cfg.split_k < -1:
+        raise ValueError(f"quantised GEMM: split_k must be >= 1 (caller) or -1 / 0 / >= 1 (config), got "
+                         f"{split_k if split_k is not None and split_k < 0 else cfg.split_k}")
     if split_k:
         return split_k
     if cfg.split_k > 0:
@@ -775,6 +778,9 @@ def w4a16_fwd(
         raise ValueError(f"w4a16: BLOCK_N={cfg.block_n} must be a multiple of {NCHUNK}")
     bk = next(b for b in (cfg.block_k, 128, 64, 32, 16) if b <= group_size and group_size % b == 0)
     if cfg.gemv:
+        if cfg.join or cfg.unpack or cfg.even_k:
+            raise ValueError(f"w4a16: the gemv kernel has no join / unpack / even_k variants; got join={cfg.join}, "
+                             f"unpack={cfg.unpack}, even_k={cfg.even_k}")
         _w4a16_gemv(a, qweight, scales, qzeros, bias, out, group_size, cfg, bk, split_k)
         return out.view(*lead, N)
     tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
