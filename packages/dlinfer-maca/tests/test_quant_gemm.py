@@ -16,7 +16,7 @@ from conftest import DEVICE, ON_GPU
 
 from dlinfer.spec import AWQ_ORDER
 from dlinfer.testing.inputs import awq_pack
-from dlinfer_maca.kernels import _utils, quant
+from dlinfer_maca.kernels import _utils, configs, quant
 from dlinfer_maca.kernels.quant import GemmConfig
 
 pytestmark = pytest.mark.interpreter
@@ -153,6 +153,19 @@ def test_w4a16_fp32_and_default_config():
     assert_close(out, ref, torch.float32, factor=2)
     out, ref = _run_w4(2, 128, 40, 32, torch.float16, None, split_k=2)
     assert_close(out, ref, torch.float16, factor=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("M", sorted({m for m in configs.bucket_ends(quant.W4A16_TABLE)
+                                      if m < configs.W4A16_DEQUANT_MIN_M} | {configs.W4A16_DEQUANT_MIN_M}))
+@pytest.mark.parametrize("N", [200, configs.W4A16_GEMV_MIN_N + 72], ids=["narrow", "wide"])
+def test_w4a16_default_path_at_every_table_bucket(M, N, dtype):
+    """What a call without config or split runs (on a GPU: each table row, the CUDA-core kernel for one row against
+    a wide weight, and the dequantise path), with a bias and an OUT tail."""
+    if N > 200 and not ON_GPU:
+        pytest.skip("the interpreter runs one small config at every M and N; the wide case checks the GPU's choice")
+    out, ref = _run_w4(M, 256, N, 128, dtype, None, bias=True)
+    assert_close(out, ref, dtype, factor=2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])

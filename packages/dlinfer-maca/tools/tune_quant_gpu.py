@@ -81,6 +81,9 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
             c += [G(1, bn, bk, w, 2, 0, 1, 0, 8, 0, gemv=True) for bn, bk, w in
                   ((128, 32, 4), (128, 64, 8), (256, 32, 8), (128, 16, 2), (128, 64, 4))]
             c += [G(1, 128, 32, 4, 2, s, 1, 0, 8, 0, gemv=True) for s in (-1, 4, 8, 16)]
+            # more bytes in flight per program (wider rows, longer K steps) in whole waves
+            c += [G(1, bn, bk, w, 2, -1, 1, 0, 8, 0, gemv=True) for bn, bk, w in
+                  ((256, 64, 8), (128, 128, 8), (256, 32, 4), (128, 64, 4), (256, 128, 8))]
     elif M <= 64:
         c = [G(64, 128, 64, 4, 3, 0, 1, 1, 8, 1), G(64, 128, 64, 4, 4, 0, 1, 1, 8, 1),
              G(64, 256, 64, 8, 3, 0, 1, 1, 8, 1), G(32, 128, 64, 4, 4, 0, 1, 1, 8, 1),
@@ -255,7 +258,7 @@ def sweep_w4(clock: Clock, dev: torch.device, ms: list[int], shapes: list[tuple[
             ref = ref_full[:M]
             cell: dict[str, Any] = {"M": M, "K": K, "N": N, "group": g, "candidates": [], "peers": {}}
             us, err, fail = try_run(clock, lambda: quant.w4a16_fwd(x, pw, ps, pz, None, g), ref)
-            default_cfg = configs.w4a16_config(M)
+            default_cfg = configs.w4a16_config(M, N)
             cell["default"] = {"config": list(default_cfg) if default_cfg else "dequantise + torch.mm", "us": us,
                                "err": err, "fail": fail}
             us, err, fail = try_run(clock, lambda: quant.w4a16_fwd(xb, pw_b, ps_b, pz_b, None, g), ref)

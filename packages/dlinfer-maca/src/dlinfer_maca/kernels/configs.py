@@ -21,8 +21,8 @@ class GemmConfig(NamedTuple):
     ``even_k`` (joined W4A16 kernel): advance the x and weight pointers per K step and load without the per-element
     K mask. IN is a multiple of the group, which the K step divides, so the masked loads are only a safeguard.
     ``gemv`` (W4A16): the CUDA-core kernel, one program per (column tile, K split, row), fp32 FMAs, no MMA
-    (``block_n``, ``block_k``, ``num_warps``, ``num_stages``, ``split_k`` and ``reduce`` apply; a sweep option,
-    not in the tables)."""
+    (``block_n``, ``block_k``, ``num_warps``, ``num_stages``, ``split_k`` and ``reduce`` apply; W4A16_TABLE's
+    one-row config against a wide weight, ``W4A16_DECODE_GEMV``)."""
 
     block_m: int
     block_n: int
@@ -46,27 +46,36 @@ OPEN_BOUND = 1 << 62
 # Defaults by M (upper bound inclusive -> config): the rows tools/tune_quant_gpu.py suggested on the H200
 # (benchmarks/h200/tune-quant-run1.json; each row the smallest geo-mean slowdown against every cell's best).
 # GemmConfig(block_m, block_n, block_k, num_warps, num_stages, split_k, reduce, unpack, group_m, join)
-# W4A16: H200 sweep benchmarks/h200/2026-12-02d/tune-quant-w4-sweep-9ee5d41.json, best geo-mean per bucket
+# W4A16: H200 sweeps benchmarks/h200/2026-12-02d/tune-quant-w4-sweep-9ee5d41.json (M 2-64) and
+# benchmarks/h200/2026-12-03/tune-quant-w4-gemv-sweep.json (M 1: the CUDA-core kernel; M 65-128: the open row)
 W4A16_TABLE: GemmTable = (
     (16, GemmConfig(16, 128, 64, 4, 3, 0, 1, 2, 8, 1, even_k=True)),  # 1.02x of the cell best (shipped before: 1.08x)
     (64, GemmConfig(64, 128, 128, 4, 2, 0, 1, 2, 8, 1, even_k=True)),  # 1.00x (before: 1.10x)
-    # the forced fused path from W4A16_DEQUANT_MIN_M rows (split_k / config given): 1.19x at M128 (before: 1.57x)
-    (OPEN_BOUND, GemmConfig(128, 128, 64, 8, 3, 0, 1, 1, 8, 2)),
+    # the open row (M 65-128, and the forced fused path from W4A16_DEQUANT_MIN_M on): x1.04 of the cell best at M
+    # 65 and 128 (the row before: x1.82); 61-80 us against dequantise + cuBLAS's 85-91 us on the 4096x14336 and
+    # 14336x4096 weights, 40-41 against 36-39 us on 4096x6144
+    (OPEN_BOUND, GemmConfig(128, 128, 64, 4, 3, 0, 1, 2, 8, 2, even_k=True)),
 )
+W4A16_DECODE_GEMV = GemmConfig(1, 128, 32, 4, 2, -1, 1, 0, 8, 0, gemv=True)
+"""One row against a wide weight: the CUDA-core kernel. H200, M 1 (two sweeps): 24.0-24.1 us against the M<=16 row's
+30.9-31.0 at K x N 4096x14336; 29.0-29.1 against 29.6-33.8 at 14336x4096; 17.9-18.0 against 15.5-15.6 at
+4096x6144, hence :data:`W4A16_GEMV_MIN_N`. From 2 rows on it reads the weights once per row and loses."""
+W4A16_GEMV_MIN_N = 8192
+"""OUT from which a one-row W4A16 call runs :data:`W4A16_DECODE_GEMV` (narrower: the M<=16 row)."""
 W8A8_TABLE: GemmTable = (  # H200 sweep (tune-quant-run1.json)
     (16, GemmConfig(16, 64, 128, 4, 3, 0, 1, 0, 8, 0)),
     (64, GemmConfig(64, 64, 128, 4, 4, 0, 1)),
     (256, GemmConfig(128, 128, 128, 8, 3, 0, 1)),  # 1.16x / 1.57x LMDeploy at M256 (the suggested 64x128 row: 0.93x)
     (OPEN_BOUND, GemmConfig(256, 128, 128, 8, 3, 1, 1, 0, 8, 0)),
 )
-W4A16_DEQUANT_MIN_M = 65
+W4A16_DEQUANT_MIN_M = 129
 """From this many rows on, W4A16 dequantises the weight into a transient ``[IN, OUT]`` buffer in the activation
 dtype and multiplies with the vendor GEMM (``torch.mm``) instead of the fused kernel. The dequantise costs about the
 same at any M (25-58 us for the 8B shapes on the H200) while the fused kernel's 128-row tiles leave SMs idle or
-split K: at M 128 the best fused config took 74 / 128 / 61 us against dequantise + cuBLAS's ~91 / ~90 / ~41 us
-(K x N 4096x14336 / 14336x4096 / 4096x6144; 2026-12-02d sweep), and at M 256-1024 cuBLAS on the dequantised weight
-took 25-50 % of the fused kernel's time (tune-quant-run1.json). The dequantised weight is rounded once to the
-activation dtype, as LMDeploy's kernel does; the op contract permits it (``OpSpec.rounded_weight``)."""
+split K: at M 129-255 the best fused config took 98-124 / 100-124 / 59-60 us against dequantise + cuBLAS's 88-102 /
+95-108 / 40-45 us (K x N 4096x14336 / 14336x4096 / 4096x6144; 2026-12-03 sweep), and at M 256-1024 cuBLAS on the
+dequantised weight took 25-50 % of the fused kernel's time (tune-quant-run1.json). The dequantised weight is rounded
+once to the activation dtype, as LMDeploy's kernel does; the op contract permits it (``OpSpec.rounded_weight``)."""
 QUANT_NORM_MANY_ROWS = 1024
 """From this many rows on, the quantising norm kernels run 4 warps per row of <= 4096 elements (``norm._warps``;
 H200 sweep, tools/tune_norm_decode_gpu.py)."""
@@ -77,10 +86,14 @@ def pick_config(table: GemmTable, M: int) -> GemmConfig:
     return next(c for bound, c in table if bound >= M)
 
 
-def w4a16_config(M: int) -> GemmConfig | None:
-    """The fused W4A16 kernel's config for ``M`` rows, or None from :data:`W4A16_DEQUANT_MIN_M` on (dequantise
-    + GEMM)."""
-    return None if M >= W4A16_DEQUANT_MIN_M else pick_config(W4A16_TABLE, M)
+def w4a16_config(M: int, N: int = 0) -> GemmConfig | None:
+    """The fused W4A16 kernel's config for ``M`` rows and ``N`` output columns, or None from
+    :data:`W4A16_DEQUANT_MIN_M` on (dequantise + GEMM)."""
+    if M >= W4A16_DEQUANT_MIN_M:
+        return None
+    if M == 1 and N >= W4A16_GEMV_MIN_N:
+        return W4A16_DECODE_GEMV
+    return pick_config(W4A16_TABLE, M)
 
 
 def bucket_ends(table: GemmTable) -> tuple[int, ...]:
