@@ -17,8 +17,9 @@ process under a deadline (``testing.child``: stacks of every rank on timeout, NV
   ``--profile-batch N`` generates N requests at a time through the window instead and reports, per decode step
   (the window's span over the batches' mean step time, prefill included in that mean), each kernel kind's GPU time
   and the GPU's idle time. In graph mode the trace also gives them exactly (``graph_steps``): one ``cudaGraphLaunch``
-  per decode step, the kernels carrying its correlation id, and the median period and idle time between consecutive
-  replays; the eager (prefill) kernels are summed apart.
+  per decode step, the kernels carrying its correlation id, and the medians of the period between consecutive
+  replays, of the engine's eager kernels between them (sampling, input copies) and of the idle rest; the eager
+  kernels (prefill included) are summed apart.
 
 ``--tp-compare 1`` also runs the same model at tp=1 where it fits one GPU. LMDeploy's cuda runs on its mp executor
 (``--peer-executor``; ray where installed) and its child exits after printing its figures without closing the engine
@@ -174,17 +175,27 @@ def _median(values: list[float]) -> float:
     return (v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2) if n else float("nan")
 
 
+FORWARD_KINDS = frozenset({"gemm", "attention", "moe"})
+"""Kernel kinds of a model forward."""
+ENGINE_FORWARD_KERNELS = 4
+"""At most this many forward-kind kernels run eagerly between two graph replays as the engine's own per-step work
+(LMDeploy 0.18 runs the LM head outside the graph, ``ModelAgent.get_logits``: one GEMM, or a split-K pair); more
+mean an eager step (a prefill: every layer's GEMMs and attention) ran between them."""
+
+
 def graph_steps(events: list[dict[str, Any]]) -> dict[str, Any]:
     """Decode steps of a trace counted exactly: each ``cudaGraphLaunch`` is one graph-mode decode step, and the kernels
     that carry its correlation id ran inside it. Per replay: busy = its kernels' GPU time, period = its first kernel's
-    start to the next replay's; a period with an eager kernel between the two (a prefill) is left out of the period
-    and idle medians. Returns {} for a trace without graph launches (eager mode)."""
+    start to the next replay's. Between two replays the engine launches eager kernels of its own (the LM head,
+    sampling, the next step's input copies): their time is ``between``, and idle = period - busy - between. A period
+    with more than :data:`ENGINE_FORWARD_KERNELS` eager forward kernels between its replays (a prefill) is left out of
+    the medians. Returns {} for a trace without graph launches (eager mode)."""
     launches = {e["args"]["correlation"] for e in events if e.get("cat") in ("cuda_runtime", "cuda_driver")
                 and GRAPH_LAUNCH.match(e.get("name", "")) and "correlation" in e.get("args", {})}
     if not launches:
         return {}
     replays: dict[int, list[dict[str, Any]]] = {}
-    eager_starts: list[float] = []
+    eager: list[tuple[float, float, bool]] = []  # (start, duration, a forward kernel)
     eager_by_kind: dict[str, float] = {}
     for e in events:
         if e.get("cat") != "kernel" or "dur" not in e:
@@ -193,37 +204,44 @@ def graph_steps(events: list[dict[str, Any]]) -> dict[str, Any]:
         if corr in launches:
             replays.setdefault(corr, []).append(e)
         else:
-            eager_starts.append(e["ts"])
             kind = kernel_kind(e.get("name", ""))
+            eager.append((e["ts"], e["dur"], kind in FORWARD_KINDS))
             eager_by_kind[kind] = eager_by_kind.get(kind, 0.0) + e["dur"]
     steps = sorted(((min(k["ts"] for k in ks), sum(k["dur"] for k in ks), ks) for ks in replays.values()),
                    key=lambda r: r[0])
     if not steps:
         return {}
-    eager_starts.sort()
+    eager.sort()
     by_kind: dict[str, float] = {}
     for _, _, ks in steps:
         for k in ks:
             kind = kernel_kind(k.get("name", ""))
             by_kind[kind] = by_kind.get(kind, 0.0) + k["dur"]
-    periods, idles = [], []
+    periods, idles, betweens = [], [], []
     j = 0
     for (start, busy, _), (nxt, _, _) in zip(steps[:-1], steps[1:], strict=True):
-        while j < len(eager_starts) and eager_starts[j] < start:
+        while j < len(eager) and eager[j][0] < start:
             j += 1
-        if j < len(eager_starts) and eager_starts[j] < nxt:
+        inside = []
+        while j < len(eager) and eager[j][0] < nxt:
+            inside.append(eager[j])
+            j += 1
+        if sum(forward for _, _, forward in inside) > ENGINE_FORWARD_KERNELS:
             continue  # an eager step (prefill) ran between these replays
+        between = sum(dur for _, dur, _ in inside)
         periods.append(nxt - start)
-        idles.append(nxt - start - busy)
+        betweens.append(between)
+        idles.append(nxt - start - busy - between)
     n = len(steps)
-    eager = dict(sorted(eager_by_kind.items(), key=lambda kv: -kv[1]))
+    eager_sorted = dict(sorted(eager_by_kind.items(), key=lambda kv: -kv[1]))
     return {"graph_steps": n, "graph_kernel_us_per_step_by_kind":
             {k: round(v / n, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
             "graph_busy_us_per_step": round(sum(b for _, b, _ in steps) / n, 1),
             "graph_step_period_us_median": round(_median(periods), 1) if periods else None,
+            "graph_step_between_us_median": round(_median(betweens), 1) if betweens else None,
             "graph_step_idle_us_median": round(_median(idles), 1) if idles else None,
             "consecutive_replays": len(periods),
-            "eager_kernel_us_by_kind": {k: round(v, 1) for k, v in eager.items()}}
+            "eager_kernel_us_by_kind": {k: round(v, 1) for k, v in eager_sorted.items()}}
 
 
 def allreduce_share(prefix: str) -> dict[str, Any]:

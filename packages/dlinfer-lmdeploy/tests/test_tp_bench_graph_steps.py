@@ -1,5 +1,7 @@
 """bench/lmdeploy_tp_gpu.py: decode steps counted exactly from a profiler trace (one ``cudaGraphLaunch`` per
-graph-mode step, its kernels found by correlation id), on synthetic Chrome traces with random timings."""
+graph-mode step, its kernels found by correlation id), on synthetic Chrome traces with random timings: the engine's
+eager kernels between replays (the LM head, sampling, copies) keep a period and are reported apart; an eager
+prefill's GEMMs leave it out."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ GRAPH_KERNELS = (("nvjet_hsh_128x64_gemm", "gemm"), ("_decode_split_kernel", "at
 
 def _trace(rng: random.Random, replays: int, prefill_after: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     events: list[dict[str, Any]] = []
-    expected: dict[str, Any] = {"busy": [], "by_kind": {}, "periods": [], "idles": [], "eager": 0.0}
+    expected: dict[str, Any] = {"busy": [], "by_kind": {}, "periods": [], "idles": [], "between": [], "betweens": [],
+                                "prefill": {"gemm": 0.0, "attention": 0.0}, "small": 0.0, "gemm": 0.0}
     t = 1000.0
     corr = 7
     starts = []
@@ -42,20 +45,32 @@ def _trace(rng: random.Random, replays: int, prefill_after: int) -> tuple[list[d
             t += dur + rng.uniform(0.0, 2.0)
         expected["busy"].append(busy)
         t += rng.uniform(20.0, 400.0)  # the host gap
+        between = 0.0
+        # the engine's per-step eager kernels: the LM head (outside the graph in LMDeploy 0.18), sampling, copies
+        for name in ("nvjet_lm_head_gemm", "_argmax_sampling_kernel", "elementwise_copy_kernel"):
+            corr += 1
+            dur = rng.uniform(1.0, 30.0)
+            events.append({"ph": "X", "cat": "kernel", "name": name, "ts": t, "dur": dur,
+                           "args": {"correlation": corr}})
+            expected["gemm" if "gemm" in name else "small"] += dur
+            between += dur
+            t += dur + rng.uniform(5.0, 50.0)
+        expected["between"].append(between)
         if i == prefill_after:  # an eager prefill: kernels launched one by one, other correlation ids
-            for _ in range(4):
+            for name in ("nvjet_gemm_prefill", "_flash_prefill_attention_kernel", "nvjet_gemm_prefill") * 2:
                 corr += 1
                 dur = rng.uniform(100.0, 900.0)
-                events.append({"ph": "X", "cat": "kernel", "name": "nvjet_gemm_prefill", "ts": t, "dur": dur,
+                events.append({"ph": "X", "cat": "kernel", "name": name, "ts": t, "dur": dur,
                                "args": {"correlation": corr}})
-                expected["eager"] += dur
+                expected["prefill"]["gemm" if "gemm" in name else "attention"] += dur
                 t += dur + 3.0
     for i in range(replays - 1):
         if i == prefill_after:
             continue
         period = starts[i + 1] - starts[i]
         expected["periods"].append(period)
-        expected["idles"].append(period - expected["busy"][i])
+        expected["betweens"].append(expected["between"][i])
+        expected["idles"].append(period - expected["busy"][i] - expected["between"][i])
     rng.shuffle(events)  # traces are not sorted by time
     return events, expected
 
@@ -72,8 +87,11 @@ def test_graph_steps_count_replays_and_split_off_the_prefill(bench: Any, seed: i
     assert got["graph_kernel_us_per_step_by_kind"] == pytest.approx(
         {k: v / replays for k, v in want["by_kind"].items()}, abs=0.06)
     assert got["graph_step_period_us_median"] == pytest.approx(statistics.median(want["periods"]), abs=0.06)
+    assert got["graph_step_between_us_median"] == pytest.approx(statistics.median(want["betweens"]), abs=0.06)
     assert got["graph_step_idle_us_median"] == pytest.approx(statistics.median(want["idles"]), abs=0.06)
-    assert got["eager_kernel_us_by_kind"] == pytest.approx({"gemm": want["eager"]}, abs=0.06)
+    eager = {"gemm": want["prefill"]["gemm"] + want["gemm"], "attention": want["prefill"]["attention"],
+             "other": want["small"]}
+    assert got["eager_kernel_us_by_kind"] == pytest.approx(eager, abs=0.06)
 
 
 def test_a_versioned_driver_launch_counts_and_an_eager_trace_has_no_graph_steps(bench: Any) -> None:
