@@ -92,6 +92,17 @@ def test_w4a16_gemv_kernel(M, path, dtype):
     assert_close(out, ref, dtype, factor=2)
 
 
+@pytest.mark.parametrize("stages", [3, 4])
+@pytest.mark.parametrize(("K", "split"), [(256, 1), (256, 2), (96, 1), (384, 3)],
+                         ids=["8-steps", "2-splits", "3-steps", "3-splits-of-4"])
+def test_w4a16_gemv_deeper_prefetch(stages, K, split):
+    """``num_stages`` 3 and 4: two or three weight tiles loaded ahead, with splits shorter than the prefetch depth
+    (3 steps) and of one group each, so the clamped loads past a split's end are exercised."""
+    cfg = GemmConfig(1, 128, 32, 4, stages, split, 1, 0, 8, 0, gemv=True)
+    out, ref = _run_w4(2, K, 136, 32 if K == 96 else 128, torch.float16, cfg, bias=True)
+    assert_close(out, ref, torch.float16, factor=2)
+
+
 def test_w4a16_gemv_step_larger_than_the_group():
     """A K step wider than the group is cut to the group (one step per group), as for the MMA kernels."""
     cfg = GemmConfig(1, 256, 128, 4, 2, 0, 1, 0, 8, 0, gemv=True)
@@ -117,6 +128,9 @@ def test_auto_split_whole_waves_leaves_no_partial_wave(monkeypatch, sms, tiles, 
 def test_options_a_kernel_cannot_honour_are_refused():
     with pytest.raises(ValueError, match="gemv kernel has no join / unpack / even_k"):
         _run_w4(1, 128, 128, 64, torch.float16, GemmConfig(1, 128, 32, 4, 2, 0, 1, 2, 8, 0, gemv=True))
+    for stages in (1, 5):
+        with pytest.raises(ValueError, match="2 to 4 weight tiles in flight"):
+            _run_w4(1, 128, 128, 64, torch.float16, GemmConfig(1, 128, 32, 4, stages, 0, 1, 0, 8, 0, gemv=True))
     with pytest.raises(ValueError, match="split_k must be"):
         _run_w4(1, 128, 128, 64, torch.float16, BASE._replace(split_k=-2))
     with pytest.raises(ValueError, match="split_k must be"):

@@ -84,6 +84,9 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
             # more bytes in flight per program (wider rows, longer K steps) in whole waves
             c += [G(1, bn, bk, w, 2, -1, 1, 0, 8, 0, gemv=True) for bn, bk, w in
                   ((256, 64, 8), (128, 128, 8), (256, 32, 4), (128, 64, 4), (256, 128, 8))]
+        if M == 1:  # two or three weight tiles loaded ahead (num_stages 3 / 4): more bytes in flight per thread
+            c += [G(1, 128, 32, 4, st, s, 1, 0, 8, 0, gemv=True) for st in (3, 4) for s in (-1, 0, 8)]
+            c += [G(1, 128, bk, w, st, -1, 1, 0, 8, 0, gemv=True) for st in (3, 4) for bk, w in ((16, 2), (64, 4))]
     elif M <= 64:
         c = [G(64, 128, 64, 4, 3, 0, 1, 1, 8, 1), G(64, 128, 64, 4, 4, 0, 1, 1, 8, 1),
              G(64, 256, 64, 8, 3, 0, 1, 1, 8, 1), G(32, 128, 64, 4, 4, 0, 1, 1, 8, 1),

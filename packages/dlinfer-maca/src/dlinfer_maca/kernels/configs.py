@@ -21,8 +21,9 @@ class GemmConfig(NamedTuple):
     ``even_k`` (joined W4A16 kernel): advance the x and weight pointers per K step and load without the per-element
     K mask. IN is a multiple of the group, which the K step divides, so the masked loads are only a safeguard.
     ``gemv`` (W4A16): the CUDA-core kernel, one program per (column tile, K split, row), fp32 FMAs, no MMA
-    (``block_n``, ``block_k``, ``num_warps``, ``num_stages``, ``split_k`` and ``reduce`` apply; W4A16_TABLE's
-    one-row config against a wide weight, ``W4A16_DECODE_GEMV``)."""
+    (``block_n``, ``block_k``, ``num_warps``, ``split_k`` and ``reduce`` apply, and ``num_stages`` 2-4: the weight
+    tiles a thread holds, the one in use and the rest loaded ahead; the one-row config against a wide weight,
+    ``W4A16_DECODE_GEMV``)."""
 
     block_m: int
     block_n: int

@@ -583,6 +583,7 @@ def _w4a16_gemv_kernel(
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
     SPLIT: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, ASM: tl.constexpr = True,
+    STAGES: tl.constexpr = 2,
 ):
     """One row of ``x @ dequant(W)`` on the CUDA cores (``GemmConfig.gemv``; decode rows): program
     ``(column tile, K split, row)``. Each thread keeps its own K rows of a ``[BLOCK_K, SUB]`` fp32 accumulator per
@@ -590,7 +591,10 @@ def _w4a16_gemv_kernel(
     reduction across threads inside the K loop. A group's accumulators are scaled once at the group's end (one FMA
     per accumulator element per group); the K axis is reduced across threads once, after the loop. ``K_PER_SPLIT`` is
     a whole number of groups; with ``n_split > 1`` the programs store fp32 partials ``ws [n_split, M, N]`` and
-    (REDUCE=1) the last of a (tile, row) to arrive sums them."""
+    (REDUCE=1) the last of a (tile, row) to arrive sums them. ``STAGES`` (2-4, ``GemmConfig.num_stages``): the
+    weight tiles in registers, the one in use and ``STAGES - 1`` loaded ahead, so that more bytes are in flight per
+    thread than one step's (software pipelining by hand: Triton pipelines only loads that feed ``tl.dot``)."""
+    tl.static_assert(STAGES >= 2 and STAGES <= 4, "gemv: num_stages (the weight tiles in flight) must be 2 to 4")
     SUB: tl.constexpr = BLOCK_N // 8
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -602,17 +606,25 @@ def _w4a16_gemv_kernel(
     acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _zeros8(BLOCK_K, SUB)
     x_row = x_ptr + row * stride_xm
     w_tile = qw_ptr + offs_k[:, None] * stride_qk + words[None, :]
-    # the K loop carries this step's words and x and loads the next step's first (software prefetch: Triton
-    # pipelines only loads that feed tl.dot); the last step's prefetch re-reads its own rows, in range
+    # the K loop carries this step's words and x (p, x) and STAGES - 1 later steps' (p1, x1 ...), and loads the step
+    # STAGES - 1 ahead; loads past the split's end re-read its last step, in range (their values are never used)
+    k_last = k_hi - BLOCK_K
     p = tl.load(w_tile + k_lo * stride_qk, mask=wmask[None, :], other=0)
     x = tl.load(x_row + k_lo + offs_k).to(tl.float32)
+    if STAGES >= 3:
+        p1 = tl.load(w_tile + tl.minimum(k_lo + BLOCK_K, k_last) * stride_qk, mask=wmask[None, :], other=0)
+        x1 = tl.load(x_row + tl.minimum(k_lo + BLOCK_K, k_last) + offs_k).to(tl.float32)
+    if STAGES >= 4:
+        p2 = tl.load(w_tile + tl.minimum(k_lo + 2 * BLOCK_K, k_last) * stride_qk, mask=wmask[None, :], other=0)
+        x2 = tl.load(x_row + tl.minimum(k_lo + 2 * BLOCK_K, k_last) + offs_k).to(tl.float32)
     zw = tl.load(z_ptr + (k_lo // GROUP) * stride_zk + words, mask=wmask, other=0)
     z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
     ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(BLOCK_K, SUB)
     for k0 in range(k_lo, k_hi, BLOCK_K):  # K is a whole number of groups: no K mask
-        kn = tl.minimum(k0 + BLOCK_K, k_hi - BLOCK_K)
-        p_next = tl.load(w_tile + kn * stride_qk, mask=wmask[None, :], other=0)
-        x_next = tl.load(x_row + kn + offs_k).to(tl.float32)
+        kn = tl.minimum(k0 + BLOCK_K, k_last)  # the next step (its group's zero points at a group end)
+        ka = tl.minimum(k0 + (STAGES - 1) * BLOCK_K, k_last)  # the step loaded now
+        p_next = tl.load(w_tile + ka * stride_qk, mask=wmask[None, :], other=0)
+        x_next = tl.load(x_row + ka + offs_k).to(tl.float32)
         p12 = p >> 12
         xk = x[:, None]
         ga0 += xk * (_gemv_plane(p, p12, 0, ASM) - z0[None, :])
@@ -636,8 +648,21 @@ def _w4a16_gemv_kernel(
             ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(BLOCK_K, SUB)
             zw = tl.load(z_ptr + (kn // GROUP) * stride_zk + words, mask=wmask, other=0)
             z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
-        p = p_next
-        x = x_next
+        if STAGES == 2:
+            p = p_next
+            x = x_next
+        elif STAGES == 3:
+            p = p1
+            x = x1
+            p1 = p_next
+            x1 = x_next
+        else:
+            p = p1
+            x = x1
+            p1 = p2
+            x1 = x2
+            p2 = p_next
+            x2 = x_next
     wp = ws_ptr + pid_k * M * N
     _gemv_out(acc0, 0, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
     _gemv_out(acc1, 1, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
@@ -738,7 +763,7 @@ def _w4a16_gemv(a: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qz
         M, N, NW, k_per_split, K, split,
         a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
         SPLIT=split > 1, REDUCE=reduce, HAS_BIAS=bias is not None,
-        BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP=group_size, ASM=inline_ptx(a.device),
+        BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP=group_size, ASM=inline_ptx(a.device), STAGES=cfg.num_stages,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1 and not reduce:
@@ -781,6 +806,9 @@ def w4a16_fwd(
         if cfg.join or cfg.unpack or cfg.even_k:
             raise ValueError(f"w4a16: the gemv kernel has no join / unpack / even_k variants; got join={cfg.join}, "
                              f"unpack={cfg.unpack}, even_k={cfg.even_k}")
+        if not 2 <= cfg.num_stages <= 4:
+            raise ValueError(f"w4a16: the gemv kernel holds 2 to 4 weight tiles in flight (num_stages); got "
+                             f"{cfg.num_stages}")
         _w4a16_gemv(a, qweight, scales, qzeros, bias, out, group_size, cfg, bk, split_k)
         return out.view(*lead, N)
     tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
