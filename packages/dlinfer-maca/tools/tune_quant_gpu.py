@@ -2,7 +2,7 @@
 """Config sweep of the maca quantised GEMMs (W4A16 AWQ, W8A8) on one CUDA GPU, against their peers.
 
     PYTHONPATH=<site with lmdeploy>:packages/dlinfer-maca/src python packages/dlinfer-maca/tools/tune_quant_gpu.py \
-        [--out DIR] [--quick] [--only w4,w8] [--rep MS]
+        [--out DIR] [--quick] [--only w4,w8] [--rep MS] [--w4-ms 1,16] [--cold-l2 MB]
     python packages/dlinfer-maca/tools/tune_quant_gpu.py --cpu-smoke     # CPU, Triton interpreter, tiny sizes
 
 What it measures (CUDA-graph replay medians, ``triton.testing.do_bench_cudagraph``):
@@ -21,7 +21,9 @@ Frobenius error); a candidate above the tolerance is marked ERR and never picked
 
 Reading the output: one line per (op, M, K, N) with the default config's time, the best candidate and its
 time, each peer's time, ``vs lmd`` = LMDeploy time / our best (> 1 means we are faster), ``floor`` = the
-bandwidth floor time / our best (M <= 16), ``of int8`` = our TOP/s / the int8 ceiling (W8A8). At the end,
+bandwidth floor time / our best (M <= 16; replays of one call keep a weight that fits in L2 there, so the floor
+column assumes DRAM reads only with ``--cold-l2 MB``, which rotates weight copies for ours and LMDeploy's kernel),
+``of int8`` = our TOP/s / the int8 ceiling (W8A8). At the end,
 ``suggested tables``: per M bucket the candidate with the smallest geometric-mean slowdown against the best
 candidate of each cell, printed as rows to paste into ``W4A16_TABLE`` / ``W8A8_TABLE`` in
 ``dlinfer_maca/kernels/quant.py``. Everything is also written to ``$OUT/tune-quant.json`` (or --out).
@@ -237,8 +239,23 @@ def try_run(clock: Clock, fn: Callable[[], torch.Tensor], ref: torch.Tensor) -> 
         return math.nan, math.nan, f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
+class Rotation:
+    """Copies of one weight set, handed out in turn: a CUDA graph of back-to-back calls then reads each call's
+    weights from DRAM, not from the L2 the previous call filled (``--cold-l2``). One copy: the plain warm-L2 timing."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], cold_l2_mb: int) -> None:
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        count = 1 if cold_l2_mb <= 0 else 1 + math.ceil(cold_l2_mb * 2**20 / max(nbytes, 1))
+        self.copies = [tensors] + [tuple(t.clone() for t in tensors) for _ in range(count - 1)]
+        self.i = 0
+
+    def __call__(self) -> tuple[torch.Tensor, ...]:
+        self.i = (self.i + 1) % len(self.copies)
+        return self.copies[self.i]
+
+
 def sweep_w4(clock: Clock, dev: torch.device, ms: list[int], shapes: list[tuple[int, int]], g: int, quick: bool,
-             lmd: dict[str, Any], copy_gbs: float) -> list[dict[str, Any]]:
+             lmd: dict[str, Any], copy_gbs: float, cold_l2_mb: int = 0) -> list[dict[str, Any]]:
     cells = []
     dt = torch.float16
     for K, N in shapes:
@@ -254,6 +271,7 @@ def sweep_w4(clock: Clock, dev: torch.device, ms: list[int], shapes: list[tuple[
         xf = torch.randn(max(ms), K, device=dev, generator=gen).to(dt)
         ref_full = xf.double() @ wdq
         del q, z
+        ours, ours_b, theirs = (Rotation(w, cold_l2_mb) for w in ((pw, ps, pz), (pw_b, ps_b, pz_b), (qw, s, qz)))
         for M in ms:
             t0 = time.time()
             x = xf[:M].contiguous()
@@ -261,19 +279,19 @@ def sweep_w4(clock: Clock, dev: torch.device, ms: list[int], shapes: list[tuple[
             ref = ref_full[:M]
             cell: dict[str, Any] = {"M": M, "K": K, "N": N, "group": g, "candidates": [], "peers": {}}
             for cfg in w4_candidates(M, quick):
-                us, err, fail = try_run(clock, lambda: quant.w4a16_fwd(x, pw, ps, pz, None, g, config=cfg), ref)
+                us, err, fail = try_run(clock, lambda: quant.w4a16_fwd(x, *ours(), None, g, config=cfg), ref)
                 cell["candidates"].append({"config": list(cfg), "us": us, "err": err, "fail": fail,
                                            "ok": not fail and err <= TOL[dt]})
             # the default after the candidates: timed first, it read 10-25 % above the same config timed as a
             # candidate in the second and third shape of the 2026-12-03 runs
-            us, err, fail = try_run(clock, lambda: quant.w4a16_fwd(x, pw, ps, pz, None, g), ref)
+            us, err, fail = try_run(clock, lambda: quant.w4a16_fwd(x, *ours(), None, g), ref)
             default_cfg = configs.w4a16_config(M, N)
             cell["default"] = {"config": list(default_cfg) if default_cfg else "dequantise + torch.mm", "us": us,
                                "err": err, "fail": fail}
-            us, err, fail = try_run(clock, lambda: quant.w4a16_fwd(xb, pw_b, ps_b, pz_b, None, g), ref)
+            us, err, fail = try_run(clock, lambda: quant.w4a16_fwd(xb, *ours_b(), None, g), ref)
             cell["default_bf16"] = {"us": us, "err": err, "fail": fail, "ok": err <= TOL[torch.bfloat16]}
             if "awq_linear" in lmd:
-                us, err, fail = try_run(clock, lambda: lmd["awq_linear"](x, qw, s, qz), ref)
+                us, err, fail = try_run(clock, lambda: lmd["awq_linear"](x, *theirs()), ref)
                 cell["peers"]["lmdeploy awq_linear"] = {"us": us, "err": err, "fail": fail}
             us, err, fail = try_run(clock, lambda: torch.mm(x, w16), ref)
             cell["peers"]["cuBLAS fp16 (dequantised W)"] = {"us": us, "err": err, "fail": fail}
@@ -433,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rep", type=int, default=10, help="ms of replays per timing")
     ap.add_argument("--cpu-smoke", action="store_true", help="Triton interpreter on CPU, tiny sizes, 2 candidates")
     ap.add_argument("--w4-ms", default="1,4,16,64,256,1024", help="W4A16 row counts (comma-separated)")
+    ap.add_argument("--cold-l2", type=int, default=0, metavar="MB",
+                    help="W4A16: rotate copies of each weight set (ours and LMDeploy's) spanning MB more than one "
+                         "set, so that timed calls read their weights from DRAM (the floor column's premise); "
+                         "0: one set, warm in L2 when it fits (an int4 4096x14336 weight is 29 MB)")
     ap.add_argument("--no-candidates", action="store_true",
                     help="time only the shipped default and the peers (no config candidates)")
     args = ap.parse_args(argv)
@@ -483,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(res, f, indent=1, default=str)
 
     if "w4" in only:
-        res["w4a16"] = sweep_w4(clock, dev, w4["ms"], w4["shapes"], w4["g"], args.quick, lmd, ceil["copy_GBps"])
+        res["w4a16"] = sweep_w4(clock, dev, w4["ms"], w4["shapes"], w4["g"], args.quick, lmd, ceil["copy_GBps"],
+                                 args.cold_l2)
         res["w4a16_suggested"] = suggest(res["w4a16"], quant.W4A16_TABLE)
         save()
     if "w8" in only:
