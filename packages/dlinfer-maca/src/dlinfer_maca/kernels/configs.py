@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 
 class GemmConfig(NamedTuple):
-    """One launch configuration. ``split_k`` 0 = choose from the SM count, -1 = the same in whole waves (a sweep
-    option); ``reduce``: 0 = fp32 partial
+    """One launch configuration. ``split_k`` 0 = choose from the SM count, -1 = the same in whole waves; ``reduce``:
+    0 = fp32 partial
     buffer summed by torch, 1 = in-kernel (last program of a tile sums the partials); ``unpack`` (W4A16):
     0 = int subtract + convert, 1 = fp16/bf16 exponent magic numbers, 2 = the magic numbers two nibbles per ``LOP3``
     (inline PTX, joined kernel only; on a non-NVIDIA device a launch runs 1, see ``quant.w4_unpack``; the
