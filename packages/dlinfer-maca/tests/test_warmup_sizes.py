@@ -7,8 +7,10 @@ the declaration following fails here.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +90,12 @@ def test_declaring_imports_no_triton() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_readme_lists_the_declared_sizes():
+    """The README's capability row states the sizes the plugin declares (docs that follow the tables)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `framework.prefill_warmup_tokens`"))
+    listed = re.match(r"\| `framework\.prefill_warmup_tokens` \| ([\d, ]+):", row)
+    assert listed, row[:200]
+    assert tuple(int(v) for v in listed.group(1).split(",")) == configs.prefill_warmup_tokens()
