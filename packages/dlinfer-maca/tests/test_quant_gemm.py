@@ -103,6 +103,18 @@ def test_w4a16_gemv_deeper_prefetch(stages, K, split):
     assert_close(out, ref, torch.float16, factor=2)
 
 
+@pytest.mark.parametrize(("block_k", "fold", "stages", "group"),
+                         [(64, 2, 2, 128), (128, 4, 2, 128), (64, 2, 3, 64), (128, 4, 4, 32)],
+                         ids=["64/2", "128/4", "64/2-3-stages", "step-cut-to-group-32/4"])
+def test_w4a16_gemv_fold(block_k, fold, stages, group):
+    """``GemmConfig.fold``: each step's rows summed onto ``block_k / fold`` accumulator rows, with the deeper
+    prefetch, splits and a K step cut to a smaller group (128 -> 32 rows, 8 accumulator rows)."""
+    for split in (1, 2):
+        cfg = GemmConfig(1, 128, block_k, 4, stages, split, 1, 0, 8, 0, gemv=True, fold=fold)
+        out, ref = _run_w4(3, 256, 136, group, torch.float16, cfg, bias=True)
+        assert_close(out, ref, torch.float16, factor=2)
+
+
 def test_w4a16_gemv_step_larger_than_the_group():
     """A K step wider than the group is cut to the group (one step per group), as for the MMA kernels."""
     cfg = GemmConfig(1, 256, 128, 4, 2, 0, 1, 0, 8, 0, gemv=True)
@@ -131,6 +143,11 @@ def test_options_a_kernel_cannot_honour_are_refused():
     for stages in (1, 5):
         with pytest.raises(ValueError, match="2 to 4 weight tiles in flight"):
             _run_w4(1, 128, 128, 64, torch.float16, GemmConfig(1, 128, 32, 4, stages, 0, 1, 0, 8, 0, gemv=True))
+    for fold in (0, 3, 32):  # not a power of two / leaves one row of the 32-row step
+        with pytest.raises(ValueError, match="gemv fold must be a power of two"):
+            _run_w4(1, 128, 128, 64, torch.float16, GemmConfig(1, 128, 32, 4, 2, 0, 1, 0, 8, 0, gemv=True, fold=fold))
+    with pytest.raises(ValueError, match="fold applies to the gemv kernel only"):
+        _run_w4(1, 128, 128, 64, torch.float16, BASE._replace(fold=2))
     with pytest.raises(ValueError, match="split_k must be"):
         _run_w4(1, 128, 128, 64, torch.float16, BASE._replace(split_k=-2))
     with pytest.raises(ValueError, match="split_k must be"):

@@ -89,6 +89,9 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
         if M == 1:  # two or three weight tiles loaded ahead (num_stages 3 / 4): more bytes in flight per thread
             c += [G(1, 128, 32, 4, st, s, 1, 0, 8, 0, gemv=True) for st in (3, 4) for s in (-1, 0, 8)]
             c += [G(1, 128, bk, w, st, -1, 1, 0, 8, 0, gemv=True) for st in (3, 4) for bk, w in ((16, 2), (64, 4))]
+            # steps of 64 / 128 rows summed onto 32 accumulator rows in each thread (fold): 2-4x the bytes per load
+            c += [G(1, 128, 64, 4, st, s, 1, 0, 8, 0, gemv=True, fold=2) for st in (2, 3) for s in (-1, 0)]
+            c += [G(1, 128, 128, 4, 2, s, 1, 0, 8, 0, gemv=True, fold=4) for s in (-1, 0)]
     elif M <= 64:
         c = [G(64, 128, 64, 4, 3, 0, 1, 1, 8, 1), G(64, 128, 64, 4, 4, 0, 1, 1, 8, 1),
              G(64, 256, 64, 8, 3, 0, 1, 1, 8, 1), G(32, 128, 64, 4, 4, 0, 1, 1, 8, 1),

@@ -23,7 +23,9 @@ class GemmConfig(NamedTuple):
     ``gemv`` (W4A16): the CUDA-core kernel, one program per (column tile, K split, row), fp32 FMAs, no MMA
     (``block_n``, ``block_k``, ``num_warps``, ``split_k`` and ``reduce`` apply, and ``num_stages`` 2-4: the weight
     tiles a thread holds, the one in use and the rest loaded ahead; the one-row config against a wide weight,
-    ``W4A16_DECODE_GEMV``)."""
+    ``W4A16_DECODE_GEMV``). ``fold`` (gemv): each K step's ``block_k`` rows are summed ``fold`` to one into
+    ``block_k / fold`` accumulator rows (inside each thread where a pass of the program's threads covers those rows),
+    so that a step loads ``fold`` times the bytes without more accumulators."""
 
     block_m: int
     block_n: int
@@ -37,6 +39,7 @@ class GemmConfig(NamedTuple):
     join: int = 0
     even_k: bool = False
     gemv: bool = False
+    fold: int = 1
 
 
 GemmTable = tuple[tuple[int, GemmConfig], ...]

@@ -549,6 +549,17 @@ def _gemv_unit(P: tl.constexpr):
 
 
 @triton.jit
+def _gemv_fold(c, FOLD: tl.constexpr):
+    """``[BLOCK_K, SUB]`` contributions summed over ``FOLD`` row blocks into ``[BLOCK_K / FOLD, SUB]``: row
+    ``i * BLOCK_K / FOLD + j`` onto row j. The blocked layout repeats a thread's rows every ``BLOCK_K / FOLD`` rows
+    when that is the rows one pass of the program's threads covers, so the sum stays inside each thread."""
+    if FOLD == 1:
+        return c
+    else:
+        return tl.sum(tl.reshape(c, (FOLD, c.shape[0] // FOLD, c.shape[1])), axis=0)
+
+
+@triton.jit
 def _gemv_out(acc, P: tl.constexpr, o_ptr, bias_ptr, ws_ptr, row, cols, N, stride_om, STORE_PARTIAL: tl.constexpr,
               HAS_BIAS: tl.constexpr):
     """Reduce the plane's ``[BLOCK_K, SUB]`` accumulator over K, undo its ``16**e`` and store it (output row or fp32
@@ -583,7 +594,7 @@ def _w4a16_gemv_kernel(
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
     SPLIT: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, ASM: tl.constexpr = True,
-    STAGES: tl.constexpr = 2,
+    STAGES: tl.constexpr = 2, FOLD: tl.constexpr = 1,
 ):
     """One row of ``x @ dequant(W)`` on the CUDA cores (``GemmConfig.gemv``; decode rows): program
     ``(column tile, K split, row)``. Each thread keeps its own K rows of a ``[BLOCK_K, SUB]`` fp32 accumulator per
@@ -593,7 +604,9 @@ def _w4a16_gemv_kernel(
     a whole number of groups; with ``n_split > 1`` the programs store fp32 partials ``ws [n_split, M, N]`` and
     (REDUCE=1) the last of a (tile, row) to arrive sums them. ``STAGES`` (2-4, ``GemmConfig.num_stages``): the
     weight tiles in registers, the one in use and ``STAGES - 1`` loaded ahead, so that more bytes are in flight per
-    thread than one step's (software pipelining by hand: Triton pipelines only loads that feed ``tl.dot``)."""
+    thread than one step's (software pipelining by hand: Triton pipelines only loads that feed ``tl.dot``). ``FOLD``
+    (``GemmConfig.fold``): the accumulators hold ``BLOCK_K / FOLD`` K rows, each step's contributions summed onto them
+    (:func:`_gemv_fold`), so a step may load more rows per thread than the accumulators hold."""
     tl.static_assert(STAGES >= 2 and STAGES <= 4, "gemv: num_stages (the weight tiles in flight) must be 2 to 4")
     SUB: tl.constexpr = BLOCK_N // 8
     pid_n = tl.program_id(0)
@@ -603,7 +616,8 @@ def _w4a16_gemv_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
-    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _zeros8(BLOCK_K, SUB)
+    ACC_K: tl.constexpr = BLOCK_K // FOLD
+    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _zeros8(ACC_K, SUB)
     x_row = x_ptr + row * stride_xm
     w_tile = qw_ptr + offs_k[:, None] * stride_qk + words[None, :]
     # the K loop carries this step's words and x (p, x) and STAGES - 1 later steps' (p1, x1 ...), and loads the step
@@ -619,7 +633,7 @@ def _w4a16_gemv_kernel(
         x2 = tl.load(x_row + tl.minimum(k_lo + 2 * BLOCK_K, k_last) + offs_k).to(tl.float32)
     zw = tl.load(z_ptr + (k_lo // GROUP) * stride_zk + words, mask=wmask, other=0)
     z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
-    ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(BLOCK_K, SUB)
+    ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(ACC_K, SUB)
     for k0 in range(k_lo, k_hi, BLOCK_K):  # K is a whole number of groups: no K mask
         kn = tl.minimum(k0 + BLOCK_K, k_last)  # the next step (its group's zero points at a group end)
         ka = tl.minimum(k0 + (STAGES - 1) * BLOCK_K, k_last)  # the step loaded now
@@ -627,14 +641,14 @@ def _w4a16_gemv_kernel(
         x_next = tl.load(x_row + ka + offs_k).to(tl.float32)
         p12 = p >> 12
         xk = x[:, None]
-        ga0 += xk * (_gemv_plane(p, p12, 0, ASM) - z0[None, :])
-        ga1 += xk * (_gemv_plane(p, p12, 1, ASM) - z1[None, :])
-        ga2 += xk * (_gemv_plane(p, p12, 2, ASM) - z2[None, :])
-        ga3 += xk * (_gemv_plane(p, p12, 3, ASM) - z3[None, :])
-        ga4 += xk * (_gemv_plane(p, p12, 4, ASM) - z4[None, :])
-        ga5 += xk * (_gemv_plane(p, p12, 5, ASM) - z5[None, :])
-        ga6 += xk * (_gemv_plane(p, p12, 6, ASM) - z6[None, :])
-        ga7 += xk * (_gemv_plane(p, p12, 7, ASM) - z7[None, :])
+        ga0 += _gemv_fold(xk * (_gemv_plane(p, p12, 0, ASM) - z0[None, :]), FOLD)
+        ga1 += _gemv_fold(xk * (_gemv_plane(p, p12, 1, ASM) - z1[None, :]), FOLD)
+        ga2 += _gemv_fold(xk * (_gemv_plane(p, p12, 2, ASM) - z2[None, :]), FOLD)
+        ga3 += _gemv_fold(xk * (_gemv_plane(p, p12, 3, ASM) - z3[None, :]), FOLD)
+        ga4 += _gemv_fold(xk * (_gemv_plane(p, p12, 4, ASM) - z4[None, :]), FOLD)
+        ga5 += _gemv_fold(xk * (_gemv_plane(p, p12, 5, ASM) - z5[None, :]), FOLD)
+        ga6 += _gemv_fold(xk * (_gemv_plane(p, p12, 6, ASM) - z6[None, :]), FOLD)
+        ga7 += _gemv_fold(xk * (_gemv_plane(p, p12, 7, ASM) - z7[None, :]), FOLD)
         if (k0 + BLOCK_K) % GROUP == 0:  # the group's last step: scale its sums, take the next zero points
             s_row = s_ptr + (k0 // GROUP) * stride_sk + cols
             acc0 += ga0 * tl.load(s_row, mask=cols < N, other=0.0).to(tl.float32)[None, :]
@@ -645,7 +659,7 @@ def _w4a16_gemv_kernel(
             acc5 += ga5 * tl.load(s_row + 80, mask=cols + 80 < N, other=0.0).to(tl.float32)[None, :]
             acc6 += ga6 * tl.load(s_row + 96, mask=cols + 96 < N, other=0.0).to(tl.float32)[None, :]
             acc7 += ga7 * tl.load(s_row + 112, mask=cols + 112 < N, other=0.0).to(tl.float32)[None, :]
-            ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(BLOCK_K, SUB)
+            ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(ACC_K, SUB)
             zw = tl.load(z_ptr + (kn // GROUP) * stride_zk + words, mask=wmask, other=0)
             z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
         if STAGES == 2:
@@ -764,7 +778,7 @@ def _w4a16_gemv(a: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qz
         a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
         SPLIT=split > 1, REDUCE=reduce, HAS_BIAS=bias is not None,
         BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP=group_size, ASM=inline_ptx(a.device), STAGES=cfg.num_stages,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        FOLD=cfg.fold, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1 and not reduce:
         acc = ws.sum(dim=0)
@@ -809,8 +823,13 @@ def w4a16_fwd(
         if not 2 <= cfg.num_stages <= 4:
             raise ValueError(f"w4a16: the gemv kernel holds 2 to 4 weight tiles in flight (num_stages); got "
                              f"{cfg.num_stages}")
+        if cfg.fold < 1 or cfg.fold & (cfg.fold - 1) or bk % cfg.fold or bk // cfg.fold < 2:
+            raise ValueError(f"w4a16: gemv fold must be a power of two that leaves at least 2 of the K step's {bk} "
+                             f"rows; got {cfg.fold}")
         _w4a16_gemv(a, qweight, scales, qzeros, bias, out, group_size, cfg, bk, split_k)
         return out.view(*lead, N)
+    if cfg.fold != 1:
+        raise ValueError(f"w4a16: fold applies to the gemv kernel only; got fold={cfg.fold} without gemv")
     tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
     k_iters = cdiv(K, bk)
     split = _split_count(split_k, cfg, tiles, k_iters, x.device, M, K)
