@@ -280,3 +280,15 @@ def test_config_tables_cover_every_m():
             cfg = quant.pick_config(table, M)
             assert isinstance(cfg, GemmConfig) and cfg.block_k % 16 == 0
     assert all(c.block_n % quant.NCHUNK == 0 for _, c in quant.W4A16_TABLE)
+
+
+def test_w4a16_config_choice_by_rows_and_width():
+    """One row against OUT >= W4A16_GEMV_MIN_N: the CUDA-core config; narrower or more rows: the table; from
+    W4A16_DEQUANT_MIN_M rows: None (dequantise + GEMM)."""
+    wide, narrow = configs.W4A16_GEMV_MIN_N, configs.W4A16_GEMV_MIN_N - 1
+    assert configs.w4a16_config(1, wide) == configs.W4A16_DECODE_GEMV and configs.W4A16_DECODE_GEMV.gemv
+    assert configs.w4a16_config(1, narrow) == quant.pick_config(quant.W4A16_TABLE, 1)
+    assert configs.w4a16_config(2, wide) == quant.pick_config(quant.W4A16_TABLE, 2)
+    assert not configs.w4a16_config(2, wide).gemv
+    m = configs.W4A16_DEQUANT_MIN_M
+    assert configs.w4a16_config(m - 1, wide) is not None and configs.w4a16_config(m, wide) is None

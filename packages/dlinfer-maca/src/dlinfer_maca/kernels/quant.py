@@ -806,13 +806,14 @@ def w4a16_fwd(
     a = x.reshape(-1, K)
     a = a if a.stride(-1) == 1 else a.contiguous()
     M = a.shape[0]
-    if config is None and split_k is None and N > 0 and configs.w4a16_config(M, N) is None:
+    table_cfg = configs.w4a16_config(M, N)  # None: from W4A16_DEQUANT_MIN_M rows on
+    if config is None and split_k is None and N > 0 and table_cfg is None:
         w = w4a16_dequant(qweight, scales, qzeros, group_size, x.dtype)  # transient [K, N]
         return (torch.addmm(bias, a, w) if bias is not None else torch.mm(a, w)).view(*lead, N)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out.view(*lead, N)
-    cfg = config or (_INTERP if interpreting() else configs.w4a16_config(M, N) or pick_config(W4A16_TABLE, M))
+    cfg = config or (_INTERP if interpreting() else table_cfg or pick_config(W4A16_TABLE, M))
     if cfg.block_n % NCHUNK:
         raise ValueError(f"w4a16: BLOCK_N={cfg.block_n} must be a multiple of {NCHUNK}")
     bk = next(b for b in (cfg.block_k, 128, 64, 32, 16) if b <= group_size and group_size % b == 0)
