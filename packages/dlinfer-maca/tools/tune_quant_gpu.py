@@ -121,6 +121,8 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
         # dequantise + torch.mm default from W4A16_DEQUANT_MIN_M
         c += [G(64, 128, 128, 4, 2, 0, 1, 2, 8, j, even_k=True) for j in (1, 2)]
         c += [G(64, 128, 64, 4, 3, 0, 1, 2, 8, 2, even_k=True)]
+        # LMDeploy's awq_linear tile at these rows: a whole group per K step, 64 or 128 columns, 2 stages
+        c += [G(128, bn, 128, 4, 2, s, 1, 2, 8, j, even_k=True) for bn in (64, 128) for s in (1, 0) for j in (1, 2)]
     return c[::3] if quick else c
 
 
