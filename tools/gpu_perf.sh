@@ -3,8 +3,8 @@
 #   PHASES="tests tune tune-quant opbench e2e host" bash tools/gpu_perf.sh      (outputs under $OUT, or ./gpu-out)
 # tests: the model table's GPU tests (tools/gpu_model_table.sh); tune: launch-setting sweep of the quantisers and
 # paged decode; tune-quant: the W4A16/W8A8 sweep; opbench: python -m dlinfer_maca.bench --only $BENCH_ONLY;
-# e2e: lmdeploy_e2e_gpu.py $E2E_ARGS; profile: lmdeploy_tp_gpu.py at tp=1 with a profiled decode window per batch
-# size of $PROFILE_BATCHES (default 1; e.g. "1 64") ($PROFILE_MODELS, $PROFILE_LAYERS, $PROFILE_ARGS); long: long_context_gpu.py $LONG_ARGS; host: profile_batch1.py $HOST_ARGS. Each phase has its own timeout.
+# e2e: lmdeploy_e2e_gpu.py $E2E_ARGS; profile: lmdeploy_tp_gpu.py at tp=1, one unprofiled child per device and a
+# profiled decode window per batch size of $PROFILE_BATCHES (default 1; e.g. "1 64") ($PROFILE_MODELS, $PROFILE_LAYERS, $PROFILE_ARGS); long: long_context_gpu.py $LONG_ARGS; host: profile_batch1.py $HOST_ARGS. Each phase has its own timeout.
 set -u
 OUT=${OUT:-./gpu-out}; mkdir -p "$OUT"
 PHASES=${PHASES:-tune}
@@ -39,17 +39,14 @@ if phase e2e; then
   rc=$(( rc | PIPESTATUS[0] ))
 fi
 if phase profile; then  # graph mode, tp=1: tok/s, batch-1 ms/token and the kernel time by kind from a profiled window
-  # one profiled window per batch size of $PROFILE_BATCHES (default 1); the model is built once and deleted after
-  # the last; $PROFILE_TIMEOUT applies to each batch size
-  set -- ${PROFILE_BATCHES:-1}
-  for B in "$@"; do
-    [ "$B" = "${@: -1}" ] && clean=--cleanup || clean=
-    tag=${PROFILE_TAG:-profile}-b$B
-    timeout ${PROFILE_TIMEOUT:-540} python3 packages/dlinfer-lmdeploy/bench/lmdeploy_tp_gpu.py --tp 1 --profile-tp1 $clean \
-      --models ${PROFILE_MODELS:-llama3_8b} --layers ${PROFILE_LAYERS:-32} --model-root /tmp/perf-models \
-      --profile-batch "$B" --out "$OUT/tp1-$tag.json" ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/tp1-$tag.log" | tail -20
-    rc=$(( rc | PIPESTATUS[0] ))
-  done
+  # one unprofiled child per device, then one profiled window per batch size of $PROFILE_BATCHES (default 1; e.g.
+  # "1 64"), on one model build
+  B=${PROFILE_BATCHES:-1}; B=${B// /,}
+  tag=${PROFILE_TAG:-profile}-b${B//,/-}
+  timeout ${PROFILE_TIMEOUT:-540} python3 packages/dlinfer-lmdeploy/bench/lmdeploy_tp_gpu.py --tp 1 --profile-tp1 --cleanup \
+    --models ${PROFILE_MODELS:-llama3_8b} --layers ${PROFILE_LAYERS:-32} --model-root /tmp/perf-models \
+    --profile-batch "$B" --out "$OUT/tp1-$tag.json" ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/tp1-$tag.log" | tail -20
+  rc=$(( rc | PIPESTATUS[0] ))
 fi
 if phase long; then  # 32k-token prefill + decode, prefix caching on, maca vs cuda
   timeout ${LONG_TIMEOUT:-540} python3 packages/dlinfer-lmdeploy/bench/long_context_gpu.py --model-root /tmp/perf-models \

@@ -273,7 +273,8 @@ def allreduce_share(prefix: str) -> dict[str, Any]:
             "trace": files[0], **graph_steps(events)}
 
 
-def _child(args: argparse.Namespace, model: Path, device: str, tp: int, profile_dir: Path | None) -> dict[str, Any]:
+def _child(args: argparse.Namespace, model: Path, device: str, tp: int, profile_dir: Path | None,
+           batch: int = 1) -> dict[str, Any]:
     from dlinfer_lmdeploy.testing import child
 
     here = str(Path(__file__).resolve().parent)  # the child runs this file as a module
@@ -289,9 +290,9 @@ def _child(args: argparse.Namespace, model: Path, device: str, tp: int, profile_
         activity = "LMDEPLOY_PROFILE_CPU" if args.dry_run else "LMDEPLOY_PROFILE_CUDA"  # dry run: the plumbing only
         env.update({activity: "1"}, LMDEPLOY_PROFILE_DELAY=str(int(args.profile_delay)),
                    LMDEPLOY_PROFILE_DURATION=str(int(args.profile_window)),
-                   LMDEPLOY_PROFILE_OUT_PREFIX=str(profile_dir / f"{device}_tp{tp}_rank"))
-        argv += ["--profile", f"{args.profile_delay},{args.profile_window},{args.profile_batch}"]
-    what = f"{model.name} {device} tp={tp}{' profile' if profile_dir else ''}"
+                   LMDEPLOY_PROFILE_OUT_PREFIX=str(profile_dir / f"{device}_tp{tp}_b{batch}_rank"))
+        argv += ["--profile", f"{args.profile_delay},{args.profile_window},{batch}"]
+    what = f"{model.name} {device} tp={tp}{f' profile b{batch}' if profile_dir else ''}"
     t0 = time.perf_counter()
     try:
         res = child.run_module("lmdeploy_tp_gpu", argv, deadline_s=args.timeout, env=env, what=what)
@@ -315,8 +316,9 @@ def main() -> int:
     parser.add_argument("--model-root", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "tp-bench")
     parser.add_argument("--profile-delay", type=float, default=20.0)
     parser.add_argument("--profile-window", type=float, default=4.0)
-    parser.add_argument("--profile-batch", type=int, default=1,
-                        help="requests generated together through the profiled window (1: batch-1 streams)")
+    parser.add_argument("--profile-batch", default="1",
+                        help="requests generated together through the profiled window (1: batch-1 streams); a "
+                             "comma list gives one profiled child per batch size after one unprofiled child")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--profile-tp1", action="store_true", help="also profile tp=1 runs (kernel time by kind)")
     parser.add_argument("--cleanup", action="store_true", help="delete each model after its runs (disk)")
@@ -346,8 +348,14 @@ def main() -> int:
             for device in args.devices.split(","):
                 results.append(_child(args, model, device, tp, None))
                 if not args.no_profile and (tp > 1 or args.profile_tp1):
-                    prof = _child(args, model, device, tp, args.model_root / "profiles" / model.name)
-                    results[-1]["allreduce"] = prof.get("allreduce", {"error": prof.get("error")})
+                    batches = [int(b) for b in str(args.profile_batch).split(",")]
+                    for i, b in enumerate(batches):
+                        prof = _child(args, model, device, tp, args.model_root / "profiles" / model.name, b)
+                        trace = prof.get("allreduce", {"error": prof.get("error")})
+                        if i == 0:
+                            results[-1]["allreduce"] = trace
+                        if len(batches) > 1:
+                            results[-1].setdefault("allreduce_by_batch", {})[str(b)] = trace
                 results[-1]["layers"] = args.layers
                 if args.out:  # partial results survive a time limit
                     args.out.write_text(json.dumps(results, indent=2))

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 SECTIONS = ("SpeedOfLight", "Occupancy", "LaunchStats", "WarpStateStats", "MemoryWorkloadAnalysis", "SchedulerStats")
 METRICS = {  # summary column -> raw metric name in ncu's CSV
     "us": "gpu__time_duration.sum",
-    "dram_MB": "dram__bytes_read.sum",
-    "dram_pct": "dram__throughput.avg.pct_of_peak_sustained_elapsed",
+    "dram_GBps": "dram__bytes.sum.per_second",
+    "dram_pct": "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed",
     "sm_pct": "sm__throughput.avg.pct_of_peak_sustained_elapsed",
     "issue_pct": "smsp__issue_active.avg.pct_of_peak_sustained_active",
     "occupancy_pct": "sm__warps_active.avg.pct_of_peak_sustained_active",
@@ -209,9 +209,12 @@ def summarise(raw_csv: Path, case_names: list[str]) -> list[dict[str, Any]]:
                 unit = units[col[metric]]
                 if v is not None and key == "us":
                     v = v / 1e3 if unit in ("nsecond", "ns") else v * 1e3 if unit in ("msecond", "ms") else v
-                if v is not None and key == "dram_MB":
-                    v = v * {"byte": 1e-6, "Kbyte": 1e-3, "Mbyte": 1.0, "Gbyte": 1e3}.get(unit, 1e-6)
+                if v is not None and key == "dram_GBps":
+                    v = v * {"byte/s": 1e-9, "Kbyte/s": 1e-6, "Mbyte/s": 1e-3, "Gbyte/s": 1.0,
+                             "Tbyte/s": 1e3}.get(unit, 1.0)
                 rec[key] = v
+        if rec.get("us") is not None and rec.get("dram_GBps") is not None:
+            rec["dram_MB"] = rec["dram_GBps"] * rec["us"] * 1e-3
         stalls = {h[len(STALL_PREFIX):-len(STALL_SUFFIX)]: _num(r[i]) for h, i in col.items()
                   if h.startswith(STALL_PREFIX) and h.endswith(STALL_SUFFIX) and "not_issued" not in h}
         rec["stalls"] = dict(sorted(((k, v) for k, v in stalls.items() if v), key=lambda kv: -kv[1])[:4])
@@ -267,8 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     ap.add_argument("--cases", default="w4_m1,w4_m1_t,w4_m16,w4_m128,w4_m1_var,decode_b1")
     ap.add_argument("--timeout", type=int, default=400)
+    ap.add_argument("--summarise", action="store_true",
+                    help="print the table again from --out's ncu-raw.csv and ncu-cases.json (no GPU)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.summarise:
+        print_table(summarise(args.out / "ncu-raw.csv", json.loads((args.out / "ncu-cases.json").read_text())))
+        return 0
     if args.child:
         return child(args.cases.split(","), args.out)
     return parent(args)

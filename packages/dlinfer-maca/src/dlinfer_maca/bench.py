@@ -72,8 +72,9 @@ def rel_err(a: Any, b: Any) -> float:
 
 
 class Bench:
-    def __init__(self, compile_peers: bool, lmdeploy: bool, quick: bool) -> None:
+    def __init__(self, compile_peers: bool, lmdeploy: bool, quick: bool, cold_l2_mb: int = 0) -> None:
         self.rows: list[Row] = []
+        self.cold_l2_mb = cold_l2_mb
         self.compile_peers = compile_peers
         self.quick = quick
         self.lmd = _import_lmdeploy() if lmdeploy else None
@@ -348,28 +349,52 @@ def _dense_kv(p: dict[str, torch.Tensor], B: int, ctx: int) -> tuple[torch.Tenso
     return k, v
 
 
+class _Rotation:
+    """Identical copies of a paged cache handed out in turn (``--cold-l2 MB``): the copies span MB more than one,
+    so that the calls a CUDA graph replays back to back read their KV from DRAM, as a model's layers do once their
+    caches outgrow the L2. One copy (MB 0): the plain warm-L2 timing."""
+
+    def __init__(self, p: dict[str, torch.Tensor], cold_l2_mb: int) -> None:
+        nbytes = p["key_cache"].nbytes + p["value_cache"].nbytes
+        count = 1 if cold_l2_mb <= 0 else 1 + math.ceil(cold_l2_mb * 2**20 / nbytes)
+        self.copies = [p] + [{k: v.clone() for k, v in p.items()} for _ in range(count - 1)]
+        self.i = 0
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        self.i = (self.i + 1) % len(self.copies)
+        return self.copies[self.i]
+
+
 def bench_decode(bm: Bench, ops: Any) -> None:
     dt = torch.bfloat16
     hq, hkv, d, bs = 32, 8, 128, 64
     sizes = [(1, 1024), (1, 8192), (32, 1024), (32, 8192), (128, 2048), (256, 1024)]
     if bm.quick:
         sizes = sizes[:4]
+    cold = f" cold-L2 {bm.cold_l2_mb}MB" if bm.cold_l2_mb > 0 else ""
     for B, ctx in sizes:
         p = _paged(bm, B, ctx, hkv, d, bs, dt)
         q = torch.randn(B, hq, d, device=bm.dev, dtype=dt)
         nbytes = 2 * B * ctx * hkv * d * 2 + 2 * B * hq * d * 2
-        kd, vd = _dense_kv(p, B, ctx)
-        qd = q[:, :, None]
-        peers: dict[str, Fn | None] = {
-            "sdpa(dense,gqa)": lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=True).squeeze(2),
-        }
+        peers: dict[str, Fn | None] = {}
+        if not cold:  # the dense peer reads one warm copy: it is left out of the cold-L2 rows
+            kd, vd = _dense_kv(p, B, ctx)
+            qd = q[:, :, None]
+            peers["sdpa(dense,gqa)"] = lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=True).squeeze(2)
+        nxt = _Rotation(p, bm.cold_l2_mb)
         if bm.lmd:
-            peers["lmdeploy"] = lambda: bm.lmd.flash_attn_with_kvcache(
-                q, p["key_cache"], p["value_cache"], p["seqlens_kv"], p["block_table"], max_seqlen_q=1)
-        bm.add("paged_decode_attention", f"B{B} ctx{ctx} h32/8 d128 bs64 bf16",
-               lambda: ops.paged_decode_attention(q, p["key_cache"], p["value_cache"], p["block_table"],
-                                                  p["seqlens_kv"], max_seqlen_kv=ctx),
-               nbytes=nbytes, peers=peers)
+            def lmd_decode() -> torch.Tensor:
+                c = nxt()
+                return bm.lmd.flash_attn_with_kvcache(q, c["key_cache"], c["value_cache"], c["seqlens_kv"],
+                                                      c["block_table"], max_seqlen_q=1)
+            peers["lmdeploy"] = lmd_decode
+
+        def ours() -> torch.Tensor:
+            c = nxt()
+            return ops.paged_decode_attention(q, c["key_cache"], c["value_cache"], c["block_table"], c["seqlens_kv"],
+                                              max_seqlen_kv=ctx)
+        bm.add("paged_decode_attention", f"B{B} ctx{ctx} h32/8 d128 bs64 bf16{cold}", ours, nbytes=nbytes,
+               peers=peers)
     torch.cuda.empty_cache()
 
 
@@ -582,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile peers")
     ap.add_argument("--no-lmdeploy", action="store_true", help="skip LMDeploy peers")
     ap.add_argument("--only", default="", help="comma-separated groups: norms,elementwise,decode,prefill,moe,quant")
+    ap.add_argument("--cold-l2", type=int, default=0, metavar="MB",
+                    help="decode: rotate identical copies of each paged cache spanning MB more than one, so that "
+                         "replayed calls read KV from DRAM (ours and LMDeploy's alike; no dense SDPA peer)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to benchmark")
@@ -591,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     from dlinfer_maca import ops
 
     t0 = time.time()
-    bm = Bench(not args.no_compile, not args.no_lmdeploy, args.quick)
+    bm = Bench(not args.no_compile, not args.no_lmdeploy, args.quick, args.cold_l2)
     groups = {"splits": explore_decode_splits, "norms": bench_norms, "elementwise": bench_elementwise,
               "decode": bench_decode, "prefill": bench_prefill, "moe": bench_moe, "quant": bench_quant_gemm}
     only = [g for g in args.only.split(",") if g] or list(groups)
