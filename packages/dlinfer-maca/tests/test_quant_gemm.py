@@ -115,6 +115,18 @@ def test_w4a16_gemv_fold(block_k, fold, stages, group):
         assert_close(out, ref, torch.float16, factor=2)
 
 
+@pytest.mark.parametrize(("block_k", "fold", "stages", "group"),
+                         [(32, 1, 2, 128), (32, 1, 4, 128), (64, 2, 3, 64), (32, 1, 6, 32)],
+                         ids=["2-stages", "4-stages", "fold-2", "6-stages-group-32"])
+def test_w4a16_gemv_pipelined(block_k, fold, stages, group):
+    """``GemmConfig.pipelined``: the K loop as Triton's software pipeline (``tl.range(num_stages)``), with splits of
+    one group and of several, pipelines deeper than a split's steps, and fold."""
+    for K, split in ((256, 1), (256, 2), (384, 3)):
+        cfg = GemmConfig(1, 128, block_k, 4, stages, split, 1, 0, 8, 0, gemv=True, fold=fold, pipelined=True)
+        out, ref = _run_w4(3, K, 136, group, torch.float16, cfg, bias=True)
+        assert_close(out, ref, torch.float16, factor=2)
+
+
 def test_w4a16_gemv_step_larger_than_the_group():
     """A K step wider than the group is cut to the group (one step per group), as for the MMA kernels."""
     cfg = GemmConfig(1, 256, 128, 4, 2, 0, 1, 0, 8, 0, gemv=True)
@@ -140,14 +152,16 @@ def test_auto_split_whole_waves_leaves_no_partial_wave(monkeypatch, sms, tiles, 
 def test_options_a_kernel_cannot_honour_are_refused():
     with pytest.raises(ValueError, match="gemv kernel has no join / unpack / even_k"):
         _run_w4(1, 128, 128, 64, torch.float16, GemmConfig(1, 128, 32, 4, 2, 0, 1, 2, 8, 0, gemv=True))
-    for stages in (1, 5):
-        with pytest.raises(ValueError, match="2 to 4 weight tiles in flight"):
-            _run_w4(1, 128, 128, 64, torch.float16, GemmConfig(1, 128, 32, 4, stages, 0, 1, 0, 8, 0, gemv=True))
+    for stages, pipelined in ((1, False), (5, False), (1, True), (9, True)):
+        with pytest.raises(ValueError, match="2 to 4 weight tiles in flight by hand, or pipelines 2 to 8"):
+            _run_w4(1, 128, 128, 64, torch.float16,
+                    GemmConfig(1, 128, 32, 4, stages, 0, 1, 0, 8, 0, gemv=True, pipelined=pipelined))
     for fold in (0, 3, 32):  # not a power of two / leaves one row of the 32-row step
         with pytest.raises(ValueError, match="gemv fold must be a power of two"):
             _run_w4(1, 128, 128, 64, torch.float16, GemmConfig(1, 128, 32, 4, 2, 0, 1, 0, 8, 0, gemv=True, fold=fold))
-    with pytest.raises(ValueError, match="fold applies to the gemv kernel only"):
-        _run_w4(1, 128, 128, 64, torch.float16, BASE._replace(fold=2))
+    for option in ({"fold": 2}, {"pipelined": True}):
+        with pytest.raises(ValueError, match="fold and pipelined apply to the gemv kernel only"):
+            _run_w4(1, 128, 128, 64, torch.float16, BASE._replace(**option))
     with pytest.raises(ValueError, match="split_k must be"):
         _run_w4(1, 128, 128, 64, torch.float16, BASE._replace(split_k=-2))
     with pytest.raises(ValueError, match="split_k must be"):

@@ -12,7 +12,7 @@ the cases in the report. Outputs: ``ncu.ncu-rep``, ``ncu-raw.csv`` and ``ncu-sum
 Cases (bf16/fp16 as the op benchmarks use them; random inputs):
   w4_m1 / w4_m1_t / w4_m16 / w4_m128: W4A16 at M 1 (4096x14336 and 14336x4096), 16 and 128 rows: our default path,
       LMDeploy's ``awq_linear``, and cuBLAS on the dequantised fp16 weight (the bandwidth reference: 4x the bytes);
-  w4_m1_var: the CUDA-core kernel's deeper prefetch and fold variants at M 1 (4096x14336);
+  w4_m1_var: the CUDA-core kernel's deeper prefetch, fold and pipelined variants at M 1 (4096x14336);
   decode_b1: paged decode, batch 1 at 1k and 8k context (32/8 heads, d 128, block 64, bf16), ours and LMDeploy's.
 """
 
@@ -136,7 +136,9 @@ def build_cases(names: list[str]) -> list[tuple[str, Callable[[], Any]]]:
         "w4_m1_var": lambda: w4_rows("w4", 1, 4096, 14336, {
             "stages3": gv._replace(num_stages=3), "stages4": gv._replace(num_stages=4),
             "bk64-fold2": gv._replace(block_k=64, fold=2), "bk128-fold4": gv._replace(block_k=128, fold=4),
-            "split8": gv._replace(split_k=8), "bn256-w8": gv._replace(block_n=256, num_warps=8)}),
+            "split8": gv._replace(split_k=8), "bn256-w8": gv._replace(block_n=256, num_warps=8),
+            "pipelined4": gv._replace(num_stages=4, pipelined=True),
+            "pipelined6": gv._replace(num_stages=6, pipelined=True)}),
         "decode_b1": lambda: decode_rows(1, 1024) + decode_rows(1, 8192),
     }
     unknown = [n for n in names if n not in table]

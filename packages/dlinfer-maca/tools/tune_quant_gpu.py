@@ -92,6 +92,10 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
             # steps of 64 / 128 rows summed onto 32 accumulator rows in each thread (fold): 2-4x the bytes per load
             c += [G(1, 128, 64, 4, st, s, 1, 0, 8, 0, gemv=True, fold=2) for st in (2, 3) for s in (-1, 0)]
             c += [G(1, 128, 128, 4, 2, s, 1, 0, 8, 0, gemv=True, fold=4) for s in (-1, 0)]
+            # Triton's software pipeline (asynchronous copies into shared memory): bytes in flight without registers
+            c += [G(1, 128, 32, 4, st, s, 1, 0, 8, 0, gemv=True, pipelined=True) for st in (3, 4, 6) for s in (-1, 0)]
+            c += [G(1, 128, 64, 4, st, -1, 1, 0, 8, 0, gemv=True, fold=2, pipelined=True) for st in (3, 4)]
+            c += [G(1, 256, 32, 8, 4, -1, 1, 0, 8, 0, gemv=True, pipelined=True)]
     elif M <= 64:
         c = [G(64, 128, 64, 4, 3, 0, 1, 1, 8, 1), G(64, 128, 64, 4, 4, 0, 1, 1, 8, 1),
              G(64, 256, 64, 8, 3, 0, 1, 1, 8, 1), G(32, 128, 64, 4, 4, 0, 1, 1, 8, 1),

@@ -37,10 +37,13 @@ SHOWN = ("HGMMA", "HMMA", "SHF", "LOP3", "PRMT", "HADD2", "HMUL2", "HFMA2", "FAD
 GEMV_ARGS = ["x_ptr", "qw_ptr", "s_ptr", "z_ptr", "bias_ptr", "o_ptr", "ws_ptr", "cnt_ptr", "M", "N", "NW",
              "K_PER_SPLIT", "K", "n_split", "stride_xm", "stride_qk", "stride_sk", "stride_zk", "stride_om"]
 GEMV_TYPES = ["*fp16", "*i32", "*fp16", "*i32", "*fp16", "*fp16", "*fp32", "*i32"] + ["i32"] * 11
-GEMV_CONFIGS = ((128, 32, 4, 2, 1), (128, 64, 8, 2, 1), (256, 32, 8, 2, 1), (128, 32, 4, 3, 1), (128, 32, 4, 4, 1),
-                (128, 64, 4, 2, 2), (128, 128, 4, 2, 4), (128, 64, 4, 3, 2))
-"""(BLOCK_N, BLOCK_K, num_warps, num_stages, fold) of the CUDA-core kernel's rows (``--gemv``), group 128; num_stages
-is the kernel's ``STAGES`` (weight tiles in flight), fold its ``FOLD`` (K-step rows summed per accumulator row)."""
+GEMV_CONFIGS = ((128, 32, 4, 2, 1, False), (128, 64, 8, 2, 1, False), (256, 32, 8, 2, 1, False),
+                (128, 32, 4, 3, 1, False), (128, 32, 4, 4, 1, False), (128, 64, 4, 2, 2, False),
+                (128, 128, 4, 2, 4, False), (128, 64, 4, 3, 2, False), (128, 32, 4, 3, 1, True),
+                (128, 32, 4, 4, 1, True), (128, 32, 4, 6, 1, True), (128, 64, 4, 4, 2, True))
+"""(BLOCK_N, BLOCK_K, num_warps, num_stages, fold, pipelined) of the CUDA-core kernel's rows (``--gemv``), group 128;
+num_stages is the kernel's ``STAGES`` (weight tiles in flight: by hand, or Triton's pipeline stages when pipelined),
+fold its ``FOLD`` (K-step rows summed per accumulator row)."""
 SPECIALISED = True
 """Compile as a launch at the 8B shapes does: pointers and integer arguments marked divisible by 16."""
 
@@ -131,12 +134,13 @@ def gemv_rows(out: Path, dtype: str) -> list[dict[str, Any]]:
     from dlinfer_maca.kernels import quant
 
     rows = []
-    for bn, bk, warps, stages, fold in GEMV_CONFIGS:
+    for bn, bk, warps, stages, fold, pipelined in GEMV_CONFIGS:
         const = dict(SPLIT=True, REDUCE=1, HAS_BIAS=False, BLOCK_N=bn, BLOCK_K=bk, GROUP=128, ASM=True, STAGES=stages,
-                     FOLD=fold)
+                     FOLD=fold, PIPELINED=pipelined)
         types = [t.replace("fp16", dtype) for t in GEMV_TYPES]
         sig = dict(zip(GEMV_ARGS, types, strict=True)) | {k: "constexpr" for k in const}
-        name = f"maca_gemv_{bn}x{bk}_w{warps}s{stages}{f'f{fold}' if fold > 1 else ''}_{dtype}"
+        name = (f"maca_gemv_{bn}x{bk}_w{warps}s{stages}{f'f{fold}' if fold > 1 else ''}{'p' if pipelined else ''}"
+                f"_{dtype}")
         div = _launch_divisible(GEMV_ARGS, types) if SPECIALISED else ()
         rows.append(profile(_compile(quant._w4a16_gemv_kernel, sig, const, warps, stages, div), name, out))
     return rows

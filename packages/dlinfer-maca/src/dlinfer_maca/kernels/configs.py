@@ -25,7 +25,9 @@ class GemmConfig(NamedTuple):
     tiles a thread holds, the one in use and the rest loaded ahead; the one-row config against a wide weight,
     ``W4A16_DECODE_GEMV``). ``fold`` (gemv): each K step's ``block_k`` rows are summed ``fold`` to one into
     ``block_k / fold`` accumulator rows (inside each thread where a pass of the program's threads covers those rows),
-    so that a step loads ``fold`` times the bytes without more accumulators."""
+    so that a step loads ``fold`` times the bytes without more accumulators. ``pipelined`` (gemv): the K loop is
+    Triton's software pipeline (``tl.range(num_stages=num_stages)``, asynchronous copies through shared memory, 2-8
+    stages) instead of ``num_stages - 1`` weight tiles held ahead in registers."""
 
     block_m: int
     block_n: int
@@ -40,6 +42,7 @@ class GemmConfig(NamedTuple):
     even_k: bool = False
     gemv: bool = False
     fold: int = 1
+    pipelined: bool = False
 
 
 GemmTable = tuple[tuple[int, GemmConfig], ...]

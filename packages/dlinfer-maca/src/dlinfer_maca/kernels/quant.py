@@ -588,13 +588,46 @@ def _gemv_reduce(ws_ptr, o_ptr, bias_ptr, row, cols, M, N, n_split, stride_om, P
     tl.store(o_ptr + row * stride_om + c, out.to(o_ptr.dtype.element_ty), mask=cmask)
 
 
+@triton.jit
+def _gemv_step(p, x, z0, z1, z2, z3, z4, z5, z6, z7, ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7, ASM: tl.constexpr,
+               FOLD: tl.constexpr):
+    """One K step: the ``[BLOCK_K, SUB]`` words ``p`` times ``x [BLOCK_K]`` added to the group's plane sums."""
+    p12 = p >> 12
+    xk = x[:, None]
+    ga0 += _gemv_fold(xk * (_gemv_plane(p, p12, 0, ASM) - z0[None, :]), FOLD)
+    ga1 += _gemv_fold(xk * (_gemv_plane(p, p12, 1, ASM) - z1[None, :]), FOLD)
+    ga2 += _gemv_fold(xk * (_gemv_plane(p, p12, 2, ASM) - z2[None, :]), FOLD)
+    ga3 += _gemv_fold(xk * (_gemv_plane(p, p12, 3, ASM) - z3[None, :]), FOLD)
+    ga4 += _gemv_fold(xk * (_gemv_plane(p, p12, 4, ASM) - z4[None, :]), FOLD)
+    ga5 += _gemv_fold(xk * (_gemv_plane(p, p12, 5, ASM) - z5[None, :]), FOLD)
+    ga6 += _gemv_fold(xk * (_gemv_plane(p, p12, 6, ASM) - z6[None, :]), FOLD)
+    ga7 += _gemv_fold(xk * (_gemv_plane(p, p12, 7, ASM) - z7[None, :]), FOLD)
+    return ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7
+
+
+@triton.jit
+def _gemv_scale(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7, s_row, cols,
+                N):
+    """A group's plane sums times its scales (``s_row``: the group's scale row at the tile's columns) into the
+    output accumulators."""
+    acc0 += ga0 * tl.load(s_row, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    acc1 += ga1 * tl.load(s_row + 16, mask=cols + 16 < N, other=0.0).to(tl.float32)[None, :]
+    acc2 += ga2 * tl.load(s_row + 32, mask=cols + 32 < N, other=0.0).to(tl.float32)[None, :]
+    acc3 += ga3 * tl.load(s_row + 48, mask=cols + 48 < N, other=0.0).to(tl.float32)[None, :]
+    acc4 += ga4 * tl.load(s_row + 64, mask=cols + 64 < N, other=0.0).to(tl.float32)[None, :]
+    acc5 += ga5 * tl.load(s_row + 80, mask=cols + 80 < N, other=0.0).to(tl.float32)[None, :]
+    acc6 += ga6 * tl.load(s_row + 96, mask=cols + 96 < N, other=0.0).to(tl.float32)[None, :]
+    acc7 += ga7 * tl.load(s_row + 112, mask=cols + 112 < N, other=0.0).to(tl.float32)[None, :]
+    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+
+
 @triton.jit(do_not_specialize=["M", "n_split"])
 def _w4a16_gemv_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, NW, K_PER_SPLIT, K, n_split,
     stride_xm, stride_qk, stride_sk, stride_zk, stride_om,
     SPLIT: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, ASM: tl.constexpr = True,
-    STAGES: tl.constexpr = 2, FOLD: tl.constexpr = 1,
+    STAGES: tl.constexpr = 2, FOLD: tl.constexpr = 1, PIPELINED: tl.constexpr = False,
 ):
     """One row of ``x @ dequant(W)`` on the CUDA cores (``GemmConfig.gemv``; decode rows): program
     ``(column tile, K split, row)``. Each thread keeps its own K rows of a ``[BLOCK_K, SUB]`` fp32 accumulator per
@@ -602,12 +635,14 @@ def _w4a16_gemv_kernel(
     reduction across threads inside the K loop. A group's accumulators are scaled once at the group's end (one FMA
     per accumulator element per group); the K axis is reduced across threads once, after the loop. ``K_PER_SPLIT`` is
     a whole number of groups; with ``n_split > 1`` the programs store fp32 partials ``ws [n_split, M, N]`` and
-    (REDUCE=1) the last of a (tile, row) to arrive sums them. ``STAGES`` (2-4, ``GemmConfig.num_stages``): the
-    weight tiles in registers, the one in use and ``STAGES - 1`` loaded ahead, so that more bytes are in flight per
-    thread than one step's (software pipelining by hand: Triton pipelines only loads that feed ``tl.dot``). ``FOLD``
-    (``GemmConfig.fold``): the accumulators hold ``BLOCK_K / FOLD`` K rows, each step's contributions summed onto them
-    (:func:`_gemv_fold`), so a step may load more rows per thread than the accumulators hold."""
-    tl.static_assert(STAGES >= 2 and STAGES <= 4, "gemv: num_stages (the weight tiles in flight) must be 2 to 4")
+    (REDUCE=1) the last of a (tile, row) to arrive sums them. ``STAGES`` (``GemmConfig.num_stages``): without
+    ``PIPELINED`` (2-4) the weight tiles in registers, the one in use and ``STAGES - 1`` loaded ahead by hand; with
+    ``PIPELINED`` (``GemmConfig.pipelined``) the K loop is ``tl.range(num_stages=STAGES)`` and Triton's pipeliner
+    copies ``STAGES - 1`` steps ahead into shared memory asynchronously, so the bytes in flight cost no registers.
+    ``FOLD`` (``GemmConfig.fold``): the accumulators hold ``BLOCK_K / FOLD`` K rows, each step's contributions summed
+    onto them (:func:`_gemv_fold`), so a step may load more rows per thread than the accumulators hold."""
+    tl.static_assert(PIPELINED or (STAGES >= 2 and STAGES <= 4),
+                     "gemv: num_stages (the weight tiles held by hand) must be 2 to 4")
     SUB: tl.constexpr = BLOCK_N // 8
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -620,63 +655,68 @@ def _w4a16_gemv_kernel(
     acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _zeros8(ACC_K, SUB)
     x_row = x_ptr + row * stride_xm
     w_tile = qw_ptr + offs_k[:, None] * stride_qk + words[None, :]
-    # the K loop carries this step's words and x (p, x) and STAGES - 1 later steps' (p1, x1 ...), and loads the step
-    # STAGES - 1 ahead; loads past the split's end re-read its last step, in range (their values are never used)
     k_last = k_hi - BLOCK_K
-    p = tl.load(w_tile + k_lo * stride_qk, mask=wmask[None, :], other=0)
-    x = tl.load(x_row + k_lo + offs_k).to(tl.float32)
-    if STAGES >= 3:
-        p1 = tl.load(w_tile + tl.minimum(k_lo + BLOCK_K, k_last) * stride_qk, mask=wmask[None, :], other=0)
-        x1 = tl.load(x_row + tl.minimum(k_lo + BLOCK_K, k_last) + offs_k).to(tl.float32)
-    if STAGES >= 4:
-        p2 = tl.load(w_tile + tl.minimum(k_lo + 2 * BLOCK_K, k_last) * stride_qk, mask=wmask[None, :], other=0)
-        x2 = tl.load(x_row + tl.minimum(k_lo + 2 * BLOCK_K, k_last) + offs_k).to(tl.float32)
-    zw = tl.load(z_ptr + (k_lo // GROUP) * stride_zk + words, mask=wmask, other=0)
-    z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
-    ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(ACC_K, SUB)
-    for k0 in range(k_lo, k_hi, BLOCK_K):  # K is a whole number of groups: no K mask
-        kn = tl.minimum(k0 + BLOCK_K, k_last)  # the next step (its group's zero points at a group end)
-        ka = tl.minimum(k0 + (STAGES - 1) * BLOCK_K, k_last)  # the step loaded now
-        p_next = tl.load(w_tile + ka * stride_qk, mask=wmask[None, :], other=0)
-        x_next = tl.load(x_row + ka + offs_k).to(tl.float32)
-        p12 = p >> 12
-        xk = x[:, None]
-        ga0 += _gemv_fold(xk * (_gemv_plane(p, p12, 0, ASM) - z0[None, :]), FOLD)
-        ga1 += _gemv_fold(xk * (_gemv_plane(p, p12, 1, ASM) - z1[None, :]), FOLD)
-        ga2 += _gemv_fold(xk * (_gemv_plane(p, p12, 2, ASM) - z2[None, :]), FOLD)
-        ga3 += _gemv_fold(xk * (_gemv_plane(p, p12, 3, ASM) - z3[None, :]), FOLD)
-        ga4 += _gemv_fold(xk * (_gemv_plane(p, p12, 4, ASM) - z4[None, :]), FOLD)
-        ga5 += _gemv_fold(xk * (_gemv_plane(p, p12, 5, ASM) - z5[None, :]), FOLD)
-        ga6 += _gemv_fold(xk * (_gemv_plane(p, p12, 6, ASM) - z6[None, :]), FOLD)
-        ga7 += _gemv_fold(xk * (_gemv_plane(p, p12, 7, ASM) - z7[None, :]), FOLD)
-        if (k0 + BLOCK_K) % GROUP == 0:  # the group's last step: scale its sums, take the next zero points
-            s_row = s_ptr + (k0 // GROUP) * stride_sk + cols
-            acc0 += ga0 * tl.load(s_row, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-            acc1 += ga1 * tl.load(s_row + 16, mask=cols + 16 < N, other=0.0).to(tl.float32)[None, :]
-            acc2 += ga2 * tl.load(s_row + 32, mask=cols + 32 < N, other=0.0).to(tl.float32)[None, :]
-            acc3 += ga3 * tl.load(s_row + 48, mask=cols + 48 < N, other=0.0).to(tl.float32)[None, :]
-            acc4 += ga4 * tl.load(s_row + 64, mask=cols + 64 < N, other=0.0).to(tl.float32)[None, :]
-            acc5 += ga5 * tl.load(s_row + 80, mask=cols + 80 < N, other=0.0).to(tl.float32)[None, :]
-            acc6 += ga6 * tl.load(s_row + 96, mask=cols + 96 < N, other=0.0).to(tl.float32)[None, :]
-            acc7 += ga7 * tl.load(s_row + 112, mask=cols + 112 < N, other=0.0).to(tl.float32)[None, :]
-            ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(ACC_K, SUB)
-            zw = tl.load(z_ptr + (kn // GROUP) * stride_zk + words, mask=wmask, other=0)
-            z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
-        if STAGES == 2:
-            p = p_next
-            x = x_next
-        elif STAGES == 3:
-            p = p1
-            x = x1
-            p1 = p_next
-            x1 = x_next
-        else:
-            p = p1
-            x = x1
-            p1 = p2
-            x1 = x2
-            p2 = p_next
-            x2 = x_next
+    if PIPELINED:
+        zw = tl.load(z_ptr + (k_lo // GROUP) * stride_zk + words, mask=wmask, other=0)
+        z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
+        ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(ACC_K, SUB)
+        for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):  # K is a whole number of groups: no K mask
+            p = tl.load(w_tile + k0 * stride_qk, mask=wmask[None, :], other=0)
+            x = tl.load(x_row + k0 + offs_k).to(tl.float32)
+            ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _gemv_step(p, x, z0, z1, z2, z3, z4, z5, z6, z7, ga0, ga1, ga2,
+                                                                ga3, ga4, ga5, ga6, ga7, ASM, FOLD)
+            if (k0 + BLOCK_K) % GROUP == 0:  # the group's last step: scale its sums, take the next zero points
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _gemv_scale(
+                    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7,
+                    s_ptr + (k0 // GROUP) * stride_sk + cols, cols, N)
+                ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(ACC_K, SUB)
+                zw = tl.load(z_ptr + (tl.minimum(k0 + BLOCK_K, k_last) // GROUP) * stride_zk + words, mask=wmask,
+                             other=0)
+                z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
+    else:
+        # the K loop carries this step's words and x (p, x) and STAGES - 1 later steps' (p1, x1 ...), and loads the
+        # step STAGES - 1 ahead; loads past the split's end re-read its last step, in range (their values are never
+        # used)
+        p = tl.load(w_tile + k_lo * stride_qk, mask=wmask[None, :], other=0)
+        x = tl.load(x_row + k_lo + offs_k).to(tl.float32)
+        if STAGES >= 3:
+            p1 = tl.load(w_tile + tl.minimum(k_lo + BLOCK_K, k_last) * stride_qk, mask=wmask[None, :], other=0)
+            x1 = tl.load(x_row + tl.minimum(k_lo + BLOCK_K, k_last) + offs_k).to(tl.float32)
+        if STAGES >= 4:
+            p2 = tl.load(w_tile + tl.minimum(k_lo + 2 * BLOCK_K, k_last) * stride_qk, mask=wmask[None, :], other=0)
+            x2 = tl.load(x_row + tl.minimum(k_lo + 2 * BLOCK_K, k_last) + offs_k).to(tl.float32)
+        zw = tl.load(z_ptr + (k_lo // GROUP) * stride_zk + words, mask=wmask, other=0)
+        z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
+        ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(ACC_K, SUB)
+        for k0 in range(k_lo, k_hi, BLOCK_K):  # K is a whole number of groups: no K mask
+            kn = tl.minimum(k0 + BLOCK_K, k_last)  # the next step (its group's zero points at a group end)
+            ka = tl.minimum(k0 + (STAGES - 1) * BLOCK_K, k_last)  # the step loaded now
+            p_next = tl.load(w_tile + ka * stride_qk, mask=wmask[None, :], other=0)
+            x_next = tl.load(x_row + ka + offs_k).to(tl.float32)
+            ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _gemv_step(p, x, z0, z1, z2, z3, z4, z5, z6, z7, ga0, ga1, ga2,
+                                                                ga3, ga4, ga5, ga6, ga7, ASM, FOLD)
+            if (k0 + BLOCK_K) % GROUP == 0:  # the group's last step: scale its sums, take the next zero points
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _gemv_scale(
+                    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7,
+                    s_ptr + (k0 // GROUP) * stride_sk + cols, cols, N)
+                ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(ACC_K, SUB)
+                zw = tl.load(z_ptr + (kn // GROUP) * stride_zk + words, mask=wmask, other=0)
+                z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
+            if STAGES == 2:
+                p = p_next
+                x = x_next
+            elif STAGES == 3:
+                p = p1
+                x = x1
+                p1 = p_next
+                x1 = x_next
+            else:
+                p = p1
+                x = x1
+                p1 = p2
+                x1 = x2
+                p2 = p_next
+                x2 = x_next
     wp = ws_ptr + pid_k * M * N
     _gemv_out(acc0, 0, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
     _gemv_out(acc1, 1, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
@@ -778,7 +818,7 @@ def _w4a16_gemv(a: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qz
         a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
         SPLIT=split > 1, REDUCE=reduce, HAS_BIAS=bias is not None,
         BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP=group_size, ASM=inline_ptx(a.device), STAGES=cfg.num_stages,
-        FOLD=cfg.fold, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        FOLD=cfg.fold, PIPELINED=cfg.pipelined, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1 and not reduce:
         acc = ws.sum(dim=0)
@@ -821,16 +861,18 @@ def w4a16_fwd(
         if cfg.join or cfg.unpack or cfg.even_k:
             raise ValueError(f"w4a16: the gemv kernel has no join / unpack / even_k variants; got join={cfg.join}, "
                              f"unpack={cfg.unpack}, even_k={cfg.even_k}")
-        if not 2 <= cfg.num_stages <= 4:
-            raise ValueError(f"w4a16: the gemv kernel holds 2 to 4 weight tiles in flight (num_stages); got "
-                             f"{cfg.num_stages}")
+        if not 2 <= cfg.num_stages <= (8 if cfg.pipelined else 4):
+            raise ValueError(f"w4a16: the gemv kernel holds 2 to 4 weight tiles in flight by hand, or pipelines 2 to "
+                             f"8 stages through shared memory (pipelined); got num_stages={cfg.num_stages}, "
+                             f"pipelined={cfg.pipelined}")
         if cfg.fold < 1 or cfg.fold & (cfg.fold - 1) or bk % cfg.fold or bk // cfg.fold < 2:
             raise ValueError(f"w4a16: gemv fold must be a power of two that leaves at least 2 of the K step's {bk} "
                              f"rows; got {cfg.fold}")
         _w4a16_gemv(a, qweight, scales, qzeros, bias, out, group_size, cfg, bk, split_k)
         return out.view(*lead, N)
-    if cfg.fold != 1:
-        raise ValueError(f"w4a16: fold applies to the gemv kernel only; got fold={cfg.fold} without gemv")
+    if cfg.fold != 1 or cfg.pipelined:
+        raise ValueError(f"w4a16: fold and pipelined apply to the gemv kernel only; got fold={cfg.fold}, "
+                         f"pipelined={cfg.pipelined} without gemv")
     tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
     k_iters = cdiv(K, bk)
     split = _split_count(split_k, cfg, tiles, k_iters, x.device, M, K)
