@@ -45,6 +45,8 @@ METRICS = {  # summary column -> raw metric name in ncu's CSV
     "block": "launch__block_size",
     "cycles_per_issue": "smsp__average_warp_latency_per_inst_issued.ratio",
 }
+CASES = ("w4_m1", "w4_m1_t", "w4_m16", "w4_m128", "w4_m1_var", "decode_b1")
+"""The cases :func:`build_cases` knows (module docstring)."""
 STALL_PREFIX = "smsp__average_warps_issue_stalled_"
 STALL_SUFFIX = "_per_issue_active.ratio"
 MARKER = "_ncu_case_marker"
@@ -141,9 +143,7 @@ def build_cases(names: list[str]) -> list[tuple[str, Callable[[], Any]]]:
             "pipelined6": gv._replace(num_stages=6, pipelined=True)}),
         "decode_b1": lambda: decode_rows(1, 1024) + decode_rows(1, 8192),
     }
-    unknown = [n for n in names if n not in table]
-    if unknown:
-        raise SystemExit(f"ncu_kernels_gpu: unknown case(s) {unknown}; known: {sorted(table)}")
+    assert set(table) == set(CASES), "CASES and the case table disagree"
 
     @triton.jit
     def _ncu_case_marker(p):
@@ -240,7 +240,17 @@ def print_table(recs: list[dict[str, Any]]) -> None:
               f"{f(r.get('cycles_per_issue'))} | {stalls} |")
 
 
+def check_cases(cases: str) -> list[str]:
+    """The comma-separated ``--cases`` as a list; an unknown name is an error naming the known ones."""
+    names = [n for n in cases.split(",") if n]
+    unknown = [n for n in names if n not in CASES]
+    if unknown or not names:
+        raise SystemExit(f"ncu_kernels_gpu: --cases expects names from {list(CASES)}; got {cases!r}")
+    return names
+
+
 def parent(args: argparse.Namespace) -> int:
+    check_cases(args.cases)
     ncu = find_ncu()
     if ncu is None:
         print("ncu_kernels_gpu: no ncu on PATH or under /opt/nvidia/nsight-compute")
@@ -280,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(summarise(args.out / "ncu-raw.csv", json.loads((args.out / "ncu-cases.json").read_text())))
         return 0
     if args.child:
-        return child(args.cases.split(","), args.out)
+        return child(check_cases(args.cases), args.out)
     return parent(args)
 
 
