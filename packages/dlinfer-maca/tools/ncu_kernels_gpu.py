@@ -44,6 +44,8 @@ METRICS = {  # summary column -> raw metric name in ncu's CSV
     "grid": "launch__grid_size",
     "block": "launch__block_size",
     "cycles_per_issue": "smsp__average_warp_latency_per_inst_issued.ratio",
+    "warp_inst": "inst_executed",
+    "inst_pct": "sm__inst_executed.sum.pct_of_peak_sustained_elapsed",
 }
 CASES = ("w4_m1", "w4_m1_t", "w4_m16", "w4_m128", "w4_m1_var", "decode_b1")
 """The cases :func:`build_cases` knows (module docstring)."""
@@ -226,8 +228,8 @@ def summarise(raw_csv: Path, case_names: list[str]) -> list[dict[str, Any]]:
 
 def print_table(recs: list[dict[str, Any]]) -> None:
     print("| case | kernel | µs | DRAM MB | DRAM % | SM % | issue % | occupancy % | regs | grid x block | "
-          "cycles / issue | largest stalls (cycles / issue) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "cycles / issue | warp instructions M (% of peak rate) | largest stalls (cycles / issue) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def f(v: Any, nd: int = 1) -> str:
         return "–" if v is None else f"{v:.{nd}f}"
@@ -237,7 +239,9 @@ def print_table(recs: list[dict[str, Any]]) -> None:
         print(f"| {r['case']} | `{r['kernel']}` | {f(r.get('us'))} | {f(r.get('dram_MB'))} | {f(r.get('dram_pct'))} | "
               f"{f(r.get('sm_pct'))} | {f(r.get('issue_pct'))} | {f(r.get('occupancy_pct'))} | "
               f"{f(r.get('regs'), 0)} | {f(r.get('grid'), 0)} x {f(r.get('block'), 0)} | "
-              f"{f(r.get('cycles_per_issue'))} | {stalls} |")
+              f"{f(r.get('cycles_per_issue'))} | "
+              f"{f(r['warp_inst'] / 1e6 if r.get('warp_inst') is not None else None, 2)} ({f(r.get('inst_pct'))}) | "
+              f"{stalls} |")
 
 
 def check_cases(cases: str) -> list[str]:
