@@ -64,6 +64,27 @@ def test_w4a16_kernel_variants(join, unpack, dtype, even_k):
     assert_close(out, ref, dtype, factor=2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("unpack", [1, 2], ids=["magic", "lop3-pairs"])
+def test_w4a16_folded_weight_is_rounded_once(unpack, dtype):
+    """``join=2`` folds the scale into each weight before the MMA: one rounding of the exact (q - z) * s to the
+    dtype. One-hot rows of x pick single K rows, so each output is one dequantised weight, exact in the fp32
+    accumulator: equal bit for bit to the fp64 product rounded once. Scales from 1e-5 (fp16 subnormals) up."""
+    K, N, g = 192, 264, 32
+    picks = [0, 31, 64, 100, 150, 191]
+    q = torch.randint(0, 16, (K, N))
+    z = torch.randint(0, 16, (K // g, N))
+    s = torch.where(torch.rand(K // g, N) < 0.3, torch.rand(K // g, N) * 1e-4 + 1e-5,
+                    torch.rand(K // g, N) * 0.02 + 0.005).to(dtype)
+    W = ((q - z.repeat_interleave(g, 0)).double() * s.double().repeat_interleave(g, 0)).to(dtype)
+    x = torch.zeros(len(picks), K, dtype=dtype)
+    x[torch.arange(len(picks)), picks] = 1
+    qw, sc, qz = quant.awq_prepare(awq_pack(q).to(DEVICE), s.to(DEVICE), awq_pack(z).to(DEVICE), g)
+    cfg = BASE._replace(join=2, unpack=unpack, split_k=3, reduce=1, block_n=256)
+    out = quant.w4a16_fwd(x.to(DEVICE), qw, sc, qz, None, g, config=cfg).cpu()
+    assert torch.equal(out, W[picks])
+
+
 @pytest.mark.parametrize("even_k", [False, True], ids=["k-masked", "even-k"])
 @pytest.mark.parametrize("M", [1, 5, 16, 33])
 @pytest.mark.parametrize("path", ["no-split", "auto", "whole-waves", "split-torch-sum", "split-in-kernel"])

@@ -158,7 +158,7 @@ def lmdeploy_rows(out: Path) -> list[dict[str, Any]]:
                "M": "i32", "stride_am": "i32", "stride_cm": "i32"}
     n, k = 14336, 4096
     rows = []
-    for m in (16, 64):  # its launcher: BLOCK_M = next_power_of_2(M) in [16, 128], BLOCK_K = group size, 2 stages
+    for m in (16, 64, 128):  # its launcher: BLOCK_M = next_power_of_2(M) in [16, 128], BLOCK_K = group size, 2 stages
         const = dict(N=n, K=k, stride_ak=1, stride_wk=n // 8, stride_wn=1, stride_sk=n, stride_sn=1,
                      stride_zk=n // 8, stride_zn=1, stride_cn=1, SPLIT_K=max(1, k // 4096), NUM_STAGES=2,
                      BLOCK_SIZE_M=m, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=8)
