@@ -10,9 +10,11 @@ autotuning), then once between ``cudaProfilerStart`` / ``cudaProfilerStop`` behi
 the cases in the report. Outputs: ``ncu.ncu-rep``, ``ncu-raw.csv`` and ``ncu-summary.json`` in ``--out``.
 
 Cases (bf16/fp16 as the op benchmarks use them; random inputs):
-  w4_m1 / w4_m1_t / w4_m16 / w4_m128: W4A16 at M 1 (4096x14336 and 14336x4096), 16 and 128 rows: our default path,
-      LMDeploy's ``awq_linear``, and cuBLAS on the dequantised fp16 weight (the bandwidth reference: 4x the bytes);
+  w4_m1 / w4_m1_t / w4_m16 / w4_m64 / w4_m128: W4A16 at M 1 (4096x14336 and 14336x4096), 16, 64 and 128 rows:
+      our default path, LMDeploy's ``awq_linear``, and cuBLAS on the dequantised fp16 weight (the bandwidth
+      reference: 4x the bytes);
   w4_m1_var: the CUDA-core kernel's deeper prefetch, fold and pipelined variants at M 1 (4096x14336);
+  w4_m64_var / w4_m128_var: folded-scale (join 2) tiles at M 64, and LMDeploy's K step and a wider tile at M 128;
   decode_b1: paged decode, batch 1 at 1k and 8k context (32/8 heads, d 128, block 64, bf16), ours and LMDeploy's.
 """
 
@@ -47,7 +49,7 @@ METRICS = {  # summary column -> raw metric name in ncu's CSV
     "warp_inst": "inst_executed",
     "inst_pct": "sm__inst_executed.sum.pct_of_peak_sustained_elapsed",
 }
-CASES = ("w4_m1", "w4_m1_t", "w4_m16", "w4_m128", "w4_m1_var", "decode_b1")
+CASES = ("w4_m1", "w4_m1_t", "w4_m16", "w4_m64", "w4_m128", "w4_m1_var", "w4_m64_var", "w4_m128_var", "decode_b1")
 """The cases :func:`build_cases` knows (module docstring)."""
 STALL_PREFIX = "smsp__average_warps_issue_stalled_"
 STALL_SUFFIX = "_per_issue_active.ratio"
@@ -72,7 +74,7 @@ def build_cases(names: list[str]) -> list[tuple[str, Callable[[], Any]]]:
 
     from dlinfer_maca.kernels import quant
     from dlinfer_maca.kernels.attention import paged_decode_fwd
-    from dlinfer_maca.kernels.configs import W4A16_DECODE_GEMV
+    from dlinfer_maca.kernels.configs import W4A16_DECODE_GEMV, GemmConfig
 
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -136,7 +138,14 @@ def build_cases(names: list[str]) -> list[tuple[str, Callable[[], Any]]]:
         "w4_m1": lambda: w4_rows("w4", 1, 4096, 14336),
         "w4_m1_t": lambda: w4_rows("w4", 1, 14336, 4096),
         "w4_m16": lambda: w4_rows("w4", 16, 4096, 14336),
+        "w4_m64": lambda: w4_rows("w4", 64, 4096, 14336),
         "w4_m128": lambda: w4_rows("w4", 128, 4096, 14336),
+        "w4_m64_var": lambda: w4_rows("w4", 64, 4096, 14336, {  # the scale folded into the weights (join 2)
+            "64x128x128-join2": GemmConfig(64, 128, 128, 4, 2, 0, 1, 2, 8, 2, even_k=True),
+            "64x128x64-join2": GemmConfig(64, 128, 64, 4, 3, 0, 1, 2, 8, 2, even_k=True)}),
+        "w4_m128_var": lambda: w4_rows("w4", 128, 4096, 14336, {  # LMDeploy's K step, wider tiles
+            "128x128x128-join2": GemmConfig(128, 128, 128, 4, 2, 0, 1, 2, 8, 2, even_k=True),
+            "128x256x64-w8-join2": GemmConfig(128, 256, 64, 8, 3, 0, 1, 2, 8, 2, even_k=True)}),
         "w4_m1_var": lambda: w4_rows("w4", 1, 4096, 14336, {
             "stages3": gv._replace(num_stages=3), "stages4": gv._replace(num_stages=4),
             "bk64-fold2": gv._replace(block_k=64, fold=2), "bk128-fold4": gv._replace(block_k=128, fold=4),
