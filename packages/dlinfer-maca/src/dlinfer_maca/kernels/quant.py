@@ -630,6 +630,20 @@ def _gemv_scale(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, ga0, ga1, ga2, g
     return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
 
 
+@triton.jit
+def _gemv_group_end(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7, s_row,
+                    cols, N, z_words, wmask, ACC_K: tl.constexpr, SUB: tl.constexpr, ASM: tl.constexpr):
+    """A group's last K step: its plane sums scaled into the output accumulators (:func:`_gemv_scale`), fresh
+    sums, and the zero points of the group whose words ``z_words`` points at. Returns the 8 + 8 + 8 tensors."""
+    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _gemv_scale(
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7, s_row, cols, N)
+    ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(ACC_K, SUB)
+    zw = tl.load(z_words, mask=wmask, other=0)
+    z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
+    return (acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7,
+            z0, z1, z2, z3, z4, z5, z6, z7)
+
+
 @triton.jit(do_not_specialize=["M", "n_split"])
 def _w4a16_gemv_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, NW, K_PER_SPLIT, K, n_split,
@@ -675,13 +689,11 @@ def _w4a16_gemv_kernel(
             ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _gemv_step(p, x, z0, z1, z2, z3, z4, z5, z6, z7, ga0, ga1, ga2,
                                                                 ga3, ga4, ga5, ga6, ga7, ASM, FOLD)
             if (k0 + BLOCK_K) % GROUP == 0:  # the group's last step: scale its sums, take the next zero points
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _gemv_scale(
+                (acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7,
+                 z0, z1, z2, z3, z4, z5, z6, z7) = _gemv_group_end(
                     acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7,
-                    s_ptr + (k0 // GROUP) * stride_sk + cols, cols, N)
-                ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(ACC_K, SUB)
-                zw = tl.load(z_ptr + (tl.minimum(k0 + BLOCK_K, k_last) // GROUP) * stride_zk + words, mask=wmask,
-                             other=0)
-                z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
+                    s_ptr + (k0 // GROUP) * stride_sk + cols, cols, N,
+                    z_ptr + (tl.minimum(k0 + BLOCK_K, k_last) // GROUP) * stride_zk + words, wmask, ACC_K, SUB, ASM)
     else:
         # the K loop carries this step's words and x (p, x) and STAGES - 1 later steps' (p1, x1 ...), and loads the
         # step STAGES - 1 ahead; loads past the split's end re-read its last step, in range (their values are never
@@ -705,12 +717,11 @@ def _w4a16_gemv_kernel(
             ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _gemv_step(p, x, z0, z1, z2, z3, z4, z5, z6, z7, ga0, ga1, ga2,
                                                                 ga3, ga4, ga5, ga6, ga7, ASM, FOLD)
             if (k0 + BLOCK_K) % GROUP == 0:  # the group's last step: scale its sums, take the next zero points
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _gemv_scale(
+                (acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7,
+                 z0, z1, z2, z3, z4, z5, z6, z7) = _gemv_group_end(
                     acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7,
-                    s_ptr + (k0 // GROUP) * stride_sk + cols, cols, N)
-                ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(ACC_K, SUB)
-                zw = tl.load(z_ptr + (kn // GROUP) * stride_zk + words, mask=wmask, other=0)
-                z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
+                    s_ptr + (k0 // GROUP) * stride_sk + cols, cols, N, z_ptr + (kn // GROUP) * stride_zk + words,
+                    wmask, ACC_K, SUB, ASM)
             if STAGES == 2:
                 p = p_next
                 x = x_next
