@@ -79,6 +79,8 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
         c += [G(16, 128, 64, 4, 3, 0, 1, 2, 8, 1, even_k=True), G(16, 128, 128, 8, 3, 0, 1, 2, 8, 1, even_k=True)]
         # split-K in whole waves (no nearly empty second wave: 5 x 112 tiles = 560 programs on 528 slots)
         c += [G(16, 128, 64, 4, 3, -1, 1, 2, 8, 1, even_k=True), G(16, 128, 128, 4, 3, -1, 1, 2, 8, 1, even_k=True)]
+        # the shipped rows with the scale folded into the weights (join 2: one fp16 multiply per weight pair)
+        c += [G(16, 128, 64, 4, 3, s, 1, 2, 8, 2, even_k=True) for s in (0, -1)]
         if M <= 4:  # the CUDA-core kernel (one program row per input row): decode batches of a few sequences
             c += [G(1, bn, bk, w, 2, 0, 1, 0, 8, 0, gemv=True) for bn, bk, w in
                   ((128, 32, 4), (128, 64, 8), (256, 32, 8), (128, 16, 2), (128, 64, 4))]
