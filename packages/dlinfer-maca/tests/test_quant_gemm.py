@@ -148,6 +148,29 @@ def test_w4a16_gemv_pipelined(block_k, fold, stages, group):
         assert_close(out, ref, torch.float16, factor=2)
 
 
+@pytest.mark.parametrize(("block_n", "warps", "block_k", "stages", "group"),
+                         [(128, 4, 32, 1, 128), (128, 4, 64, 3, 64), (256, 8, 32, 1, 32), (128, 2, 32, 2, 128),
+                          (256, 4, 16, 1, 32)],
+                         ids=["8-rows-1-stage", "8-rows-3-stages", "8-rows-wide", "4-rows", "4-rows-wide"])
+def test_w4a16_gemv_column_threads(block_n, warps, block_k, stages, group):
+    """``GemmConfig.column_threads``: one word column per thread, ``block_k`` in passes of 32 * warps / (block_n / 8)
+    rows; splits of one group and of several, an OUT tail, bias."""
+    for K, split in ((256, 1), (256, 2), (384, 3)):
+        cfg = GemmConfig(1, block_n, block_k, warps, stages, split, 1, 0, 8, 0, gemv=True, column_threads=True)
+        out, ref = _run_w4(3, K, 136, group, torch.float16, cfg, bias=True)
+        assert_close(out, ref, torch.float16, factor=2)
+
+
+def test_w4a16_gemv_column_threads_refusals():
+    base = GemmConfig(1, 128, 32, 4, 1, 0, 1, 0, 8, 0, gemv=True, column_threads=True)
+    for bad in (base._replace(pipelined=True), base._replace(fold=2), base._replace(num_stages=9)):
+        with pytest.raises(ValueError, match="column_threads runs Triton's pipeline"):
+            _run_w4(1, 128, 136, 64, torch.float16, bad)
+    for bad in (base._replace(block_k=16, num_warps=16), base._replace(block_n=384, num_warps=1)):
+        with pytest.raises(ValueError, match="column_threads needs the tile's"):
+            _run_w4(1, 128, 136, 64, torch.float16, bad)
+
+
 def test_w4a16_gemv_step_larger_than_the_group():
     """A K step wider than the group is cut to the group (one step per group), as for the MMA kernels."""
     cfg = GemmConfig(1, 256, 128, 4, 2, 0, 1, 0, 8, 0, gemv=True)
@@ -180,8 +203,8 @@ def test_options_a_kernel_cannot_honour_are_refused():
     for fold in (0, 3, 32):  # not a power of two / leaves one row of the 32-row step
         with pytest.raises(ValueError, match="gemv fold must be a power of two"):
             _run_w4(1, 128, 128, 64, torch.float16, GemmConfig(1, 128, 32, 4, 2, 0, 1, 0, 8, 0, gemv=True, fold=fold))
-    for option in ({"fold": 2}, {"pipelined": True}):
-        with pytest.raises(ValueError, match="fold and pipelined apply to the gemv kernel only"):
+    for option in ({"fold": 2}, {"pipelined": True}, {"column_threads": True}):
+        with pytest.raises(ValueError, match="fold, pipelined and column_threads apply to the gemv kernel only"):
             _run_w4(1, 128, 128, 64, torch.float16, BASE._replace(**option))
     with pytest.raises(ValueError, match="split_k must be"):
         _run_w4(1, 128, 128, 64, torch.float16, BASE._replace(split_k=-2))

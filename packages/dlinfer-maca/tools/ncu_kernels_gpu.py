@@ -13,7 +13,7 @@ Cases (bf16/fp16 as the op benchmarks use them; random inputs):
   w4_m1 / w4_m1_t / w4_m16 / w4_m64 / w4_m128: W4A16 at M 1 (4096x14336 and 14336x4096), 16, 64 and 128 rows:
       our default path, LMDeploy's ``awq_linear``, and cuBLAS on the dequantised fp16 weight (the bandwidth
       reference: 4x the bytes);
-  w4_m1_var: the CUDA-core kernel's deeper prefetch, fold and pipelined variants at M 1 (4096x14336);
+  w4_m1_var: the CUDA-core kernel's deeper prefetch, fold, pipelined and column-thread variants at M 1 (4096x14336);
   w4_m64_var / w4_m128_var: folded-scale (join 2) tiles at M 64, and LMDeploy's K step and a wider tile at M 128;
   decode_b1: paged decode, batch 1 at 1k and 8k context (32/8 heads, d 128, block 64, bf16), ours and LMDeploy's.
 """
@@ -151,7 +151,10 @@ def build_cases(names: list[str]) -> list[tuple[str, Callable[[], Any]]]:
             "bk64-fold2": gv._replace(block_k=64, fold=2), "bk128-fold4": gv._replace(block_k=128, fold=4),
             "split8": gv._replace(split_k=8), "bn256-w8": gv._replace(block_n=256, num_warps=8),
             "pipelined4": gv._replace(num_stages=4, pipelined=True),
-            "pipelined6": gv._replace(num_stages=6, pipelined=True)}),
+            "pipelined6": gv._replace(num_stages=6, pipelined=True),
+            "columns-split8": gv._replace(num_stages=1, split_k=8, column_threads=True),
+            "columns-split16": gv._replace(num_stages=1, split_k=16, column_threads=True),
+            "columns-split16-3stages": gv._replace(num_stages=3, split_k=16, column_threads=True)}),
         "decode_b1": lambda: decode_rows(1, 1024) + decode_rows(1, 8192),
     }
     assert set(table) == set(CASES), "CASES and the case table disagree"

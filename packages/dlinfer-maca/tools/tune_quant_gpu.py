@@ -98,6 +98,10 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
             c += [G(1, 128, 32, 4, st, s, 1, 0, 8, 0, gemv=True, pipelined=True) for st in (3, 4, 6) for s in (-1, 0)]
             c += [G(1, 128, 64, 4, st, -1, 1, 0, 8, 0, gemv=True, fold=2, pipelined=True) for st in (3, 4)]
             c += [G(1, 256, 32, 8, 4, -1, 1, 0, 8, 0, gemv=True, pipelined=True)]
+            # one word column per thread (48 registers against 128): more warps per SM, so more splits
+            c += [G(1, 128, 32, 4, st, s, 1, 0, 8, 0, gemv=True, column_threads=True) for st in (1, 3)
+                  for s in (-1, 8, 16)]
+            c += [G(1, 128, 64, 8, 1, s, 1, 0, 8, 0, gemv=True, column_threads=True) for s in (8, 16)]
     elif M <= 64:
         c = [G(64, 128, 64, 4, 3, 0, 1, 1, 8, 1), G(64, 128, 64, 4, 4, 0, 1, 1, 8, 1),
              G(64, 256, 64, 8, 3, 0, 1, 1, 8, 1), G(32, 128, 64, 4, 4, 0, 1, 1, 8, 1),

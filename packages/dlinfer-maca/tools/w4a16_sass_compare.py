@@ -146,6 +146,27 @@ def gemv_rows(out: Path, dtype: str) -> list[dict[str, Any]]:
     return rows
 
 
+GEMV_COLUMN_CONFIGS = ((128, 32, 4, 1), (128, 64, 4, 1), (128, 32, 4, 3), (256, 32, 8, 1), (128, 64, 8, 1))
+"""(BLOCK_N, BLOCK_K, num_warps, num_stages) of the column-thread CUDA-core kernel's rows (``--gemv``)."""
+
+
+def gemv_column_rows(out: Path, dtype: str) -> list[dict[str, Any]]:
+    """The column-thread CUDA-core kernel (``GemmConfig.column_threads``): one word per thread per pass."""
+    from dlinfer_maca.kernels import quant
+
+    rows = []
+    names, types = GEMV_ARGS + ["WSTRIDE"], [t.replace("fp16", dtype) for t in GEMV_TYPES] + ["i32"]
+    for bn, bk, warps, stages in GEMV_COLUMN_CONFIGS:
+        cfg = quant.GemmConfig(1, bn, bk, warps, stages, gemv=True, column_threads=True)
+        const = dict(SPLIT=True, REDUCE=1, HAS_BIAS=False, BLOCK_N=bn, BLOCK_K=bk, GROUP=128,
+                     ROWS=quant.gemv_column_rows(cfg), ASM=True, STAGES=stages)
+        sig = dict(zip(names, types, strict=True)) | {k: "constexpr" for k in const}
+        div = _launch_divisible(names, types, skip=("M", "n_split", "WSTRIDE")) if SPECIALISED else ()
+        kern = _compile(quant._w4a16_gemv_col_kernel, sig, const, warps, stages, div)
+        rows.append(profile(kern, f"maca_gemvcol_{bn}x{bk}_w{warps}s{stages}_{dtype}", out))
+    return rows
+
+
 def lmdeploy_rows(out: Path) -> list[dict[str, Any]]:
     try:
         from lmdeploy.pytorch.kernels.cuda import awq_kernels
@@ -186,7 +207,8 @@ def main() -> int:
     SPECIALISED = not args.unspecialised
     out = args.out or Path(tempfile.mkdtemp(prefix="w4a16-sass-"))
     out.mkdir(parents=True, exist_ok=True)
-    rows = maca_rows(out, args.unpack, args.dtype, args.even_k) + (gemv_rows(out, args.dtype) if args.gemv else [])
+    rows = maca_rows(out, args.unpack, args.dtype, args.even_k)
+    rows += gemv_rows(out, args.dtype) + gemv_column_rows(out, args.dtype) if args.gemv else []
     rows += [] if args.no_peer else lmdeploy_rows(out)
     cols = ["reg", "stack", "sass", "loop", *SHOWN]
     print("Opcode columns count the K loop's body (static).")

@@ -27,7 +27,9 @@ class GemmConfig(NamedTuple):
     ``block_k / fold`` accumulator rows (inside each thread where a pass of the program's threads covers those rows),
     so that a step loads ``fold`` times the bytes without more accumulators. ``pipelined`` (gemv): the K loop is
     Triton's software pipeline (``tl.range(num_stages=num_stages)``, asynchronous copies through shared memory, 2-8
-    stages) instead of ``num_stages - 1`` weight tiles held ahead in registers."""
+    stages) instead of ``num_stages - 1`` weight tiles held ahead in registers. ``column_threads`` (gemv): one packed
+    word column per thread, so that a thread's K rows sum in its registers (8 accumulators, about a third of the
+    registers); the K loop is Triton's pipeline over ``num_stages`` (1-8, 1: none)."""
 
     block_m: int
     block_n: int
@@ -43,6 +45,7 @@ class GemmConfig(NamedTuple):
     gemv: bool = False
     fold: int = 1
     pipelined: bool = False
+    column_threads: bool = False
 
 
 GemmTable = tuple[tuple[int, GemmConfig], ...]

@@ -737,6 +737,16 @@ def _w4a16_gemv_kernel(
                 x1 = x2
                 p2 = p_next
                 x2 = x_next
+    _gemv_epilogue(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, o_ptr, bias_ptr, ws_ptr, cnt_ptr, row, cols, pid_n,
+                   pid_k, M, N, n_split, stride_om, SPLIT, REDUCE, HAS_BIAS)
+
+
+@triton.jit
+def _gemv_epilogue(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, o_ptr, bias_ptr, ws_ptr, cnt_ptr, row, cols, pid_n,
+                   pid_k, M, N, n_split, stride_om, SPLIT: tl.constexpr, REDUCE: tl.constexpr,
+                   HAS_BIAS: tl.constexpr):
+    """The 8 planes' sums over K stored (output row, or fp32 partials that the last split of the (tile, row) to
+    arrive sums when REDUCE=1)."""
     wp = ws_ptr + pid_k * M * N
     _gemv_out(acc0, 0, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
     _gemv_out(acc1, 1, o_ptr, bias_ptr, wp, row, cols, N, stride_om, SPLIT, HAS_BIAS)
@@ -750,6 +760,53 @@ def _w4a16_gemv_kernel(
         if last_arrival(cnt_ptr, row * tl.num_programs(0) + pid_n, n_split):
             for P in tl.static_range(8):
                 _gemv_reduce(ws_ptr, o_ptr, bias_ptr, row, cols, M, N, n_split, stride_om, P, HAS_BIAS)
+
+
+@triton.jit(do_not_specialize=["M", "n_split", "WSTRIDE"])
+def _w4a16_gemv_col_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, o_ptr, ws_ptr, cnt_ptr, M, N, NW, K_PER_SPLIT, K, n_split,
+    stride_xm, stride_qk, stride_sk, stride_zk, stride_om, WSTRIDE,
+    SPLIT: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr, ASM: tl.constexpr = True,
+    STAGES: tl.constexpr = 1,
+):
+    """:func:`_w4a16_gemv_kernel` with one packed word column per thread (``GemmConfig.column_threads``): a pass
+    over ``ROWS = 32 * num_warps / (BLOCK_N / 8)`` K rows gives each thread one word, and a K step of
+    ``BLOCK_K`` is ``BLOCK_K / ROWS`` passes summed into the same registers. Each thread thus holds one accumulator
+    per nibble plane (8, against 32 for the vector-load kernel's 4 words), so a group ends with 8 FMAs and the kernel
+    needs about a third of the registers (more warps per SM to hide the loads). ``WSTRIDE`` (1 at run time, not
+    specialised) hides the words' contiguity from the compiler, which would otherwise give each thread 4
+    neighbouring words of one row. The K loop is ``tl.range(num_stages=STAGES)`` (1: no software pipeline)."""
+    SUB: tl.constexpr = BLOCK_N // 8
+    PASSES: tl.constexpr = BLOCK_K // ROWS
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    row = tl.program_id(2).to(tl.int64)
+    words, wmask, cols = _tile_words(pid_n, NW, BLOCK_N)
+    offs_r = tl.arange(0, ROWS)
+    k_lo = pid_k * K_PER_SPLIT
+    k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
+    k_last = k_hi - BLOCK_K
+    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _zeros8(ROWS, SUB)
+    x_row = x_ptr + row * stride_xm + offs_r
+    w_pass = qw_ptr + offs_r[:, None] * stride_qk + (words * WSTRIDE)[None, :]
+    zw = tl.load(z_ptr + (k_lo // GROUP) * stride_zk + words, mask=wmask, other=0)
+    z0, z1, z2, z3, z4, z5, z6, z7 = _gemv_zeros(zw, ASM)
+    ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _zeros8(ROWS, SUB)
+    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):  # K is a whole number of groups: no K mask
+        for i in tl.static_range(PASSES):
+            p = tl.load(w_pass + (k0 + i * ROWS) * stride_qk, mask=wmask[None, :], other=0)
+            x = tl.load(x_row + k0 + i * ROWS).to(tl.float32)
+            ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7 = _gemv_step(p, x, z0, z1, z2, z3, z4, z5, z6, z7, ga0, ga1, ga2,
+                                                                ga3, ga4, ga5, ga6, ga7, ASM, 1)
+        if (k0 + BLOCK_K) % GROUP == 0:  # the group's last step: scale its sums, take the next zero points
+            (acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7,
+             z0, z1, z2, z3, z4, z5, z6, z7) = _gemv_group_end(
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7,
+                s_ptr + (k0 // GROUP) * stride_sk + cols, cols, N,
+                z_ptr + (tl.minimum(k0 + BLOCK_K, k_last) // GROUP) * stride_zk + words, wmask, ROWS, SUB, ASM)
+    _gemv_epilogue(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, o_ptr, bias_ptr, ws_ptr, cnt_ptr, row, cols, pid_n,
+                   pid_k, M, N, n_split, stride_om, SPLIT, REDUCE, HAS_BIAS)
 
 
 @triton.jit
@@ -814,6 +871,11 @@ def w4_unpack(unpack: int, dtype: torch.dtype, ptx: bool, interpreter: bool) -> 
     return 1 if unpack == 2 and not ptx else unpack
 
 
+def gemv_column_rows(cfg: GemmConfig) -> int:
+    """K rows one pass of the program covers with ``GemmConfig.column_threads``: one packed word per thread."""
+    return 32 * cfg.num_warps // (cfg.block_n // 8)
+
+
 def _w4a16_gemv(a: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor,
                 bias: torch.Tensor | None, out: torch.Tensor, group_size: int, cfg: GemmConfig, bk: int,
                 split_k: int | None) -> None:
@@ -832,14 +894,16 @@ def _w4a16_gemv(a: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qz
     ws = torch.empty((split, M, N), dtype=torch.float32, device=a.device) if split > 1 else out
     cnt = arrival_counters(a.device, tiles * M) if split > 1 and cfg.reduce == 1 else None
     reduce = int(cnt is not None)
-    _w4a16_gemv_kernel[(tiles, split, M)](
-        a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, ws if cnt is None else cnt,
-        M, N, NW, k_per_split, K, split,
-        a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0),
-        SPLIT=split > 1, REDUCE=reduce, HAS_BIAS=bias is not None,
-        BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP=group_size, ASM=inline_ptx(a.device), STAGES=cfg.num_stages,
-        FOLD=cfg.fold, PIPELINED=cfg.pipelined, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    args = (a, qweight, scales, qzeros, bias if bias is not None else a, out, ws, ws if cnt is None else cnt,
+            M, N, NW, k_per_split, K, split,
+            a.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), out.stride(0))
+    common = dict(SPLIT=split > 1, REDUCE=reduce, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=bk,
+                  GROUP=group_size, ASM=inline_ptx(a.device), STAGES=cfg.num_stages, num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages)
+    if cfg.column_threads:
+        _w4a16_gemv_col_kernel[(tiles, split, M)](*args, 1, ROWS=gemv_column_rows(cfg), **common)
+    else:
+        _w4a16_gemv_kernel[(tiles, split, M)](*args, FOLD=cfg.fold, PIPELINED=cfg.pipelined, **common)
     if split > 1 and not reduce:
         acc = ws.sum(dim=0)
         if bias is not None:
@@ -881,7 +945,17 @@ def w4a16_fwd(
         if cfg.join or cfg.unpack or cfg.even_k:
             raise ValueError(f"w4a16: the gemv kernel has no join / unpack / even_k variants; got join={cfg.join}, "
                              f"unpack={cfg.unpack}, even_k={cfg.even_k}")
-        if not 2 <= cfg.num_stages <= (8 if cfg.pipelined else 4):
+        if cfg.column_threads:
+            rows = gemv_column_rows(cfg)
+            if cfg.pipelined or cfg.fold != 1 or not 1 <= cfg.num_stages <= 8:
+                raise ValueError(f"w4a16: column_threads runs Triton's pipeline over 1 to 8 stages (num_stages) and "
+                                 f"folds its rows itself; got num_stages={cfg.num_stages}, pipelined={cfg.pipelined}, "
+                                 f"fold={cfg.fold}")
+            if rows < 1 or 32 * cfg.num_warps % (cfg.block_n // 8) or bk % rows:
+                raise ValueError(f"w4a16: column_threads needs the tile's {cfg.block_n // 8} words to divide the "
+                                 f"{32 * cfg.num_warps} threads into rows that divide the K step {bk}; got block_n="
+                                 f"{cfg.block_n}, num_warps={cfg.num_warps}")
+        elif not 2 <= cfg.num_stages <= (8 if cfg.pipelined else 4):
             raise ValueError(f"w4a16: the gemv kernel holds 2 to 4 weight tiles in flight by hand, or pipelines 2 to "
                              f"8 stages through shared memory (pipelined); got num_stages={cfg.num_stages}, "
                              f"pipelined={cfg.pipelined}")
@@ -890,9 +964,10 @@ def w4a16_fwd(
                              f"rows; got {cfg.fold}")
         _w4a16_gemv(a, qweight, scales, qzeros, bias, out, group_size, cfg, bk, split_k)
         return out.view(*lead, N)
-    if cfg.fold != 1 or cfg.pipelined:
-        raise ValueError(f"w4a16: fold and pipelined apply to the gemv kernel only; got fold={cfg.fold}, "
-                         f"pipelined={cfg.pipelined} without gemv")
+    if cfg.fold != 1 or cfg.pipelined or cfg.column_threads:
+        raise ValueError(f"w4a16: fold, pipelined and column_threads apply to the gemv kernel only; got "
+                         f"fold={cfg.fold}, pipelined={cfg.pipelined}, column_threads={cfg.column_threads} "
+                         f"without gemv")
     tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
     k_iters = cdiv(K, bk)
     split = _split_count(split_k, cfg, tiles, k_iters, x.device, M, K)
