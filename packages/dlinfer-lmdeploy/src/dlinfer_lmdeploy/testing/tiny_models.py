@@ -313,8 +313,19 @@ def write_internlm2(
         str(path / "model.safetensors"),
         metadata={"format": "pt"},
     )
+    (path / "config.json").write_text(json.dumps(internlm2_config(llama, str(dtype).split(".")[1]), indent=2))
+    for extra in ("generation_config.json",):
+        if (oracle / extra).exists():
+            (path / extra).write_text((oracle / extra).read_text())
+    build_tokenizer(path)
+    return path
+
+
+def internlm2_config(llama: dict[str, Any], dtype_name: str) -> dict[str, Any]:
+    """The ``config.json`` of an InternLM2-format checkpoint whose weights came from the HF Llama config
+    ``llama`` (a ``config.json`` dict) by :func:`llama_to_internlm2`."""
     rope = llama["rope_parameters"]
-    config = {
+    return {
         "architectures": ["InternLM2ForCausalLM"],
         "model_type": "internlm2",
         "bias": False,
@@ -334,14 +345,8 @@ def write_internlm2(
             "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "bos_token_id", "eos_token_id",
             "tie_word_embeddings",
         )},
-        "torch_dtype": str(dtype).split(".")[1],
+        "torch_dtype": dtype_name,
     }  # fmt: skip
-    (path / "config.json").write_text(json.dumps(config, indent=2))
-    for extra in ("generation_config.json",):
-        if (oracle / extra).exists():
-            (path / extra).write_text((oracle / extra).read_text())
-    build_tokenizer(path)
-    return path
 
 
 def _builder(kind: str) -> Any:
