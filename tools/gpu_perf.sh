@@ -1,10 +1,12 @@
 #!/bin/bash
 # One device call for the performance work (issue 13) on one NVIDIA GPU with the maca plugin.
-#   PHASES="tests tune tune-quant opbench e2e host" bash tools/gpu_perf.sh      (outputs under $OUT, or ./gpu-out)
+#   PHASES="tests tune tune-quant opbench e2e host graph-host" bash tools/gpu_perf.sh   (outputs under $OUT, or ./gpu-out)
 # tests: the model table's GPU tests (tools/gpu_model_table.sh); tune: launch-setting sweep of the quantisers and
 # paged decode; tune-quant: the W4A16/W8A8 sweep; opbench: python -m dlinfer_maca.bench --only $BENCH_ONLY;
 # e2e: lmdeploy_e2e_gpu.py $E2E_ARGS; profile: lmdeploy_tp_gpu.py at tp=1, one unprofiled child per device and a
-# profiled decode window per batch size of $PROFILE_BATCHES (default 1; e.g. "1 64") ($PROFILE_MODELS, $PROFILE_LAYERS, $PROFILE_ARGS); long: long_context_gpu.py $LONG_ARGS; host: profile_batch1.py $HOST_ARGS. Each phase has its own timeout.
+# profiled decode window per batch size of $PROFILE_BATCHES (default 1; e.g. "1 64") ($PROFILE_MODELS, $PROFILE_LAYERS, $PROFILE_ARGS); long: long_context_gpu.py $LONG_ARGS; host: profile_batch1.py $HOST_ARGS; graph-host: graph_step_host.py on the GPU
+# (host time of a graphed decode step's metadata and refill, torch ops vs maca's one-launch refill). Each phase has its
+# own timeout.
 set -u
 OUT=${OUT:-./gpu-out}; mkdir -p "$OUT"
 PHASES=${PHASES:-tune}
@@ -56,6 +58,11 @@ fi
 if phase host; then
   timeout ${HOST_TIMEOUT:-300} python3 packages/dlinfer-lmdeploy/bench/profile_batch1.py --out "$OUT/host" ${HOST_ARGS:-} \
     2>&1 | tee "$OUT/host.log" | tail -40
+  rc=$(( rc | PIPESTATUS[0] ))
+fi
+if phase graph-host; then
+  timeout ${GRAPH_HOST_TIMEOUT:-120} python3 packages/dlinfer-lmdeploy/bench/graph_step_host.py --device cuda --declared \
+    --out "$OUT/graph-step-host.json" 2>&1 | tee "$OUT/graph-step-host.log" | tail -20
   rc=$(( rc | PIPESTATUS[0] ))
 fi
 exit $rc

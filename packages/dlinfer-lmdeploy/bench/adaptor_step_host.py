@@ -102,7 +102,7 @@ class Step:
         from dlinfer_lmdeploy import metadata
 
         H, Hq, Hkv, D, _ = self.dims
-        md = metadata.build(self.ctx, self.plugin)
+        md = metadata.build(self.ctx, self.plugin).finalize()  # as the eager runner does before the forward
         x, residual = self.x, None
         for w, (kc, vc) in zip(self.w, self.caches, strict=True):
             if residual is None:
@@ -145,7 +145,7 @@ class Step:
     def prepare_direct(self) -> None:
         from dlinfer_lmdeploy import metadata
 
-        self.md = metadata.build(self.ctx, self.plugin)
+        self.md = metadata.build(self.ctx, self.plugin).finalize()
 
 
 def _time(fns: dict[str, Callable[[], None]], steps: int, repeats: int, sync: Callable[[], None]) -> dict[str, Any]:

@@ -218,7 +218,7 @@ def test_multi_token_decode_metadata_covers_every_new_token() -> None:
     assert md.cu_seqlens_q.tolist() == [0, 3, 6, 9]
     want = [int(ctx.block_offsets[b, p // bs]) * bs + p % bs for b, kv in enumerate(kv_lens) for p in range(kv - 3, kv)]
     assert md.slot_mapping.tolist() == want
-    one = metadata.build(_step_context([1, 1, 1], kv_lens, bs, True, k_cache), devices.get("cpu").backend)
+    one = metadata.build(_step_context([1, 1, 1], kv_lens, bs, True, k_cache), devices.get("cpu").backend).finalize()
     assert not one.multi_token_decode and one.max_q_seqlen == 1 and one.slot_mapping.numel() == 3
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from dlinfer.plugin import Backend
 from lmdeploy.pytorch.models.utils.cudagraph import CudaGraphMixin
 
 from dlinfer_lmdeploy import graph_runner as gr
@@ -86,8 +87,8 @@ class FakeVLM(torch.nn.Module, CudaGraphMixin):
         return torch.cat([out, emb.to(torch.float64)], dim=-1)[None]
 
 
-def _runner(model: FakeVLM, max_batches: int = 4) -> gr.DlinferGraphRunner:
-    plugin = bare_backend("fakegraph")
+def _runner(model: FakeVLM, max_batches: int = 4, plugin: Backend | None = None) -> gr.DlinferGraphRunner:
+    plugin = plugin or bare_backend("fakegraph")
     cache = SimpleNamespace(
         kernel_block_size=None,
         block_size=BLOCK,
@@ -300,3 +301,80 @@ def test_full_bucket_replay_dispatches_no_padding_ops() -> None:
             runner._fill(runner.captured[key], kwargs)
         assert bool(fills & set(ops.names)) == padded, (batch, ops.names)
         _check(runner, model, kwargs)
+
+
+_VIEWS = frozenset({"slice", "view", "select", "unsqueeze", "squeeze", "alias", "expand", "_unsafe_view",
+                    "as_strided", "t", "transpose", "detach"})
+
+
+class _Ops:
+    """Aten ops dispatched inside the block that may launch a kernel (views left out)."""
+
+    def __enter__(self) -> list[str]:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        names: list[str] = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN202
+                name = func.__name__.split(".")[0]
+                if name not in _VIEWS:
+                    names.append(name)
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return names
+
+    def __exit__(self, *exc: object) -> None:
+        self.mode.__exit__(*exc)
+
+
+def test_padding_rows_write_nothing_and_read_one_position() -> None:
+    """After a replay of 3 sequences in bucket 4 that held 4 before: row 3 has token 0, position 0, KV length 1
+    and slot -1 (nothing written to the cache), rows 0-2 the step's values and the oracle's slots."""
+    gen = torch.Generator().manual_seed(9)
+    model = FakeVLM()
+    runner = _runner(model)
+    _check(runner, model, _step(4, gen))
+    kwargs = _step(3, gen)
+    _check(runner, model, kwargs)
+    (entry,) = runner.captured.values()
+    meta = entry.meta
+    assert meta.slot_mapping[3:].tolist() == [-1] and meta.kv_seqlens[3:].tolist() == [1]
+    assert entry.buffers["input_ids"][0, 3:].tolist() == [0] == entry.buffers["position_ids"][0, 3:].tolist()
+    assert meta.slot_mapping[:3].tolist() == kwargs["attn_metadata"].slot_mapping.tolist()
+
+
+def test_declared_fill_kernel_refills_the_step_alone() -> None:
+    """A plugin that declares ``DeviceGraph.fill_decode_inputs`` gets one call per graphed step (capture and
+    replays) with LMDeploy's tensors and the entry's buffers; the runner then dispatches no aten op of its own to
+    refill them (without it, the torch composition: 4 copies and the slot arithmetic). Replays stay exact."""
+    import dataclasses
+
+    from dlinfer.graph_inputs import fill_decode_inputs
+
+    calls: list[int] = []
+
+    def kernel(input_ids, position_ids, block_table, seqlens_kv, buffers, *, block_size, pad=True):  # noqa: ANN001, ANN202
+        calls.append(input_ids.numel())
+        with torch.utils._python_dispatch._disable_current_modes():  # the "kernel": not the runner's own ops
+            fill_decode_inputs(input_ids, position_ids, block_table, seqlens_kv, buffers, block_size=block_size)
+
+    base = bare_backend("fusedfill")
+    plugin = dataclasses.replace(base, graph=dataclasses.replace(base.graph, fill_decode_inputs=kernel))
+    gen = torch.Generator().manual_seed(13)
+    model = FakeVLM()
+    runner = _runner(model, plugin=plugin)
+    plain = _runner(FakeVLM())
+    for batch in (1, 3, 4, 2):
+        _check(runner, model, _step(batch, gen))
+        _check(plain, plain.model, _step(batch, gen))
+    assert calls == [1, 3, 4, 2]
+    for r, most in ((runner, 0), (plain, 10)):  # a full bucket: no padding rows to reset
+        kwargs = _step(4, gen)
+        key, _ = r._plan(kwargs)
+        with _Ops() as ops:
+            r._fill(r.captured[key], kwargs)
+        assert len(ops) <= most, (r.plugin.name, ops)
+        assert ("copy_" in ops) == (most > 0), ops

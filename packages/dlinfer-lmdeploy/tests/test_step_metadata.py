@@ -1,5 +1,6 @@
 """The step's attention metadata: host mirrors with at most one device-to-host copy per step (was two), the
-plugin's plan built once per step and handed to every attention call of the step."""
+plugin's plan built once per step and handed to every attention call of the step; a one-token decode step's
+metadata deferred (no device op, no host read when built) and finished once, equal to an independent oracle."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ STEPS = {  # q lengths, kv lengths, decoding, device-to-host reads per step (the
 def test_host_mirrors_take_at_most_one_copy(name: str, host_reads: list[str]) -> None:
     q, kv, decoding, reads = STEPS[name]
     ctx = _ctx(q, kv, decoding)
-    meta = metadata.build(ctx, _backend())
+    meta = metadata.build(ctx, _backend()).finalize()
     assert len(host_reads) == reads, host_reads
     host_reads.clear()
     want_cu = [0]
@@ -95,7 +96,7 @@ def test_host_mirrors_take_at_most_one_copy(name: str, host_reads: list[str]) ->
 
 
 def test_no_mirrors_without_host_seqlens(host_reads: list[str]) -> None:
-    meta = metadata.build(_ctx([3, 5], [10, 5], False), _backend(host_seqlens=False))
+    meta = metadata.build(_ctx([3, 5], [10, 5], False), _backend(host_seqlens=False)).finalize()
     assert host_reads == [] and meta.cu_seqlens_q_cpu is None and meta.seqlens_kv_cpu is None
 
 
@@ -109,7 +110,7 @@ def test_plan_is_prepared_once_per_step_from_the_step_tensors(name: str) -> None
         calls.append(step)
         return token
 
-    meta = metadata.build(_ctx(q, kv, decoding), _backend(prepare))
+    meta = metadata.build(_ctx(q, kv, decoding), _backend(prepare)).finalize()
     (step,) = calls
     assert meta.plan is token
     assert step.cu_seqlens_q is meta.cu_seqlens_q and step.seqlens_kv is meta.kv_seqlens
@@ -137,3 +138,70 @@ def test_every_attention_call_gets_the_step_plan(monkeypatch: pytest.MonkeyPatch
         impl.forward(x, x, x, ctx.kv_caches[0][0], ctx.kv_caches[0][1], meta)
     assert got == [("paged_decode_attention", token), ("prefill_attention", token),
                    ("paged_prefill_attention", token)]
+
+
+def _oracle_slots(ctx: SimpleNamespace) -> list[int]:
+    """Per sequence, the slot of its last position: block_offsets[b][p // BS] * BS + p % BS, p = kv - 1."""
+    slots = []
+    for b, kv in enumerate(ctx.kv_seqlens.tolist()):
+        p = kv - 1
+        slots.append(int(ctx.block_offsets[b, p // BS]) * BS + p % BS)
+    return slots
+
+
+@pytest.mark.parametrize("slot_dtype", [torch.int32, torch.int64])
+def test_one_token_decode_metadata_is_deferred_then_finished_once(slot_dtype: torch.dtype,
+                                                                   host_reads: list[str]) -> None:
+    """Built, a one-token decode step's metadata holds LMDeploy's own tensors and costs no device op and no host
+    read (a graph runner refills its buffers from them); finished, it holds the int32 table and lengths, the
+    query offsets, the slots of an independent oracle and the host mirrors; a second finish changes nothing."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN202
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    gen = torch.Generator().manual_seed(11)
+    kv = torch.randint(1, 40, (5,), generator=gen).tolist()
+    ctx = _ctx([1] * 5, kv, True)
+    ctx.kv_seqlens = ctx.kv_seqlens.long()  # LMDeploy's int64 lengths and table on a non-CUDA device
+    backend = _backend(host_seqlens=True)
+    backend = Backend(**{**backend.__dict__, "slot_dtype": slot_dtype})
+    host_reads.clear()
+    with Ops() as ops:
+        meta = metadata.build(ctx, backend)
+    assert ops.names == [] and host_reads == []
+    assert meta.unfinished is backend and meta.slot_mapping is None and meta.cu_seqlens_q is None
+    assert meta.block_offsets is ctx.block_offsets and meta.kv_seqlens is ctx.kv_seqlens
+    assert meta.finalize() is meta and meta.unfinished is None
+    assert meta.block_offsets.dtype == meta.kv_seqlens.dtype == torch.int32 == meta.cu_seqlens_q.dtype
+    assert meta.block_offsets.tolist() == ctx.block_offsets.tolist() and meta.kv_seqlens.tolist() == kv
+    assert meta.cu_seqlens_q.tolist() == list(range(6)) == meta.cu_seqlens_q_cpu.tolist()
+    assert meta.seqlens_kv_cpu.tolist() == kv
+    assert meta.slot_mapping.dtype == slot_dtype and meta.slot_mapping.tolist() == _oracle_slots(ctx)
+    slots = meta.slot_mapping
+    with Ops() as ops:
+        meta.finalize()
+    assert ops.names == [] and meta.slot_mapping is slots
+
+
+def test_attention_finishes_a_deferred_decode_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model called without a dlinfer runner (which finishes the metadata first) still gets the slots."""
+    from dlinfer import ops
+
+    from dlinfer_lmdeploy.impls.attention import DlinferPagedAttentionImpl
+
+    seen: list[list[int]] = []
+    monkeypatch.setattr(ops, "fill_kv_cache", lambda k, v, kc, vc, slots, **kw: seen.append(slots.tolist()))
+    monkeypatch.setattr(ops, "paged_decode_attention", lambda q, *a, **kw: q)
+    ctx = _ctx([1, 1], [7, 13], True)
+    meta = metadata.build(ctx, _backend())
+    x = torch.zeros(2, 1, 8)
+    DlinferPagedAttentionImpl(num_heads=1, head_size=8, num_kv_heads=1).forward(
+        x, x, x, ctx.kv_caches[0][0], ctx.kv_caches[0][1], meta)
+    assert meta.unfinished is None and seen == [_oracle_slots(ctx)]

@@ -33,13 +33,16 @@ class DeviceGraph:
     ``capture(graph, pool=None, stream=None)`` (the ``torch.cuda.graph`` protocol);
     ``update_before_replay`` is called with the step's host-side arguments
     (e.g. ``seqlens_kv_cpu``) before each replay, for kernels whose host arguments are
-    baked into the captured graph; ``None`` when nothing needs updating.
+    baked into the captured graph; ``None`` when nothing needs updating. ``fill_decode_inputs`` refills a
+    captured decode step's fixed buffers before each replay with the contract (and signature) of
+    :func:`dlinfer.graph_inputs.fill_decode_inputs`, in fewer launches; ``None``: that function's torch ops.
     """
 
     graph_factory: Callable[[], Any]
     capture: Callable[..., Any]
     pool_factory: Callable[[], Any] | None = None
     update_before_replay: Callable[[Any, Mapping[str, Any]], None] | None = None
+    fill_decode_inputs: Callable[..., None] | None = None
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ position.
 
 What a captured decode step holds (as LMDeploy's ``CudaGraphMixin`` does for its CUDA graphs):
 
-- ``input_ids``, ``position_ids`` ``[1, bucket]`` and the attention metadata: fixed buffers,
-  copied before every replay;
+- ``input_ids``, ``position_ids`` ``[1, bucket]`` and the attention metadata: fixed buffers, refilled before
+  every replay from LMDeploy's tensors of the step (the step's metadata stays unfinished) by the plugin's
+  ``DeviceGraph.fill_decode_inputs`` (one launch) or ``dlinfer.graph_inputs.fill_decode_inputs`` (torch ops);
 - decode-shaped extra tensors: ``mrope_position_ids [3, bucket]`` (Qwen2-VL family) and
   ``inputs_embeds [1, bucket, hidden]``, fixed buffers copied like ``position_ids`` (padding
   zeroed); their dtype and non-token dimensions are part of the capture key;
@@ -71,11 +72,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from dlinfer.graph_inputs import DecodeBuffers
+from dlinfer.graph_inputs import fill_decode_inputs as fill_with_torch_ops
 from dlinfer.plugin import Backend
 from lmdeploy.pytorch.backends.graph_runner import GraphRunner
 
 from dlinfer_lmdeploy.metadata import DlinferAttentionMetadata, step_metadata
-from dlinfer_lmdeploy.warmup import PrefillWarmup
+from dlinfer_lmdeploy.warmup import PrefillWarmup, finish_metadata
 
 logger = logging.getLogger("dlinfer_lmdeploy")
 
@@ -184,6 +187,8 @@ class _Captured:
     meta: DlinferAttentionMetadata
     kwargs: dict[str, Any]
     """The forward's keyword arguments: the buffers, the metadata, constants (incl. None)."""
+    decode: DecodeBuffers
+    """1-d views of the token and position buffers, and the metadata's table, KV lengths and slots."""
     graph: Any = None
     output: torch.Tensor | None = None
 
@@ -302,6 +307,7 @@ class DlinferGraphRunner(PrefillWarmup, GraphRunner):
         return key, None
 
     def _eager(self, reason: str, detail: str, kwargs: dict[str, Any]) -> Any:
+        finish_metadata(kwargs)
         self.eager_steps[reason] += 1
         _TOTALS.eager[reason] += 1
         if reason != PREFILL and reason not in self._warned:
@@ -392,30 +398,27 @@ class DlinferGraphRunner(PrefillWarmup, GraphRunner):
             else:  # None, a constant, or the step context
                 forward_kwargs[name] = value
         forward_kwargs.update(buffers, past_key_values=kwargs["past_key_values"], attn_metadata=meta)
-        return _Captured(batch=bucket, buffers=buffers, meta=meta, kwargs=forward_kwargs)
+        decode = DecodeBuffers(input_ids=buffers["input_ids"][0], position_ids=buffers["position_ids"][0],
+                               block_table=meta.block_offsets, seqlens_kv=meta.kv_seqlens, slots=meta.slot_mapping)
+        return _Captured(batch=bucket, buffers=buffers, meta=meta, kwargs=forward_kwargs, decode=decode)
 
     def _fill(self, entry: _Captured, kwargs: dict[str, Any]) -> None:
-        src: DlinferAttentionMetadata = kwargs["attn_metadata"]
+        src: DlinferAttentionMetadata = kwargs["attn_metadata"]  # unfinished (build defers): LMDeploy's tensors
         dst = entry.meta
         b = int(src.block_offsets.shape[0])
-        width = int(src.block_offsets.shape[1])
         padded = b < entry.batch  # a full bucket (batch 1 in bucket 1) dispatches no padding ops: host time per step
+        # tokens, positions, block table, KV lengths and slots (padding: slot -1, one cached position):
+        # one launch where the plugin declares a kernel for it
+        fill = self.graph_decl.fill_decode_inputs or fill_with_torch_ops
+        fill(kwargs["input_ids"], kwargs["position_ids"], src.block_offsets, src.kv_seqlens, entry.decode,
+             block_size=dst.block_size, pad=padded)
         for name, buf in entry.buffers.items():
             if name in _IDS:
-                buf[:, :b].copy_(kwargs[name].view(1, -1))
-                if padded:
-                    buf[:, b:].zero_()
-            else:
-                axis = _TOKEN_AXIS[name]
-                buf.narrow(axis, 0, b).copy_(kwargs[name])
-                if padded:
-                    buf.narrow(axis, b, entry.batch - b).zero_()
-        dst.block_offsets[:b, :width].copy_(src.block_offsets)
-        dst.kv_seqlens[:b].copy_(src.kv_seqlens)
-        dst.slot_mapping[:b].copy_(src.slot_mapping)
-        if padded:
-            dst.kv_seqlens[b:].fill_(1)  # padding rows read one cached position of whatever block they hold
-            dst.slot_mapping[b:].fill_(-1)  # and write nothing
+                continue
+            axis = _TOKEN_AXIS[name]
+            buf.narrow(axis, 0, b).copy_(kwargs[name])
+            if padded:
+                buf.narrow(axis, b, entry.batch - b).zero_()
         if dst.seqlens_kv_cpu is not None:
             host = src.seqlens_kv_cpu if src.seqlens_kv_cpu is not None else src.kv_seqlens.cpu()
             dst.seqlens_kv_cpu[:b].copy_(host)

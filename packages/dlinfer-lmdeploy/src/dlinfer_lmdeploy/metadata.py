@@ -1,8 +1,10 @@
 """Per-step attention metadata in the form the active dlinfer backend declared.
 
 Built once per forward step by ``OpsBackend.update_step_context`` (LMDeploy calls it from
-``StepContext.new``) and read by every attention layer of the step. It carries the
-explicit batch metadata of the dlinfer spec (dlinfer-core README, "Ops"): ``cu_seqlens_q`` and
+``StepContext.new``) and read by every attention layer of the step. A one-token decode step's is built unfinished
+(LMDeploy's tensors as they are, no device op) and finished by the runner that runs the step eagerly
+(:meth:`DlinferAttentionMetadata.finalize`); a graph replay refills its own buffers from LMDeploy's tensors instead.
+It carries the explicit batch metadata of the dlinfer spec (dlinfer-core README, "Ops"): ``cu_seqlens_q`` and
 ``seqlens_kv`` (int32), the int32 block table, the slot mapping in the plugin's slot dtype,
 host mirrors only when the plugin asked for them (``Backend.host_seqlens``), and the KV
 layout the plugin declared, and the plugin's once-per-step plan (``Backend.prepare_metadata``) that every
@@ -17,7 +19,7 @@ device-to-host copy per step (none for a uniform prefill without history, whose 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,6 +50,32 @@ class DlinferAttentionMetadata(AttentionMetadata):
     seqlens_kv_cpu: torch.Tensor | None = None
     plan: Any = None
     """The plugin's plan for this step (``Backend.prepare_metadata``), passed to every attention call."""
+    unfinished: Backend | None = field(default=None, repr=False)
+    """Set (to the step's backend) while a one-token decode step's metadata still holds LMDeploy's own
+    ``block_offsets`` and ``kv_seqlens`` and lacks what is derived from them; :meth:`finalize` derives it."""
+
+    def finalize(self) -> DlinferAttentionMetadata:
+        """Derive what a one-token decode step's attention calls read (int32 block table and KV lengths, query
+        offsets, slot mapping, host mirrors, the plugin's plan); a no-op once done. ``build`` defers this for
+        decode steps because a graph runner that replays the step refills its fixed buffers from LMDeploy's tensors
+        directly (``DeviceGraph.fill_decode_inputs``): the derived tensors would be launches on the host's critical
+        path that nothing reads. Every runner that runs a step eagerly calls it; the attention Impl does too, as a
+        guard for a model called some other way. Reads the fields as they are then (a model's
+        ``prepare_inputs_for_generation`` may have replaced ``kv_seqlens``)."""
+        backend = self.unfinished
+        if backend is None:
+            return self
+        self.unfinished = None
+        table, kv = self.block_offsets, self.kv_seqlens
+        batch = self.q_seqlens.numel()
+        self.block_offsets = table.to(torch.int32)
+        self.kv_seqlens = kv.to(torch.int32)
+        self.cu_seqlens_q = torch.arange(batch + 1, dtype=torch.int32, device=kv.device)
+        # from LMDeploy's own tensors (int64 on non-CUDA devices): no int32 -> int64 round trip
+        self.slot_mapping = slot_mapping(table, self.q_seqlens, kv, self.q_start_loc, batch, self.block_size, True,
+                                         backend.slot_dtype)
+        _derive_host_and_plan(self, backend, batch)
+        return self
 
 
 def cache_block_size(k_cache: torch.Tensor, kv_layout: str) -> int:
@@ -88,49 +116,52 @@ def slot_mapping(
 
 
 def build(step_context: object, backend: Backend) -> DlinferAttentionMetadata:
-    """The step's attention metadata (called once per step)."""
+    """The step's attention metadata (called once per step). A one-token decode step's comes back unfinished
+    (LMDeploy's tensors, nothing derived: no device work); :meth:`DlinferAttentionMetadata.finalize` completes it."""
     ctx = step_context
     kv_caches = getattr(ctx, "kv_caches", None)
     if not kv_caches:
         raise RuntimeError("dlinfer-lmdeploy: the step context has no KV caches; cannot build attention metadata")
     block_size = cache_block_size(kv_caches[0][0], backend.kv_layout)
     q_seqlens: torch.Tensor = ctx.q_seqlens
-    kv_seqlens = ctx.kv_seqlens.to(torch.int32)
     q_start_loc: torch.Tensor = ctx.q_start_loc
-    block_table = ctx.block_offsets.to(torch.int32)
     num_tokens = int(ctx.input_ids.numel())
     is_decoding = bool(ctx.is_decoding)
     batch = q_seqlens.numel()
     multi_token_decode = is_decoding and num_tokens != batch
-    if is_decoding and not multi_token_decode:  # one token per sequence: offsets 0..B without a scan
-        cu_seqlens_q = torch.arange(batch + 1, dtype=torch.int32, device=q_seqlens.device)
-    else:
-        cu_seqlens_q = torch.zeros(batch + 1, dtype=torch.int32, device=q_seqlens.device)
-        torch.cumsum(q_seqlens, 0, out=cu_seqlens_q[1:])
-    max_q = 1 if is_decoding and not multi_token_decode else int(ctx.max_q_seqlen or num_tokens)
     max_kv = ctx.max_kv_seqlen
     if max_kv is None:
-        max_kv = block_table.shape[1] * block_size
+        max_kv = ctx.block_offsets.shape[1] * block_size
+    if is_decoding and not multi_token_decode:
+        return DlinferAttentionMetadata(
+            is_decoding=True,
+            block_offsets=ctx.block_offsets,
+            q_start_loc=q_start_loc,
+            q_seqlens=q_seqlens,
+            kv_seqlens=ctx.kv_seqlens,
+            quant_policy=ctx.kv_quant_policy,
+            max_q_seqlen=1,
+            max_kv_seqlen=int(max_kv),
+            block_size=block_size,
+            kv_layout=backend.kv_layout,
+            unfinished=backend,
+        )
+    kv_seqlens = ctx.kv_seqlens.to(torch.int32)
+    cu_seqlens_q = torch.zeros(batch + 1, dtype=torch.int32, device=q_seqlens.device)
+    torch.cumsum(q_seqlens, 0, out=cu_seqlens_q[1:])
+    max_q = int(ctx.max_q_seqlen or num_tokens)
     prefill_no_cache = (not is_decoding) and int(ctx.sum_kv_seqlen) == num_tokens
     meta = DlinferAttentionMetadata(
         is_decoding=is_decoding,
-        block_offsets=block_table,
+        block_offsets=ctx.block_offsets.to(torch.int32),
         q_start_loc=q_start_loc,
         q_seqlens=q_seqlens,
         kv_seqlens=kv_seqlens,
         cu_seqlens_q=cu_seqlens_q,
         quant_policy=ctx.kv_quant_policy,
         # from LMDeploy's own tensors (int64 on non-CUDA devices): no int32 -> int64 round trip
-        slot_mapping=slot_mapping(
-            ctx.block_offsets,
-            q_seqlens,
-            ctx.kv_seqlens,
-            q_start_loc,
-            num_tokens,
-            block_size,
-            is_decoding and not multi_token_decode,
-            backend.slot_dtype,
-        ),
+        slot_mapping=slot_mapping(ctx.block_offsets, q_seqlens, ctx.kv_seqlens, q_start_loc, num_tokens, block_size,
+                                  False, backend.slot_dtype),
         max_q_seqlen=max_q,
         max_kv_seqlen=int(max_kv),
         block_size=block_size,
@@ -138,13 +169,19 @@ def build(step_context: object, backend: Backend) -> DlinferAttentionMetadata:
         prefill_no_cache=prefill_no_cache,
         multi_token_decode=multi_token_decode,
     )
+    _derive_host_and_plan(meta, backend, num_tokens)
+    return meta
+
+
+def _derive_host_and_plan(meta: DlinferAttentionMetadata, backend: Backend, num_tokens: int) -> None:
+    """The host mirrors (when the plugin asked for them) and the plugin's plan, from the finished fields."""
+    one_token = meta.is_decoding and not meta.multi_token_decode
     if backend.host_seqlens:
         meta.cu_seqlens_q_cpu, meta.seqlens_kv_cpu = host_mirrors(
-            q_seqlens, kv_seqlens, num_tokens, max_q, one_token=is_decoding and not multi_token_decode,
-            no_history=prefill_no_cache)
+            meta.q_seqlens, meta.kv_seqlens, num_tokens, meta.max_q_seqlen, one_token=one_token,
+            no_history=meta.prefill_no_cache)
     if backend.prepare_metadata is not None:
         meta.plan = backend.prepare_metadata(step_metadata(meta))
-    return meta
 
 
 def step_metadata(meta: DlinferAttentionMetadata) -> StepMetadata:

@@ -85,3 +85,16 @@ class DlinferEagerRunner(PrefillWarmup, GraphRunner):
                  plugin: Backend) -> None:
         super().__init__(model, model_config, cache_config, backend_config, device)
         self.plugin = plugin
+
+    def __call__(self, **kwargs: Any) -> Any:
+        finish_metadata(kwargs)
+        return self.model(**kwargs)
+
+
+def finish_metadata(kwargs: dict[str, Any]) -> None:
+    """Finish a decode step's deferred attention metadata (``metadata.build``) before the model runs eagerly."""
+    from dlinfer_lmdeploy.metadata import DlinferAttentionMetadata
+
+    meta = kwargs.get("attn_metadata")
+    if isinstance(meta, DlinferAttentionMetadata):
+        meta.finalize()

@@ -46,12 +46,19 @@ def _graph_pool() -> Any:
     return torch.cuda.graph_pool_handle()
 
 
+def _fill_decode_inputs(*args: Any, **kwargs: Any) -> None:
+    from .kernels.graph_inputs import fill_decode_inputs  # Triton, imported at the first replay, not when declaring
+
+    fill_decode_inputs(*args, **kwargs)
+
+
 CUDA_GRAPH = DeviceGraph(
     graph_factory=torch.cuda.CUDAGraph,
     capture=torch.cuda.graph,
     pool_factory=_graph_pool,
     # every kernel reads lengths from device tensors; nothing host-side to update on replay
     update_before_replay=None,
+    fill_decode_inputs=_fill_decode_inputs,
 )
 
 

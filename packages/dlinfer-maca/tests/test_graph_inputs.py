@@ -1,0 +1,89 @@
+"""The one-launch refill of a captured decode step's buffers (``DeviceGraph.fill_decode_inputs``) against a per-row
+Python oracle of the contract in ``dlinfer.graph_inputs``: fresh random steps, poisoned buffers, int32/int64
+tables and slots, strided table rows, tables wider than one loop step of the kernel, a partial bucket."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DEVICE
+
+from dlinfer.graph_inputs import DecodeBuffers
+from dlinfer_maca.kernels import graph_inputs
+from dlinfer_maca.plugin import dlinfer_backend
+
+POISON = -77
+
+
+def _buffers(bucket: int, width: int, slot_dtype: torch.dtype) -> DecodeBuffers:
+    def full(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.full(shape, POISON, dtype=dtype, device=DEVICE)
+
+    return DecodeBuffers(full(bucket, dtype=torch.long), full(bucket, dtype=torch.long),
+                         full(bucket, width, dtype=torch.int32), full(bucket, dtype=torch.int32),
+                         full(bucket, dtype=slot_dtype))
+
+
+def _oracle(ids: list[int], pos: list[int], table: list[list[int]], kv: list[int], bucket: int, width: int,
+            bs: int) -> dict[str, list]:
+    """Row by row: the step's values and slot for b rows; token 0, position 0, KV length 1, slot -1 after; table
+    columns past the step's width and padding rows' tables untouched (still poison)."""
+    out: dict[str, list] = {"input_ids": [], "position_ids": [], "block_table": [], "seqlens_kv": [], "slots": []}
+    for row in range(bucket):
+        if row < len(ids):
+            p = kv[row] - 1
+            out["input_ids"].append(ids[row])
+            out["position_ids"].append(pos[row])
+            out["block_table"].append(table[row] + [POISON] * (width - len(table[row])))
+            out["seqlens_kv"].append(kv[row])
+            out["slots"].append(table[row][p // bs] * bs + p % bs)
+        else:
+            out["input_ids"].append(0)
+            out["position_ids"].append(0)
+            out["block_table"].append([POISON] * width)
+            out["seqlens_kv"].append(1)
+            out["slots"].append(-1)
+    return out
+
+
+@pytest.mark.parametrize("bucket,b,w,width,bs", [(1, 1, 1, 4, 16), (8, 5, 3, 6, 64), (4, 4, 7, 7, 16),
+                                                 (16, 3, 300, 320, 16)])
+@pytest.mark.parametrize("table_dtype,slot_dtype", [(torch.int64, torch.int64), (torch.int32, torch.int32)])
+def test_fill_decode_inputs_matches_the_row_oracle(bucket: int, b: int, w: int, width: int, bs: int,
+                                                   table_dtype: torch.dtype, slot_dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(bucket * 1000 + w)
+    kv = torch.randint(1, w * bs + 1, (b,), generator=gen)
+    wide = torch.randint(0, 5000, (b, w + 5), generator=gen).to(table_dtype)
+    table = wide[:, 2 : 2 + w]  # strided rows (a view into a wider table), contiguous columns
+    ids = torch.randint(0, 50000, (1, b), generator=gen)
+    pos = (kv - 1)[None] + torch.randint(0, 3, (1, b), generator=gen)
+    buffers = _buffers(bucket, width, slot_dtype)
+    graph_inputs.fill_decode_inputs(ids.to(DEVICE), pos.to(DEVICE), table.to(DEVICE), kv.to(DEVICE), buffers,
+                                    block_size=bs)
+    want = _oracle(ids[0].tolist(), pos[0].tolist(), table.tolist(), kv.tolist(), bucket, width, bs)
+    for name, rows in want.items():
+        got = getattr(buffers, name)
+        assert got.tolist() == rows, name
+    assert buffers.slots.dtype == slot_dtype and buffers.block_table.dtype == torch.int32
+
+
+def test_fill_decode_inputs_refuses_a_step_that_does_not_fit() -> None:
+    buffers = _buffers(2, 4, torch.int64)
+    one = torch.ones(3, dtype=torch.long, device=DEVICE)
+    with pytest.raises(ValueError, match="3 sequences do not fit the captured bucket of 2"):
+        graph_inputs.fill_decode_inputs(one, one, one[:, None], one, buffers, block_size=16)
+    two = one[:2]
+    with pytest.raises(ValueError, match="block_table of 5 columns, the captured table holds 4"):
+        graph_inputs.fill_decode_inputs(two, two, torch.ones(2, 5, dtype=torch.long, device=DEVICE), two, buffers,
+                                        block_size=16)
+
+
+def test_plugin_declares_the_kernel_for_its_device_graph() -> None:
+    """The maca declaration's ``fill_decode_inputs`` runs this module's kernel (imported at the first call)."""
+    backend = dlinfer_backend()
+    assert backend.graph is not None and backend.graph.fill_decode_inputs is not None
+    buffers = _buffers(2, 3, torch.int64)
+    kv = torch.tensor([5], device=DEVICE)
+    backend.graph.fill_decode_inputs(torch.tensor([[9]], device=DEVICE), kv[None] - 1,
+                                     torch.tensor([[4, 7]], device=DEVICE), kv, buffers, block_size=4)
+    assert buffers.slots.tolist() == [7 * 4 + 0, -1] and buffers.block_table[0].tolist() == [4, 7, POISON]
