@@ -1,7 +1,13 @@
 """Host-side cost of the launchers: the per-call Python work around each kernel launch (eager decode on a slow host
-is bound by it). Launches are replaced by a no-op here, so only the launchers' own work runs."""
+is bound by it). Launches are replaced by a no-op here, so only the launchers' own work runs; the last test runs
+Triton's launch path with a stand-in driver (no GPU)."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,3 +78,25 @@ def test_launchers_call_no_triton_constexpr_function_on_the_host(monkeypatch: py
         call()
         assert launches, f"{name}: no kernel launch seen"
         assert constexpr_calls == [], f"{name}: host-side Triton constexpr calls {constexpr_calls}"
+
+
+def test_launch_timing_runs_through_triton_with_the_stand_in_driver(tmp_path: Path) -> None:
+    """``tools/launcher_host_time.py --launch triton``: every op of the decode layer compiles for sm_90 and reaches
+    the stand-in C launcher through ``JITFunction.run`` (one launch per call at least), with no GPU."""
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("Triton's bundled ptxas is missing")
+    root = Path(__file__).resolve().parents[3]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "packages" / p / "src") for p in ("dlinfer-maca", "dlinfer-core")])
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, str(root / "packages/dlinfer-maca/tools/launcher_host_time.py"),
+                           "--launch", "triton", "--repeats", "1", "--calls", "2"],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    ops_timed = {line.split()[0] for line in lines[:-1]}
+    assert ops_timed == {"rms_norm", "rotary_inplace", "fill_kv_cache", "paged_decode", "add_rms_norm", "silu_and_mul",
+                         "dynamic_quant"}, lines
+    launches = int(lines[-1].split("(")[-1].split()[0])
+    assert launches >= 7 * (100 + 2), lines[-1]  # warm-up and timed calls of the 7 ops, each launching
+    assert "through Triton" in lines[-1]

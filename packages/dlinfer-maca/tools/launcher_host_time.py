@@ -2,6 +2,13 @@
 no-op: what each ``dlinfer_maca.ops`` call costs the host besides Triton's own launch path.
 
     TRITON_INTERPRET=1 python packages/dlinfer-maca/tools/launcher_host_time.py [--repeats 15] [--calls 500]
+    python packages/dlinfer-maca/tools/launcher_host_time.py --launch triton
+
+``--launch triton`` keeps Triton's launch path: a stand-in Triton driver (``mock_triton_driver.py``) makes the kernels
+compile for sm_90 with Triton's bundled ptxas (the configs the launchers pick on a GPU, ``TRITON_INTERPRET`` unset)
+and run ``JITFunction.run`` in full (argument binding, specialisation, cache lookup, grid, launch bookkeeping); only
+loading the binary and the C launcher's ``cuLaunchKernelEx`` are no-ops. The ops' CPU-tensor refusal is lifted.
+The difference to the default is Triton's Python launch path per op on this host.
 
 Runs on the CPU (the launches never happen, so no GPU is needed; CPU tensors stand in, ``TRITON_INTERPRET=1`` lets
 maca accept them). Shapes: hidden 4096, 32/8 heads of 128, MLP 14336, bf16, one sequence at 301 tokens in 64-token
@@ -15,9 +22,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# decided before Triton is imported: its language functions and the kernels are defined for one mode
+_THROUGH_TRITON = "--launch=triton" in sys.argv or "triton" in sys.argv[sys.argv.index("--launch") + 1:][:1] \
+    if "--launch" in sys.argv else "--launch=triton" in sys.argv
+if _THROUGH_TRITON:
+    os.environ["TRITON_INTERPRET"] = "0"  # the kernels are defined (and their configs chosen) as on a GPU
+else:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
 from triton.runtime import interpreter, jit  # noqa: E402
@@ -38,12 +52,31 @@ def _stub_launches() -> list[int]:
     return count
 
 
+def _triton_launches() -> list[int]:
+    """Triton's launch path with a stand-in driver (no GPU): the launch log of the stand-in C launcher."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import mock_triton_driver
+
+    mock_triton_driver.install()
+    from dlinfer_maca import ops
+
+    ops._check_device = lambda op, t: None  # CPU tensors stand in for the GPU's
+    return mock_triton_driver.LAUNCHES
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--calls", type=int, default=500)
+    ap.add_argument("--launch", choices=("stub", "triton"), default="stub",
+                    help="stub: no launch path at all; triton: Triton's launch path up to the C launcher")
     args = ap.parse_args()
-    count = _stub_launches()
+    if args.launch == "triton":
+        count = _triton_launches()
+    else:
+        count = _stub_launches()
     from dlinfer_maca import ops
 
     torch.set_num_threads(1)
@@ -80,8 +113,9 @@ def main() -> int:
         best[name] = min(samples)
         print(f"{name:16} {best[name]:7.2f} us  (median {statistics.median(samples):7.2f})")
     layer = sum(best[n] for n in LAYER)
+    launches = count[0] if args.launch == "stub" else len(count)
     print(f"one decoder layer ({', '.join(LAYER)}): {layer:.1f} us; 32 layers: {layer * 32 / 1000:.2f} ms "
-          f"({count[0]} launches stubbed)")
+          f"({launches} launches {'stubbed' if args.launch == 'stub' else 'through Triton, C launcher stubbed'})")
     return 0
 
 
