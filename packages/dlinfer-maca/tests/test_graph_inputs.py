@@ -1,11 +1,18 @@
 """The one-launch refill of a captured decode step's buffers (``DeviceGraph.fill_decode_inputs``) against a per-row
 Python oracle of the contract in ``dlinfer.graph_inputs``: fresh random steps, poisoned buffers, int32/int64
-tables and slots, strided table rows, tables wider than one loop step of the kernel, a partial bucket."""
+tables and slots, strided table rows, tables wider than one loop step of the kernel, a partial bucket; invalid rows
+write nowhere; the kernel builds for sm_90."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+import triton
 from conftest import DEVICE
 
 from dlinfer.graph_inputs import DecodeBuffers
@@ -87,3 +94,42 @@ def test_plugin_declares_the_kernel_for_its_device_graph() -> None:
     backend.graph.fill_decode_inputs(torch.tensor([[9]], device=DEVICE), kv[None] - 1,
                                      torch.tensor([[4, 7]], device=DEVICE), kv, buffers, block_size=4)
     assert buffers.slots.tolist() == [7 * 4 + 0, -1] and buffers.block_table[0].tolist() == [4, 7, POISON]
+
+
+def test_a_length_past_the_table_writes_nowhere() -> None:
+    """Invalid rows (KV length 0, or past the step's table) get slot -1 instead of a slot read past the row."""
+    buffers = _buffers(3, 2, torch.int64)
+    table = torch.tensor([[3, 4], [5, 6], [7, 8]], device=DEVICE)
+    kv = torch.tensor([5, 33, 0], device=DEVICE)  # block size 16: row 1 needs a third column, row 2 has no token
+    ids = torch.tensor([1, 2, 3], device=DEVICE)
+    graph_inputs.fill_decode_inputs(ids, ids, table, kv, buffers, block_size=16)
+    assert buffers.slots.tolist() == [3 * 16 + 4, -1, -1]
+
+
+_COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from dlinfer_maca.kernels.graph_inputs import BLOCK_COLUMNS, _fill_decode_inputs_kernel as kernel
+for table, slot in (("*i64", "*i64"), ("*i32", "*i32")):
+    sig = dict(ids_src="*i64", pos_src="*i64", table_src=table, kv_src="*i64", ids_dst="*i64", pos_dst="*i64",
+               table_dst="*i32", kv_dst="*i32", slot_dst=slot, stride_src_row="i32", stride_dst_row="i32",
+               B="i32", W="i32", BS="i32", BLOCK_W="constexpr")
+    out = triton.compile(ASTSource(kernel, sig, {"BLOCK_W": BLOCK_COLUMNS}), target=GPUTarget("cuda", 90, 32),
+                         options={"num_warps": 1})
+    assert out.asm["cubin"], table
+print("compiled")
+"""
+
+
+def test_refill_kernel_compiles_for_sm90(tmp_path: Path) -> None:
+    """The interpreter cannot catch a lowering error: build the kernel for sm_90 with Triton's bundled ptxas."""
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("Triton's bundled ptxas is missing")
+    root = Path(__file__).resolve().parents[3]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(str(root / "packages" / p / "src") for p in ("dlinfer-maca", "dlinfer-core"))
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]

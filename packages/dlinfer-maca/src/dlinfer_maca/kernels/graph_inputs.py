@@ -45,8 +45,11 @@ def _fill_decode_inputs_kernel(
             blocks = tl.load(src_row + c, mask=c < W)
             tl.store(dst_row + c, blocks.to(tl.int32), mask=c < W)
         p = kv - 1
-        block = tl.load(src_row + p // BS).to(tl.int64)
-        tl.store(slot_dst + row, (block * BS + p % BS).to(slot_dst.dtype.element_ty))
+        col = p // BS
+        inside = (p >= 0) & (col < W)  # a length past the table (invalid input) writes nothing, not a stray block
+        block = tl.load(src_row + col, mask=inside, other=0).to(tl.int64)
+        slot = tl.where(inside, block * BS + p % BS, -1)
+        tl.store(slot_dst + row, slot.to(slot_dst.dtype.element_ty))
     else:
         tl.store(ids_dst + row, tl.zeros((), dtype=ids_dst.dtype.element_ty))
         tl.store(pos_dst + row, tl.zeros((), dtype=tl.int64))
@@ -67,7 +70,9 @@ def fill_decode_inputs(
     """:func:`dlinfer.graph_inputs.fill_decode_inputs` in one launch (``bucket`` programs, one per row).
 
     The padding rows are rewritten on every call, ``pad`` or not (they cost nothing extra in this launch). The
-    block table's columns must be contiguous (its rows may be strided); the 1-d buffers contiguous.
+    block table's columns must be contiguous (its rows may be strided); the 1-d buffers contiguous. A row whose KV
+    length is below 1 or past its table's columns (invalid input, where the torch composition raises) gets slot -1:
+    its token is written nowhere rather than into a block the row does not own.
     """
     check_decode_inputs(input_ids, position_ids, block_table, seqlens_kv, buffers)
     if block_table.stride(1) != 1:
