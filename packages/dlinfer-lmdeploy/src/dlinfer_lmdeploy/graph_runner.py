@@ -77,8 +77,8 @@ from dlinfer.graph_inputs import fill_decode_inputs as fill_with_torch_ops
 from dlinfer.plugin import Backend
 from lmdeploy.pytorch.backends.graph_runner import GraphRunner
 
-from dlinfer_lmdeploy.metadata import DlinferAttentionMetadata, step_metadata
-from dlinfer_lmdeploy.warmup import PrefillWarmup, finish_metadata
+from dlinfer_lmdeploy.metadata import DlinferAttentionMetadata, finish_step_metadata, step_metadata
+from dlinfer_lmdeploy.warmup import PrefillWarmup
 
 logger = logging.getLogger("dlinfer_lmdeploy")
 
@@ -307,7 +307,7 @@ class DlinferGraphRunner(PrefillWarmup, GraphRunner):
         return key, None
 
     def _eager(self, reason: str, detail: str, kwargs: dict[str, Any]) -> Any:
-        finish_metadata(kwargs)
+        finish_step_metadata(kwargs)
         self.eager_steps[reason] += 1
         _TOTALS.eager[reason] += 1
         if reason != PREFILL and reason not in self._warned:

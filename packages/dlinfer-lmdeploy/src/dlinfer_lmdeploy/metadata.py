@@ -78,6 +78,14 @@ class DlinferAttentionMetadata(AttentionMetadata):
         return self
 
 
+def finish_step_metadata(forward_kwargs: dict[str, Any]) -> None:
+    """Finish the deferred metadata of a decode step (``build``) among a forward's keyword arguments, before the
+    model runs eagerly (graph runners' fallbacks, the eager runner)."""
+    meta = forward_kwargs.get("attn_metadata")
+    if isinstance(meta, DlinferAttentionMetadata):
+        meta.finalize()
+
+
 def cache_block_size(k_cache: torch.Tensor, kv_layout: str) -> int:
     """Block size of a ``[num_blocks, *block_shape]`` key cache in the given layout."""
     return int(k_cache.shape[1] if kv_layout == "NHD" else k_cache.shape[2])

@@ -23,6 +23,8 @@ from typing import Any
 from dlinfer.plugin import Backend
 from lmdeploy.pytorch.backends.graph_runner import GraphRunner
 
+from dlinfer_lmdeploy.metadata import finish_step_metadata
+
 logger = logging.getLogger("dlinfer_lmdeploy")
 
 PREFILL_WARMUP_ENV = "DLINFER_PREFILL_WARMUP"
@@ -87,14 +89,6 @@ class DlinferEagerRunner(PrefillWarmup, GraphRunner):
         self.plugin = plugin
 
     def __call__(self, **kwargs: Any) -> Any:
-        finish_metadata(kwargs)
+        finish_step_metadata(kwargs)
         return self.model(**kwargs)
 
-
-def finish_metadata(kwargs: dict[str, Any]) -> None:
-    """Finish a decode step's deferred attention metadata (``metadata.build``) before the model runs eagerly."""
-    from dlinfer_lmdeploy.metadata import DlinferAttentionMetadata
-
-    meta = kwargs.get("attn_metadata")
-    if isinstance(meta, DlinferAttentionMetadata):
-        meta.finalize()
