@@ -74,6 +74,24 @@ def test_fill_decode_inputs_matches_the_row_oracle(bucket: int, b: int, w: int, 
     assert buffers.slots.dtype == slot_dtype and buffers.block_table.dtype == torch.int32
 
 
+def test_strided_token_and_length_views_are_read_densely() -> None:
+    """Sources that are strided views (every other element of a larger tensor) give the same rows as dense ones."""
+    gen = torch.Generator().manual_seed(21)
+    wide_ids = torch.randint(0, 999, (1, 8), generator=gen)
+    kv_wide = torch.randint(1, 33, (8,), generator=gen)
+    table = torch.randint(0, 99, (4, 2), generator=gen)
+    ids, kv = wide_ids[:, ::2], kv_wide[::2]
+    assert ids.stride(-1) == 2 and kv.stride(0) == 2
+    got, want = _buffers(4, 2, torch.int64), _buffers(4, 2, torch.int64)
+    graph_inputs.fill_decode_inputs(ids.to(DEVICE), (kv - 1).to(DEVICE), table.to(DEVICE), kv.to(DEVICE), got,
+                                    block_size=16)
+    graph_inputs.fill_decode_inputs(ids.contiguous().to(DEVICE), (kv - 1).to(DEVICE), table.to(DEVICE),
+                                    kv.contiguous().to(DEVICE), want, block_size=16)
+    for name in ("input_ids", "position_ids", "block_table", "seqlens_kv", "slots"):
+        assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
+    assert got.input_ids.tolist() == ids[0].tolist()
+
+
 def test_fill_decode_inputs_refuses_a_step_that_does_not_fit() -> None:
     buffers = _buffers(2, 4, torch.int64)
     one = torch.ones(3, dtype=torch.long, device=DEVICE)

@@ -57,6 +57,12 @@ def _fill_decode_inputs_kernel(
         tl.store(slot_dst + row, tl.full((), -1, dtype=slot_dst.dtype.element_ty))
 
 
+def _unit_stride(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a 1-d tensor the kernel may index densely (a strided view is copied)."""
+    flat = x.reshape(-1)
+    return flat if flat.stride(0) == 1 or flat.numel() <= 1 else flat.contiguous()
+
+
 def fill_decode_inputs(
     input_ids: torch.Tensor,
     position_ids: torch.Tensor,
@@ -79,7 +85,7 @@ def fill_decode_inputs(
         block_table = block_table.contiguous()
     b, w = block_table.shape
     _fill_decode_inputs_kernel[(buffers.bucket,)](
-        input_ids.reshape(-1), position_ids.reshape(-1), block_table, seqlens_kv.reshape(-1),
+        _unit_stride(input_ids), _unit_stride(position_ids), block_table, _unit_stride(seqlens_kv),
         buffers.input_ids, buffers.position_ids, buffers.block_table, buffers.seqlens_kv, buffers.slots,
         block_table.stride(0), buffers.block_table.stride(0), b, w, block_size,
         BLOCK_W=BLOCK_COLUMNS,
