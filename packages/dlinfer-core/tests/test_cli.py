@@ -63,8 +63,15 @@ def test_info_lists_backends_versions_availability_and_ops(runs):
     assert "selected backend: goodcpu" in proc.stdout
     assert "RuntimeWarning" not in proc.stderr  # fallbacks are in the table, not repeated as warnings
     caps = proc.stdout.split("attention capabilities (checked when an engine is built):")[1]
-    assert " ".join(rows["reference:"][1:]) == "any head; softcap, alibi, window, mla; dtypes float16,bfloat16,float32"
+    cap_rows = _rows(caps.split("\n\n")[0])
+    assert " ".join(cap_rows["reference:"][1:]) == (
+        "any head; softcap, alibi, window, mla; dtypes float16,bfloat16,float32")
     assert "goodcpu:" in caps
+    graphs = _rows(proc.stdout.split("graph mode (decode steps captured and replayed by a framework adaptor):")[1]
+                   .split("\n\n")[0])
+    assert " ".join(graphs["reference:"][1:]) == "no device graph (decode runs eagerly)"
+    if "maca:" in graphs:  # dlinfer-maca installed: its CUDA graphs refill their inputs with one Triton kernel
+        assert " ".join(graphs["maca:"][1:]) == "device graphs; decode inputs refilled by one kernel"
     if "ascend:" in caps:  # dlinfer-ascend installed: its extras are shown, the lazy SoC probe is not called
         assert "soc_info=<lazy>" in caps.split("declared extras (display only):")[1]
 

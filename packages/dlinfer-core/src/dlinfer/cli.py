@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from dlinfer.errors import DlinferError
+from dlinfer.plugin import Backend
 from dlinfer.registry import REFERENCE, REGISTRY
 from dlinfer.spec import API_VERSION, FLOAT_DTYPES, SPECS
 
@@ -73,6 +74,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         b = rec.backend
         dtypes = ",".join(str(d).replace("torch.", "") for d in b.dtypes)
         print(f"  {name + ':':{wn + 1}} {b.capabilities.summary()}; dtypes {dtypes}")
+    print("\ngraph mode (decode steps captured and replayed by a framework adaptor):")
+    for name, rec in REGISTRY.records.items():
+        assert rec.backend is not None
+        print(f"  {name + ':':{wn + 1}} {graph_summary(rec.backend)}")
     extras = {name: rec.backend.extras for name, rec in REGISTRY.records.items() if rec.backend and rec.backend.extras}
     if extras:
         print("\ndeclared extras (display only):")
@@ -93,6 +98,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"\nselected backend: none ({exc})")
         return 1
     return 0
+
+
+def graph_summary(backend: Backend) -> str:
+    """One line on a backend's ``DeviceGraph``: whether it has one, and how a replay's inputs are refilled."""
+    graph = backend.graph
+    if graph is None:
+        return "no device graph (decode runs eagerly)"
+    refill = "one kernel" if graph.fill_decode_inputs is not None else "torch ops"
+    host = "; host lengths updated before each replay" if graph.update_before_replay is not None else ""
+    return f"device graphs; decode inputs refilled by {refill}{host}"
 
 
 def _progress(done: int, total: int, result: object) -> None:
