@@ -11,6 +11,9 @@ with LMDeploy's tensors as it makes them for a non-``cuda`` device (int64 block 
 composition of the refill and, with ``--declared``, for a plugin that declares ``DeviceGraph.fill_decode_inputs``
 (on the CPU host a no-op, its one launch not measured; ``--device cuda``: maca's Triton kernel, launched for real,
 the metadata's tensors on the GPU, host CPU time per call with the launches queued asynchronously).
+``--stand-in-triton`` (CPU host, ``TRITON_INTERPRET`` unset): the declared fill is maca's kernel launched through
+Triton's own launch path with dlinfer-maca's stand-in driver (``tools/mock_triton_driver.py``: compiled for sm_90,
+the C launcher a no-op), so the figure includes maca's wrapper and Triton's Python launch path.
 
 Runs against whichever ``dlinfer_lmdeploy`` is importable, so an older checkout on ``PYTHONPATH`` gives the before
 figures (``--declared`` needs the field, which older checkouts lack).
@@ -37,8 +40,12 @@ class _Model(torch.nn.Module):
         return input_ids
 
 
+STAND_IN = False
+"""``--stand-in-triton``: on the CPU, maca's kernel through Triton's launch path with a stand-in driver."""
+
+
 def _declared_fill(device: str) -> Any:
-    if device == "cpu":
+    if device == "cpu" and not STAND_IN:
         return lambda *a, **k: None
     from dlinfer_maca.plugin import CUDA_GRAPH
 
@@ -147,17 +154,35 @@ def measure(batch: int, declared: bool, repeats: int, steps: int, device: str = 
             **{f"{k}_cpu_us_median": round(statistics.median(v), 1) for k, v in times.items()}}
 
 
+def _install_stand_in_driver() -> None:
+    import os
+    import sys
+
+    global STAND_IN
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise SystemExit("--stand-in-triton needs TRITON_INTERPRET unset (the kernel is compiled as for a GPU)")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dlinfer-maca" / "tools"))
+    import mock_triton_driver
+
+    mock_triton_driver.install()
+    STAND_IN = True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--declared", action="store_true", help="also a plugin declaring fill_decode_inputs")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--stand-in-triton", action="store_true",
+                        help="CPU: the declared fill is maca's kernel through Triton's launch path (stand-in driver)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(1)
+    if args.stand_in_triton:
+        _install_stand_in_driver()
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         for declared in (False, True) if args.declared else (False,):
@@ -168,6 +193,10 @@ def main() -> int:
                   f"{row['build_cpu_us_min']}/{row['build_cpu_us_median']}, refill "
                   f"{row['refill_cpu_us_min']}/{row['refill_cpu_us_median']}")
             print(f"    build: {' '.join(row['build_ops'])}\n    refill: {' '.join(row['refill_ops'])}")
+    if STAND_IN:
+        import mock_triton_driver
+
+        print(f"{len(mock_triton_driver.LAUNCHES)} refill launches reached the stand-in C launcher through Triton")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
     return 0
