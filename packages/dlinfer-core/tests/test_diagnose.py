@@ -69,7 +69,8 @@ def test_info_cli_prints_reasons_and_env() -> None:
     out = subprocess.run([sys.executable, "-m", "dlinfer", "info", "--collect-env"], env=env, capture_output=True,
                          text=True, timeout=180, check=False)
     assert "## dlinfer distributions" in out.stdout and "no_such_plugin_xyz" in out.stdout, out.stderr[-2000:]
-    rows = {line.split()[0]: line for line in out.stdout.splitlines() if " no " in line}
+    table = out.stdout.split("\nbackend ", 1)[1].split("\n\n", 1)[0]  # the backends table, not the sections after it
+    rows = {line.split()[0]: line for line in table.splitlines()[1:] if " no " in line}
     if "ascend" in rows and importlib_missing("torch_npu"):
         assert "NOT AVAILABLE" in rows["ascend"] and "needs torch_npu" in rows["ascend"]
     for name, line in rows.items():
