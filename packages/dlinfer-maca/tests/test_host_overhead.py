@@ -100,3 +100,19 @@ def test_launch_timing_runs_through_triton_with_the_stand_in_driver(tmp_path: Pa
     launches = int(lines[-1].split("(")[-1].split()[0])
     assert launches >= 7 * (100 + 2), lines[-1]  # warm-up and timed calls of the 7 ops, each launching
     assert "through Triton" in lines[-1]
+
+
+def test_launch_split_tool_runs_both_launch_ways(tmp_path: Path) -> None:
+    """``tools/triton_launch_split.py``: Triton's run path and the same kernel launched without launch metadata both
+    reach the stand-in C launcher once per call; the binder alone launches nothing."""
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("Triton's bundled ptxas is missing")
+    root = Path(__file__).resolve().parents[3]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "packages" / p / "src") for p in ("dlinfer-maca", "dlinfer-core")])
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, str(root / "packages/dlinfer-maca/tools/triton_launch_split.py"),
+                           "--calls", "5", "--repeats", "2"], capture_output=True, text=True, env=env, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == "20 launches reached the stand-in C launcher", proc.stdout
