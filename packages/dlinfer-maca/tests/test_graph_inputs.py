@@ -5,15 +5,11 @@ write nowhere; the kernel builds for sm_90."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import triton
-from conftest import DEVICE
+from conftest import DEVICE, needs_ptxas, run_as_for_gpu
 
 from dlinfer.graph_inputs import DecodeBuffers
 from dlinfer_maca.kernels import graph_inputs
@@ -140,14 +136,8 @@ print("compiled")
 """
 
 
+@needs_ptxas
 def test_refill_kernel_compiles_for_sm90(tmp_path: Path) -> None:
     """The interpreter cannot catch a lowering error: build the kernel for sm_90 with Triton's bundled ptxas."""
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("Triton's bundled ptxas is missing")
-    root = Path(__file__).resolve().parents[3]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(str(root / "packages" / p / "src") for p in ("dlinfer-maca", "dlinfer-core"))
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, timeout=300,
-                          check=False)
+    proc = run_as_for_gpu(["-c", _COMPILE], tmp_path, timeout=300)
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]

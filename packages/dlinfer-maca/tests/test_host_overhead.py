@@ -4,15 +4,12 @@ Triton's launch path with a stand-in driver (no GPU)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import triton
-from conftest import DEVICE
+from conftest import DEVICE, ROOT, needs_ptxas, run_as_for_gpu
 from triton.runtime import jit
 
 from dlinfer_maca import ops
@@ -80,18 +77,12 @@ def test_launchers_call_no_triton_constexpr_function_on_the_host(monkeypatch: py
         assert constexpr_calls == [], f"{name}: host-side Triton constexpr calls {constexpr_calls}"
 
 
+@needs_ptxas
 def test_launch_timing_runs_through_triton_with_the_stand_in_driver(tmp_path: Path) -> None:
     """``tools/launcher_host_time.py --launch triton``: every op of the decode layer compiles for sm_90 and reaches
     the stand-in C launcher through ``JITFunction.run`` (one launch per call at least), with no GPU."""
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("Triton's bundled ptxas is missing")
-    root = Path(__file__).resolve().parents[3]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(root / "packages" / p / "src") for p in ("dlinfer-maca", "dlinfer-core")])
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, str(root / "packages/dlinfer-maca/tools/launcher_host_time.py"),
-                           "--launch", "triton", "--repeats", "1", "--calls", "2"],
-                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    proc = run_as_for_gpu([str(ROOT / "packages/dlinfer-maca/tools/launcher_host_time.py"), "--launch", "triton",
+                           "--repeats", "1", "--calls", "2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     ops_timed = {line.split()[0] for line in lines[:-1]}
@@ -102,17 +93,11 @@ def test_launch_timing_runs_through_triton_with_the_stand_in_driver(tmp_path: Pa
     assert "through Triton" in lines[-1]
 
 
+@needs_ptxas
 def test_launch_split_tool_runs_both_launch_ways(tmp_path: Path) -> None:
     """``tools/triton_launch_split.py``: Triton's run path and the same kernel launched without launch metadata both
     reach the stand-in C launcher once per call; the binder alone launches nothing."""
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("Triton's bundled ptxas is missing")
-    root = Path(__file__).resolve().parents[3]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(root / "packages" / p / "src") for p in ("dlinfer-maca", "dlinfer-core")])
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, str(root / "packages/dlinfer-maca/tools/triton_launch_split.py"),
-                           "--calls", "5", "--repeats", "2"], capture_output=True, text=True, env=env, timeout=600,
-                          check=False)
+    proc = run_as_for_gpu([str(ROOT / "packages/dlinfer-maca/tools/triton_launch_split.py"), "--calls", "5",
+                           "--repeats", "2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[-1] == "20 launches reached the stand-in C launcher", proc.stdout
