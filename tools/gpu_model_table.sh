@@ -3,19 +3,13 @@
 # rows, bf16 teacher-forcing checker, eager + graph), the vision-attention microbenchmark and the VLM serving benchmark.
 # Needs .carry/ (git-ignored, built outside the repository): .carry/lmdeploy-0.18.0-nots.tgz (LMDeploy 0.18.0's cp312
 # wheel unpacked without TurboMind's binaries) and .carry/whl/ (cp312 wheels of its import-time dependencies that
-# the device image lacks), installed as in tools/gpu_env.sh (+ the transformers 5.24 wheel the CPU oracles use).
+# the device image lacks) and the transformers wheel the CPU oracles use (tools/carry_oracle_wheels.sh), installed by
+# tools/gpu_env.sh.
 #   PHASES="vision tests vlm-bench compile-bench" bash tools/gpu_model_table.sh        (figures under $OUT, or ./gpu-out)
 set -u
 OUT=${OUT:-./gpu-out}; mkdir -p "$OUT"
 PHASES=${PHASES:-vision tests}
-SITE=/tmp/site
-if [ ! -d $SITE/lmdeploy ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .carry/whl/*.whl \
-    && tar xzf .carry/lmdeploy-0.18.0-nots.tgz -C $SITE || exit 1
-fi
-export PYTHONPATH=$SITE:packages/dlinfer-core/src:packages/dlinfer-maca/src:packages/dlinfer-lmdeploy/src
-export DLINFER_PLUGINS=dlinfer_maca.plugin PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+source tools/gpu_env.sh || exit 1
 python3 -c "import torch, transformers, torchvision; print('torch', torch.__version__, 'transformers', transformers.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())"
 rc=0
 if [[ " $PHASES " == *" vision "* ]]; then
