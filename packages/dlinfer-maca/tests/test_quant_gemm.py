@@ -193,6 +193,38 @@ def test_auto_split_whole_waves_leaves_no_partial_wave(monkeypatch, sms, tiles, 
     assert quant._auto_split(tiles, 4, dev, 4, 1, 4096, whole_waves=True) == min(whole, 2)  # >= 2 K steps each
 
 
+@pytest.mark.parametrize(("M", "K", "N"), [(65, 4096, 14336), (128, 4096, 14336), (96, 14336, 4096),
+                                          (65, 14336, 4096), (17, 4096, 14336), (64, 4096, 14336), (64, 14336, 4096)])
+def test_table_split_counts_fill_the_programs_that_fit_an_sm(monkeypatch, M, K, N):
+    """The W4A16 table rows whose builds hold fewer programs per SM than 16 warps' worth count their own
+    (``programs_per_sm``): the split launch is one whole wave on an H200's 132 SMs, and no fewer programs than
+    half of it (the K-step and partial-size bounds aside). Counted at 4 per SM, M 65 at 4096x14336 ran 336
+    programs on 264 slots."""
+    monkeypatch.setattr(quant, "num_sms", lambda device: 132)
+    cfg = configs.pick_config(configs.W4A16_TABLE, M)
+    assert cfg.programs_per_sm > 0 and cfg.split_k == -1, cfg  # the value itself: test_w4a16_sm90_compile.py
+    tiles = -(-M // cfg.block_m) * -(-N // cfg.block_n)
+    k_iters = K // cfg.block_k
+    split = quant._split_count(None, cfg, tiles, k_iters, torch.device("cpu"), M, K)
+    slots = 132 * cfg.programs_per_sm
+    assert tiles * split <= slots, (split, tiles)  # one wave
+    bound = min(k_iters // 2, K // (16 * M))
+    assert split == bound or tiles * (split + 1) > slots, (split, bound)  # no whole wave left unused
+    legacy = quant._split_count(None, cfg._replace(split_k=0, programs_per_sm=0), tiles, k_iters,
+                                torch.device("cpu"), M, K)
+    assert split <= legacy
+
+
+def test_programs_per_sm_is_validated_and_counted(monkeypatch):
+    monkeypatch.setattr(quant, "num_sms", lambda device: 10)
+    dev = torch.device("cpu")
+    assert quant._auto_split(7, 64, dev, 4, 1, 4096, whole_waves=True, programs_per_sm=3) == 4  # 30 // 7
+    assert quant._auto_split(7, 64, dev, 4, 1, 4096, programs_per_sm=3) == 5  # rounded up: cdiv(30, 7)
+    assert quant._auto_split(7, 64, dev, 8, 1, 4096, whole_waves=True) == 2  # 0: 16 // 8 warps -> 20 // 7
+    with pytest.raises(ValueError, match="programs_per_sm must be >= 0"):
+        quant._split_count(None, GemmConfig(64, 128, 128, 4, 2, -1, programs_per_sm=-1), 7, 64, dev, 1, 4096)
+
+
 def test_options_a_kernel_cannot_honour_are_refused():
     with pytest.raises(ValueError, match="gemv kernel has no join / unpack / even_k"):
         _run_w4(1, 128, 128, 64, torch.float16, GemmConfig(1, 128, 32, 4, 2, 0, 1, 2, 8, 0, gemv=True))

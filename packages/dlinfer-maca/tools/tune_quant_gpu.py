@@ -114,9 +114,10 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
               G(64, 128, 128, 4, 2, 1, 1, 1, 8, 2), G(64, 128, 128, 4, 3, 0, 1, 1, 8, 2),
               G(64, 128, 128, 8, 2, 0, 1, 1, 8, 2)]
         c += [G(64, 128, 128, 4, 2, 0, 1, 2, 8, 1), G(64, 128, 128, 4, 2, 0, 1, 2, 8, 2)]  # two nibbles per LOP3
+        # (u 2, j 1 is the table's tile with the automatic count at 4 programs per SM, as before programs_per_sm)
         c += [G(64, 128, 128, 4, 2, 0, 1, u, 8, j, even_k=True) for u in (1, 2) for j in (1, 2)]
         # fewer, whole waves: the 255-register tile holds 2 programs per SM, not the 4 the automatic count assumes
-        c += [G(64, 128, 128, 4, 2, s, 1, 2, 8, 1, even_k=True) for s in (-1, 2, 3)]
+        c += [G(64, 128, 128, 4, 2, s, 1, 2, 8, 1, even_k=True) for s in (-1, 2, 3, 8)]
     else:
         c = [G(128, 128, 64, 4, 3, 1, 1, 1, 8, 2), G(128, 128, 64, 8, 3, 1, 1, 1, 8, 2),
              G(128, 128, 64, 8, 4, 1, 1, 1, 8, 2), G(128, 256, 64, 8, 3, 1, 1, 1, 8, 2),
@@ -127,6 +128,8 @@ def w4_candidates(M: int, quick: bool) -> list[GemmConfig]:
              G(128, 128, 64, 4, 3, 1, 1, 2, 8, 2)]
         c += [G(128, 128, 64, 4, 3, 1, 1, u, 8, 2, even_k=True) for u in (1, 2)]  # pointer steps, no K mask
         c += [G(128, 128, 64, 4, 3, 0, 1, 2, 8, 2, even_k=True)]  # the same with split-K from the SM count
+        # ... counted at 4 programs per SM (the table's row counts 2, in whole waves), and fixed counts
+        c += [G(128, 128, 64, 4, 3, s, 1, 2, 8, 2, even_k=True) for s in (2, 3, 8)]
         # the M 17-64 row's 64-row tile over two or four row tiles (the weights re-read from L2), against the
         # dequantise + torch.mm default from W4A16_DEQUANT_MIN_M
         c += [G(64, 128, 128, 4, 2, 0, 1, 2, 8, j, even_k=True) for j in (1, 2)]

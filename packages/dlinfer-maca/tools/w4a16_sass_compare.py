@@ -46,6 +46,23 @@ num_stages is the kernel's ``STAGES`` (weight tiles in flight: by hand, or Trito
 fold its ``FOLD`` (K-step rows summed per accumulator row)."""
 SPECIALISED = True
 """Compile as a launch at the 8B shapes does: pointers and integer arguments marked divisible by 16."""
+SPLIT_BUILD = False
+"""maca's table rows built as a split-K launch runs them (``SPLIT``, in-kernel ``REDUCE``), not unsplit."""
+
+# sm_90 (H100 / H200) per-SM limits, CUDA C++ Programming Guide, "Technical Specifications per Compute Capability"
+# (compute capability 9.0): 64 K 32-bit registers, 228 KB shared memory, 64 resident warps, 32 resident blocks;
+# registers are allocated per warp in units of 256 (the CUDA Occupancy Calculator's allocation granularity), and
+# 1 KB of shared memory per block is reserved for the system (Hopper Tuning Guide, "Unified Shared Memory/L1").
+SM90_REGISTERS, SM90_SHARED_BYTES, SM90_WARPS, SM90_BLOCKS = 65536, 228 * 1024, 64, 32
+
+
+def programs_per_sm_sm90(registers: int, shared_bytes: int, warps: int) -> int:
+    """Programs (thread blocks) of a build that fit one sm_90 SM at once: the least of the register, shared
+    memory, warp and block limits."""
+    per_warp = -(-registers * 32 // 256) * 256
+    by_registers = (SM90_REGISTERS // per_warp) // warps if per_warp else SM90_BLOCKS
+    by_shared = SM90_SHARED_BYTES // (shared_bytes + 1024)
+    return min(by_registers, by_shared, SM90_WARPS // warps, SM90_BLOCKS)
 
 
 def _compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], warps: int, stages: int,
@@ -100,8 +117,10 @@ def profile(kernel: Any, name: str, out: Path) -> dict[str, Any]:
             ops[found.group(1)] += 1
     res = {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK):(\d+)", usage)}
     loop = collections.Counter(_loop_body(sass))
-    return {"name": name, **res, "sass": sum(ops.values()), "loop": sum(loop.values()),
-            **{op: loop.get(op, 0) for op in SHOWN}}
+    shared = int(kernel.metadata.shared)
+    per_sm = programs_per_sm_sm90(res.get("reg", 0), shared, int(kernel.metadata.num_warps))
+    return {"name": name, **res, "smem": shared, "per_sm": per_sm, "sass": sum(ops.values()),
+            "loop": sum(loop.values()), **{op: loop.get(op, 0) for op in SHOWN}}
 
 
 def maca_rows(out: Path, unpack: int | None, dtype: str, even_k: bool) -> list[dict[str, Any]]:
@@ -113,7 +132,8 @@ def maca_rows(out: Path, unpack: int | None, dtype: str, even_k: bool) -> list[d
         if unpack is not None:
             cfg = cfg._replace(unpack=unpack)
         cfg = cfg._replace(even_k=cfg.even_k or even_k)
-        const = dict(SPLIT=False, REDUCE=0, HAS_BIAS=False, UNPACK=cfg.unpack, BLOCK_M=cfg.block_m,
+        const = dict(SPLIT=SPLIT_BUILD, REDUCE=cfg.reduce if SPLIT_BUILD else 0, HAS_BIAS=False, UNPACK=cfg.unpack,
+                     BLOCK_M=cfg.block_m,
                      BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, DOT_PREC="tf32")
         if cfg.join:
             fn, const = quant._w4a16_join_kernel, {**const, "FOLD": cfg.join == 2, "EVEN_K": cfg.even_k, "ASM": True}
@@ -122,7 +142,8 @@ def maca_rows(out: Path, unpack: int | None, dtype: str, even_k: bool) -> list[d
         types = [t.replace("fp16", dtype) for t in MAC_TYPES]
         sig = dict(zip(MAC_ARGS, types, strict=True)) | {k: "constexpr" for k in const}
         name = (f"maca_m{m}_{cfg.block_m}x{cfg.block_n}x{cfg.block_k}_w{cfg.num_warps}s{cfg.num_stages}"
-                f"_join{cfg.join}_unpack{cfg.unpack}{'_evenk' if cfg.even_k else ''}_{dtype}")
+                f"_join{cfg.join}_unpack{cfg.unpack}{'_evenk' if cfg.even_k else ''}{'_split' if SPLIT_BUILD else ''}"
+                f"_{dtype}")
         div = _launch_divisible(MAC_ARGS, types) if SPECIALISED else ()
         rows.append(profile(_compile(fn, sig, const, cfg.num_warps, cfg.num_stages, div), name, out))
     return rows
@@ -202,16 +223,19 @@ def main() -> int:
     parser.add_argument("--gemv", action="store_true", help="add rows of the CUDA-core kernel (GemmConfig.gemv)")
     parser.add_argument("--unspecialised", action="store_true",
                         help="no argument marked divisible by 16 (worst case; launches at the 8B shapes mark them)")
+    parser.add_argument("--split", action="store_true",
+                        help="maca's table rows as a split-K launch builds them (SPLIT, in-kernel REDUCE)")
     args = parser.parse_args()
-    global SPECIALISED  # noqa: PLW0603 - one switch for every row builder
+    global SPECIALISED, SPLIT_BUILD  # noqa: PLW0603 - one switch for every row builder
     SPECIALISED = not args.unspecialised
+    SPLIT_BUILD = args.split
     out = args.out or Path(tempfile.mkdtemp(prefix="w4a16-sass-"))
     out.mkdir(parents=True, exist_ok=True)
     rows = maca_rows(out, args.unpack, args.dtype, args.even_k)
     rows += gemv_rows(out, args.dtype) + gemv_column_rows(out, args.dtype) if args.gemv else []
     rows += [] if args.no_peer else lmdeploy_rows(out)
-    cols = ["reg", "stack", "sass", "loop", *SHOWN]
-    print("Opcode columns count the K loop's body (static).")
+    cols = ["reg", "stack", "smem", "per_sm", "sass", "loop", *SHOWN]
+    print("Opcode columns count the K loop's body (static); per_sm: programs resident per sm_90 SM.")
     print("| kernel | " + " | ".join(cols) + " |")
     print("|---|" + "---:|" * len(cols))
     for r in rows:

@@ -29,7 +29,9 @@ class GemmConfig(NamedTuple):
     Triton's software pipeline (``tl.range(num_stages=num_stages)``, asynchronous copies through shared memory, 2-8
     stages) instead of ``num_stages - 1`` weight tiles held ahead in registers. ``column_threads`` (gemv): one packed
     word column per thread, so that a thread's K rows sum in its registers (8 accumulators, about a third of the
-    registers); the K loop is Triton's pipeline over ``num_stages`` (1-8, 1: none)."""
+    registers); the K loop is Triton's pipeline over ``num_stages`` (1-8, 1: none). ``programs_per_sm``: how many
+    programs of this config fit one SM at once (its build's registers and shared memory), which the automatic split
+    count (``split_k`` 0 / -1) fills; 0 = 16 warps' worth (``16 // num_warps``)."""
 
     block_m: int
     block_n: int
@@ -46,6 +48,7 @@ class GemmConfig(NamedTuple):
     fold: int = 1
     pipelined: bool = False
     column_threads: bool = False
+    programs_per_sm: int = 0
 
 
 GemmTable = tuple[tuple[int, GemmConfig], ...]
@@ -60,11 +63,18 @@ OPEN_BOUND = 1 << 62
 # benchmarks/h200/2026-12-03/tune-quant-w4-gemv-sweep.json (M 1: the CUDA-core kernel; M 65-128: the open row)
 W4A16_TABLE: GemmTable = (
     (16, GemmConfig(16, 128, 64, 4, 3, 0, 1, 2, 8, 1, even_k=True)),  # 1.02x of the cell best (shipped before: 1.08x)
-    (64, GemmConfig(64, 128, 128, 4, 2, 0, 1, 2, 8, 1, even_k=True)),  # 1.00x (before: 1.10x)
+    # 1.00x (before: 1.10x). Its split build holds 2 programs per SM on sm_90 (254 registers x 128 threads), so the
+    # split count fills 2 per SM in whole waves: at M 64, 4096x14336 that is 2 splits, 41.0 us against 47.4 with
+    # the 4-per-SM count's 4 (cold L2, H200, 2026-12-03 fourth session)
+    (64, GemmConfig(64, 128, 128, 4, 2, -1, 1, 2, 8, 1, even_k=True, programs_per_sm=2)),
     # the open row (M 65-128, and the forced fused path from W4A16_DEQUANT_MIN_M on): x1.04 of the cell best at M
     # 65 and 128 (the row before: x1.82); 61-80 us against dequantise + cuBLAS's 85-91 us on the 4096x14336 and
-    # 14336x4096 weights, 40-41 against 36-39 us on 4096x6144
-    (OPEN_BOUND, GemmConfig(128, 128, 64, 4, 3, 0, 1, 2, 8, 2, even_k=True)),
+    # 14336x4096 weights, 40-41 against 36-39 us on 4096x6144. Its split build holds 2 programs per SM on sm_90
+    # (255 registers x 128 threads), so the split count fills 2 per SM in whole waves: with 4 (16 warps' worth) M 65
+    # split 3 ways at 4096x14336 (336 programs on 264 slots: a second wave 27 % full) and took 74.6 us against M
+    # 128's 59.7 with 2 splits (H200, 2026-12-03 fourth session). tests/test_w4a16_sm90_compile.py checks both
+    # rows' programs_per_sm against their sm_90 builds.
+    (OPEN_BOUND, GemmConfig(128, 128, 64, 4, 3, -1, 1, 2, 8, 2, even_k=True, programs_per_sm=2)),
 )
 W4A16_DECODE_GEMV = GemmConfig(1, 128, 32, 4, 2, -1, 1, 0, 8, 0, gemv=True)
 """One row against a wide weight: the CUDA-core kernel. H200, M 1 (two sweeps): 24.0-24.1 us against the M<=16 row's

@@ -44,12 +44,12 @@ _INTERP = GemmConfig(16, 128, 32, 4, 1, 0, 1, 0, 8, 1)  # interpreter: few, larg
 
 
 def _auto_split(tiles: int, k_iters: int, device: torch.device, num_warps: int, M: int, K: int,
-                whole_waves: bool = False) -> int:
-    """Split K until the programs fill the SMs (about 16 warps per SM), keeping at least 2 K steps per program
-    and the fp32 partials (``split * M`` values per column) small against the weights (K values per column).
-    ``whole_waves`` (``GemmConfig.split_k == -1``): at most as many programs as slots, so that no second, nearly
-    empty wave follows (the default rounds up: 5 x 112 tiles = 560 programs on 528 slots)."""
-    slots = num_sms(device) * max(1, 16 // num_warps)
+                whole_waves: bool = False, programs_per_sm: int = 0) -> int:
+    """Split K until the programs fill the SMs' slots (``programs_per_sm`` each; 0: 16 warps' worth), keeping at
+    least 2 K steps per program and the fp32 partials (``split * M`` values per column) small against the weights
+    (K values per column). ``whole_waves`` (``GemmConfig.split_k == -1``): at most as many programs as slots, so
+    that no second, nearly empty wave follows (the default rounds up: 5 x 112 tiles = 560 programs on 528 slots)."""
+    slots = num_sms(device) * (programs_per_sm if programs_per_sm > 0 else max(1, 16 // num_warps))
     fill = slots // tiles if whole_waves else cdiv(slots, tiles)
     return max(1, min(fill, k_iters // 2, K // (16 * M)))
 
@@ -61,11 +61,15 @@ def _split_count(split_k: int | None, cfg: GemmConfig, tiles: int, k_iters: int,
     if (split_k is not None and split_k < 0) or cfg.split_k < -1:
         raise ValueError(f"quantised GEMM: split_k must be >= 1 (caller) or -1 / 0 / >= 1 (config), got "
                          f"{split_k if split_k is not None and split_k < 0 else cfg.split_k}")
+    if cfg.programs_per_sm < 0:
+        raise ValueError(f"quantised GEMM: programs_per_sm must be >= 0 (0: 16 warps per SM), got "
+                         f"{cfg.programs_per_sm}")
     if split_k:
         return split_k
     if cfg.split_k > 0:
         return cfg.split_k
-    return _auto_split(tiles, k_iters, device, cfg.num_warps, M, K, whole_waves=cfg.split_k == -1)
+    return _auto_split(tiles, k_iters, device, cfg.num_warps, M, K, whole_waves=cfg.split_k == -1,
+                       programs_per_sm=cfg.programs_per_sm)
 
 
 # ----------------------------------------------------------------------------- W8A8
