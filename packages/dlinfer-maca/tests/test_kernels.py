@@ -207,6 +207,44 @@ def test_paged_decode(dtype, case, merge_pass, heads_first, monkeypatch):
         assert_close(out[b:b + 1], ref, dtype, factor=2)
 
 
+@pytest.mark.parametrize("merge_pass", [False, True], ids=["inline-merge", "merge-pass"])
+def test_paged_decode_splits_past_the_end_store_nothing(merge_pass, monkeypatch):
+    """A graph sized for long contexts runs many splits; on a short sequence the splits past its end store no
+    partial and the merge reads only the used ones. The partial buffers are poisoned with NaN: a merge that read
+    an unwritten split would return NaN; the unused rows must still hold the poison."""
+    splits, bs, lens = 16, 16, [150, 1, 33, 64]
+    block_n = 64  # the interpreter's key block (paged_decode_fwd)
+    made: list[torch.Tensor] = []
+    empty = torch.empty
+
+    def poisoned(*args, **kwargs):  # noqa: ANN002, ANN003 - torch.empty's signature
+        t = empty(*args, **kwargs)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+            made.append(t)
+        return t
+
+    if not merge_pass:
+        monkeypatch.setattr(attention, "_decode_merge_kernel", None)
+        monkeypatch.setattr(attention, "MERGE_INLINE_MAX_SPLITS", splits)
+    ks = [rnd(n, 2, 32, dtype=torch.float32) for n in lens]
+    vs = [rnd(n, 2, 32, dtype=torch.float32) for n in lens]
+    kc, vc, table = _paged(ks, vs, bs, "NHD")
+    q = rnd(len(lens), 4, 32, dtype=torch.float32)
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    monkeypatch.setattr(torch, "empty", poisoned)
+    out = attention.paged_decode_fwd(q, kc, vc, table, seqlens, 4096, "NHD", num_splits=splits,
+                                     merge_pass=merge_pass)
+    monkeypatch.setattr(torch, "empty", empty)
+    part_o = next(t for t in made if t.dim() == 4)  # [B, Hq, splits, Dv]
+    for b, n in enumerate(lens):
+        ref = attention_ref(q[b:b + 1], ks[b], vs[b], q_pos=torch.tensor([n - 1], device=DEVICE), causal=True,
+                            scale=1 / math.sqrt(32))
+        assert_close(out[b:b + 1], ref, torch.float32, factor=2)
+        used = math.ceil(n / (math.ceil(math.ceil(n / block_n) / splits) * block_n))
+        assert torch.isfinite(part_o[b, :, :used]).all() and torch.isnan(part_o[b, :, used:]).all(), (b, used)
+
+
 @pytest.mark.parametrize("splits", [3, 5])
 def test_paged_decode_merge_choice(splits, monkeypatch):
     """Up to MERGE_INLINE_MAX_SPLITS splits merge in the split kernel, above it in the second launch."""

@@ -94,8 +94,9 @@ def _decode_split_kernel(
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """One (sequence, KV head, split) program. ``DIRECT``: a single split writes the normalised output.
-    Otherwise each split stores its normalised partial and log-sum-exp; with ``MERGE`` the last split of the
-    (sequence, KV head) to arrive merges them (one launch per call), else :func:`_decode_merge_kernel` does."""
+    Otherwise each split that starts inside the sequence (:func:`_splits_used`) stores its normalised partial and
+    log-sum-exp, and the splits past its end store nothing; with ``MERGE`` the last split of the (sequence, KV head)
+    to arrive merges the used ones (one launch per call), else :func:`_decode_merge_kernel` does."""
     if HEADS_FIRST:  # grid (Hkv, B, splits): the programs that run together read the KV heads of the same pages
         kvh = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
@@ -111,6 +112,7 @@ def _decode_split_kernel(
     # graph): a short context in a graph sized for long ones runs as few one-block programs, not as a few
     # long serial ones; splits past the end exit at once
     chunk = tl.cdiv(tl.cdiv(seqlen, BLOCK_N), NUM_SPLITS) * BLOCK_N
+    n_used = _splits_used(seqlen, NUM_SPLITS, BLOCK_N)
     start = sp * chunk
     end = tl.minimum(start + chunk, seqlen)
     if USE_WINDOW:
@@ -161,21 +163,31 @@ def _decode_split_kernel(
         tl.store(o_ptr + b * stride_ob + heads[:, None] * stride_oh + dv[None, :],
                  out.to(o_ptr.dtype.element_ty), mask=omask)
     else:
-        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(l_safe))
-        row = (b * Hq + heads) * NUM_SPLITS + sp
-        tl.store(part_o_ptr + row[:, None] * DV + dv[None, :], out, mask=omask)
-        tl.store(part_lse_ptr + row, lse, mask=gmask)
+        if sp < n_used:  # a split past the sequence's end has nothing to store (graphs sized for long contexts)
+            lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(l_safe))
+            row = (b * Hq + heads) * NUM_SPLITS + sp
+            tl.store(part_o_ptr + row[:, None] * DV + dv[None, :], out, mask=omask)
+            tl.store(part_lse_ptr + row, lse, mask=gmask)
         if MERGE:  # noqa: SIM102 - constexpr, then a runtime branch
-            if last_arrival(cnt_ptr, b * n_kvh + kvh, NUM_SPLITS):
-                _merge_splits(part_o_ptr, part_lse_ptr, o_ptr, b, kvh, G, Hq, NUM_SPLITS, stride_ob, stride_oh,
-                              DV, MERGE_G, MERGE_S, BLOCK_DV)
+            if last_arrival(cnt_ptr, b * n_kvh + kvh, NUM_SPLITS):  # every split arrives, used or not
+                _merge_splits(part_o_ptr, part_lse_ptr, o_ptr, b, kvh, G, Hq, NUM_SPLITS, n_used, stride_ob,
+                              stride_oh, DV, MERGE_G, MERGE_S, BLOCK_DV)
 
 
 @triton.jit
-def _merge_splits(part_o_ptr, part_lse_ptr, o_ptr, b, kvh, G, Hq, NUM_SPLITS, stride_ob, stride_oh,
+def _splits_used(seqlen, NUM_SPLITS, BLOCK_N: tl.constexpr):
+    """Splits that start inside a sequence of ``seqlen`` keys: each split covers ``cdiv(blocks, NUM_SPLITS)``
+    whole key blocks of it, so a short sequence in a graph sized for long ones uses the first few (0 when empty)."""
+    chunk = tl.cdiv(tl.cdiv(seqlen, BLOCK_N), NUM_SPLITS) * BLOCK_N
+    return tl.cdiv(seqlen, tl.maximum(chunk, 1))
+
+
+@triton.jit
+def _merge_splits(part_o_ptr, part_lse_ptr, o_ptr, b, kvh, G, Hq, NUM_SPLITS, n_used, stride_ob, stride_oh,
                   DV: tl.constexpr, MERGE_G: tl.constexpr, MERGE_S: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Merge the ``NUM_SPLITS`` partials of the G query heads of KV head ``kvh`` by their log-sum-exp, reading
-    ``[MERGE_G, MERGE_S, DV]`` tiles from L2 (``.cg``: the other programs' stores are not in this SM's L1)."""
+    """Merge the first ``n_used`` of the ``NUM_SPLITS`` partials of the G query heads of KV head ``kvh`` by their
+    log-sum-exp, reading ``[MERGE_G, MERGE_S, DV]`` tiles from L2 (``.cg``: the other programs' stores are not in
+    this SM's L1)."""
     g = tl.arange(0, MERGE_G)
     heads = kvh * G + g
     gmask = g < G
@@ -185,9 +197,9 @@ def _merge_splits(part_o_ptr, part_lse_ptr, o_ptr, b, kvh, G, Hq, NUM_SPLITS, st
     m = tl.full([MERGE_G], float("-inf"), dtype=tl.float32)
     tot = tl.zeros([MERGE_G], dtype=tl.float32)
     acc = tl.zeros([MERGE_G, BLOCK_DV], dtype=tl.float32)
-    for s0 in range(0, NUM_SPLITS, MERGE_S):
+    for s0 in range(0, n_used, MERGE_S):
         sp = s0 + tl.arange(0, MERGE_S)
-        gs_mask = gmask[:, None] & (sp < NUM_SPLITS)[None, :]
+        gs_mask = gmask[:, None] & (sp < n_used)[None, :]
         part = rows[:, None] + sp[None, :]
         lse = tl.load(part_lse_ptr + part, mask=gs_mask, other=float("-inf"), cache_modifier=".cg")
         o = tl.load(part_o_ptr + part[:, :, None] * DV + dv[None, None, :],
@@ -206,14 +218,16 @@ def _merge_splits(part_o_ptr, part_lse_ptr, o_ptr, b, kvh, G, Hq, NUM_SPLITS, st
 
 @triton.jit(do_not_specialize=["NUM_SPLITS"])
 def _decode_merge_kernel(
-    part_o_ptr, part_lse_ptr, o_ptr, stride_ob, stride_oh, Hq, DV, NUM_SPLITS,
-    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
+    part_o_ptr, part_lse_ptr, o_ptr, seqlens_ptr, stride_ob, stride_oh, Hq, DV, NUM_SPLITS,
+    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """Program ``(sequence, query head)``: the used splits' partials (:func:`_splits_used`) merged by their
+    log-sum-exp; the splits past the sequence's end stored nothing and are not read."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     s = tl.arange(0, BLOCK_S)
     dv = tl.arange(0, BLOCK_DV)
-    smask = s < NUM_SPLITS
+    smask = s < _splits_used(tl.load(seqlens_ptr + b), NUM_SPLITS, BLOCK_N)
     row = (b * Hq + h) * NUM_SPLITS + s
     lse = tl.load(part_lse_ptr + row, mask=smask, other=float("-inf"))
     m = tl.max(lse, axis=0)
@@ -307,8 +321,8 @@ def paged_decode_fwd(
     )
     if splits > 1 and cnt is None:
         _decode_merge_kernel[(B, Hq)](
-            part_o, part_lse, out, out.stride(0), out.stride(1), Hq, DV, splits,
-            BLOCK_S=next_pow2(splits), BLOCK_DV=block_dv, num_warps=4,
+            part_o, part_lse, out, seqlens_kv, out.stride(0), out.stride(1), Hq, DV, splits,
+            BLOCK_S=next_pow2(splits), BLOCK_DV=block_dv, BLOCK_N=block_n, num_warps=4,
         )
     return out
 
