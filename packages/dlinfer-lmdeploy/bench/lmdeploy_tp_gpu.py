@@ -183,13 +183,20 @@ ENGINE_FORWARD_KERNELS = 4
 mean an eager step (a prefill: every layer's GEMMs and attention) ran between them."""
 
 
+GRAPH_TOP_NAMES = 16
+"""Kernel names listed per graph step (the largest GPU time first), e.g. a decode kernel apart from its merge."""
+GRAPH_NAME_CHARS = 120
+"""Kernel names are cut to this many characters (CUTLASS / cuBLAS names run to hundreds)."""
+
+
 def graph_steps(events: list[dict[str, Any]]) -> dict[str, Any]:
     """Decode steps of a trace counted exactly: each ``cudaGraphLaunch`` is one graph-mode decode step, and the kernels
     that carry its correlation id ran inside it. Per replay: busy = its kernels' GPU time, period = its first kernel's
     start to the next replay's. Between two replays the engine launches eager kernels of its own (the LM head,
     sampling, the next step's input copies): their time is ``between``, and idle = period - busy - between. A period
     with more than :data:`ENGINE_FORWARD_KERNELS` eager forward kernels between its replays (a prefill) is left out of
-    the medians. Returns {} for a trace without graph launches (eager mode)."""
+    the medians. ``graph_kernels_per_step_by_name``: the replays' kernels by name, GPU µs and launches per step.
+    Returns {} for a trace without graph launches (eager mode)."""
     launches = {e["args"]["correlation"] for e in events if e.get("cat") in ("cuda_runtime", "cuda_driver")
                 and GRAPH_LAUNCH.match(e.get("name", "")) and "correlation" in e.get("args", {})}
     if not launches:
@@ -213,10 +220,15 @@ def graph_steps(events: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     eager.sort()
     by_kind: dict[str, float] = {}
+    by_name: dict[str, list[float]] = {}  # name -> [GPU time, launches]
     for _, _, ks in steps:
         for k in ks:
-            kind = kernel_kind(k.get("name", ""))
+            name = k.get("name", "")
+            kind = kernel_kind(name)
             by_kind[kind] = by_kind.get(kind, 0.0) + k["dur"]
+            acc = by_name.setdefault(name[:GRAPH_NAME_CHARS], [0.0, 0])
+            acc[0] += k["dur"]
+            acc[1] += 1
     periods, idles, betweens = [], [], []
     j = 0
     for (start, busy, _), (nxt, _, _) in zip(steps[:-1], steps[1:], strict=True):
@@ -241,6 +253,9 @@ def graph_steps(events: list[dict[str, Any]]) -> dict[str, Any]:
             "graph_step_between_us_median": round(_median(betweens), 1) if betweens else None,
             "graph_step_idle_us_median": round(_median(idles), 1) if idles else None,
             "consecutive_replays": len(periods),
+            "graph_kernels_per_step_by_name": {
+                name: {"us": round(t / n, 1), "launches": round(c / n, 2)}
+                for name, (t, c) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:GRAPH_TOP_NAMES]},
             "eager_kernel_us_by_kind": {k: round(v, 1) for k, v in eager_sorted.items()}}
 
 

@@ -25,7 +25,8 @@ GRAPH_KERNELS = (("nvjet_hsh_128x64_gemm", "gemm"), ("_decode_split_kernel", "at
 
 def _trace(rng: random.Random, replays: int, prefill_after: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     events: list[dict[str, Any]] = []
-    expected: dict[str, Any] = {"busy": [], "by_kind": {}, "periods": [], "idles": [], "between": [], "betweens": [],
+    expected: dict[str, Any] = {"busy": [], "by_kind": {}, "by_name": {}, "periods": [], "idles": [], "between": [],
+                                "betweens": [],
                                 "prefill": {"gemm": 0.0, "attention": 0.0}, "small": 0.0, "gemm": 0.0}
     t = 1000.0
     corr = 7
@@ -36,11 +37,13 @@ def _trace(rng: random.Random, replays: int, prefill_after: int) -> tuple[list[d
                        "args": {"correlation": corr}})
         starts.append(t)
         busy = 0.0
-        for name, kind in GRAPH_KERNELS:
+        for name, kind in GRAPH_KERNELS + GRAPH_KERNELS[rng.randint(0, 2):rng.randint(3, 6)]:  # some launched twice
             dur = rng.uniform(1.0, 50.0)
             events.append({"ph": "X", "cat": "kernel", "name": name, "ts": t, "dur": dur,
                            "args": {"correlation": corr}})
             expected["by_kind"][kind] = expected["by_kind"].get(kind, 0.0) + dur
+            us, launches = expected["by_name"].get(name, (0.0, 0))
+            expected["by_name"][name] = (us + dur, launches + 1)
             busy += dur
             t += dur + rng.uniform(0.0, 2.0)
         expected["busy"].append(busy)
@@ -86,6 +89,12 @@ def test_graph_steps_count_replays_and_split_off_the_prefill(bench: Any, seed: i
     assert got["graph_busy_us_per_step"] == pytest.approx(sum(want["busy"]) / replays, abs=0.06)
     assert got["graph_kernel_us_per_step_by_kind"] == pytest.approx(
         {k: v / replays for k, v in want["by_kind"].items()}, abs=0.06)
+    by_name = got["graph_kernels_per_step_by_name"]
+    assert set(by_name) == {name for name, _ in GRAPH_KERNELS}
+    for name, (us, launches) in want["by_name"].items():
+        assert by_name[name]["us"] == pytest.approx(us / replays, abs=0.06)
+        assert by_name[name]["launches"] == pytest.approx(launches / replays, abs=0.006)
+    assert list(by_name) == sorted(by_name, key=lambda n: -by_name[n]["us"])
     assert got["graph_step_period_us_median"] == pytest.approx(statistics.median(want["periods"]), abs=0.06)
     assert got["graph_step_between_us_median"] == pytest.approx(statistics.median(want["betweens"]), abs=0.06)
     assert got["graph_step_idle_us_median"] == pytest.approx(statistics.median(want["idles"]), abs=0.06)
