@@ -205,3 +205,69 @@ def test_attention_finishes_a_deferred_decode_metadata(monkeypatch: pytest.Monke
     DlinferPagedAttentionImpl(num_heads=1, head_size=8, num_kv_heads=1).forward(
         x, x, x, ctx.kv_caches[0][0], ctx.kv_caches[0][1], meta)
     assert meta.unfinished is None and seen == [_oracle_slots(ctx)]
+
+
+def _oracle_prefill_slots(block_offsets: torch.Tensor, q: list[int], kv: list[int]) -> list[int]:
+    """Every new token's slot: sequence b's tokens sit at positions kv[b] - q[b] .. kv[b] - 1."""
+    slots = []
+    for b, (qb, kb) in enumerate(zip(q, kv, strict=True)):
+        for p in range(kb - qb, kb):
+            slots.append(int(block_offsets[b, p // BS]) * BS + p % BS)
+    return slots
+
+
+@pytest.mark.parametrize("attention_call", [False, True], ids=["finalize", "attention-impl"])
+def test_kv_seqlens_replaced_after_the_build_are_derived_again(attention_call: bool,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """InternVL's flash mode assigns new ``kv_seqlens`` to a built prefill step's metadata (its compressed history
+    plus the segment), as LMDeploy's own kernels read the lengths at call time. The slots, the host mirrors, the
+    no-history flag and the plan then follow the new lengths; without a replacement nothing is derived again."""
+    from dlinfer import ops
+
+    from dlinfer_lmdeploy.impls.attention import DlinferPagedAttentionImpl
+
+    plans: list[StepMetadata] = []
+    backend = _backend(prepare=lambda step: plans.append(step) or len(plans))
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randint(1, 6, (3,), generator=gen).tolist()
+    history = torch.randint(4, 20, (3,), generator=gen).tolist()
+    ctx = _ctx(q, [h + n for h, n in zip(history, q, strict=True)], False)
+    meta = metadata.build(ctx, backend)
+    assert not meta.stale() and len(plans) == 1
+    assert meta.finalize() is meta and len(plans) == 1  # nothing replaced: nothing derived again
+    compressed = [torch.randint(0, h, (1,), generator=gen).item() for h in history]  # shorter history
+    new_kv = [c + n for c, n in zip(compressed, q, strict=True)]
+    meta.kv_seqlens = torch.tensor(new_kv, dtype=torch.long)  # as internvl.py's prepare_inputs_for_generation does
+    assert meta.stale()
+    if attention_call:
+        seen: list[list[int]] = []
+        monkeypatch.setattr(ops, "fill_kv_cache", lambda k, v, kc, vc, slots, **kw: seen.append(slots.tolist()))
+        monkeypatch.setattr(ops, "paged_prefill_attention", lambda qq, *a, **kw: qq)
+        monkeypatch.setattr(ops, "prefill_attention", lambda qq, *a, **kw: qq)
+        x = torch.zeros(sum(q), 1, 8)
+        DlinferPagedAttentionImpl(num_heads=1, head_size=8, num_kv_heads=1).forward(
+            x, x, x, ctx.kv_caches[0][0], ctx.kv_caches[0][1], meta)
+        assert seen == [_oracle_prefill_slots(ctx.block_offsets, q, new_kv)]
+    else:
+        meta.finalize()
+    assert not meta.stale() and len(plans) == 2 and meta.plan == 2
+    assert meta.slot_mapping.tolist() == _oracle_prefill_slots(ctx.block_offsets, q, new_kv)
+    assert meta.kv_seqlens.dtype == torch.int32 and meta.kv_seqlens.tolist() == new_kv
+    assert meta.seqlens_kv_cpu.tolist() == new_kv and plans[-1].seqlens_kv.tolist() == new_kv
+    assert meta.prefill_no_cache == (compressed == [0, 0, 0])
+    assert meta.max_kv_seqlen >= max(new_kv)
+    slots = meta.slot_mapping
+    meta.finalize()
+    assert meta.slot_mapping is slots and len(plans) == 2
+
+
+def test_a_finished_decode_step_with_replaced_kv_seqlens_takes_the_new_slots() -> None:
+    """The decode side of the same replacement after the runner finished the step (a model that replaces the
+    lengths in its forward rather than in ``prepare_inputs_for_generation``)."""
+    ctx = _ctx([1, 1, 1], [9, 17, 4], True)
+    meta = metadata.build(ctx, _backend()).finalize()
+    new_kv = [5, 3, 2]
+    meta.kv_seqlens = torch.tensor(new_kv)
+    meta.finalize()
+    want = [int(ctx.block_offsets[b, (k - 1) // BS]) * BS + (k - 1) % BS for b, k in enumerate(new_kv)]
+    assert meta.slot_mapping.tolist() == want and meta.seqlens_kv_cpu.tolist() == new_kv

@@ -53,6 +53,15 @@ class DlinferAttentionMetadata(AttentionMetadata):
     unfinished: Backend | None = field(default=None, repr=False)
     """Set (to the step's backend) while a one-token decode step's metadata still holds LMDeploy's own
     ``block_offsets`` and ``kv_seqlens`` and lacks what is derived from them; :meth:`finalize` derives it."""
+    derived_from: torch.Tensor | None = field(default=None, repr=False)
+    """The ``kv_seqlens`` tensor that the slots, host mirrors and plan were derived from (None: buffers a graph
+    runner owns). A model that assigns a new ``kv_seqlens`` after the build (InternVL's flash mode does in its text
+    prefill segments, as LMDeploy's CUDA kernels read the lengths at call time) leaves them stale;
+    :meth:`stale` says so and :meth:`finalize` derives them again."""
+    backend: Backend | None = field(default=None, repr=False)
+    """The step's backend (slot dtype, host mirrors, plan), for :meth:`finalize`."""
+    num_tokens: int = 0
+    """New tokens of the step (query rows)."""
 
     def finalize(self) -> DlinferAttentionMetadata:
         """Derive what a one-token decode step's attention calls read (int32 block table and KV lengths, query
@@ -61,9 +70,12 @@ class DlinferAttentionMetadata(AttentionMetadata):
         directly (``DeviceGraph.fill_decode_inputs``): the derived tensors would be launches on the host's critical
         path that nothing reads. Every runner that runs a step eagerly calls it; the attention Impl does too, as a
         guard for a model called some other way. Reads the fields as they are then (a model's
-        ``prepare_inputs_for_generation`` may have replaced ``kv_seqlens``)."""
+        ``prepare_inputs_for_generation`` may have replaced ``kv_seqlens``). Finished metadata whose ``kv_seqlens``
+        a model replaced since (:meth:`stale`) is derived again from the new lengths."""
         backend = self.unfinished
         if backend is None:
+            if self.stale():
+                self._derive_again()
             return self
         self.unfinished = None
         table, kv = self.block_offsets, self.kv_seqlens
@@ -74,8 +86,28 @@ class DlinferAttentionMetadata(AttentionMetadata):
         # from LMDeploy's own tensors (int64 on non-CUDA devices): no int32 -> int64 round trip
         self.slot_mapping = slot_mapping(table, self.q_seqlens, kv, self.q_start_loc, batch, self.block_size, True,
                                          backend.slot_dtype)
+        self.derived_from = self.kv_seqlens
         _derive_host_and_plan(self, backend, batch)
         return self
+
+    def stale(self) -> bool:
+        """True when a model assigned a new ``kv_seqlens`` after the slots, mirrors and plan were derived."""
+        return self.derived_from is not None and self.kv_seqlens is not self.derived_from
+
+    def _derive_again(self) -> None:
+        """Slots, KV capacity, the no-history flag, host mirrors and plan from the replaced ``kv_seqlens`` (one host
+        read of the new lengths: a step whose lengths a model replaced)."""
+        backend = self.backend
+        assert backend is not None, "derived metadata records its backend"
+        kv = self.kv_seqlens
+        one_token = self.is_decoding and not self.multi_token_decode
+        self.kv_seqlens = kv.to(torch.int32)
+        self.slot_mapping = slot_mapping(self.block_offsets, self.q_seqlens, kv, self.q_start_loc, self.num_tokens,
+                                         self.block_size, one_token, backend.slot_dtype)
+        self.max_kv_seqlen = max(self.max_kv_seqlen, int(kv.max())) if kv.numel() else self.max_kv_seqlen
+        self.prefill_no_cache = (not self.is_decoding) and bool(torch.equal(kv.long(), self.q_seqlens.long()))
+        self.derived_from = self.kv_seqlens
+        _derive_host_and_plan(self, backend, self.num_tokens)
 
 
 def finish_step_metadata(forward_kwargs: dict[str, Any]) -> None:
@@ -153,6 +185,8 @@ def build(step_context: object, backend: Backend) -> DlinferAttentionMetadata:
             block_size=block_size,
             kv_layout=backend.kv_layout,
             unfinished=backend,
+            backend=backend,
+            num_tokens=batch,
         )
     kv_seqlens = ctx.kv_seqlens.to(torch.int32)
     cu_seqlens_q = torch.zeros(batch + 1, dtype=torch.int32, device=q_seqlens.device)
@@ -176,7 +210,10 @@ def build(step_context: object, backend: Backend) -> DlinferAttentionMetadata:
         kv_layout=backend.kv_layout,
         prefill_no_cache=prefill_no_cache,
         multi_token_decode=multi_token_decode,
+        backend=backend,
+        num_tokens=num_tokens,
     )
+    meta.derived_from = meta.kv_seqlens
     _derive_host_and_plan(meta, backend, num_tokens)
     return meta
 

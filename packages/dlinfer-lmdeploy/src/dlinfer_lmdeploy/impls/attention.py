@@ -47,8 +47,8 @@ class DlinferPagedAttentionImpl(AttentionImpl[DlinferAttentionMetadata]):
         inplace: bool = False,
     ) -> torch.Tensor:
         md = attn_metadata
-        if md.unfinished is not None:  # the runners finish it before the forward; a model called otherwise gets it here
-            md.finalize()
+        if md.unfinished is not None or md.stale():  # the runners finish it before the forward; a model called
+            md.finalize()  # otherwise, or one that replaced kv_seqlens after the build, gets it here
         if md.quant_policy != QuantPolicy.NONE or k_scales_zeros is not None:
             raise unsupported("attention", "quant_policy", f"KV-cache quantisation {md.quant_policy!r}")
         if learnable_sink is not None:
