@@ -245,6 +245,27 @@ def test_paged_decode_splits_past_the_end_store_nothing(merge_pass, monkeypatch)
         assert torch.isfinite(part_o[b, :, :used]).all() and torch.isnan(part_o[b, :, used:]).all(), (b, used)
 
 
+@pytest.mark.parametrize("merge_pass", [False, True], ids=["inline-merge", "merge-pass"])
+def test_paged_decode_window_with_splits_before_it_and_past_the_end(merge_pass, monkeypatch):
+    """A sliding window with many splits: the splits before the window are used but see no key (they store an
+    empty partial), the splits past the end store nothing; the merge of both kinds equals the windowed oracle."""
+    if not merge_pass:
+        monkeypatch.setattr(attention, "_decode_merge_kernel", None)
+        monkeypatch.setattr(attention, "MERGE_INLINE_MAX_SPLITS", 16)
+    lens, window = [300, 37, 130], 70
+    ks = [rnd(n, 2, 32, dtype=torch.float32) for n in lens]
+    vs = [rnd(n, 2, 32, dtype=torch.float32) for n in lens]
+    kc, vc, table = _paged(ks, vs, 16, "NHD")
+    q = rnd(len(lens), 4, 32, dtype=torch.float32, scale=3.0)
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    out = attention.paged_decode_fwd(q, kc, vc, table, seqlens, 1024, "NHD", window=window, num_splits=16,
+                                     merge_pass=merge_pass)
+    for b, n in enumerate(lens):
+        ref = attention_ref(q[b:b + 1], ks[b], vs[b], q_pos=torch.tensor([n - 1], device=DEVICE), causal=True,
+                            scale=1 / math.sqrt(32), window=window)
+        assert_close(out[b:b + 1], ref, torch.float32, factor=2)
+
+
 @pytest.mark.parametrize("splits", [3, 5])
 def test_paged_decode_merge_choice(splits, monkeypatch):
     """Up to MERGE_INLINE_MAX_SPLITS splits merge in the split kernel, above it in the second launch."""
