@@ -64,7 +64,7 @@ OPEN_BOUND = 1 << 62
 W4A16_TABLE: GemmTable = (
     (16, GemmConfig(16, 128, 64, 4, 3, 0, 1, 2, 8, 1, even_k=True)),  # 1.02x of the cell best (shipped before: 1.08x)
     # 1.00x (before: 1.10x). Its split build holds 2 programs per SM on sm_90 (254 registers x 128 threads), so the
-    # split count fills 2 per SM in whole waves: at M 64, 4096x14336 that is 2 splits, 41.0 us against 47.4 with
+    # split count fills 2 per SM in whole waves: at M 64, 4096x14336 that is 2 splits, 41.0 us against 47.5 with
     # the 4-per-SM count's 4 (cold L2, H200, 2026-12-03 fourth session)
     (64, GemmConfig(64, 128, 128, 4, 2, -1, 1, 2, 8, 1, even_k=True, programs_per_sm=2)),
     # the open row (M 65-128, and the forced fused path from W4A16_DEQUANT_MIN_M on): x1.04 of the cell best at M
