@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 from _ref import TOL, assert_close, attention_ref, fused_moe_ref, rel_err, rotary_ref
-from conftest import DEVICE, ON_GPU
+from conftest import DEVICE, ON_GPU, needs_ptxas, run_as_for_gpu
 
 from dlinfer_maca.kernels import _utils, attention, elementwise, moe, norm, quant
 
@@ -264,6 +264,39 @@ def test_paged_decode_window_with_splits_before_it_and_past_the_end(merge_pass, 
         ref = attention_ref(q[b:b + 1], ks[b], vs[b], q_pos=torch.tensor([n - 1], device=DEVICE), causal=True,
                             scale=1 / math.sqrt(32), window=window)
         assert_close(out[b:b + 1], ref, torch.float32, factor=2)
+
+
+_DECODE_COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from dlinfer_maca.kernels import attention as A
+target = GPUTarget("cuda", 90, 32)
+ptrs = dict(q_ptr="*bf16", kc_ptr="*bf16", vc_ptr="*bf16", bt_ptr="*i32", seqlens_ptr="*i32", slopes_ptr="*fp32",
+            o_ptr="*bf16", part_o_ptr="*fp32", part_lse_ptr="*fp32", cnt_ptr="*i32", scale="fp32", softcap="fp32")
+for direct, merge, window in ((True, False, False), (False, True, False), (False, False, True)):
+    const = dict(PAGE=64, D=128, DV=128, DIRECT=direct, MERGE=merge, HEADS_FIRST=True, BLOCK_G=16, BLOCK_N=64,
+                 BLOCK_D=128, BLOCK_DV=128, MERGE_G=4, MERGE_S=4, USE_SOFTCAP=False, USE_ALIBI=False,
+                 USE_WINDOW=window, DOT_PREC="ieee")
+    sig = {n: "constexpr" if n in const else ptrs.get(n, "i32") for n in A._decode_split_kernel.arg_names}
+    out = triton.compile(ASTSource(A._decode_split_kernel, sig, const), target=target,
+                         options={"num_warps": 4, "num_stages": 2})
+    assert out.asm["cubin"], (direct, merge, window)
+const = dict(BLOCK_S=64, BLOCK_DV=128, BLOCK_N=64)
+sig = {n: "constexpr" if n in const else ptrs.get(n, "*bf16" if n == "o_ptr" else "i32")
+       for n in A._decode_merge_kernel.arg_names}
+merged = triton.compile(ASTSource(A._decode_merge_kernel, sig, const), target=target, options={"num_warps": 4})
+assert merged.asm["cubin"]
+print("compiled")
+"""
+
+
+@needs_ptxas
+def test_decode_kernels_compile_for_sm90(tmp_path):
+    """The interpreter cannot catch a lowering error: the decode split kernel (one split, in-kernel merge, merge pass
+    with a window) and the merge kernel built for sm_90 with Triton's bundled ptxas."""
+    proc = run_as_for_gpu(["-c", _DECODE_COMPILE], tmp_path, timeout=300)
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("splits", [3, 5])
