@@ -74,3 +74,12 @@ def test_cold_l2_rotation_hands_out_identical_copies_in_turn(mb, copies):
     for c in handed:
         for k, v in p.items():
             assert torch.equal(c[k], v)
+
+
+def test_decode_sweep_shapes_parse_batch_context_and_capacity():
+    """``tune_norm_decode_gpu.py --decode-shapes``: a capacity after ``@`` is the max_seqlen_kv passed (a graph's)."""
+    import tune_norm_decode_gpu as tune
+
+    assert tune._decode_shapes("1x384@8192,64x4096") == ((1, 384, 8192), (64, 4096, 4096))
+    with pytest.raises(ValueError):
+        tune._decode_shapes("1-384")

@@ -266,6 +266,43 @@ def test_paged_decode_window_with_splits_before_it_and_past_the_end(merge_pass, 
         assert_close(out[b:b + 1], ref, torch.float32, factor=2)
 
 
+def _poison_unused_slots(kc, vc, table, lens, bs, layout):
+    """NaN in every cache slot that holds no token of its sequence (the tails of the last pages and the blocks no
+    sequence owns): a kernel that reads past a sequence's end unmasked returns NaN."""
+    owned = torch.zeros(kc.shape[0], bs, dtype=torch.bool, device=kc.device)
+    for b, n in enumerate(lens):
+        for j in range(math.ceil(n / bs)):
+            owned[int(table[b, j]), : min(bs, n - j * bs)] = True
+    for cache in (kc, vc):
+        view = cache if layout == "NHD" else cache.transpose(1, 2)  # [NB, BS, H, D] either way
+        view[~owned] = float("nan")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", DECODE_CASES)
+@pytest.mark.parametrize("window", [None, 37], ids=["no-window", "window"])
+@pytest.mark.parametrize("merge_pass", [False, True], ids=["inline-merge", "merge-pass"])
+def test_paged_decode_interior_blocks_unmasked(dtype, case, window, merge_pass):
+    """``interior_unmasked``: only a window's first block and a sequence's last partial block are masked. Every
+    slot past a sequence's end (and every unowned block) holds NaN, so an unmasked read of one fails; a window
+    that starts mid-block must still hide the keys before it. ``merge_pdl`` launches the merge pass as a
+    programmatic dependent where the device allows it (sm_90+; on the CPU interpreter it is a plain launch)."""
+    B, Hq, Hkv, D, DV, BS, lens, layout, splits, maxlen = case
+    ks = [rnd(n, Hkv, D, dtype=dtype) for n in lens]
+    vs = [rnd(n, Hkv, DV, dtype=dtype) for n in lens]
+    kc, vc, table = _paged(ks, vs, BS, layout)
+    _poison_unused_slots(kc, vc, table, lens, BS, layout)
+    q = rnd(B, Hq, D, dtype=dtype, scale=2.0)
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    out = attention.paged_decode_fwd(q, kc, vc, table, seqlens, maxlen or max(lens), layout, window=window,
+                                     num_splits=splits, merge_pass=merge_pass, interior_unmasked=True,
+                                     merge_pdl=True)
+    for b, n in enumerate(lens):
+        ref = attention_ref(q[b:b + 1], ks[b], vs[b], q_pos=torch.tensor([n - 1], device=DEVICE),
+                            causal=True, scale=1 / math.sqrt(D), window=window)
+        assert_close(out[b:b + 1], ref, dtype, factor=2)
+
+
 _DECODE_COMPILE = """
 import triton
 from triton.backends.compiler import GPUTarget
@@ -274,19 +311,23 @@ from dlinfer_maca.kernels import attention as A
 target = GPUTarget("cuda", 90, 32)
 ptrs = dict(q_ptr="*bf16", kc_ptr="*bf16", vc_ptr="*bf16", bt_ptr="*i32", seqlens_ptr="*i32", slopes_ptr="*fp32",
             o_ptr="*bf16", part_o_ptr="*fp32", part_lse_ptr="*fp32", cnt_ptr="*i32", scale="fp32", softcap="fp32")
-for direct, merge, window in ((True, False, False), (False, True, False), (False, False, True)):
+for direct, merge, window, unmasked, pdl in ((True, False, False, False, False), (False, True, False, True, False),
+                                            (False, False, True, False, True), (False, False, True, True, True)):
     const = dict(PAGE=64, D=128, DV=128, DIRECT=direct, MERGE=merge, HEADS_FIRST=True, BLOCK_G=16, BLOCK_N=64,
                  BLOCK_D=128, BLOCK_DV=128, MERGE_G=4, MERGE_S=4, USE_SOFTCAP=False, USE_ALIBI=False,
-                 USE_WINDOW=window, DOT_PREC="ieee")
+                 USE_WINDOW=window, DOT_PREC="ieee", INTERIOR_UNMASKED=unmasked, PDL_TRIGGER=pdl)
     sig = {n: "constexpr" if n in const else ptrs.get(n, "i32") for n in A._decode_split_kernel.arg_names}
     out = triton.compile(ASTSource(A._decode_split_kernel, sig, const), target=target,
                          options={"num_warps": 4, "num_stages": 2})
-    assert out.asm["cubin"], (direct, merge, window)
-const = dict(BLOCK_S=64, BLOCK_DV=128, BLOCK_N=64)
-sig = {n: "constexpr" if n in const else ptrs.get(n, "*bf16" if n == "o_ptr" else "i32")
-       for n in A._decode_merge_kernel.arg_names}
-merged = triton.compile(ASTSource(A._decode_merge_kernel, sig, const), target=target, options={"num_warps": 4})
-assert merged.asm["cubin"]
+    assert out.asm["cubin"], (direct, merge, window, unmasked, pdl)
+    assert ("griddepcontrol.launch_dependents" in out.asm["ptx"]) == pdl, pdl
+for pdl in (False, True):
+    const = dict(BLOCK_S=64, BLOCK_DV=128, BLOCK_N=64, PDL_WAIT=pdl)
+    sig = {n: "constexpr" if n in const else ptrs.get(n, "*bf16" if n == "o_ptr" else "i32")
+           for n in A._decode_merge_kernel.arg_names}
+    merged = triton.compile(ASTSource(A._decode_merge_kernel, sig, const), target=target,
+                            options={"num_warps": 4, "launch_pdl": pdl})
+    assert merged.asm["cubin"] and ("griddepcontrol.wait" in merged.asm["ptx"]) == pdl, pdl
 print("compiled")
 """
 
@@ -294,7 +335,8 @@ print("compiled")
 @needs_ptxas
 def test_decode_kernels_compile_for_sm90(tmp_path):
     """The interpreter cannot catch a lowering error: the decode split kernel (one split, in-kernel merge, merge pass
-    with a window) and the merge kernel built for sm_90 with Triton's bundled ptxas."""
+    with a window; interior blocks unmasked; the PDL trigger) and the merge kernel (with and without the PDL wait)
+    built for sm_90 with Triton's bundled ptxas."""
     proc = run_as_for_gpu(["-c", _DECODE_COMPILE], tmp_path, timeout=300)
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
 

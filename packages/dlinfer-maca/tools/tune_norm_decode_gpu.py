@@ -69,9 +69,28 @@ def sweep_quant(lmd: Any) -> None:
             _log("rms_norm_w8a8", f"T{T} H{H}", cells)
 
 
-DECODE_SHAPES = ((1, 256), (1, 320), (1, 384), (1, 512), (4, 512), (1, 1024), (1, 8192), (1, 32768), (8, 8192),
-                 (8, 32768), (32, 1024), (32, 8192), (32, 32768), (64, 4096), (64, 16384), (128, 2048), (128, 8192),
-                 (256, 1024), (256, 4096))
+DECODE_SHAPES: tuple[tuple[int, int, int], ...] = tuple((b, c, c) for b, c in (
+    (1, 256), (1, 320), (1, 384), (1, 512), (4, 512), (1, 1024), (1, 8192), (1, 32768), (8, 8192), (8, 32768),
+    (32, 1024), (32, 8192), (32, 32768), (64, 4096), (64, 16384), (128, 2048), (128, 8192), (256, 1024),
+    (256, 4096)))
+"""(batch, context, max_seqlen_kv passed); ``--decode-shapes`` replaces them."""
+SPLITS: tuple[int, ...] = ()
+"""Fixed split counts to time (``--splits``); empty: the full list unless ``--quick``."""
+VARIANTS: dict[str, dict[str, bool]] = {
+    "unmasked": {"interior_unmasked": True},
+    "no-pdl": {"merge_pdl": False},
+}
+"""Kernel options timed beside the default launch (``paged_decode_fwd`` keywords)."""
+
+
+def _decode_shapes(text: str) -> tuple[tuple[int, int, int], ...]:
+    """``"1x384@8192,64x4096"`` -> ((1, 384, 8192), (64, 4096, 4096)): batch x context [@ max_seqlen_kv]."""
+    out = []
+    for item in text.split(","):
+        shape, _, cap = item.partition("@")
+        b, c = (int(x) for x in shape.split("x"))
+        out.append((b, c, int(cap) if cap else c))
+    return tuple(out)
 TUNES = ((64, 4, 3), (64, 4, 2), (64, 4, 4), (64, 8, 3), (32, 4, 3), (128, 8, 2), (128, 4, 2))
 
 
@@ -83,19 +102,21 @@ def sweep_decode(lmd: Any) -> None:
     dev = torch.device("cuda")
     holder = types.SimpleNamespace(dev=dev)
     hq, hkv, d, bs = 32, 8, 128, 64
-    for B, ctx in DECODE_SHAPES:
+    for B, ctx, cap in DECODE_SHAPES:
         p = _paged(holder, B, ctx, hkv, d, bs, torch.bfloat16)  # type: ignore[arg-type]
         q = torch.randn(B, hq, d, device=dev, dtype=torch.bfloat16)
         kd, vd = _dense_kv(p, B, ctx)
         ref = F.scaled_dot_product_attention(q[:, :, None], kd, vd, enable_gqa=True).squeeze(2)
         del kd, vd
-        args = (q, p["key_cache"], p["value_cache"], p["block_table"], p["seqlens_kv"], ctx, "NHD")
-        picked = decode_num_splits(B, hkv, ctx, 64, num_sms(dev))
+        # cap: the max_seqlen_kv a CUDA graph is captured with (the split count follows it, each sequence's own
+        # length is divided among the splits); the cache holds ctx keys per sequence either way
+        args = (q, p["key_cache"], p["value_cache"], p["block_table"], p["seqlens_kv"], cap, "NHD")
+        picked = decode_num_splits(B, hkv, cap, 64, num_sms(dev))
         nbytes = 2 * B * ctx * hkv * d * 2
         cells: dict[str, float] = {}
         worst = 0.0
-        for sp in () if QUICK else (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64):
-            if sp > math.ceil(ctx / 64) or B * hkv * sp > 64 * num_sms(dev):
+        for sp in SPLITS or (() if QUICK else (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)):
+            if sp > math.ceil(cap / 64) or B * hkv * sp > 64 * num_sms(dev):
                 continue
             worst = max(worst, rel_err(paged_decode_fwd(*args, num_splits=sp), ref))
             cells[f"s{sp}"] = 1000 * time_ms(lambda: paged_decode_fwd(*args, num_splits=sp))
@@ -110,11 +131,14 @@ def sweep_decode(lmd: Any) -> None:
         cells["default/merge-pass"] = 1000 * time_ms(lambda: paged_decode_fwd(*args, merge_pass=True))
         worst = max(worst, rel_err(paged_decode_fwd(*args, heads_first=True), ref))
         cells["default/heads-first"] = 1000 * time_ms(lambda: paged_decode_fwd(*args, heads_first=True))
+        for name, opts in VARIANTS.items():  # the kernel options against the default launch, same inputs
+            worst = max(worst, rel_err(paged_decode_fwd(*args, **opts), ref))
+            cells[f"default/{name}"] = 1000 * time_ms(lambda: paged_decode_fwd(*args, **opts))
         if lmd is not None:
             cells["lmdeploy"] = 1000 * time_ms(lambda: lmd.flash_attn_with_kvcache(
                 q, p["key_cache"], p["value_cache"], p["seqlens_kv"], p["block_table"], max_seqlen_q=1))
         floor_us = nbytes / (COPY_GBS * 1e3) if COPY_GBS else float("nan")
-        _log("decode", f"B{B} ctx{ctx}", cells,
+        _log("decode", f"B{B} ctx{ctx}" + (f" cap{cap}" if cap != ctx else ""), cells,
              f"(heuristic {picked}; KV floor {floor_us:.1f}us; max rel err vs SDPA {worst:.1e})")
         torch.cuda.empty_cache()
 
@@ -124,14 +148,20 @@ QUICK = False
 
 
 def main() -> int:
-    global COPY_GBS, QUICK
+    global COPY_GBS, QUICK, DECODE_SHAPES, SPLITS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="quant,decode")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true",
                     help="decode: only the shipped settings (in-kernel merge and merge pass) and LMDeploy's kernel")
+    ap.add_argument("--decode-shapes", default="", help='decode cells, e.g. "1x384@8192,64x4096" (B x ctx [@ cap])')
+    ap.add_argument("--splits", default="", help="decode: fixed split counts to time, e.g. 16,32,64")
     args = ap.parse_args()
     QUICK = args.quick
+    if args.decode_shapes:
+        DECODE_SHAPES = _decode_shapes(args.decode_shapes)
+    if args.splits:
+        SPLITS = tuple(int(x) for x in args.splits.split(","))
     if not torch.cuda.is_available():
         print("needs a CUDA device", file=sys.stderr)
         return 2

@@ -113,6 +113,21 @@ def inline_ptx(device: torch.device) -> bool:
     return _nvidia(device.index if device.index is not None else torch.cuda.current_device())
 
 
+@functools.lru_cache(maxsize=16)
+def _capability_major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def programmatic_launch(device: torch.device) -> bool:
+    """Whether a kernel may be launched as a programmatic dependent of the previous one (PDL: ``launch_pdl``,
+    ``griddepcontrol``; NVIDIA sm_90+). Its launch then overlaps the previous kernel's tail, and it waits for that
+    kernel's completion with ``tl.extra.cuda.gdc_wait`` before reading its output. PTX-only, like
+    :func:`inline_ptx`."""
+    if not inline_ptx(device):
+        return False
+    return _capability_major(device.index if device.index is not None else torch.cuda.current_device()) >= 9
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot`` input precision: exact fp32 for fp32 inputs, tensor cores otherwise."""
     return "ieee" if dtype == torch.float32 else "tf32"

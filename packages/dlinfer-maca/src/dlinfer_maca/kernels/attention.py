@@ -32,7 +32,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import arrival_counters, cdiv, dot_precision, interpreting, last_arrival, next_pow2, num_sms, tanh_f32
+from ._utils import (
+    arrival_counters,
+    cdiv,
+    dot_precision,
+    interpreting,
+    last_arrival,
+    next_pow2,
+    num_sms,
+    programmatic_launch,
+    tanh_f32,
+)
 from .elementwise import kv_strides
 
 LOG2E = 1.4426950408889634
@@ -50,6 +60,19 @@ H200 the in-kernel merge took 13 % less time at 4 splits (B1 ctx256) and 1-4 % l
 registers, which every split program holds). 5-8 splits (batch 1 at 257-512 tokens of context: eager decode's
 common case) lie between the measured 4 and 9 and were not timed; the bound is 8 rather than 4 because each merge
 launch saved is host time in eager mode, where a decode step waits for its launches."""
+DECODE_INTERIOR_UNMASKED = False
+"""Run the decode key blocks wholly inside a split's range without masks (:func:`_decode_block`; a window's first
+block and the sequence's last partial block keep them). Off: on the H200 the three-part loop was slower in most
+cells (B8 ctx8192 80.4 against 70.1 us, B32 ctx1024 45.8 against 37.7; the batch-1 graph step's split kernel
+158 against 132 us) and faster only at B128 ctx8192 (1006 against 1025 us) (2026-12-03 fifth session,
+``tune-decode-pdl-unmasked.log``, cells ``default`` against ``default/masked``). Kept as a sweep option."""
+DECODE_MERGE_PDL = True
+"""The merge pass is launched as a programmatic dependent of the split kernel where the device allows it
+(:func:`programmatic_launch`: NVIDIA sm_90+): its launch overlaps the split kernel's tail, and it waits for the
+split grid's completion before reading the partials. H200, batch 1, masked loop, PDL against the plain launch:
+6.35 against 6.47 us (ctx 384 in a graph captured for 8192), 7.59 against 7.66 (2048 in 8192), 5.60 against 5.79
+(1024), 11.01 against 11.09 (8192), 39.49 against 39.23 (32768) (2026-12-03 fifth session, cells
+``default/masked`` against ``default/masked+no-pdl``)."""
 
 
 @triton.jit
@@ -92,11 +115,15 @@ def _decode_split_kernel(
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MERGE_G: tl.constexpr, MERGE_S: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
+    INTERIOR_UNMASKED: tl.constexpr = False, PDL_TRIGGER: tl.constexpr = False,
 ):
     """One (sequence, KV head, split) program. ``DIRECT``: a single split writes the normalised output.
     Otherwise each split that starts inside the sequence (:func:`_splits_used`) stores its normalised partial and
     log-sum-exp, and the splits past its end store nothing; with ``MERGE`` the last split of the (sequence, KV head)
-    to arrive merges the used ones (one launch per call), else :func:`_decode_merge_kernel` does."""
+    to arrive merges the used ones (one launch per call), else :func:`_decode_merge_kernel` does.
+    ``INTERIOR_UNMASKED``: key blocks wholly inside ``[start, end)`` run without masks; only a window's first block
+    and the sequence's last partial block are masked. ``PDL_TRIGGER``: let the merge launch (programmatic dependent
+    launch, sm_90+) start once every program is past its key loop; the merge waits for this grid's completion."""
     if HEADS_FIRST:  # grid (Hkv, B, splits): the programs that run together read the KV heads of the same pages
         kvh = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
@@ -137,24 +164,29 @@ def _decode_split_kernel(
     bt_row = bt_ptr + b * stride_bt
     k_base = kc_ptr + kvh * stride_kh
     v_base = vc_ptr + kvh * stride_vh
-    for n0 in range((start // BLOCK_N) * BLOCK_N, end, BLOCK_N):
-        offs = n0 + tl.arange(0, BLOCK_N)
-        nmask = (offs >= start) & (offs < end)
-        if PAGE % BLOCK_N == 0:  # the whole key block sits in one page: one table read
-            page = tl.load(bt_row + n0 // PAGE).to(tl.int64)
-        else:
-            page = tl.load(bt_row + offs // PAGE, mask=nmask, other=0).to(tl.int64)
-        slot = offs % PAGE
-        krow = page * stride_kb + slot * stride_ks
-        vrow = page * stride_vb + slot * stride_vs
-        k = tl.load(k_base + krow[:, None] + d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-        s = _transform_scores(s, scale, softcap, slope, (offs - pos).to(tl.float32)[None, :],
-                              USE_SOFTCAP, USE_ALIBI)
-        s = tl.where(nmask[None, :], s, float("-inf"))
-        p, m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc)
-        v = tl.load(v_base + vrow[:, None] + dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
-        acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    lo = (start // BLOCK_N) * BLOCK_N
+    if INTERIOR_UNMASKED:
+        full_lo = tl.cdiv(start, BLOCK_N) * BLOCK_N  # the blocks wholly inside [start, end)
+        full_hi = tl.maximum((end // BLOCK_N) * BLOCK_N, full_lo)
+        if (lo < full_lo) & (start < end):  # a window's first block starts mid-block (it may also be the last)
+            m_i, l_i, acc = _decode_block(q, k_base, v_base, bt_row, lo, start, end, pos, stride_kb, stride_ks,
+                                          stride_vb, stride_vs, scale, softcap, slope, m_i, l_i, acc, d, dv, dmask,
+                                          dvmask, PAGE, BLOCK_N, True, USE_SOFTCAP, USE_ALIBI, DOT_PREC)
+        for n0 in range(full_lo, full_hi, BLOCK_N):
+            m_i, l_i, acc = _decode_block(q, k_base, v_base, bt_row, n0, start, end, pos, stride_kb, stride_ks,
+                                          stride_vb, stride_vs, scale, softcap, slope, m_i, l_i, acc, d, dv, dmask,
+                                          dvmask, PAGE, BLOCK_N, False, USE_SOFTCAP, USE_ALIBI, DOT_PREC)
+        if full_hi < end:  # the sequence's last, partial block
+            m_i, l_i, acc = _decode_block(q, k_base, v_base, bt_row, full_hi, start, end, pos, stride_kb, stride_ks,
+                                          stride_vb, stride_vs, scale, softcap, slope, m_i, l_i, acc, d, dv, dmask,
+                                          dvmask, PAGE, BLOCK_N, True, USE_SOFTCAP, USE_ALIBI, DOT_PREC)
+    else:
+        for n0 in range(lo, end, BLOCK_N):
+            m_i, l_i, acc = _decode_block(q, k_base, v_base, bt_row, n0, start, end, pos, stride_kb, stride_ks,
+                                          stride_vb, stride_vs, scale, softcap, slope, m_i, l_i, acc, d, dv, dmask,
+                                          dvmask, PAGE, BLOCK_N, True, USE_SOFTCAP, USE_ALIBI, DOT_PREC)
+    if PDL_TRIGGER:
+        tl.extra.cuda.gdc_launch_dependents()
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -172,6 +204,41 @@ def _decode_split_kernel(
             if last_arrival(cnt_ptr, b * n_kvh + kvh, NUM_SPLITS):  # every split arrives, used or not
                 _merge_splits(part_o_ptr, part_lse_ptr, o_ptr, b, kvh, G, Hq, NUM_SPLITS, n_used, stride_ob,
                               stride_oh, DV, MERGE_G, MERGE_S, BLOCK_DV)
+
+
+@triton.jit
+def _decode_block(q, k_base, v_base, bt_row, n0, start, end, pos, stride_kb, stride_ks, stride_vb, stride_vs,
+                  scale, softcap, slope, m_i, l_i, acc, d, dv, dmask, dvmask,
+                  PAGE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                  USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Fold key block ``[n0, n0 + BLOCK_N)`` into the running softmax of one program's ``[BLOCK_G]`` heads.
+    ``MASKED``: keys outside ``[start, end)`` are neither read nor counted; unmasked, the whole block lies inside."""
+    offs = n0 + tl.arange(0, BLOCK_N)
+    nmask = (offs >= start) & (offs < end)
+    if PAGE % BLOCK_N == 0:  # the whole key block sits in one page: one table read
+        page = tl.load(bt_row + n0 // PAGE).to(tl.int64)
+    elif MASKED:
+        page = tl.load(bt_row + offs // PAGE, mask=nmask, other=0).to(tl.int64)
+    else:
+        page = tl.load(bt_row + offs // PAGE).to(tl.int64)
+    slot = offs % PAGE
+    krow = page * stride_kb + slot * stride_ks
+    vrow = page * stride_vb + slot * stride_vs
+    if MASKED:
+        kmask = nmask[:, None] & dmask[None, :]
+        vmask = nmask[:, None] & dvmask[None, :]
+    else:
+        kmask = dmask[None, :]
+        vmask = dvmask[None, :]
+    k = tl.load(k_base + krow[:, None] + d[None, :], mask=kmask, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+    s = _transform_scores(s, scale, softcap, slope, (offs - pos).to(tl.float32)[None, :], USE_SOFTCAP, USE_ALIBI)
+    if MASKED:
+        s = tl.where(nmask[None, :], s, float("-inf"))
+    p, m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc)
+    v = tl.load(v_base + vrow[:, None] + dv[None, :], mask=vmask, other=0.0)
+    acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    return m_i, l_i, acc
 
 
 @triton.jit
@@ -219,10 +286,13 @@ def _merge_splits(part_o_ptr, part_lse_ptr, o_ptr, b, kvh, G, Hq, NUM_SPLITS, n_
 @triton.jit(do_not_specialize=["NUM_SPLITS"])
 def _decode_merge_kernel(
     part_o_ptr, part_lse_ptr, o_ptr, seqlens_ptr, stride_ob, stride_oh, Hq, DV, NUM_SPLITS,
-    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, PDL_WAIT: tl.constexpr = False,
 ):
     """Program ``(sequence, query head)``: the used splits' partials (:func:`_splits_used`) merged by their
-    log-sum-exp; the splits past the sequence's end stored nothing and are not read."""
+    log-sum-exp; the splits past the sequence's end stored nothing and are not read. ``PDL_WAIT``: launched as a
+    programmatic dependent of the split kernel; it waits for that grid's completion before reading."""
+    if PDL_WAIT:
+        tl.extra.cuda.gdc_wait()
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     s = tl.arange(0, BLOCK_S)
@@ -245,7 +315,9 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_kv: int, block_n
     (the merge pass would cost more than it gains); with one to two per SM, two splits (the second wave would
     otherwise run half empty: B32 x 8 KV heads on 132 SMs, 1.11x faster at ctx 8192 on the H200); below that,
     about four programs per SM, never less than one key block per split (H200 sweep,
-    tools/tune_norm_decode_gpu.py)."""
+    tools/tune_norm_decode_gpu.py). A CUDA graph passes its capacity as ``max_seqlen_kv``; two programs per SM
+    there (33 splits at batch 1, 8 KV heads, captured for 8192) took 6.25 / 7.18 / 12.55 us at contexts of 384 /
+    2048 / 8192 against 64 splits' 6.35 / 7.59 / 11.01 (H200, 2026-12-03 fifth session), and was not kept."""
     n_blocks = max(1, cdiv(max_seqlen_kv, block_n))
     programs = max(batch * num_kv_heads, 1)
     if programs >= 2 * sms:
@@ -262,7 +334,7 @@ def paged_decode_fwd(
     seqlens_kv: torch.Tensor, max_seqlen_kv: int, layout: str, scale: float | None = None,
     window: int | None = None, softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
     num_splits: int | None = None, tune: tuple[int, int, int] | None = None, merge_pass: bool = False,
-    heads_first: bool | None = None,
+    heads_first: bool | None = None, interior_unmasked: bool | None = None, merge_pdl: bool | None = None,
 ) -> torch.Tensor:
     """Decode attention: ``q [B, Hq, D]`` over paged K/V -> ``[B, Hq, Dv]`` in q.dtype.
 
@@ -270,7 +342,9 @@ def paged_decode_fwd(
     the splits in a second launch even where the last split program would (benchmark sweeps); the second launch
     is also taken above :data:`MERGE_INLINE_MAX_SPLITS` splits and when the arrival counters would have to be
     allocated during CUDA-graph capture. ``heads_first`` orders the grid (KV head, sequence, split) instead of
-    (sequence, KV head, split) (sweeps; default :data:`DECODE_HEADS_FIRST`)."""
+    (sequence, KV head, split) (sweeps; default :data:`DECODE_HEADS_FIRST`). ``interior_unmasked`` and
+    ``merge_pdl`` override :data:`DECODE_INTERIOR_UNMASKED` and :data:`DECODE_MERGE_PDL` (sweeps); PDL is used only
+    where :func:`programmatic_launch` allows it."""
     B, Hq, D = q.shape
     kb, ks, kh, page = kv_strides(key_cache, layout)
     vb, vs, vh, _ = kv_strides(value_cache, layout)
@@ -303,6 +377,9 @@ def paged_decode_fwd(
     merge_g = next_pow2(G)
     merge_s = max(1, min(next_pow2(splits), MERGE_TILE // (merge_g * block_dv)))
     heads_first = DECODE_HEADS_FIRST if heads_first is None else heads_first
+    unmasked = DECODE_INTERIOR_UNMASKED if interior_unmasked is None else interior_unmasked
+    pdl = (DECODE_MERGE_PDL if merge_pdl is None else merge_pdl) and splits > 1 and cnt is None \
+        and programmatic_launch(q.device)
     _decode_split_kernel[(Hkv, B, splits) if heads_first else (B, Hkv, splits)](
         q, key_cache, value_cache, block_table, seqlens_kv,
         alibi_slopes if alibi_slopes is not None else q,
@@ -316,13 +393,14 @@ def paged_decode_fwd(
         BLOCK_G=block_g, BLOCK_N=block_n,
         BLOCK_D=next_pow2(D), BLOCK_DV=block_dv, MERGE_G=merge_g, MERGE_S=merge_s,
         USE_SOFTCAP=softcap is not None, USE_ALIBI=alibi_slopes is not None, USE_WINDOW=window is not None,
-        DOT_PREC=dot_precision(q.dtype),
+        DOT_PREC=dot_precision(q.dtype), INTERIOR_UNMASKED=unmasked, PDL_TRIGGER=pdl,
         num_warps=warps, num_stages=stages,
     )
     if splits > 1 and cnt is None:
         _decode_merge_kernel[(B, Hq)](
             part_o, part_lse, out, seqlens_kv, out.stride(0), out.stride(1), Hq, DV, splits,
-            BLOCK_S=next_pow2(splits), BLOCK_DV=block_dv, BLOCK_N=block_n, num_warps=4,
+            BLOCK_S=next_pow2(splits), BLOCK_DV=block_dv, BLOCK_N=block_n, PDL_WAIT=pdl, num_warps=4,
+            **({"launch_pdl": True} if pdl else {}),
         )
     return out
 
