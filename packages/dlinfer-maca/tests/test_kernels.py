@@ -278,16 +278,29 @@ def _poison_unused_slots(kc, vc, table, lens, bs, layout):
         view[~owned] = float("nan")
 
 
+PAGE_LOOP_CASES = [
+    # B, Hq, Hkv, D, DV, BS, lens, layout, splits, max_seqlen_kv passed
+    (3, 4, 1, 32, 32, 64, [5, 200, 64], "NHD", None, None),  # a sequence ending on a block boundary
+    (2, 8, 2, 48, 32, 64, [150, 1], "HND", 3, None),  # D below its tile (masked head dims), 3 splits
+    (3, 4, 2, 32, 32, 128, [300, 129, 70], "NHD", 2, None),  # two key blocks per page: the in-page offset
+    (3, 4, 2, 32, 32, 128, [300, 1, 33], "NHD", 16, 4096),  # a graph's capacity: splits past the end
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("case", DECODE_CASES)
-@pytest.mark.parametrize("window", [None, 37], ids=["no-window", "window"])
+@pytest.mark.parametrize("case", PAGE_LOOP_CASES)
+@pytest.mark.parametrize("window", [None, 37, 200], ids=["no-window", "window-37", "window-200"])
 @pytest.mark.parametrize("merge_pass", [False, True], ids=["inline-merge", "merge-pass"])
-def test_paged_decode_interior_blocks_unmasked(dtype, case, window, merge_pass):
-    """``interior_unmasked``: only a window's first block and a sequence's last partial block are masked. Every
-    slot past a sequence's end (and every unowned block) holds NaN, so an unmasked read of one fails; a window
-    that starts mid-block must still hide the keys before it. ``merge_pdl`` launches the merge pass as a
-    programmatic dependent where the device allows it (sm_90+; on the CPU interpreter it is a plain launch)."""
+def test_paged_decode_page_loop(dtype, case, window, merge_pass, monkeypatch):
+    """``page_loop``: blocks read whole at one scalar page base, masked only where they cross the split's range.
+    Every slot past a sequence's end (and every unowned block) holds NaN, so a crossing block whose scores or values
+    are not masked fails; a window that starts mid-block must still hide the keys before it. ``merge_pdl`` launches
+    the merge pass as a programmatic dependent where the device allows it (sm_90+; on the CPU interpreter it is a
+    plain launch)."""
     B, Hq, Hkv, D, DV, BS, lens, layout, splits, maxlen = case
+    if not merge_pass:
+        monkeypatch.setattr(attention, "_decode_merge_kernel", None)
+        monkeypatch.setattr(attention, "MERGE_INLINE_MAX_SPLITS", 64)
     ks = [rnd(n, Hkv, D, dtype=dtype) for n in lens]
     vs = [rnd(n, Hkv, DV, dtype=dtype) for n in lens]
     kc, vc, table = _paged(ks, vs, BS, layout)
@@ -295,12 +308,37 @@ def test_paged_decode_interior_blocks_unmasked(dtype, case, window, merge_pass):
     q = rnd(B, Hq, D, dtype=dtype, scale=2.0)
     seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     out = attention.paged_decode_fwd(q, kc, vc, table, seqlens, maxlen or max(lens), layout, window=window,
-                                     num_splits=splits, merge_pass=merge_pass, interior_unmasked=True,
-                                     merge_pdl=True)
+                                     num_splits=splits, merge_pass=merge_pass, page_loop=True, merge_pdl=True)
     for b, n in enumerate(lens):
         ref = attention_ref(q[b:b + 1], ks[b], vs[b], q_pos=torch.tensor([n - 1], device=DEVICE),
                             causal=True, scale=1 / math.sqrt(D), window=window)
         assert_close(out[b:b + 1], ref, dtype, factor=2)
+
+
+def test_paged_decode_page_loop_only_on_whole_blocks_per_page(monkeypatch):
+    """Pages smaller than the key block keep the per-key loop (a block would span pages the table may not hold)."""
+    seen: list[bool] = []
+    split = attention._decode_split_kernel
+
+    class Recording:
+        def __getitem__(self, grid):  # noqa: ANN001 - Triton's launch syntax
+            def launch(*args, **kwargs):  # noqa: ANN002, ANN003
+                seen.append(kwargs["PAGE_LOOP"])
+                return split[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(attention, "_decode_split_kernel", Recording())
+    for bs in (16, 64):
+        ks = [rnd(90, 2, 32)]
+        vs = [rnd(90, 2, 32)]
+        kc, vc, table = _paged(ks, vs, bs, "NHD")
+        q = rnd(1, 4, 32)
+        out = attention.paged_decode_fwd(q, kc, vc, table, torch.tensor([90], dtype=torch.int32, device=DEVICE), 90,
+                                         "NHD", page_loop=True)
+        ref = attention_ref(q, ks[0], vs[0], q_pos=torch.tensor([89], device=DEVICE), causal=True,
+                            scale=1 / math.sqrt(32))
+        assert_close(out, ref, torch.float32, factor=2)
+    assert seen == [False, True]
 
 
 _DECODE_COMPILE = """
@@ -311,15 +349,15 @@ from dlinfer_maca.kernels import attention as A
 target = GPUTarget("cuda", 90, 32)
 ptrs = dict(q_ptr="*bf16", kc_ptr="*bf16", vc_ptr="*bf16", bt_ptr="*i32", seqlens_ptr="*i32", slopes_ptr="*fp32",
             o_ptr="*bf16", part_o_ptr="*fp32", part_lse_ptr="*fp32", cnt_ptr="*i32", scale="fp32", softcap="fp32")
-for direct, merge, window, unmasked, pdl in ((True, False, False, False, False), (False, True, False, True, False),
-                                            (False, False, True, False, True), (False, False, True, True, True)):
+for direct, merge, window, page_loop, pdl in ((True, False, False, False, False), (False, True, False, True, False),
+                                             (False, False, True, False, True), (False, False, True, True, True)):
     const = dict(PAGE=64, D=128, DV=128, DIRECT=direct, MERGE=merge, HEADS_FIRST=True, BLOCK_G=16, BLOCK_N=64,
                  BLOCK_D=128, BLOCK_DV=128, MERGE_G=4, MERGE_S=4, USE_SOFTCAP=False, USE_ALIBI=False,
-                 USE_WINDOW=window, DOT_PREC="ieee", INTERIOR_UNMASKED=unmasked, PDL_TRIGGER=pdl)
+                 USE_WINDOW=window, DOT_PREC="ieee", PAGE_LOOP=page_loop, PDL_TRIGGER=pdl)
     sig = {n: "constexpr" if n in const else ptrs.get(n, "i32") for n in A._decode_split_kernel.arg_names}
     out = triton.compile(ASTSource(A._decode_split_kernel, sig, const), target=target,
                          options={"num_warps": 4, "num_stages": 2})
-    assert out.asm["cubin"], (direct, merge, window, unmasked, pdl)
+    assert out.asm["cubin"], (direct, merge, window, page_loop, pdl)
     assert ("griddepcontrol.launch_dependents" in out.asm["ptx"]) == pdl, pdl
 for pdl in (False, True):
     const = dict(BLOCK_S=64, BLOCK_DV=128, BLOCK_N=64, PDL_WAIT=pdl)
@@ -335,7 +373,7 @@ print("compiled")
 @needs_ptxas
 def test_decode_kernels_compile_for_sm90(tmp_path):
     """The interpreter cannot catch a lowering error: the decode split kernel (one split, in-kernel merge, merge pass
-    with a window; interior blocks unmasked; the PDL trigger) and the merge kernel (with and without the PDL wait)
+    with a window; the page loop; the PDL trigger) and the merge kernel (with and without the PDL wait)
     built for sm_90 with Triton's bundled ptxas."""
     proc = run_as_for_gpu(["-c", _DECODE_COMPILE], tmp_path, timeout=300)
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
@@ -530,3 +568,28 @@ def test_w4a16(dtype, split_k):
 def test_tolerances_are_strict():
     assert TOL[torch.float32] == 1e-5 and TOL[torch.float16] == 1e-3 and TOL[torch.bfloat16] == 1e-2
     assert ON_GPU or DEVICE == "cpu"
+
+
+@needs_ptxas
+def test_decode_page_loop_has_less_address_arithmetic_in_its_sm90_loop(tmp_path):
+    """``tools/decode_sass_compare.py`` (sm_90 build, no GPU): the page loop's body per key block holds fewer
+    instructions, and fewer integer address instructions, than the per-key loop's; both have the two MMAs."""
+    from pathlib import Path as _Path
+
+    tool = _Path(__file__).resolve().parents[1] / "tools" / "decode_sass_compare.py"
+    proc = run_as_for_gpu([str(tool), "--no-peer", "--out", str(tmp_path / "sass")], tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, rows = None, {}
+    for line in proc.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == "kernel":
+            header = cells
+        elif header and cells[0].startswith("maca_split"):
+            rows[cells[0]] = {k: int(v) for k, v in zip(header[1:], cells[1:], strict=True)}
+    assert len(rows) == 4, proc.stdout
+    for stages in (2, 3):
+        per_key, paged = rows[f"maca_split_bn64_w4s{stages}_per_key"], rows[f"maca_split_bn64_w4s{stages}_page_loop"]
+        address = ("IMAD", "IADD3", "LEA")
+        assert paged["loop"] < per_key["loop"], (paged, per_key)
+        assert sum(paged[op] for op in address) < sum(per_key[op] for op in address), (paged, per_key)
+        assert paged["HMMA"] + paged["HGMMA"] > 0 and paged["stack"] == 0, paged

@@ -77,7 +77,8 @@ DECODE_SHAPES: tuple[tuple[int, int, int], ...] = tuple((b, c, c) for b, c in (
 SPLITS: tuple[int, ...] = ()
 """Fixed split counts to time (``--splits``); empty: the full list unless ``--quick``."""
 VARIANTS: dict[str, dict[str, bool]] = {
-    "unmasked": {"interior_unmasked": True},
+    "page-loop": {"page_loop": True},
+    "page-loop+no-pdl": {"page_loop": True, "merge_pdl": False},
     "no-pdl": {"merge_pdl": False},
 }
 """Kernel options timed beside the default launch (``paged_decode_fwd`` keywords)."""

@@ -60,12 +60,17 @@ H200 the in-kernel merge took 13 % less time at 4 splits (B1 ctx256) and 1-4 % l
 registers, which every split program holds). 5-8 splits (batch 1 at 257-512 tokens of context: eager decode's
 common case) lie between the measured 4 and 9 and were not timed; the bound is 8 rather than 4 because each merge
 launch saved is host time in eager mode, where a decode step waits for its launches."""
-DECODE_INTERIOR_UNMASKED = False
-"""Run the decode key blocks wholly inside a split's range without masks (:func:`_decode_block`; a window's first
-block and the sequence's last partial block keep them). Off: on the H200 the three-part loop was slower in most
-cells (B8 ctx8192 80.4 against 70.1 us, B32 ctx1024 45.8 against 37.7; the batch-1 graph step's split kernel
-158 against 132 us) and faster only at B128 ctx8192 (1006 against 1025 us) (2026-12-03 fifth session,
-``tune-decode-pdl-unmasked.log``, cells ``default`` against ``default/masked``). Kept as a sweep option."""
+DECODE_PAGE_LOOP = False
+"""Decode key loop over page-aligned blocks (:func:`_decode_page_blocks`; pages a multiple of the key block): the
+tile's address offsets are computed once, each block adds one scalar page base, and only the blocks that cross
+the split's range matter for the masks (scores masked per key, values not loaded past the sequence's end).
+sm_90 build of the batch-1 launch (``tools/decode_sass_compare.py``, 2 stages): 356 SASS instructions per 64-key
+block at 101 registers, against the per-key loop's 436 at 89 and LMDeploy's split kernel's 269 at 122 (3 stages);
+the difference is mostly address arithmetic (IMAD / IADD3 / LEA 49 against 113). Off until timed on a GPU (sweep cell
+``default/page-loop``): fewer instructions at more registers was slower before (next sentence).
+A loop that split the blocks into a masked head, an unmasked middle and a masked tail (``INTERIOR_UNMASKED``, removed)
+was timed on the H200 and was slower at B8 / B32 (80.4 against 70.1 us at B8 ctx8192, 45.8 against 37.7 at B32
+ctx1024; 128 registers against 89), level at batch 1 (2026-12-03 fifth session, ``tune-decode-pdl-unmasked.log``)."""
 DECODE_MERGE_PDL = True
 """The merge pass is launched as a programmatic dependent of the split kernel where the device allows it
 (:func:`programmatic_launch`: NVIDIA sm_90+): its launch overlaps the split kernel's tail, and it waits for the
@@ -115,15 +120,15 @@ def _decode_split_kernel(
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MERGE_G: tl.constexpr, MERGE_S: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
-    INTERIOR_UNMASKED: tl.constexpr = False, PDL_TRIGGER: tl.constexpr = False,
+    PAGE_LOOP: tl.constexpr = False, PDL_TRIGGER: tl.constexpr = False,
 ):
     """One (sequence, KV head, split) program. ``DIRECT``: a single split writes the normalised output.
     Otherwise each split that starts inside the sequence (:func:`_splits_used`) stores its normalised partial and
     log-sum-exp, and the splits past its end store nothing; with ``MERGE`` the last split of the (sequence, KV head)
     to arrive merges the used ones (one launch per call), else :func:`_decode_merge_kernel` does.
-    ``INTERIOR_UNMASKED``: key blocks wholly inside ``[start, end)`` run without masks; only a window's first block
-    and the sequence's last partial block are masked. ``PDL_TRIGGER``: let the merge launch (programmatic dependent
-    launch, sm_90+) start once every program is past its key loop; the merge waits for this grid's completion."""
+    ``PAGE_LOOP`` (``PAGE % BLOCK_N == 0``): the key loop of :func:`_decode_page_blocks`. ``PDL_TRIGGER``: let the
+    merge launch (programmatic dependent launch, sm_90+) start once every program is past its key loop; the merge
+    waits for this grid's completion."""
     if HEADS_FIRST:  # grid (Hkv, B, splits): the programs that run together read the KV heads of the same pages
         kvh = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
@@ -164,27 +169,16 @@ def _decode_split_kernel(
     bt_row = bt_ptr + b * stride_bt
     k_base = kc_ptr + kvh * stride_kh
     v_base = vc_ptr + kvh * stride_vh
-    lo = (start // BLOCK_N) * BLOCK_N
-    if INTERIOR_UNMASKED:
-        full_lo = tl.cdiv(start, BLOCK_N) * BLOCK_N  # the blocks wholly inside [start, end)
-        full_hi = tl.maximum((end // BLOCK_N) * BLOCK_N, full_lo)
-        if (lo < full_lo) & (start < end):  # a window's first block starts mid-block (it may also be the last)
-            m_i, l_i, acc = _decode_block(q, k_base, v_base, bt_row, lo, start, end, pos, stride_kb, stride_ks,
-                                          stride_vb, stride_vs, scale, softcap, slope, m_i, l_i, acc, d, dv, dmask,
-                                          dvmask, PAGE, BLOCK_N, True, USE_SOFTCAP, USE_ALIBI, DOT_PREC)
-        for n0 in range(full_lo, full_hi, BLOCK_N):
-            m_i, l_i, acc = _decode_block(q, k_base, v_base, bt_row, n0, start, end, pos, stride_kb, stride_ks,
-                                          stride_vb, stride_vs, scale, softcap, slope, m_i, l_i, acc, d, dv, dmask,
-                                          dvmask, PAGE, BLOCK_N, False, USE_SOFTCAP, USE_ALIBI, DOT_PREC)
-        if full_hi < end:  # the sequence's last, partial block
-            m_i, l_i, acc = _decode_block(q, k_base, v_base, bt_row, full_hi, start, end, pos, stride_kb, stride_ks,
-                                          stride_vb, stride_vs, scale, softcap, slope, m_i, l_i, acc, d, dv, dmask,
-                                          dvmask, PAGE, BLOCK_N, True, USE_SOFTCAP, USE_ALIBI, DOT_PREC)
+    if PAGE_LOOP:
+        m_i, l_i, acc = _decode_page_blocks(q, k_base, v_base, bt_row, start, end, pos, stride_kb, stride_ks,
+                                            stride_vb, stride_vs, scale, softcap, slope, m_i, l_i, acc, d, dv,
+                                            dmask, dvmask, PAGE, BLOCK_N, USE_SOFTCAP, USE_ALIBI, USE_WINDOW,
+                                            DOT_PREC)
     else:
-        for n0 in range(lo, end, BLOCK_N):
+        for n0 in range((start // BLOCK_N) * BLOCK_N, end, BLOCK_N):
             m_i, l_i, acc = _decode_block(q, k_base, v_base, bt_row, n0, start, end, pos, stride_kb, stride_ks,
                                           stride_vb, stride_vs, scale, softcap, slope, m_i, l_i, acc, d, dv, dmask,
-                                          dvmask, PAGE, BLOCK_N, True, USE_SOFTCAP, USE_ALIBI, DOT_PREC)
+                                          dvmask, PAGE, BLOCK_N, USE_SOFTCAP, USE_ALIBI, DOT_PREC)
     if PDL_TRIGGER:
         tl.extra.cuda.gdc_launch_dependents()
 
@@ -209,35 +203,60 @@ def _decode_split_kernel(
 @triton.jit
 def _decode_block(q, k_base, v_base, bt_row, n0, start, end, pos, stride_kb, stride_ks, stride_vb, stride_vs,
                   scale, softcap, slope, m_i, l_i, acc, d, dv, dmask, dvmask,
-                  PAGE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                  PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
                   USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Fold key block ``[n0, n0 + BLOCK_N)`` into the running softmax of one program's ``[BLOCK_G]`` heads.
-    ``MASKED``: keys outside ``[start, end)`` are neither read nor counted; unmasked, the whole block lies inside."""
+    """Fold key block ``[n0, n0 + BLOCK_N)`` into the running softmax of one program's ``[BLOCK_G]`` heads; keys
+    outside ``[start, end)`` are neither read nor counted (per-key page lookups and masks: any page size)."""
     offs = n0 + tl.arange(0, BLOCK_N)
     nmask = (offs >= start) & (offs < end)
     if PAGE % BLOCK_N == 0:  # the whole key block sits in one page: one table read
         page = tl.load(bt_row + n0 // PAGE).to(tl.int64)
-    elif MASKED:
-        page = tl.load(bt_row + offs // PAGE, mask=nmask, other=0).to(tl.int64)
     else:
-        page = tl.load(bt_row + offs // PAGE).to(tl.int64)
+        page = tl.load(bt_row + offs // PAGE, mask=nmask, other=0).to(tl.int64)
     slot = offs % PAGE
     krow = page * stride_kb + slot * stride_ks
     vrow = page * stride_vb + slot * stride_vs
-    if MASKED:
-        kmask = nmask[:, None] & dmask[None, :]
-        vmask = nmask[:, None] & dvmask[None, :]
-    else:
-        kmask = dmask[None, :]
-        vmask = dvmask[None, :]
-    k = tl.load(k_base + krow[:, None] + d[None, :], mask=kmask, other=0.0)
+    k = tl.load(k_base + krow[:, None] + d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
     s = _transform_scores(s, scale, softcap, slope, (offs - pos).to(tl.float32)[None, :], USE_SOFTCAP, USE_ALIBI)
-    if MASKED:
-        s = tl.where(nmask[None, :], s, float("-inf"))
+    s = tl.where(nmask[None, :], s, float("-inf"))
     p, m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc)
-    v = tl.load(v_base + vrow[:, None] + dv[None, :], mask=vmask, other=0.0)
+    v = tl.load(v_base + vrow[:, None] + dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
     acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _decode_page_blocks(q, k_base, v_base, bt_row, start, end, pos, stride_kb, stride_ks, stride_vb, stride_vs,
+                        scale, softcap, slope, m_i, l_i, acc, d, dv, dmask, dvmask,
+                        PAGE: tl.constexpr, BLOCK_N: tl.constexpr, USE_SOFTCAP: tl.constexpr,
+                        USE_ALIBI: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr):
+    """The key loop over ``[start, end)`` in blocks that each lie in one page (``PAGE % BLOCK_N == 0``). The
+    tile's offsets inside a page are loop invariant; a block adds one scalar base (its page and its offset in
+    the page). Keys are read whole (the sequence's last page is allocated; its slots past the end may hold
+    anything, NaN included) and their scores masked to ``[start, end)`` (``start`` is a block boundary unless a
+    window moved it); values past the end are not loaded (zero), since a zero weight times NaN is NaN."""
+    n = tl.arange(0, BLOCK_N)
+    k_off = n[:, None] * stride_ks + d[None, :]
+    v_off = n[:, None] * stride_vs + dv[None, :]
+    for n0 in range((start // BLOCK_N) * BLOCK_N, end, BLOCK_N):
+        page = tl.load(bt_row + n0 // PAGE).to(tl.int64)
+        in_page = n0 % PAGE  # times a slot stride: below PAGE * stride_ks, an int32
+        k = tl.load(k_base + page * stride_kb + in_page * stride_ks + k_off, mask=dmask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        offs = n0 + n
+        s = _transform_scores(s, scale, softcap, slope, (offs - pos).to(tl.float32)[None, :], USE_SOFTCAP, USE_ALIBI)
+        if USE_WINDOW:  # the window's first block starts mid-block
+            keep = (offs >= start) & (offs < end)
+        else:  # a split starts on a block boundary (whole blocks per split): only the end cuts a block
+            keep = offs < end
+        s = tl.where(keep[None, :], s, float("-inf"))
+        p, m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc)
+        # the keys before start are real (their weight 0 suffices); past the end the slots are unread: 0 * NaN is
+        # NaN, so their values are not loaded (zero)
+        v = tl.load(v_base + page * stride_vb + in_page * stride_vs + v_off,
+                    mask=(offs < end)[:, None] & dvmask[None, :], other=0.0)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
     return m_i, l_i, acc
 
 
@@ -334,7 +353,7 @@ def paged_decode_fwd(
     seqlens_kv: torch.Tensor, max_seqlen_kv: int, layout: str, scale: float | None = None,
     window: int | None = None, softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
     num_splits: int | None = None, tune: tuple[int, int, int] | None = None, merge_pass: bool = False,
-    heads_first: bool | None = None, interior_unmasked: bool | None = None, merge_pdl: bool | None = None,
+    heads_first: bool | None = None, page_loop: bool | None = None, merge_pdl: bool | None = None,
 ) -> torch.Tensor:
     """Decode attention: ``q [B, Hq, D]`` over paged K/V -> ``[B, Hq, Dv]`` in q.dtype.
 
@@ -342,9 +361,9 @@ def paged_decode_fwd(
     the splits in a second launch even where the last split program would (benchmark sweeps); the second launch
     is also taken above :data:`MERGE_INLINE_MAX_SPLITS` splits and when the arrival counters would have to be
     allocated during CUDA-graph capture. ``heads_first`` orders the grid (KV head, sequence, split) instead of
-    (sequence, KV head, split) (sweeps; default :data:`DECODE_HEADS_FIRST`). ``interior_unmasked`` and
-    ``merge_pdl`` override :data:`DECODE_INTERIOR_UNMASKED` and :data:`DECODE_MERGE_PDL` (sweeps); PDL is used only
-    where :func:`programmatic_launch` allows it."""
+    (sequence, KV head, split) (sweeps; default :data:`DECODE_HEADS_FIRST`). ``page_loop`` and
+    ``merge_pdl`` override :data:`DECODE_PAGE_LOOP` and :data:`DECODE_MERGE_PDL` (sweeps); the page loop runs only
+    where the page size is a multiple of the key block, PDL only where :func:`programmatic_launch` allows it."""
     B, Hq, D = q.shape
     kb, ks, kh, page = kv_strides(key_cache, layout)
     vb, vs, vh, _ = kv_strides(value_cache, layout)
@@ -377,7 +396,7 @@ def paged_decode_fwd(
     merge_g = next_pow2(G)
     merge_s = max(1, min(next_pow2(splits), MERGE_TILE // (merge_g * block_dv)))
     heads_first = DECODE_HEADS_FIRST if heads_first is None else heads_first
-    unmasked = DECODE_INTERIOR_UNMASKED if interior_unmasked is None else interior_unmasked
+    paged_blocks = (DECODE_PAGE_LOOP if page_loop is None else page_loop) and page % block_n == 0
     pdl = (DECODE_MERGE_PDL if merge_pdl is None else merge_pdl) and splits > 1 and cnt is None \
         and programmatic_launch(q.device)
     _decode_split_kernel[(Hkv, B, splits) if heads_first else (B, Hkv, splits)](
@@ -393,7 +412,7 @@ def paged_decode_fwd(
         BLOCK_G=block_g, BLOCK_N=block_n,
         BLOCK_D=next_pow2(D), BLOCK_DV=block_dv, MERGE_G=merge_g, MERGE_S=merge_s,
         USE_SOFTCAP=softcap is not None, USE_ALIBI=alibi_slopes is not None, USE_WINDOW=window is not None,
-        DOT_PREC=dot_precision(q.dtype), INTERIOR_UNMASKED=unmasked, PDL_TRIGGER=pdl,
+        DOT_PREC=dot_precision(q.dtype), PAGE_LOOP=paged_blocks, PDL_TRIGGER=pdl,
         num_warps=warps, num_stages=stages,
     )
     if splits > 1 and cnt is None:
