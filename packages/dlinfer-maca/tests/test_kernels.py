@@ -593,3 +593,19 @@ def test_decode_page_loop_has_less_address_arithmetic_in_its_sm90_loop(tmp_path)
         assert paged["loop"] < per_key["loop"], (paged, per_key)
         assert sum(paged[op] for op in address) < sum(per_key[op] for op in address), (paged, per_key)
         assert paged["HMMA"] + paged["HGMMA"] > 0 and paged["stack"] == 0, paged
+
+
+def test_programmatic_launch_needs_a_triton_with_pdl(monkeypatch):
+    """PDL is used only with a Triton that has ``launch_pdl`` and ``gdc_wait`` (3.3+; the package accepts 3.0): an
+    older one must get plain launches, not an unknown launch option. Triton 3.6 (this environment) has both."""
+    import types
+
+    import triton.language as tl
+
+    _utils._triton_has_pdl.cache_clear()
+    assert _utils._triton_has_pdl()
+    monkeypatch.setattr(tl.extra, "cuda", types.SimpleNamespace(libdevice=None))
+    _utils._triton_has_pdl.cache_clear()
+    assert not _utils._triton_has_pdl()
+    monkeypatch.undo()
+    _utils._triton_has_pdl.cache_clear()

@@ -122,10 +122,23 @@ def programmatic_launch(device: torch.device) -> bool:
     """Whether a kernel may be launched as a programmatic dependent of the previous one (PDL: ``launch_pdl``,
     ``griddepcontrol``; NVIDIA sm_90+). Its launch then overlaps the previous kernel's tail, and it waits for that
     kernel's completion with ``tl.extra.cuda.gdc_wait`` before reading its output. PTX-only, like
-    :func:`inline_ptx`."""
-    if not inline_ptx(device):
+    :func:`inline_ptx`; and only with a Triton that has both (``launch_pdl``, ``tl.extra.cuda.gdc_wait``: Triton 3.3
+    and later; the package accepts Triton 3.0)."""
+    if not inline_ptx(device) or not _triton_has_pdl():
         return False
     return _capability_major(device.index if device.index is not None else torch.cuda.current_device()) >= 9
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_has_pdl() -> bool:
+    cuda_extra = getattr(tl.extra, "cuda", None)
+    if cuda_extra is None or not hasattr(cuda_extra, "gdc_wait") or not hasattr(cuda_extra, "gdc_launch_dependents"):
+        return False
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    return "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
 
 
 def dot_precision(dtype: torch.dtype) -> str:
