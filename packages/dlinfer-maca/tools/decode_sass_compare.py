@@ -47,7 +47,7 @@ def maca_rows(out: Path) -> list[dict[str, Any]]:
             div = tuple(n for n in fn.arg_names if n not in const and n not in MACA_NOT_DIVISIBLE
                         and n not in ("scale", "softcap")) if sass.SPECIALISED else ()
             name = f"maca_split_bn64_w4s{stages}_{'page_loop' if page_loop else 'per_key'}"
-            rows.append(sass.profile(sass._compile(fn, sig, const, 4, stages, div), name, out))
+            rows.append(sass.profile(sass._compile(fn, sig, const, 4, stages, div), name, out, SHOWN))
     return rows
 
 
@@ -73,7 +73,7 @@ def lmdeploy_rows(out: Path) -> list[dict[str, Any]]:
     fn = pa._fwd_grouped_split_kernel
     sig = {n: runtime.get(n, "constexpr") for n in fn.arg_names}
     div = tuple(n for n in runtime if n != "stride_boffb") if sass.SPECIALISED else ()
-    return [sass.profile(sass._compile(fn, sig, const, 4, 3, div), "lmdeploy_split_bn64_w4s3", out)]
+    return [sass.profile(sass._compile(fn, sig, const, 4, 3, div), "lmdeploy_split_bn64_w4s3", out, SHOWN)]
 
 
 def main() -> int:
@@ -81,16 +81,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="keep the cubin and SASS files here")
     parser.add_argument("--no-peer", action="store_true", help="skip LMDeploy's kernel")
     args = parser.parse_args()
-    sass.SHOWN = SHOWN  # the opcode columns profile() counts in the loop body
     out = args.out or Path(tempfile.mkdtemp(prefix="decode-sass-"))
     out.mkdir(parents=True, exist_ok=True)
     rows = maca_rows(out) + ([] if args.no_peer else lmdeploy_rows(out))
-    cols = ["reg", "stack", "smem", "per_sm", "sass", "loop", *SHOWN]
-    print("Opcode columns count the key loop's body once (one 64-key block; static); per_sm: programs per sm_90 SM.")
-    print("| kernel | " + " | ".join(cols) + " |")
-    print("|---|" + "---:|" * len(cols))
-    for r in rows:
-        print(f"| {r['name']} | " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    sass.print_table(rows, SHOWN, "Opcode columns count the key loop's body once (one 64-key block; static); "
+                     "per_sm: programs per sm_90 SM.")
     print(f"(cubin and SASS in {out})", file=sys.stderr)
     return 0
 

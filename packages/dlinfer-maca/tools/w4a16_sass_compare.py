@@ -102,7 +102,9 @@ def _loop_body(sass: str) -> list[str]:
     return ops[best[0]:best[1]] if best else ops
 
 
-def profile(kernel: Any, name: str, out: Path) -> dict[str, Any]:
+def profile(kernel: Any, name: str, out: Path, shown: tuple[str, ...] = SHOWN) -> dict[str, Any]:
+    """Registers, spill stack, shared memory, programs per SM, and the SASS opcode counts (whole binary, and
+    ``shown`` in the largest loop's body) of one build; its cubin and SASS are written to ``out``."""
     cubin = out / f"{name}.cubin"
     cubin.write_bytes(kernel.asm["cubin"])
     sass = subprocess.run([str(TOOLS / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True,
@@ -120,7 +122,17 @@ def profile(kernel: Any, name: str, out: Path) -> dict[str, Any]:
     shared = int(kernel.metadata.shared)
     per_sm = programs_per_sm_sm90(res.get("reg", 0), shared, int(kernel.metadata.num_warps))
     return {"name": name, **res, "smem": shared, "per_sm": per_sm, "sass": sum(ops.values()),
-            "loop": sum(loop.values()), **{op: loop.get(op, 0) for op in SHOWN}}
+            "loop": sum(loop.values()), **{op: loop.get(op, 0) for op in shown}}
+
+
+def print_table(rows: list[dict[str, Any]], shown: tuple[str, ...], heading: str) -> None:
+    """The rows as a Markdown table: resources, then the loop body's opcode counts."""
+    cols = ["reg", "stack", "smem", "per_sm", "sass", "loop", *shown]
+    print(heading)
+    print("| kernel | " + " | ".join(cols) + " |")
+    print("|---|" + "---:|" * len(cols))
+    for r in rows:
+        print(f"| {r['name']} | " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
 
 
 def maca_rows(out: Path, unpack: int | None, dtype: str, even_k: bool) -> list[dict[str, Any]]:
@@ -234,12 +246,7 @@ def main() -> int:
     rows = maca_rows(out, args.unpack, args.dtype, args.even_k)
     rows += gemv_rows(out, args.dtype) + gemv_column_rows(out, args.dtype) if args.gemv else []
     rows += [] if args.no_peer else lmdeploy_rows(out)
-    cols = ["reg", "stack", "smem", "per_sm", "sass", "loop", *SHOWN]
-    print("Opcode columns count the K loop's body (static); per_sm: programs resident per sm_90 SM.")
-    print("| kernel | " + " | ".join(cols) + " |")
-    print("|---|" + "---:|" * len(cols))
-    for r in rows:
-        print(f"| {r['name']} | " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    print_table(rows, SHOWN, "Opcode columns count the K loop's body (static); per_sm: programs resident per sm_90 SM.")
     print(f"(cubin and SASS in {out})", file=sys.stderr)
     return 0
 
