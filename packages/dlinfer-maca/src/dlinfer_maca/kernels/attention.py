@@ -76,8 +76,8 @@ DECODE_MERGE_PDL = True
 (:func:`programmatic_launch`: NVIDIA sm_90+): its launch overlaps the split kernel's tail, and it waits for the
 split grid's completion before reading the partials. H200, batch 1, masked loop, PDL against the plain launch:
 6.35 against 6.47 us (ctx 384 in a graph captured for 8192), 7.59 against 7.66 (2048 in 8192), 5.60 against 5.79
-(1024), 11.01 against 11.09 (8192), 39.49 against 39.23 (32768) (2026-12-03 fifth session, cells
-``default/masked`` against ``default/masked+no-pdl``)."""
+(1024), 11.01 against 11.09 (8192), 39.49 against 39.23 (32768) (2026-12-03 fifth session,
+``tune-decode-pdl-unmasked.log``, cells ``default/masked`` against ``default/masked+no-pdl``)."""
 
 
 @triton.jit
