@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,6 +83,20 @@ def run_command(
     return proc.returncode, out, err
 
 
+_EXCEPTION_LINE = re.compile(r"^\s*(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception): \S.*$", re.MULTILINE)
+
+
+def first_error(*texts: str) -> str | None:
+    """The first ``SomeError: message`` line (a traceback's last line) of the first text that has one: in an engine
+    whose worker fails, the others are torn down and fail after it, so the first error printed is the cause and
+    the tail of the output often holds only the later ones."""
+    for text in texts:
+        found = _EXCEPTION_LINE.search(text)
+        if found:
+            return found.group(0).strip()
+    return None
+
+
 def run_module(
     module: str,
     argv: Sequence[str],
@@ -92,14 +107,16 @@ def run_module(
 ) -> dict[str, Any]:
     """``python -m module *argv`` through :func:`run_command`; return its RESULT json.
 
-    Raises :class:`GenerationTimeout` on timeout, ``RuntimeError`` with the stdout tail (LMDeploy logs there,
-    workers' errors included) and stderr tail on a non-zero exit or no RESULT.
+    Raises :class:`GenerationTimeout` on timeout, ``RuntimeError`` with the first error printed
+    (:func:`first_error`), the stdout tail (LMDeploy logs there, workers' errors included) and the stderr tail on a
+    non-zero exit or no RESULT.
     """
     what = what or f"{module} {' '.join(argv)[:200]}"
     rc, out, err = run_command([sys.executable, "-m", module, *argv], deadline_s=deadline_s, env=env, what=what)
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
     if rc != 0 or not lines:
-        raise RuntimeError(f"{what} failed: rc={rc}\nstdout tail:\n{out[-4000:]}\nstderr tail:\n{err[-4000:]}")
+        raise RuntimeError(f"{what} failed: rc={rc}\nfirst error: {first_error(out, err)}\nstdout tail:\n"
+                           f"{out[-4000:]}\nstderr tail:\n{err[-4000:]}")
     return json.loads(lines[-1][len("RESULT ") :])
 
 
