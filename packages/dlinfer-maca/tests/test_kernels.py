@@ -8,6 +8,7 @@ buffers from the kernels, checked elementwise for finiteness and by relative nor
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -292,11 +293,11 @@ PAGE_LOOP_CASES = [
 @pytest.mark.parametrize("window", [None, 37, 200], ids=["no-window", "window-37", "window-200"])
 @pytest.mark.parametrize("merge_pass", [False, True], ids=["inline-merge", "merge-pass"])
 def test_paged_decode_page_loop(dtype, case, window, merge_pass, monkeypatch):
-    """``page_loop``: blocks read whole at one scalar page base, masked only where they cross the split's range.
-    Every slot past a sequence's end (and every unowned block) holds NaN, so a crossing block whose scores or values
-    are not masked fails; a window that starts mid-block must still hide the keys before it. ``merge_pdl`` launches
-    the merge pass as a programmatic dependent where the device allows it (sm_90+; on the CPU interpreter it is a
-    plain launch)."""
+    """``page_loop``: key blocks read whole at one scalar page base, scores masked per key, values past the end
+    not loaded. Every slot past a sequence's end (and every unowned block) holds NaN, so a last block whose scores
+    or values are not masked fails; a window that starts mid-block must still hide the keys before it.
+    ``merge_pdl`` launches the merge pass as a programmatic dependent where the device allows it (sm_90+; on the
+    CPU interpreter it is a plain launch)."""
     B, Hq, Hkv, D, DV, BS, lens, layout, splits, maxlen = case
     if not merge_pass:
         monkeypatch.setattr(attention, "_decode_merge_kernel", None)
@@ -574,9 +575,7 @@ def test_tolerances_are_strict():
 def test_decode_page_loop_has_less_address_arithmetic_in_its_sm90_loop(tmp_path):
     """``tools/decode_sass_compare.py`` (sm_90 build, no GPU): the page loop's body per key block holds fewer
     instructions, and fewer integer address instructions, than the per-key loop's; both have the two MMAs."""
-    from pathlib import Path as _Path
-
-    tool = _Path(__file__).resolve().parents[1] / "tools" / "decode_sass_compare.py"
+    tool = Path(__file__).resolve().parents[1] / "tools" / "decode_sass_compare.py"
     proc = run_as_for_gpu([str(tool), "--no-peer", "--out", str(tmp_path / "sass")], tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     header, rows = None, {}

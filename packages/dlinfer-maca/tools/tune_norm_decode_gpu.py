@@ -92,6 +92,8 @@ def _decode_shapes(text: str) -> tuple[tuple[int, int, int], ...]:
         b, c = (int(x) for x in shape.split("x"))
         out.append((b, c, int(cap) if cap else c))
     return tuple(out)
+
+
 TUNES = ((64, 4, 3), (64, 4, 2), (64, 4, 4), (64, 8, 3), (32, 4, 3), (128, 8, 2), (128, 4, 2))
 
 

@@ -62,8 +62,8 @@ common case) lie between the measured 4 and 9 and were not timed; the bound is 8
 launch saved is host time in eager mode, where a decode step waits for its launches."""
 DECODE_PAGE_LOOP = False
 """Decode key loop over page-aligned blocks (:func:`_decode_page_blocks`; pages a multiple of the key block): the
-tile's address offsets are computed once, each block adds one scalar page base, and only the blocks that cross
-the split's range matter for the masks (scores masked per key, values not loaded past the sequence's end).
+tile's address offsets are computed once and each block adds one scalar page base; scores are still masked per
+key, and values past the sequence's end are not loaded.
 sm_90 build of the batch-1 launch (``tools/decode_sass_compare.py``, 2 stages): 356 SASS instructions per 64-key
 block at 101 registers, against the per-key loop's 436 at 89 and LMDeploy's split kernel's 269 at 122 (3 stages);
 the difference is mostly address arithmetic (IMAD / IADD3 / LEA 49 against 113). Off until timed on a GPU (sweep cell
